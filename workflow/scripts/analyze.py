@@ -1,0 +1,34 @@
+"""Snakemake script of rule `analyze`: emotion_vectors.analysis.analyze on the run's vectors."""
+
+from pathlib import Path
+
+from emotion_vectors.analysis import analyze
+from emotion_vectors.jobs import start_job
+
+smk = snakemake  # noqa: F821 - injected by Snakemake
+log = start_job(smk)
+p = smk.params
+model = tokenizer = None
+if p.logit_lens:
+    from emotion_vectors.models import load_model
+
+    loaded = load_model(p.subject, p.models_dir)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    log.info("logit lens with %s (%s)", loaded.info["name"], loaded.info["path"])
+out_dir = Path(smk.output.summary).parent
+summary = analyze(
+    smk.input.vectors,
+    out_dir,
+    kind=p.kind,
+    k_clusters=int(p.k_clusters),
+    k_range=tuple(int(k) for k in p.k_range),
+    n_bootstrap=int(p.n_bootstrap),
+    seed=int(p.seed),
+    model=model,
+    tokenizer=tokenizer,
+    top_k_tokens=int(p.top_k_tokens),
+)
+missing = [f for f in smk.output if not Path(f).exists()]
+if missing:
+    raise RuntimeError(f"analyze did not write {missing}")
+log.info("analysis done: main layer %s, timings %s", summary["main_layer"], summary["timings_s"])

@@ -1,0 +1,6 @@
+from emotion_vectors.jobs import start_job
+from emotion_vectors.models import prepare_gguf_model
+
+log = start_job(snakemake)  # noqa: F821 - injected by Snakemake
+path = prepare_gguf_model(snakemake.params.spec, snakemake.output[0])  # noqa: F821
+log.info("prepared %s", path)
