@@ -9,7 +9,7 @@ from emotion_vectors.analysis import geometry
 from emotion_vectors.analysis.norms import match_ratings
 from emotion_vectors.analysis.stats import correlate
 
-from analysis_helpers import reference_matrix
+from test_analysis_helpers import reference_matrix
 
 
 def test_pca_matches_svd_and_is_centred():

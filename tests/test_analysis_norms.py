@@ -7,7 +7,7 @@ import pytest
 
 from emotion_vectors.analysis import norms
 
-from analysis_helpers import emotion_words
+from test_analysis_helpers import emotion_words
 
 
 def test_norms_file_and_values():

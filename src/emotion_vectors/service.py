@@ -68,7 +68,12 @@ def serve(address_file: str | Path, handler_factory: Callable[[], Callable[[dict
                     request = conn.recv()
                 except EOFError:
                     continue
-                log.info("request: %s", {k: v for k, v in request.items() if k != "texts"})
+                log.info(
+                    "request: %s (%d texts) -> %s",
+                    request.get("name"),
+                    len(request.get("texts", ())),
+                    request.get("output"),
+                )
                 try:
                     answer = {"ok": True, "summary": handler(request)}
                 except Exception as err:  # noqa: BLE001 - reported to the client, service lives on

@@ -6,16 +6,6 @@ ANALYSIS_DIR = f"{RESULTS}/analysis"
 ANALYSIS_LENS = bool(config["analysis"]["logit_lens"])
 
 
-def analysis_report(name, caption, subcategory):
-    """An analysis output shown in the Snakemake report, under the Geometry category."""
-    return report(
-        f"{ANALYSIS_DIR}/{name}",
-        caption=f"../report/analysis_{caption}.rst",
-        category="Geometry",
-        subcategory=subcategory,
-    )
-
-
 rule analyze:
     """Per-layer PCA, cosine similarity, pairs, human-rating correlations, clustering, layer
     agreement and (with the subject model) the logit lens of the run's emotion vectors."""
@@ -24,36 +14,76 @@ rule analyze:
         vectors=f"{RESULTS}/vectors/vectors.zarr",
     output:
         summary=f"{ANALYSIS_DIR}/summary.json",
-        norms_mapping=analysis_report("norms_mapping.tsv", "norms_mapping", "Human ratings"),
+        norms_mapping=report(
+            f"{ANALYSIS_DIR}/norms_mapping.tsv",
+            caption="../report/analysis_norms_mapping.rst",
+            category="Geometry",
+            subcategory="Human ratings",
+        ),
         pca_variance=f"{ANALYSIS_DIR}/pca_variance.tsv",
         pca_scores=f"{ANALYSIS_DIR}/pca_scores.tsv",
         pca_components=f"{ANALYSIS_DIR}/pca_components.npy",
-        rating_correlations=analysis_report(
-            "rating_correlations.tsv", "rating_correlations", "Human ratings"
+        rating_correlations=report(
+            f"{ANALYSIS_DIR}/rating_correlations.tsv",
+            caption="../report/analysis_rating_correlations.rst",
+            category="Geometry",
+            subcategory="Human ratings",
         ),
-        pairs=analysis_report("pairs.tsv", "pairs", "Similarity"),
+        pairs=report(
+            f"{ANALYSIS_DIR}/pairs.tsv",
+            caption="../report/analysis_pairs.rst",
+            category="Geometry",
+            subcategory="Similarity",
+        ),
         cosine=f"{ANALYSIS_DIR}/cosine.npy",
         cosine_main_layer=f"{ANALYSIS_DIR}/cosine_main_layer.tsv",
         clusters=f"{ANALYSIS_DIR}/clusters.tsv",
-        cluster_summary=analysis_report("cluster_summary.tsv", "cluster_summary", "Clusters"),
+        cluster_summary=report(
+            f"{ANALYSIS_DIR}/cluster_summary.tsv",
+            caption="../report/analysis_cluster_summary.rst",
+            category="Geometry",
+            subcategory="Clusters",
+        ),
         silhouette=f"{ANALYSIS_DIR}/silhouette.tsv",
         layer_agreement=f"{ANALYSIS_DIR}/layer_agreement.tsv",
-        pc_scatter=analysis_report("pc_scatter.png", "pc_scatter", "Human ratings"),
-        layer_profile=analysis_report("layer_profile.png", "layer_profile", "Across layers"),
-        similarity_heatmap=analysis_report(
-            "similarity_heatmap.png", "similarity_heatmap", "Clusters"
+        pc_scatter=report(
+            f"{ANALYSIS_DIR}/pc_scatter.png",
+            caption="../report/analysis_pc_scatter.rst",
+            category="Geometry",
+            subcategory="Human ratings",
         ),
-        layer_agreement_plot=analysis_report(
-            "layer_agreement.png", "layer_agreement", "Across layers"
+        layer_profile=report(
+            f"{ANALYSIS_DIR}/layer_profile.png",
+            caption="../report/analysis_layer_profile.rst",
+            category="Geometry",
+            subcategory="Across layers",
+        ),
+        similarity_heatmap=report(
+            f"{ANALYSIS_DIR}/similarity_heatmap.png",
+            caption="../report/analysis_similarity_heatmap.rst",
+            category="Geometry",
+            subcategory="Clusters",
+        ),
+        layer_agreement_plot=report(
+            f"{ANALYSIS_DIR}/layer_agreement.png",
+            caption="../report/analysis_layer_agreement.rst",
+            category="Geometry",
+            subcategory="Across layers",
         ),
         **(
             {
                 "logit_lens_tokens": f"{ANALYSIS_DIR}/logit_lens_tokens.tsv",
-                "logit_lens_summary": analysis_report(
-                    "logit_lens_summary.tsv", "logit_lens_summary", "Logit lens"
+                "logit_lens_summary": report(
+                    f"{ANALYSIS_DIR}/logit_lens_summary.tsv",
+                    caption="../report/analysis_logit_lens_summary.rst",
+                    category="Geometry",
+                    subcategory="Logit lens",
                 ),
-                "logit_lens_pairs": analysis_report(
-                    "logit_lens_pairs.tsv", "logit_lens_pairs", "Logit lens"
+                "logit_lens_pairs": report(
+                    f"{ANALYSIS_DIR}/logit_lens_pairs.tsv",
+                    caption="../report/analysis_logit_lens_pairs.rst",
+                    category="Geometry",
+                    subcategory="Logit lens",
                 ),
             }
             if ANALYSIS_LENS

@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--main-layer", type=int, default=None,
                    help="block index for figures and logit lens (default: ~2/3 of depth)")
+    p.add_argument("--n-model-layers", type=int, default=None,
+                   help="decoder blocks of the subject model, for the default main layer")
     p.add_argument("--logit-lens", action="store_true",
                    help="load the subject model (provenance.subject_model.path, or --model) "
                    "and run the logit lens at the main layer")
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         args.vectors, args.out_dir, kind=args.kind, k_clusters=args.k_clusters,
         k_range=tuple(args.k_range), n_bootstrap=args.n_bootstrap, seed=args.seed,
         model=model, tokenizer=tokenizer, main_layer=args.main_layer, linkage=args.linkage,
-        top_k_tokens=args.top_k_tokens,
+        top_k_tokens=args.top_k_tokens, n_model_layers=args.n_model_layers,
     )
     print(json.dumps({"out_dir": args.out_dir, "main_layer": summary["main_layer"],
                       "timings_s": summary["timings_s"]}))

@@ -163,7 +163,9 @@ def adjusted_rand_matrix(labels_by_layer: Sequence[np.ndarray]) -> np.ndarray:
     return out
 
 
-def structure_agreement(cosines: Sequence[np.ndarray] | np.ndarray, method: str = "pearson") -> np.ndarray:
+def structure_agreement(
+    cosines: Sequence[np.ndarray] | np.ndarray, method: str = "pearson"
+) -> np.ndarray:
     """Correlation of the cosine matrices' upper triangles between layers -> ``(L, L)``.
 
     ``cosines`` is ``(L, n, n)``. ``method`` is ``pearson`` or ``spearman`` (ranks of the

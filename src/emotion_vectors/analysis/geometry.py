@@ -39,8 +39,9 @@ def pca(vectors: np.ndarray, n_components: int = 10) -> PCAResult:
     """PCA of ``vectors`` ``(n_emotions, d)`` after centring the rows on their mean.
 
     Computed in float64 from the eigendecomposition of the ``n x n`` Gram matrix of the centred
-    rows (equivalent to their thin SVD; cost ``O(n^2 d)``, memory ``O(n d)``). ``explained_ratio`` is over all ``min(n - 1, d)`` components, so the first
-    ``n_components`` shares need not sum to 1. Signs are as the SVD gives them: call ``orient``.
+    rows (equivalent to their thin SVD; cost ``O(n^2 d)``, memory ``O(n d)``; no ``d x d``
+    matrix). ``explained_ratio`` is over all components, so the first ``n_components`` shares
+    need not sum to 1. Signs are arbitrary (as an SVD gives them): call ``orient``.
     """
     x = np.asarray(vectors, dtype=np.float64)
     n = x.shape[0]

@@ -60,7 +60,8 @@ def word_forms(emotion: str) -> set[str]:
 def final_norm(model):
     """The final norm before the unembedding (``model.get_decoder().norm``)."""
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
-    for candidate in (decoder, getattr(decoder, "language_model", None), getattr(model, "model", None)):
+    candidates = (decoder, getattr(decoder, "language_model", None), getattr(model, "model", None))
+    for candidate in candidates:
         norm = getattr(candidate, "norm", None) if candidate is not None else None
         if norm is not None:
             return norm
@@ -70,11 +71,16 @@ def final_norm(model):
     )
 
 
-def vocabulary_text(tokenizer, vocab_size: int) -> list[str]:
-    """Normalised text of every token id ``0..vocab_size-1`` (``""`` past the tokenizer)."""
+def vocabulary(tokenizer, vocab_size: int) -> tuple[list[str], list[str]]:
+    """Raw token strings and their normalised text for ids ``0..vocab_size-1``.
+
+    The unembedding may have more rows than the tokenizer has tokens (padding rows): those get
+    ``""``.
+    """
     n = min(vocab_size, len(tokenizer))
-    tokens = tokenizer.convert_ids_to_tokens(list(range(n)))
-    return [normalise_token(t) for t in tokens] + [""] * (vocab_size - n)
+    raw = [t if isinstance(t, str) else "" for t in tokenizer.convert_ids_to_tokens(list(range(n)))]
+    raw += [""] * (vocab_size - n)
+    return raw, [normalise_token(t) for t in raw]
 
 
 @dataclass
@@ -89,9 +95,11 @@ class LensResult:
             (a token equals one of its forms), own_word_rank (best rank of such a token among
             the top-k promoted, empty if absent), own_word_promoted (bool), own_word_logit_pct
             (percentile of the best such token among all logits, 100 = top).
-        pairs: per ordered opposite pair (a, b): whether a's vector puts a token of b's word in
-            its top-k suppressed, the percentile of b's best-placed-to-be-suppressed token
-            under a (0 = most suppressed), and b's word's mean percentile.
+        pairs: per ordered opposite pair: layer, vector (a), word_of (b), word_tokens (tokens
+            that are b's word), in_top_k_suppressed (one of them is among a's top-k suppressed),
+            min_percentile / mean_percentile (percentile of those tokens' logits under a over
+            the vocabulary; 0 = most suppressed), own_word_percentile (a's own word under a,
+            best token; 100 = top).
     """
 
     tokens: pd.DataFrame
@@ -139,8 +147,7 @@ def logit_lens(
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     unit = x / np.where(norms > 0, norms, 1.0)
     vocab = model.get_output_embeddings().weight.shape[0]
-    text = vocabulary_text(tokenizer, vocab)
-    raw_tokens = tokenizer.convert_ids_to_tokens(list(range(min(vocab, len(tokenizer)))))
+    raw_tokens, text = vocabulary(tokenizer, vocab)
     index = {e: i for i, e in enumerate(emotions)}
     forms = [word_forms(e) for e in emotions]
     own_ids: list[np.ndarray] = []
@@ -173,7 +180,7 @@ def logit_lens(
                 for rank, (v, tid) in enumerate(zip(vals.tolist(), ids.tolist()), start=1):
                     token_rows.append(
                         (layer, emotions[e], direction, rank, tid,
-                         raw_tokens[tid] if tid < len(raw_tokens) else "", text[tid], v,
+                         raw_tokens[tid], text[tid], v,
                          tid in own_set)
                     )
             promoted = top_idx[b].tolist()
@@ -185,7 +192,8 @@ def logit_lens(
             summary_rows.append(
                 {
                     "layer": layer, "emotion": emotions[e], "scale": float(scale),
-                    "own_word_in_vocab": bool(own.size), "own_word_rank": min(ranks) if ranks else None,
+                    "own_word_in_vocab": bool(own.size),
+                    "own_word_rank": min(ranks) if ranks else None,
                     "own_word_promoted": bool(ranks), "own_word_logit_pct": pct,
                 }
             )
@@ -244,5 +252,6 @@ def summarise(result: LensResult, top_k: int) -> dict:
         "opposite_directions_suppressed": int(p["in_top_k_suppressed"].sum()) if len(p) else 0,
         "opposite_pairs": n_pairs,
         "opposite_pairs_mutually_suppressed": int(both),
-        "opposite_median_min_percentile": float(np.nanmedian(p["min_percentile"])) if len(p) else None,
+        "opposite_median_min_percentile":
+            float(np.nanmedian(p["min_percentile"])) if len(p) else None,
     }

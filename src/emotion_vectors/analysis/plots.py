@@ -15,7 +15,7 @@ from scipy.cluster.hierarchy import dendrogram  # noqa: E402
 
 # Candidate label offsets in points (right, left, above, below, diagonals; then farther).
 _OFFSETS = [(4, -2), (-4, -2), (0, 5), (0, -9), (4, 4), (-4, 4), (4, -8), (-4, -8)]
-_OFFSETS = _OFFSETS + [(2 * dx, 2 * dy) for dx, dy in _OFFSETS] + [(3 * dx, 3 * dy) for dx, dy in _OFFSETS]
+_OFFSETS = [(m * dx, m * dy) for m in (1, 2, 3) for dx, dy in _OFFSETS]
 
 
 def _padded(v: np.ndarray, frac: float = 0.06) -> tuple[float, float]:
@@ -24,7 +24,9 @@ def _padded(v: np.ndarray, frac: float = 0.06) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
-def _place_labels(ax, fig, x: np.ndarray, y: np.ndarray, labels: Sequence[str], size: float) -> None:
+def _place_labels(
+    ax, fig, x: np.ndarray, y: np.ndarray, labels: Sequence[str], size: float
+) -> None:
     """Greedy label placement: each label (densest points first) takes the first candidate
     offset whose estimated box overlaps no label already placed and no other point, else the
     offset with the least overlap. Boxes are estimated in display pixels from the font size."""
@@ -153,11 +155,11 @@ def similarity_heatmap(
     the left and cluster ``labels`` ``(n,)`` as a colour strip; every row and column labelled."""
     n = len(emotions)
     side = 18 if n > 60 else 9
-    fig = plt.figure(figsize=(side + 2, side), dpi=100)
+    fig = plt.figure(figsize=(side + 2, side), dpi=150 if n > 60 else 100)
     ax_d = fig.add_axes([0.02, 0.08, 0.12, 0.84])
     ax_s = fig.add_axes([0.145, 0.08, 0.012, 0.84])
-    ax_h = fig.add_axes([0.2, 0.08, 0.66, 0.84])
-    ax_c = fig.add_axes([0.92, 0.3, 0.015, 0.4])
+    ax_h = fig.add_axes([0.2, 0.08, 0.62, 0.84])
+    ax_c = fig.add_axes([0.935, 0.3, 0.012, 0.4])
     dn = dendrogram(tree, orientation="left", no_labels=True, ax=ax_d, color_threshold=0,
                     above_threshold_color="0.3")
     ax_d.invert_yaxis()
@@ -166,7 +168,8 @@ def similarity_heatmap(
     ordered = cosine[np.ix_(leaves, leaves)]
     im = ax_h.imshow(ordered, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest",
                      aspect="auto")
-    size = float(np.clip(9 - n / 30, 3.5, 8))
+    row_pt = 0.84 * side * 72 / n  # height of one heatmap row in points
+    size = float(np.clip(0.75 * row_pt, 3.5, 8))
     names = [emotions[i] for i in leaves]
     ax_h.set_yticks(range(n), names, fontsize=size)
     ax_h.set_xticks(range(n), names, fontsize=size, rotation=90)

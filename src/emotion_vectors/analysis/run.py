@@ -90,17 +90,13 @@ def default_main_layer(layers: list[int], n_model_layers: int | None = None) -> 
 
 
 def _n_model_layers(vs: VectorSet, model: Any) -> int | None:
-    """Number of decoder blocks, from the model or the store's provenance, if known."""
+    """Number of decoder blocks, from the model's config or the store, if known."""
     if model is not None:
         cfg = getattr(model.config, "text_config", None) or model.config
         n = getattr(cfg, "num_hidden_layers", None)
         if n:
             return int(n)
-    subject = vs.provenance.get("subject_model") or {}
-    for key in ("num_hidden_layers", "n_layers", "num_layers"):
-        if isinstance(subject, dict) and subject.get(key):
-            return int(subject[key])
-    return None
+    return vs.n_model_layers
 
 
 def _tsv(df: pd.DataFrame, path: Path) -> None:
@@ -121,6 +117,7 @@ def analyze(
     main_layer: int | None = None,
     linkage: str = "ward",
     top_k_tokens: int = 20,
+    n_model_layers: int | None = None,
 ) -> dict[str, Any]:
     """Analyse every stored layer of a vector store and write ``FILES`` (and ``LENS_FILES``
     when ``model`` and ``tokenizer`` are given) into ``out_dir``; returns the JSON summary.
@@ -138,6 +135,8 @@ def analyze(
             stored layer nearest two-thirds of the model's depth.
         linkage: ``ward`` (on unit vectors), ``average`` or ``complete`` (cosine distance).
         top_k_tokens: promoted / suppressed tokens listed per emotion by the logit lens.
+        n_model_layers: the subject model's number of decoder blocks, for the default main
+            layer; else taken from ``model``, then the store, then ``max(layers) + 1``.
     """
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -148,7 +147,7 @@ def analyze(
     n, n_layers = len(emotions), len(layers)
     if n < 3:
         raise ValueError(f"{vectors_path}: the analysis needs at least 3 emotions, found {n}")
-    n_model_layers = _n_model_layers(vs, model)
+    n_model_layers = n_model_layers or _n_model_layers(vs, model)
     if main_layer is None:
         main_layer = default_main_layer(layers, n_model_layers)
         main_rule = (f"stored layer nearest 2/3 of {n_model_layers or max(layers) + 1} blocks"
@@ -166,7 +165,7 @@ def analyze(
 
     var_rows, score_frames, corr_rows, pair_frames = [], [], [], []
     cluster_rows, summary_frames, sil_frames = [], [], []
-    n_pcs = min(N_PCS, n - 1)
+    n_pcs = min(N_PCS, n - 1, vs.d)
     components = np.zeros((n_layers, n_pcs, vs.d), dtype=np.float32)
     cosines = np.zeros((n_layers, n, n), dtype=np.float32)
     labels_fixed, labels_sil, best_ks = [], [], []
@@ -232,7 +231,9 @@ def analyze(
     timings.update(pca_cosine=t_pca, correlations=t_corr, clustering=t_cluster)
 
     t0 = time.perf_counter()
-    variance = pd.DataFrame(var_rows, columns=["layer", "pc", "explained_ratio", "cumulative_ratio"])
+    variance = pd.DataFrame(
+        var_rows, columns=["layer", "pc", "explained_ratio", "cumulative_ratio"]
+    )
     correlations = pd.DataFrame(corr_rows)
     pairs = pd.concat(pair_frames, ignore_index=True)
     cluster_table = pd.DataFrame(cluster_rows, columns=["layer", "cut", "k", "emotion", "cluster"])
@@ -306,7 +307,10 @@ def analyze(
     )
     timings["total"] = time.perf_counter() - t_start
     summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
-    (out / FILES["summary"]).write_text(json.dumps(summary, indent=2, default=_json_default))
+    summary = _finite_or_none(summary)
+    (out / FILES["summary"]).write_text(
+        json.dumps(summary, indent=2, default=_json_default, allow_nan=False)
+    )
     return summary
 
 
@@ -318,8 +322,26 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def _finite_or_none(obj: Any) -> Any:
+    """Copy of a JSON-like structure with NaN/inf floats replaced by None (valid JSON)."""
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
 def _nan_to_none(x: float) -> float | None:
     return None if x is None or not np.isfinite(x) else float(x)
+
+
+def _adjacent_mean(matrix: np.ndarray, adjacent: list[tuple[int, int]]) -> float | None:
+    """Mean of ``matrix[a, b]`` over consecutive stored layers, or None with one layer."""
+    return float(np.mean([matrix[a, b] for a, b in adjacent])) if adjacent else None
 
 
 def _summary(*, vs, kind, main_layer, main_rule, ratings, variance, correlations, pairs,
@@ -334,13 +356,16 @@ def _summary(*, vs, kind, main_layer, main_rule, ratings, variance, correlations
          if k != "layer"}
         for row in mc.to_dict("records")
     ]
-    head = correlations[(correlations["method"] == "pearson") & (correlations["words"] == "covered")]
+    head = correlations[
+        (correlations["method"] == "pearson") & (correlations["words"] == "covered")
+    ]
 
     def by_layer(pc: int, rating: str) -> list[float | None]:
         sel = head[(head["pc"] == pc) & (head["rating"] == rating)].set_index("layer")["r"]
         return [_nan_to_none(sel.get(layer, float("nan"))) for layer in layers]
 
     mp = pairs[pairs["layer"] == main_layer]
+    unmapped = ratings.table.loc[ratings.table["rule"] == "unmapped", "emotion"].tolist()
     adjacent = [(a, a + 1) for a in range(len(layers) - 1)]
     mcl = main["clusters"]
     return {
@@ -354,13 +379,15 @@ def _summary(*, vs, kind, main_layer, main_rule, ratings, variance, correlations
         "subject_model": vs.provenance.get("subject_model"),
         "norms": {"source": "labMTsimple/data/WK/BRM-emot-submit.csv", "citation": norms.CITATION,
                   **ratings.coverage(),
-                  "unmapped": ratings.table.loc[ratings.table["rule"] == "unmapped", "emotion"].tolist()},
+                  "unmapped": unmapped},
         "pca": {
             "centred": True,
             "sign_rules": mres.sign_rules[:3],
             "main_layer_explained_ratio": [float(v) for v in mres.explained_ratio],
-            "pc1_ratio_by_layer": [float(v) for v in
-                                   variance[variance["pc"] == 1].sort_values("layer")["explained_ratio"]],
+            "pc1_ratio_by_layer": [
+                float(v)
+                for v in variance[variance["pc"] == 1].sort_values("layer")["explained_ratio"]
+            ],
             "grand_mean_norm_ratio": main["grand_mean_norm_ratio"],
         },
         "rating_correlations_main_layer": corr_main,
@@ -383,10 +410,8 @@ def _summary(*, vs, kind, main_layer, main_rule, ratings, variance, correlations
             "main_layer_fixed_sizes": mcl["fixed"]["clusters"]["size"].tolist(),
         },
         "layer_agreement": {
-            "ari_fixed_k_adjacent_mean": _nan_to_none(
-                float(np.mean([ari_fixed[a, b] for a, b in adjacent])) if adjacent else float("nan")),
-            "cosine_r_adjacent_mean": _nan_to_none(
-                float(np.mean([structure[a, b] for a, b in adjacent])) if adjacent else float("nan")),
+            "ari_fixed_k_adjacent_mean": _adjacent_mean(ari_fixed, adjacent),
+            "cosine_r_adjacent_mean": _adjacent_mean(structure, adjacent),
             "ari_fixed_k_with_main": [float(v) for v in ari_fixed[layers.index(main_layer)]],
             "cosine_r_with_main": [float(v) for v in structure[layers.index(main_layer)]],
         },

@@ -37,12 +37,14 @@ class VectorSet:
         emotions: emotion words, in row order.
         layers: 0-based decoder block index of each stored layer (output of that block).
         provenance: the store's provenance record (may be empty).
+        attrs: all group attributes.
     """
 
     path: Path
     emotions: list[str]
     layers: list[int]
     provenance: dict[str, Any] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
     _group: Any = field(default=None, repr=False)
 
     @property
@@ -68,7 +70,7 @@ class VectorSet:
         return self._group[kind]
 
     def layer(self, kind: str, layer: int) -> np.ndarray:
-        """Vectors of one stored layer (by block index, not position): ``(n_emotions, d)`` float32."""
+        """Vectors of one stored layer (block index, not position): ``(n_emotions, d)`` float32."""
         return np.asarray(self.array(kind)[:, self.layer_position(layer), :], dtype=np.float32)
 
     def iter_layers(self, kind: str = "denoised") -> Iterator[tuple[int, np.ndarray]]:
@@ -108,6 +110,18 @@ class VectorSet:
         return np.asarray(self._group["n_neutral_pcs_removed"][:])
 
     @property
+    def n_model_layers(self) -> int | None:
+        """The subject model's number of decoder blocks, if the store records it (group attr
+        ``num_hidden_layers``, or ``num_hidden_layers``/``n_layers`` in
+        ``provenance.subject_model``)."""
+        subject = self.provenance.get("subject_model") or {}
+        for source in (self.attrs, subject if isinstance(subject, dict) else {}):
+            for key in ("num_hidden_layers", "n_layers", "num_layers"):
+                if source.get(key):
+                    return int(source[key])
+        return None
+
+    @property
     def subject_model_path(self) -> str | None:
         """``provenance.subject_model.path``, or ``None``."""
         subject = self.provenance.get("subject_model") or {}
@@ -128,7 +142,7 @@ def load_vectors(path: str | Path) -> VectorSet:
             raise VectorStoreError(f"{path}: group attribute {key!r} is missing.")
     emotions = [str(e) for e in attrs["emotions"]]
     layers = [int(x) for x in attrs["layers"]]
-    vs = VectorSet(path, emotions, layers, dict(attrs.get("provenance") or {}), group)
+    vs = VectorSet(path, emotions, layers, dict(attrs.get("provenance") or {}), attrs, group)
     if not vs.kinds:
         raise VectorStoreError(f"{path}: none of the arrays {KINDS} is present.")
     for kind in vs.kinds:
@@ -169,7 +183,8 @@ def write_vector_store(
         residual_norm = 10 * norms[..., 0].mean(axis=0)
     group = zarr.open_group(str(path), mode="w")
     chunks = (n, max(1, min(chunk_layers, n_layers)), d)
-    for name, data in (("raw", vectors), ("denoised", vectors), ("raw_unit", unit), ("denoised_unit", unit)):
+    arrays = (("raw", vectors), ("denoised", vectors), ("raw_unit", unit), ("denoised_unit", unit))
+    for name, data in arrays:
         arr = group.create_array(name, shape=data.shape, dtype="float32", chunks=chunks)
         arr[...] = data
     rn = group.create_array("residual_norm", shape=(n_layers,), dtype="float32")

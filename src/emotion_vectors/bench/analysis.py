@@ -115,7 +115,7 @@ def main(argv: list[str]) -> int:
                "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
         build = [sys.executable, "-c",
                  "import sys; from emotion_vectors.bench.analysis import build_store; "
-                 "build_store(sys.argv[1], *map(int, sys.argv[2:5]), sys.argv[5], int(sys.argv[6]))",
+                 "a = sys.argv; build_store(a[1], *map(int, a[2:5]), a[5], int(a[6]))",
                  str(store), str(args.n_emotions), str(args.n_layers), str(args.d), source,
                  str(args.seed)]
         rc, build_s, _ = _run_measured(build, env, work / "build.log")

@@ -1,4 +1,4 @@
-"""Helpers shared by the analysis tests (not a test module)."""
+"""Helpers shared by the analysis tests (no tests here; named test_* to sit with them)."""
 
 from __future__ import annotations
 
@@ -36,5 +36,6 @@ def structured_vectors(emotions: list[str], n_layers: int, d: int, seed: int = 0
     val = np.where(np.isfinite(val), val, 5.0) - 5.0
     base = rng.standard_normal((len(emotions), d)) * 0.3
     base[:, 0] += val
-    out = np.stack([base + rng.standard_normal(base.shape) * 0.1 * (1 + i) for i in range(n_layers)], 1)
+    noise = [rng.standard_normal(base.shape) * 0.1 * (1 + i) for i in range(n_layers)]
+    out = np.stack([base + e for e in noise], axis=1)
     return out.astype(np.float32)

@@ -1,0 +1,125 @@
+"""Activation shards: atomic, resumable after a hard kill, identical to an uninterrupted run."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import zarr
+
+from emotion_vectors.shards import ShardError, open_shard, write_shard
+
+SETTINGS = {"pool_start": 4, "short_text_policy": "skip", "batch_size": 2, "max_batch_tokens": None, "storage_dtype": "float32"}
+INFO = {"path": "tiny-llama", "revision": "test", "dtype": "float32", "quantization": "none"}
+
+
+def _corpus(n=12):
+    rng = np.random.default_rng(1)
+    words = "the fence rain letter garden window quiet road light morning neighbor paint".split()
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(3, 25)))) for _ in range(n)]
+    return texts, [f"calm-t000-s{i:02d}" for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def saved_tiny(tmp_path_factory, tiny_llama):
+    model, tok = tiny_llama
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def _load(path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.padding_side = "left"
+    return AutoModelForCausalLM.from_pretrained(path, dtype="float32").eval(), tok
+
+
+def test_hard_kill_then_resume_equals_uninterrupted(tmp_path, saved_tiny):
+    texts, ids = _corpus()
+    killed = tmp_path / "killed.zarr"
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from emotion_vectors.models import decoder_layers
+        from emotion_vectors.shards import write_shard
+        tok = AutoTokenizer.from_pretrained({str(saved_tiny)!r}); tok.padding_side = "left"
+        model = AutoModelForCausalLM.from_pretrained({str(saved_tiny)!r}, dtype="float32").eval()
+        calls = []
+        def kill_on_third_batch(module, args):
+            calls.append(1)
+            if len(calls) == 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+        decoder_layers(model)[0].register_forward_pre_hook(kill_on_third_batch)
+        write_shard(model, tok, {texts!r}, {ids!r}, [0, 2], {str(killed)!r}, {SETTINGS!r}, name="calm", model_info={INFO!r})
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    assert not killed.exists(), "a killed job must not leave a shard that looks finished"
+    partial = zarr.open_group(str(killed) + ".partial", mode="r")
+    assert partial["done"][:].sum() == 4  # two batches of two finished before the kill
+    with pytest.raises(ShardError, match="does not exist"):
+        open_shard(killed)
+
+    model, tok = _load(saved_tiny)
+    resumed = write_shard(model, tok, texts, ids, [0, 2], killed, SETTINGS, name="calm", model_info=INFO)
+    assert resumed["resumed_rows"] == 4
+    fresh_path = tmp_path / "fresh.zarr"
+    fresh = write_shard(model, tok, texts, ids, [0, 2], fresh_path, SETTINGS, name="calm", model_info=INFO)
+    assert fresh["resumed_rows"] == 0
+    a, b = open_shard(killed), open_shard(fresh_path)
+    np.testing.assert_array_equal(a["activations"][:], b["activations"][:])
+    np.testing.assert_array_equal(a["token_norm"][:], b["token_norm"][:])
+    assert a.attrs["ids"] == b.attrs["ids"] and a.attrs["skipped"] == b.attrs["skipped"]
+    assert not (tmp_path / "killed.zarr.partial").exists()
+
+
+def test_shard_contents_short_texts_and_attributes(tmp_path, tiny_llama):
+    model, tok = tiny_llama
+    texts, ids = _corpus()
+    out = tmp_path / "s.zarr"
+    summary = write_shard(model, tok, texts, ids, [1, 3], out, SETTINGS, name="calm", model_info=INFO, attrs={"provenance": {"stage": "test"}})
+    shard = open_shard(out)
+    n_tok = [len(tok(t)["input_ids"]) for t in texts]
+    kept = [i for i, n in enumerate(n_tok) if n > SETTINGS["pool_start"]]
+    assert summary["n_kept"] == len(kept) and summary["n_skipped"] == len(texts) - len(kept) > 0
+    assert shard["activations"].shape == (len(kept), 2, model.config.hidden_size)
+    assert shard.attrs["ids"] == [ids[i] for i in kept]
+    assert [s["id"] for s in shard.attrs["skipped"]] == [ids[i] for i in range(len(texts)) if i not in kept]
+    np.testing.assert_array_equal(shard["n_tokens"][:], [n_tok[i] for i in kept])
+    assert shard.attrs["layers"] == [1, 3] and "block" in shard.attrs["layer_convention"]
+    assert shard.attrs["model"] == INFO and shard.attrs["provenance"] == {"stage": "test"}
+
+
+def test_partial_store_is_never_accepted(tmp_path):
+    g = zarr.open_group(str(tmp_path / "x.zarr"), mode="w")
+    g.attrs["layers"] = [0]
+    with pytest.raises(ShardError, match="not complete"):
+        open_shard(tmp_path / "x.zarr")
+
+
+def test_float16_storage_refuses_overflow(tmp_path, tiny_llama):
+    model, tok = tiny_llama
+    texts, ids = _corpus(4)
+    texts = [t + " more words here to be long enough" for t in texts]
+    blocks = __import__("emotion_vectors.models", fromlist=["x"]).decoder_layers(model)
+
+    def huge(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        hidden[..., 0] = 1e6
+        return output
+
+    handle = blocks[1].register_forward_hook(huge)
+    try:
+        with pytest.raises(ShardError, match="float16"):
+            write_shard(model, tok, texts, ids, [1], tmp_path / "h.zarr", dict(SETTINGS, storage_dtype="float16"), name="calm", model_info=INFO)
+        ok = write_shard(model, tok, texts, ids, [1], tmp_path / "f.zarr", SETTINGS, name="calm", model_info=INFO)
+    finally:
+        handle.remove()
+    assert ok["n_kept"] == 4
+    assert np.isfinite(open_shard(tmp_path / "f.zarr")["activations"][:]).all()
