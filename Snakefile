@@ -15,6 +15,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/corpus.smk"
 include: "workflow/rules/activations.smk"
+include: "workflow/rules/analysis.smk"
 
 
 rule all:

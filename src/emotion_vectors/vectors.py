@@ -162,6 +162,7 @@ def build_vector_store(
             "emotions": emotions,
             "layers": layers,
             "layer_convention": neutral.attrs["layer_convention"],
+            "num_hidden_layers": neutral.attrs.get("num_hidden_layers"),
             "pool_start": neutral.attrs["pool_start"],
             "denoise_variance": denoise_variance,
             "n_neutral": int(neutral_acts.shape[0]),

@@ -20,8 +20,8 @@ rule subject_server:
     output:
         service(SERVER),
     params:
-        subject=SUBJECT,
-        extraction=config["extraction"],
+        subject=json.dumps(SUBJECT),
+        extraction=json.dumps(config["extraction"]),
         models_dir=MODELS_DIR,
     log:
         f"{LOGS}/activations/subject_server.log",
@@ -29,8 +29,11 @@ rule subject_server:
     resources:
         gpu=wants_gpu(SUBJECT),
         mem_mb=4000,
-    script:
-        "../scripts/subject_server.py"
+    # A shell rule started with exec: Snakemake terminates a service through the shell
+    # process it started, so that process must be the service itself.
+    shell:
+        "exec {PYTHON:q} -m emotion_vectors.serve_subject {output:q} --subject {params.subject:q}"
+        " --extraction {params.extraction:q} --models-dir {params.models_dir:q} 2> {log:q}"
 
 
 rule activations:

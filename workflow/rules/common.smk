@@ -1,4 +1,5 @@
 # Config validation, paths, wildcard constraints and input functions shared by all rules.
+import json
 import re
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ except ConfigError as err:
 config.clear()
 config.update(_validated)
 
+PYTHON = sys.executable  # the environment Snakemake runs in (.venv)
 RUN = config["run"]
 RESULTS = f"results/{RUN}"
 LOGS = f"{RESULTS}/logs"
