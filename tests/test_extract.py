@@ -7,7 +7,7 @@ The reference everywhere is the plain way: run each text alone (no padding) with
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np

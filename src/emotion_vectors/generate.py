@@ -358,6 +358,8 @@ def generate_neutral(
     rejections = Counter(state["rejections"])
     tasks = prompts["tasks"]
     systems = prompts.get("dialogue_system_prompts") or []
+    # Text the reply starts with (e.g. "Human:"), so that small generators keep the format.
+    prefill = prompts.get("prefill") or ""
 
     def missing() -> dict[int, int]:
         return {
@@ -388,7 +390,7 @@ def generate_neutral(
                 else None
             )
             user = prompts["user"].format(topic=topics[t], task=task, exchanges=exchanges)
-            texts.append(chat_prompt(tokenizer, prompts.get("system"), user))
+            texts.append(chat_prompt(tokenizer, prompts.get("system"), user) + prefill)
             plan.append((t, task, exchanges, system))
         seed = derive_seed(settings["seed"], "neutral", state["round"], state["batch_in_round"])
         started = time.perf_counter()
@@ -405,7 +407,7 @@ def generate_neutral(
         state["new_tokens"] += sum(r.n_tokens for r in replies)
         for (t, task, exchanges, system), reply in zip(plan, replies):
             state["replies"] += 1
-            turns = parse_dialogue(reply.text, truncated=reply.truncated)
+            turns = parse_dialogue(prefill + reply.text, truncated=reply.truncated)
             problem = dialogue_problem(turns, settings["min_turns"])
             kept = state["dialogues"][str(t)]
             if problem:

@@ -1,11 +1,10 @@
-"""Command line of the subject-model service (Snakemake rule ``subject_server``).
+"""Command line of the subject-model server (started on demand by the activation jobs).
 
 ``python -m emotion_vectors.serve_subject ADDRESS_FILE --subject JSON --extraction JSON
-[--models-dir DIR] [--threads N]``
+[--models-dir DIR] [--threads N] [--idle-timeout S]``
 
-Loads the subject model once and writes every activation shard the per-emotion jobs ask for
-(see ``emotion_vectors.service``). It is started with ``exec`` from a ``shell:`` rule so that
-Snakemake's SIGTERM, sent when the last consumer finishes, reaches this process.
+Loads the subject model once and writes every activation shard the per-emotion jobs ask for,
+then exits after ``--idle-timeout`` seconds without a request (see ``emotion_vectors.service``).
 """
 
 from __future__ import annotations
@@ -28,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subject", required=True, help="model spec as JSON (config models.subject)")
     ap.add_argument("--extraction", required=True, help="config extraction section as JSON")
     ap.add_argument("--models-dir", default="results/models")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--idle-timeout", type=float, default=300.0, help="exit after this many idle seconds")
     args = ap.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("emotion_vectors.subject_server")
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return handle
 
-    serve(args.address_file, make_handler)
+    serve(args.address_file, make_handler, idle_timeout=args.idle_timeout)
     return 0
 
 

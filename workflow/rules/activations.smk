@@ -1,9 +1,8 @@
 # Activations: one Zarr shard per emotion (and one for the neutral dialogues), each its own job
-# and output, all filled by ONE subject-model process: `subject_server` is a Snakemake service
-# that loads the model once; the per-shard jobs are thin clients (see src/emotion_vectors/service.py).
-# Service and clients declare threads: 0 so that they can share one group under --cores 1.
-
-SERVER = f"{RESULTS}/activations/subject.server.json"
+# and output. The jobs are thin clients of ONE subject-model server per run and machine, which
+# the first job starts and the others reuse (src/emotion_vectors/service.py): one model load
+# for all shards, and the server stays invisible to the DAG, so only outdated shards rerun.
+# On a cluster, group these jobs so that they share a node (profiles/slurm).
 
 
 def emotion_shard(emotion_slug):
@@ -11,63 +10,60 @@ def emotion_shard(emotion_slug):
 
 
 NEUTRAL_SHARD = f"{RESULTS}/activations/neutral.zarr"
-
-
-rule subject_server:
-    """Loads the subject model once and extracts every shard requested by the jobs below."""
-    input:
-        model_input(SUBJECT),
-    output:
-        service(SERVER),
-    params:
-        subject=json.dumps(SUBJECT),
-        extraction=json.dumps(config["extraction"]),
-        models_dir=MODELS_DIR,
-    log:
-        f"{LOGS}/activations/subject_server.log",
-    threads: 0
-    resources:
-        gpu=wants_gpu(SUBJECT),
-        mem_mb=4000,
-    # A shell rule started with exec: Snakemake terminates a service through the shell
-    # process it started, so that process must be the service itself.
-    shell:
-        "exec {PYTHON:q} -m emotion_vectors.serve_subject {output:q} --subject {params.subject:q}"
-        " --extraction {params.extraction:q} --models-dir {params.models_dir:q} 2> {log:q}"
+EXTRACT_PARAMS = dict(
+    subject=SUBJECT,
+    extraction=config["extraction"],
+    models_dir=MODELS_DIR,
+    server_dir=f"{RESULTS}/activations/.server",
+    idle_timeout=300,
+    server_threads=0,
+)
 
 
 rule activations:
     """Mean residual-stream activation of every story of one emotion, at every layer."""
     input:
-        server=SERVER,
+        model_input(SUBJECT),
         texts=story_shard("{emotion}"),
     output:
         directory(emotion_shard("{emotion}")),
     params:
         name=lambda wc: EMOTIONS[wc.emotion],
-        extraction=config["extraction"],
+        **EXTRACT_PARAMS,
+    conda:
+        "../../envs/activations.yaml"
     log:
         f"{LOGS}/activations/{{emotion}}.log",
-    threads: 0
+    benchmark:
+        f"{BENCH}/activations/{{emotion}}.tsv"
+    threads: 1
+    resources:
+        gpu=wants_gpu(SUBJECT),
     script:
-        "../scripts/activations_client.py"
+        "../scripts/activations.py"
 
 
 rule neutral_activations:
     """The same for the neutral dialogues (the denoising baseline)."""
     input:
-        server=SERVER,
+        model_input(SUBJECT),
         texts=f"{RESULTS}/neutral/dialogues.json",
     output:
         directory(NEUTRAL_SHARD),
     params:
         name="neutral",
-        extraction=config["extraction"],
+        **EXTRACT_PARAMS,
+    conda:
+        "../../envs/activations.yaml"
     log:
         f"{LOGS}/activations/neutral.log",
-    threads: 0
+    benchmark:
+        f"{BENCH}/activations/neutral.tsv"
+    threads: 1
+    resources:
+        gpu=wants_gpu(SUBJECT),
     script:
-        "../scripts/activations_client.py"
+        "../scripts/activations.py"
 
 
 rule vectors:
@@ -85,6 +81,8 @@ rule vectors:
     params:
         emotions=list(EMOTIONS.values()),
         denoise_variance=config["vectors"]["denoise_variance"],
+    conda:
+        "../../envs/activations.yaml"
     log:
         f"{LOGS}/vectors.log",
     benchmark:

@@ -99,6 +99,8 @@ rule analyze:
         top_k_tokens=config["analysis"]["top_k_tokens"],
         subject=SUBJECT,
         models_dir=MODELS_DIR,
+    conda:
+        "../../envs/analysis.yaml"
     log:
         f"{LOGS}/analyze.log",
     benchmark:

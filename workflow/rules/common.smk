@@ -19,7 +19,6 @@ except ConfigError as err:
 config.clear()
 config.update(_validated)
 
-PYTHON = sys.executable  # the environment Snakemake runs in (.venv)
 RUN = config["run"]
 RESULTS = f"results/{RUN}"
 LOGS = f"{RESULTS}/logs"

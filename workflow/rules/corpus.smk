@@ -14,6 +14,8 @@ rule stories:
         settings=config["stories"],
         generator=GEN,
         models_dir=MODELS_DIR,
+    conda:
+        "../../envs/corpus.yaml"
     log:
         f"{LOGS}/stories/{{emotion}}.log",
     benchmark:
@@ -40,6 +42,8 @@ rule neutral:
         all_emotions_file=config["emotions_file"],
         generator=GEN,
         models_dir=MODELS_DIR,
+    conda:
+        "../../envs/corpus.yaml"
     log:
         f"{LOGS}/neutral.log",
     benchmark:

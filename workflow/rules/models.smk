@@ -6,6 +6,8 @@ rule prepare_model:
         directory(f"{MODELS_DIR}/{{model}}"),
     params:
         spec=lambda wc: gguf_models()[wc.model],
+    conda:
+        "../../envs/corpus.yaml"
     log:
         f"results/logs/prepare_model/{{model}}.log",
     threads: 1

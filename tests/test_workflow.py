@@ -1,0 +1,135 @@
+"""The real workflow on the real default model (tiny config): contents, reruns, forcing.
+
+One module-scoped run of ``snakemake --cores 2`` on ``tests/data/tiny.yaml`` (3 emotions, 1 topic,
+2 stories each, SmolLM2-135M-Instruct writing and being read), then checks of its outputs and of
+the DAG behaviour users rely on.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import zarr
+
+from emotion_vectors.config import REPO_ROOT
+from emotion_vectors.leak import find_leaks
+
+pytestmark = pytest.mark.slow
+RUN = "pytest-tiny"
+RESULTS = REPO_ROOT / "results" / RUN
+SNAKEMAKE = str(REPO_ROOT / ".venv" / "bin" / "snakemake")
+BASE = ["--configfile", "tests/data/tiny.yaml", "--config", f"run={RUN}"]
+
+
+def smk(*args, check=True):
+    out = subprocess.run([SNAKEMAKE, *args, *BASE], cwd=REPO_ROOT, capture_output=True, text=True)
+    if check and out.returncode != 0:
+        raise AssertionError(f"snakemake {args} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out
+
+
+def pending(*args):
+    """(rule, wildcards) of the jobs a dry run lists."""
+    out = smk("-n", "--nolock", *args)
+    text = out.stdout + out.stderr
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", text):
+        m = re.match(r"(?:local)?rule (\w+):", block)
+        if m:
+            wc = re.search(r"wildcards: (.*)", block)
+            jobs.append((m.group(1), wc.group(1).strip() if wc else ""))
+    return sorted(jobs)
+
+
+@pytest.fixture(scope="module")
+def tiny_run():
+    shutil.rmtree(RESULTS, ignore_errors=True)
+    smk("--cores", "2")
+    yield RESULTS
+    shutil.rmtree(RESULTS, ignore_errors=True)
+
+
+def test_story_shards(tiny_run):
+    for emotion in ("afraid", "calm", "happy"):
+        shard = json.loads((tiny_run / "stories" / f"{emotion}.json").read_text())
+        assert shard["emotion"] == emotion and shard["target"] == 2
+        # Never silently short: either complete, or the shortfall is stated.
+        assert shard["n_stories"] == len(shard["stories"])
+        assert shard["complete"] == (shard["n_stories"] == 2)
+        if not shard["complete"]:
+            assert sum(shard["shortfall"].values()) == 2 - shard["n_stories"]
+        for s in shard["stories"]:
+            assert re.fullmatch(rf"{emotion}-t000-s0\d", s["id"])
+            assert s["topic_index"] == 0 and isinstance(s["seed"], int)
+            assert not find_leaks(s["text"], emotion)
+            assert len(s["text"].split()) >= 30
+        assert shard["throughput"]["tokens_per_second"] > 0
+        prov = shard["provenance"]
+        assert prov["model"]["name"] == "smollm2-135m-instruct" and prov["model"]["dtype"] == "float32"
+        assert prov["packages"]["torch"].startswith("2.13") and prov["config"]["stories"]["per_topic"] == 2
+    neutral = json.loads((tiny_run / "neutral" / "dialogues.json").read_text())
+    assert neutral["n_dialogues"] >= 1
+    for d in neutral["dialogues"]:
+        assert d["text"].lstrip().startswith(("Human:", "System:")) and "Assistant:" in d["text"]
+        assert d["turns"][0]["role"] == "human"
+
+
+def test_activation_shards_and_vectors(tiny_run):
+    stories = json.loads((tiny_run / "stories" / "calm.json").read_text())
+    shard = zarr.open_group(str(tiny_run / "activations" / "emotions" / "calm.zarr"), mode="r")
+    n = len(shard.attrs["ids"])
+    assert n + len(shard.attrs["skipped"]) == stories["n_stories"]
+    assert shard["activations"].shape == (n, 2, 576) and shard.attrs["layers"] == [4, 19]
+    assert shard.attrs["complete"] and shard.attrs["pool_start"] == 20
+    assert shard.attrs["model"]["revision"].startswith("local-sha256:")
+    assert np.isfinite(shard["activations"][:]).all()
+    store = zarr.open_group(str(tiny_run / "vectors" / "vectors.zarr"), mode="r")
+    assert store["denoised"].shape == (3, 2, 576)
+    assert store.attrs["emotions"] == ["afraid", "calm", "happy"]
+    np.testing.assert_allclose(store["raw"][:].sum(axis=0), 0, atol=1e-4)
+    summary = json.loads((tiny_run / "analysis" / "summary.json").read_text())
+    assert summary  # the analysis ran on the run's vectors
+
+
+def test_nothing_pending_after_a_run(tiny_run):
+    assert pending() == []
+
+
+def test_changing_one_emotion_reruns_only_its_dependents(tiny_run):
+    story = tiny_run / "stories" / "calm.json"
+    original = story.read_text()
+    shard = json.loads(original)
+    shard["stories"][0]["text"] += " She closed the gate."
+    story.write_text(json.dumps(shard))
+    try:
+        jobs = pending()
+    finally:
+        story.write_text(original)
+    assert jobs == sorted(
+        [("activations", "emotion=calm"), ("vectors", ""), ("analyze", ""), ("all", "")]
+    ), jobs
+
+
+def test_force_rebuilds_one_named_shard(tiny_run):
+    shard = f"results/{RUN}/activations/emotions/happy.zarr"
+    assert pending("--force", shard) == [("activations", "emotion=happy")]
+    other = tiny_run / "activations" / "emotions" / "afraid.zarr"
+    before = other.stat().st_mtime_ns
+    smk("--cores", "2", "--force", shard)
+    assert zarr.open_group(str(REPO_ROOT / shard), mode="r").attrs["complete"]
+    assert other.stat().st_mtime_ns == before
+    # One model server served the whole run and the rebuild (one load per run and machine).
+    logs = list((tiny_run / "activations" / ".server").glob("*.log"))
+    assert len(logs) == 1
+    assert logs[0].read_text().count("loaded in") == 1
+
+
+def test_report(tiny_run, tmp_path):
+    report = tmp_path / "report.html"
+    smk("--report", str(report))
+    html = report.read_text(errors="replace")
+    assert report.stat().st_size > 10_000 and "pc_scatter" in html
