@@ -1,5 +1,6 @@
 """Activation shards: atomic, resumable after a hard kill, identical to an uninterrupted run."""
 
+import contextlib
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,27 @@ def _corpus(n=12):
     words = "the fence rain letter garden window quiet road light morning neighbor paint".split()
     texts = [" ".join(rng.choice(words, size=int(rng.integers(3, 25)))) for _ in range(n)]
     return texts, [f"calm-t000-s{i:02d}" for i in range(n)]
+
+
+@contextlib.contextmanager
+def edited_block_output(model, layer, edit):
+    """Apply ``edit(hidden)`` in place to the output of decoder block ``layer`` while inside."""
+    from emotion_vectors.models import decoder_layers
+
+    def hook(module, args, output):
+        edit(output[0] if isinstance(output, tuple) else output)
+        return output
+
+    handle = decoder_layers(model)[layer].register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _long_corpus(n=4):
+    texts, ids = _corpus(n)
+    return [t + " more words here to be long enough" for t in texts], ids
 
 
 @pytest.fixture(scope="module")
@@ -105,21 +127,29 @@ def test_partial_store_is_never_accepted(tmp_path):
 
 def test_float16_storage_refuses_overflow(tmp_path, tiny_llama):
     model, tok = tiny_llama
-    texts, ids = _corpus(4)
-    texts = [t + " more words here to be long enough" for t in texts]
-    blocks = __import__("emotion_vectors.models", fromlist=["x"]).decoder_layers(model)
+    texts, ids = _long_corpus()
 
-    def huge(module, args, output):
-        hidden = output[0] if isinstance(output, tuple) else output
+    def huge(hidden):
         hidden[..., 0] = 1e6
-        return output
 
-    handle = blocks[1].register_forward_hook(huge)
-    try:
+    with edited_block_output(model, 1, huge):
         with pytest.raises(ShardError, match="float16"):
             write_shard(model, tok, texts, ids, [1], tmp_path / "h.zarr", dict(SETTINGS, storage_dtype="float16"), name="calm", model_info=INFO)
         ok = write_shard(model, tok, texts, ids, [1], tmp_path / "f.zarr", SETTINGS, name="calm", model_info=INFO)
-    finally:
-        handle.remove()
     assert ok["n_kept"] == 4
     assert np.isfinite(open_shard(tmp_path / "f.zarr")["activations"][:]).all()
+
+
+def test_nan_names_shard_story_and_layer(tmp_path, tiny_llama):
+    model, tok = tiny_llama
+    texts, ids = _long_corpus()
+
+    def poison(hidden):
+        hidden[..., -1, 0] = float("nan")
+
+    with edited_block_output(model, 2, poison):
+        with pytest.raises(ShardError) as err:
+            write_shard(model, tok, texts, ids, [0, 2], tmp_path / "n.zarr", SETTINGS, name="calm", model_info=INFO)
+    msg = str(err.value)
+    assert "'calm'" in msg and "calm-t000-s0" in msg and "layer 2" in msg
+    assert not (tmp_path / "n.zarr").exists()

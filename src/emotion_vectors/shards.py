@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 import zarr
 
-from .extract import iter_pooled, plan_extraction
+from .extract import ExtractionError, iter_pooled, plan_extraction
 
 LAYER_CONVENTION = (
     "layer i = output of decoder block i (0-based; model.get_decoder().layers[i]); "
@@ -156,28 +156,23 @@ def write_shard(
             last_log = now
 
     acts_partial = group["activations"]
-    for batch in iter_pooled(
-        model,
-        tokenizer,
-        texts,
-        ids,
-        layers,
-        plan=plan,
-        skip_indices=skip,
-        progress=progress,
-    ):
-        rows = np.array([row_of[int(i)] for i in batch.indices])
-        _check_storage(batch.pooled, storage_dtype, list(batch.ids), layers, name)
-        for r, vec in zip(rows, batch.pooled):
-            acts_partial[int(r)] = vec
-        token_norm[rows] = batch.token_norm
-        n_tokens[rows] = batch.n_tokens
-        done[rows] = True
-        # Small arrays are rewritten whole after the rows they describe: a kill between the two
-        # only loses this batch, which the resume recomputes.
-        group["token_norm"][:] = token_norm
-        group["n_tokens"][:] = n_tokens
-        group["done"][:] = done
+    batches = iter_pooled(model, tokenizer, texts, ids, layers, plan=plan, skip_indices=skip, progress=progress)
+    try:
+        for batch in batches:
+            rows = np.array([row_of[int(i)] for i in batch.indices])
+            _check_storage(batch.pooled, storage_dtype, list(batch.ids), layers, name)
+            for r, vec in zip(rows, batch.pooled):
+                acts_partial[int(r)] = vec
+            token_norm[rows] = batch.token_norm
+            n_tokens[rows] = batch.n_tokens
+            done[rows] = True
+            # Small arrays are rewritten whole after the rows they describe: a kill between the
+            # two only loses this batch, which the resume recomputes.
+            group["token_norm"][:] = token_norm
+            group["n_tokens"][:] = n_tokens
+            group["done"][:] = done
+    except ExtractionError as err:  # NaN/inf, or a short text under the "error" policy
+        raise ShardError(f"shard {name!r} ({out}): {err}") from err
     seconds = time.perf_counter() - started
     if kept and not done.all():
         raise ShardError(f"{name}: extraction ended with {int((~done).sum())} texts missing")

@@ -1,0 +1,54 @@
+"""Story generation with the real default model: leak rejection, shortfall, resume."""
+
+import pytest
+
+from emotion_vectors.config import REPO_ROOT
+from emotion_vectors.generate import Checkpoint, ShardShortError, generate_story_shard, load_prompts
+
+TOPICS = ["A neighbor wants to install a fence", "A neighbor starts a renovation project"]
+BASE = {
+    "per_topic": 2, "per_reply": 1, "max_new_tokens": 40, "min_words": 5, "temperature": 0.9,
+    "top_p": 0.95, "batch_size": 2, "oversample": 1.0, "max_rounds": 2, "allow_shortfall": True, "seed": 7,
+}
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return load_prompts(REPO_ROOT / "config" / "prompts", "story")
+
+
+def test_interrupted_shard_resumes_to_the_same_stories(tmp_path, default_model, prompts):
+    model, tok = default_model
+    full = generate_story_shard(model, tok, "calm", TOPICS, BASE, prompts, output=tmp_path / "a.json", log=lambda m: None)
+    assert Checkpoint(tmp_path / "a.json", "").path.exists()  # cleared by the job script once written
+
+    def stop_after_first_batch(msg):
+        if "batch 1" in msg:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate_story_shard(model, tok, "calm", TOPICS, BASE, prompts, output=tmp_path / "b.json", log=stop_after_first_batch)
+    assert (tmp_path / "b.json.progress.json").exists()
+    messages = []
+    resumed = generate_story_shard(model, tok, "calm", TOPICS, BASE, prompts, output=tmp_path / "b.json", log=messages.append)
+    assert any("resuming" in m for m in messages)
+    assert [s["text"] for s in resumed["stories"]] == [s["text"] for s in full["stories"]]
+    assert [s["seed"] for s in resumed["stories"]] == [s["seed"] for s in full["stories"]]
+    assert resumed["rejections"] == full["rejections"] and resumed["replies"] == full["replies"]
+    for s in full["stories"]:
+        assert s["id"].startswith("calm-t00") and s["topic"] in TOPICS and "calm" not in s["text"].lower().split()
+
+
+def test_leaks_are_rejected_and_a_short_shard_fails_or_says_so(tmp_path, default_model, prompts):
+    model, tok = default_model
+    # An "emotion" every English story uses: every story leaks.
+    settings = dict(BASE, per_topic=1, max_rounds=1, allow_shortfall=False)
+    with pytest.raises(ShardShortError) as err:
+        generate_story_shard(model, tok, "the", TOPICS[:1], settings, prompts, output=tmp_path / "c.json", log=lambda m: None)
+    assert "'leak'" in str(err.value) and "allow_shortfall" in str(err.value)
+    shard = generate_story_shard(
+        model, tok, "the", TOPICS[:1], dict(settings, allow_shortfall=True), prompts, output=tmp_path / "d.json", log=lambda m: None
+    )
+    assert shard["complete"] is False and shard["n_stories"] == 0
+    assert shard["shortfall"] == {TOPICS[0]: 1} and shard["rejections"]["leak"] >= 1
+    assert "the" in shard["leak_forms"]
