@@ -1,6 +1,5 @@
 """Snakemake script of rule `analyze`: emotion_vectors.analysis.analyze on the run's vectors."""
 
-import json
 from pathlib import Path
 
 from emotion_vectors.analysis import analyze
@@ -16,14 +15,6 @@ if p.logit_lens:
     loaded = load_model(p.subject, p.models_dir)
     model, tokenizer = loaded.model, loaded.tokenizer
     log.info("logit lens with %s (%s)", loaded.info["name"], loaded.info["path"])
-n_model_layers = None  # for the default main layer (2/3 of the depth), when it can be read
-if model is None:
-    from emotion_vectors.models import resolve_path
-
-    config_json = Path(resolve_path(p.subject, p.models_dir)) / "config.json"
-    if config_json.exists():
-        cfg = json.loads(config_json.read_text())
-        n_model_layers = (cfg.get("text_config") or cfg).get("num_hidden_layers")
 out_dir = Path(smk.output.summary).parent
 summary = analyze(
     smk.input.vectors,
@@ -36,7 +27,6 @@ summary = analyze(
     model=model,
     tokenizer=tokenizer,
     top_k_tokens=int(p.top_k_tokens),
-    n_model_layers=n_model_layers,
 )
 missing = [f for f in smk.output if not Path(f).exists()]
 if missing:

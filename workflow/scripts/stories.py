@@ -1,4 +1,4 @@
-from emotion_vectors.generate import generate_story_shard, load_prompts, write_json_atomic
+from emotion_vectors.generate import Checkpoint, generate_story_shard, load_prompts, write_json_atomic
 from emotion_vectors.jobs import start_job
 from emotion_vectors.models import load_model
 from emotion_vectors.provenance import provenance
@@ -21,7 +21,5 @@ shard["provenance"] = provenance(
 if not shard["complete"]:
     log.warning("shard %s is short (allowed by config): %s", p.emotion, shard["shortfall"])
 write_json_atomic(shard, smk.output[0])
-from emotion_vectors.generate import Checkpoint  # noqa: E402
-
 Checkpoint(smk.output[0], "").clear()
 log.info("wrote %d stories for %s", shard["n_stories"], p.emotion)
