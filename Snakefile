@@ -5,7 +5,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The default run's config, used only when no --configfile is given: a config file is complete
+# on its own (see emotion_vectors.config.assemble_config; common.smk assembles the run's config).
+if not workflow.config_settings.configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"

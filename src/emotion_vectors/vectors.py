@@ -10,6 +10,10 @@ Per layer ``l`` (shapes: ``E`` emotions, ``d`` hidden size):
 4. ``denoised = raw - raw @ V_k.T @ V_k`` (those directions projected out);
 5. unit-normalised copies of both, and the mean residual-stream norm per layer (mean over all
    emotion stories of the per-token L2 norm), the unit in which steering strength is given.
+
+All shards (the neutral one included) must come from the same model and extraction: the store
+refuses a shard whose model path, revision, dtype, quantization, layers, pooling or storage type
+differs from the neutral shard's, naming the shard and the setting (``check_same_origin``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,35 @@ import numpy as np
 import zarr
 
 from .shards import open_shard
+
+# What must agree between the shards that one store averages (see ``shard_origin``).
+ORIGIN_MODEL_KEYS = ("path", "revision", "dtype", "quantization", "quantization_config")
+ORIGIN_EXTRACTION_KEYS = ("layers", "layer_convention", "pool_start", "pooling", "short_text_policy", "storage_dtype", "hidden_size")
+
+
+class ShardMismatchError(ValueError):
+    """Shards made by different models or extraction settings cannot be mixed in one store."""
+
+
+def shard_origin(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a shard that decide what its numbers mean: ``{"model.dtype": ..., "pool_start": ...}``."""
+    model = attrs.get("model") or {}
+    origin = {f"model.{k}": model.get(k) for k in ORIGIN_MODEL_KEYS}
+    origin.update({k: attrs.get(k) for k in ORIGIN_EXTRACTION_KEYS})
+    return origin
+
+
+def check_same_origin(reference: tuple[str, dict[str, Any]], other: tuple[str, dict[str, Any]]) -> None:
+    """Raise ``ShardMismatchError`` naming ``other``'s shard and every setting that differs from
+    ``reference``'s. Each argument is ``(shard path, shard attrs)``."""
+    (ref_name, ref_attrs), (name, attrs) = reference, other
+    want, got = shard_origin(ref_attrs), shard_origin(attrs)
+    diffs = [f"{k}: {got[k]!r} (vs {want[k]!r})" for k in want if got[k] != want[k]]
+    if diffs:
+        raise ShardMismatchError(
+            f"shard {name} was made with other settings than {ref_name}: " + "; ".join(diffs)
+            + ". Rebuild it with the run's model and extraction settings (snakemake --force <shard>)."
+        )
 
 
 @dataclass
@@ -107,16 +140,16 @@ def build_vector_store(
     emotions = list(emotion_shards)
     neutral = open_shard(neutral_shard)
     layers = list(neutral.attrs["layers"])
-    means, n_stories, norm_sum, norm_n = [], [], 0.0, 0
-    model = None
+    model = neutral.attrs["model"]
+    reference = (str(neutral_shard), dict(neutral.attrs))
+    # Check every shard's origin before reading any activations (a mismatch fails in seconds).
+    shards = {}
     for emotion in emotions:
-        shard = open_shard(emotion_shards[emotion])
-        if list(shard.attrs["layers"]) != layers:
-            raise ValueError(f"shard {emotion_shards[emotion]} has layers {shard.attrs['layers']}, neutral has {layers}")
-        if model is None:
-            model = shard.attrs["model"]
-        elif shard.attrs["model"].get("path") != model.get("path"):
-            raise ValueError(f"shard {emotion!r} was extracted from another model: {shard.attrs['model'].get('path')}")
+        shards[emotion] = open_shard(emotion_shards[emotion])
+        check_same_origin(reference, (str(emotion_shards[emotion]), dict(shards[emotion].attrs)))
+    means, n_stories, norm_sum, norm_n = [], [], 0.0, 0
+    for emotion in emotions:
+        shard = shards[emotion]
         acts = np.asarray(shard["activations"][:], dtype=np.float64)  # (n, L, d)
         if acts.shape[0] == 0:
             raise ValueError(f"emotion {emotion!r}: no stories survived extraction (all too short?)")

@@ -47,7 +47,7 @@ rule neutral_activations:
     """The same for the neutral dialogues (the denoising baseline)."""
     input:
         model_input(SUBJECT),
-        texts=f"{RESULTS}/neutral/dialogues.json",
+        texts=NEUTRAL_DIALOGUES,
     output:
         directory(NEUTRAL_SHARD),
     params:
@@ -94,4 +94,4 @@ rule vectors:
         "../scripts/vectors.py"
 
 
-ACTIVATION_TARGETS = [f"{RESULTS}/vectors/vectors.zarr", f"{RESULTS}/vectors/vectors.tsv"]
+VECTOR_OUTPUTS = [f"{RESULTS}/vectors/vectors.zarr", f"{RESULTS}/vectors/vectors.tsv"]

@@ -112,6 +112,3 @@ rule analyze:
     script:
         "../scripts/analyze.py"
 
-
-# The final outputs `rule all` requests (every output of `analyze`).
-ANALYSIS_OUTPUTS = list(rules.analyze.output)

@@ -7,13 +7,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 
-from emotion_vectors.config import ConfigError, validate_config
+from emotion_vectors.config import ConfigError, assemble_config, describe_model, validate_config
 from emotion_vectors.generate import slug
 
 try:
-    # Fills schema defaults in place and adds emotion_list / topic_list; stops before any job.
-    _validated = validate_config(config, base_dir=workflow.basedir)
+    # The run's config from its sources (model specs replaced whole, --config scalars read as
+    # YAML), validated with schema defaults filled and emotion_list / topic_list added; a bad
+    # value stops here, before any job.
+    _validated = validate_config(
+        assemble_config(
+            workflow.config_settings.configfiles,
+            workflow.config_settings.config,
+            default_file=Path(workflow.basedir) / "config" / "config.yaml",
+        ),
+        base_dir=workflow.basedir,
+    )
 except ConfigError as err:
     raise WorkflowError(f"Invalid configuration: {err}") from None
 config.clear()
@@ -27,6 +37,7 @@ MODELS_DIR = "results/models"
 EMOTIONS = {slug(e): e for e in config["emotion_list"]}  # slug -> emotion word
 GEN = config["models"]["generator"]
 SUBJECT = config["models"]["subject"]
+logger.info(f"run {RUN}: generator = {describe_model(GEN)}; subject = {describe_model(SUBJECT)}")
 
 
 wildcard_constraints:
@@ -48,14 +59,19 @@ def gguf_models():
     return specs
 
 
+NEUTRAL_DIALOGUES = f"{RESULTS}/neutral/dialogues.json"
+
+
 def story_shard(emotion_slug):
     return f"{RESULTS}/stories/{emotion_slug}.json"
 
 
 def all_targets():
-    targets = [story_shard(s) for s in EMOTIONS]
-    targets.append(f"{RESULTS}/neutral/dialogues.json")
-    for name in ("ACTIVATION_TARGETS", "ANALYSIS_OUTPUTS"):
-        if name in globals():
-            targets += list(globals()[name])
-    return targets
+    """Every final output of the run, from the config: story shards, the neutral corpus, the
+    vector store and the outputs of the analysis rules (names defined in the included rule files)."""
+    return [
+        *(story_shard(s) for s in EMOTIONS),
+        NEUTRAL_DIALOGUES,
+        *VECTOR_OUTPUTS,
+        *rules.analyze.output,
+    ]

@@ -36,7 +36,7 @@ rule neutral:
         model_input(GEN),
         prompts=f"{config['prompts_dir']}/neutral.yaml",
     output:
-        f"{RESULTS}/neutral/dialogues.json",
+        NEUTRAL_DIALOGUES,
     params:
         topics=config["topic_list"],
         settings=config["neutral"],
