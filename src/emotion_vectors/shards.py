@@ -11,8 +11,11 @@ Layout of one shard (a Zarr v3 group, one directory)::
 Rows follow the order of the input texts, less those skipped as too short.
 
 While a shard is being filled it lives in ``<shard>.partial`` (rows written as batches finish,
-plus a ``done`` mask); a rerun after a kill resumes from the rows already done, provided the
-texts, model and settings are the same (the ``fingerprint``). When every row is done the data
+plus a ``done`` mask and a checksum of every finished row); a rerun after a kill resumes from the
+rows already done, provided the texts, model and settings are the same (the ``fingerprint``).
+Nothing in a partial is trusted blindly: a partial whose metadata or small arrays cannot be read
+is started over, and a finished row whose chunk is missing, truncated or altered (its checksum
+differs) is recomputed; both are logged. When every row is done the data
 are copied into ``<shard>.tmp`` with the final chunking and renamed to ``<shard>``: a path
 named like the shard is always a complete shard, and ``open_shard`` refuses one whose
 ``complete`` attribute is not set.
@@ -20,7 +23,9 @@ named like the shard is always a complete shard, and ``open_shard`` refuses one 
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import logging
 import shutil
@@ -66,6 +71,117 @@ def _check_storage(values: np.ndarray, storage_dtype: str, ids: list[str], layer
         )
 
 
+PARTIAL_FORMAT = 2
+"""Layout version of ``<shard>.partial`` (2: a 64-bit checksum of every finished row)."""
+
+
+def _row_checksum(activations: np.ndarray, token_norm: np.ndarray, n_tokens: Any) -> int:
+    """64-bit BLAKE2b of one partial row as stored (float32 activations and token norms, int64 count)."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(np.ascontiguousarray(activations, dtype="<f4").tobytes())
+    h.update(np.ascontiguousarray(token_norm, dtype="<f4").tobytes())
+    h.update(np.asarray(n_tokens, dtype="<i8").tobytes())
+    return int.from_bytes(h.digest(), "little")
+
+
+def _open_partial(
+    partial: Path, fp: str, n: int, n_layers: int, d: int, row_ids: list[str], name: str, log: Callable[[str], None]
+) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Open ``partial`` to resume it, or create it empty; never use a row that fails its check.
+
+    Returns ``(group, done, token_norm, n_tokens, checksum)``. A partial made from other inputs
+    (fingerprint), in an older layout, or whose metadata or small arrays cannot be read (garbage
+    or truncated ``zarr.json`` or chunk) is started over. A finished row whose activations chunk
+    cannot be read, or whose checksum differs from the one recorded with the done mask
+    (truncated, altered or deleted chunk), is marked not done, so that it is recomputed.
+    """
+    shapes = {
+        "activations": (n, n_layers, d),
+        "token_norm": (n, n_layers),
+        "n_tokens": (n,),
+        "done": (n,),
+        "row_checksum": (n,),
+    }
+    if partial.exists():
+        state = None
+        try:
+            group = zarr.open_group(str(partial), mode="r+")
+            if group.attrs.get("fingerprint") != fp:
+                log(f"{name}: partial shard {partial} was made with other texts or settings; starting over")
+            elif group.attrs.get("partial_format") != PARTIAL_FORMAT:
+                log(f"{name}: partial shard {partial} has an older layout (no row checksums); starting over")
+            else:
+                for key, shape in shapes.items():
+                    if tuple(group[key].shape) != shape:
+                        raise ShardError(f"array {key!r} has shape {tuple(group[key].shape)}, expected {shape}")
+                state = (
+                    group,
+                    np.asarray(group["done"][:], dtype=bool) if n else np.zeros(0, bool),
+                    np.asarray(group["token_norm"][:], dtype=np.float32) if n else np.zeros((0, n_layers), np.float32),
+                    np.asarray(group["n_tokens"][:], dtype=np.int64) if n else np.zeros(0, np.int64),
+                    np.asarray(group["row_checksum"][:], dtype=np.uint64) if n else np.zeros(0, np.uint64),
+                )
+        except Exception as err:  # noqa: BLE001 - unreadable partial: start over
+            log(f"{name}: partial shard {partial} unreadable ({type(err).__name__}: {err}); starting over")
+        if state is not None:
+            group, done, token_norm, n_tokens, checksum = state
+            acts = group["activations"]
+            bad = []
+            for r in np.flatnonzero(done):
+                try:
+                    ok = _row_checksum(np.asarray(acts[int(r)]), token_norm[r], n_tokens[r]) == int(checksum[r])
+                except Exception:  # noqa: BLE001 - undecodable chunk (truncated, garbage)
+                    ok = False
+                if not ok:
+                    bad.append(int(r))
+            if bad:
+                done[bad] = False
+                shown = ", ".join(row_ids[r] for r in bad[:5]) + (", ..." if len(bad) > 5 else "")
+                log(
+                    f"{name}: partial shard {partial}: {len(bad)} finished row(s) failed the integrity "
+                    f"check (unreadable or checksum mismatch: {shown}); recomputing them"
+                )
+            return state
+    shutil.rmtree(partial, ignore_errors=True)
+    group = zarr.open_group(str(partial), mode="w")
+    rows = max(n, 1)
+    # One row per chunk while filling: each finished batch writes only its own rows.
+    group.create_array("activations", shape=(n, n_layers, d), chunks=(1, n_layers, d), dtype="float32", fill_value=0.0)
+    group.create_array("token_norm", shape=(n, n_layers), chunks=(rows, n_layers), dtype="float32", fill_value=0.0)
+    group.create_array("n_tokens", shape=(n,), chunks=(rows,), dtype="int64", fill_value=0)
+    group.create_array("row_checksum", shape=(n,), chunks=(rows,), dtype="uint64", fill_value=0)
+    group.create_array("done", shape=(n,), chunks=(rows,), dtype="bool", fill_value=False)
+    group.attrs.update({"fingerprint": fp, "partial_format": PARTIAL_FORMAT})
+    return (
+        group,
+        np.zeros(n, bool),
+        np.zeros((n, n_layers), np.float32),
+        np.zeros(n, np.int64),
+        np.zeros(n, np.uint64),
+    )
+
+
+def _os_errors_name_the_shard(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Re-raise an ``OSError`` of a shard write (no space left, file too large, ...) as a
+    ``ShardError`` that names the shard and says that the rows written so far are kept."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except OSError as err:
+            arg = signature.bind_partial(*args, **kwargs).arguments
+            raise ShardError(
+                f"shard {arg.get('name')!r} ({arg.get('out')}): cannot write: {err}; nothing was "
+                "published under that path; fix the cause (e.g. free space) and rerun: the rows "
+                "already extracted are kept in its .partial and resumed"
+            ) from err
+
+    return wrapper
+
+
+@_os_errors_name_the_shard
 def write_shard(
     model: Any,
     tokenizer: Any,
@@ -79,6 +195,7 @@ def write_shard(
     model_info: dict[str, Any],
     attrs: dict[str, Any] | None = None,
     log: Callable[[str], None] = logging.getLogger(__name__).info,
+    staged: str | Path | None = None,
 ) -> dict[str, Any]:
     """Extract pooled activations of ``texts`` at ``layers`` into the shard ``out``.
 
@@ -91,6 +208,9 @@ def write_shard(
         name: what the shard holds (emotion word or ``"neutral"``), for messages.
         model_info: ``LoadedModel.info`` (recorded, and part of the resume fingerprint).
         attrs: more attributes to store (provenance).
+        staged: if given, the finished shard goes there instead of ``out`` and
+            ``<out>.partial`` is kept: the caller renames it into ``out`` and then removes the
+            partial (the model server's client does, so a cancelled job gets no output).
 
     Returns:
         A summary: texts, kept, skipped, tokens, seconds, tokens per second, resumed rows.
@@ -114,33 +234,13 @@ def write_shard(
     d = _hidden_size(model)
     n_layers = len(layers)
 
-    group = None
-    if partial.exists():
-        try:
-            group = zarr.open_group(str(partial), mode="r+")
-            if group.attrs.get("fingerprint") != fp:
-                log(f"{name}: partial shard {partial} was made with other texts or settings; starting over")
-                group = None
-        except Exception as err:  # noqa: BLE001 - unreadable partial: start over
-            log(f"{name}: partial shard {partial} unreadable ({err}); starting over")
-            group = None
-    if group is None:
-        shutil.rmtree(partial, ignore_errors=True)
-        group = zarr.open_group(str(partial), mode="w")
-        n = max(len(kept), 1)
-        # One row per chunk while filling: each finished batch writes only its own rows.
-        group.create_array("activations", shape=(len(kept), n_layers, d), chunks=(1, n_layers, d), dtype="float32", fill_value=0.0)
-        group.create_array("token_norm", shape=(len(kept), n_layers), chunks=(n, n_layers), dtype="float32", fill_value=0.0)
-        group.create_array("n_tokens", shape=(len(kept),), chunks=(n,), dtype="int64", fill_value=0)
-        group.create_array("done", shape=(len(kept),), chunks=(n,), dtype="bool", fill_value=False)
-        group.attrs["fingerprint"] = fp
-    done = np.asarray(group["done"][:], dtype=bool) if kept else np.zeros(0, bool)
+    group, done, token_norm, n_tokens, checksum = _open_partial(
+        partial, fp, len(kept), n_layers, d, [ids[i] for i in kept], name, log
+    )
     resumed = int(done.sum())
     if resumed:
-        log(f"{name}: resuming, {resumed}/{len(kept)} texts already extracted")
+        log(f"{name}: resuming, {resumed}/{len(kept)} texts already extracted (rows verified)")
     skip = {kept[r] for r in np.flatnonzero(done)}
-    token_norm = np.asarray(group["token_norm"][:]) if kept else np.zeros((0, n_layers), np.float32)
-    n_tokens = np.asarray(group["n_tokens"][:]) if kept else np.zeros(0, np.int64)
 
     started = time.perf_counter()
     last_log = started
@@ -165,11 +265,13 @@ def write_shard(
                 acts_partial[int(r)] = vec
             token_norm[rows] = batch.token_norm
             n_tokens[rows] = batch.n_tokens
+            checksum[rows] = [_row_checksum(*row) for row in zip(batch.pooled, batch.token_norm, batch.n_tokens)]
             done[rows] = True
-            # Small arrays are rewritten whole after the rows they describe: a kill between the
-            # two only loses this batch, which the resume recomputes.
+            # Small arrays are rewritten whole after the rows they describe, the done mask last:
+            # a kill between them only loses this batch, which the resume recomputes.
             group["token_norm"][:] = token_norm
             group["n_tokens"][:] = n_tokens
+            group["row_checksum"][:] = checksum
             group["done"][:] = done
     except ExtractionError as err:  # NaN/inf, or a short text under the "error" policy
         raise ShardError(f"shard {name!r} ({out}): {err}") from err
@@ -213,11 +315,24 @@ def write_shard(
             "complete": True,
         }
     )
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    shutil.rmtree(partial, ignore_errors=True)
+    _publish(tmp, out, partial, staged)
     return summary
+
+
+def _publish(tmp: Path, out: Path, partial: Path, staged: str | Path | None) -> None:
+    """Rename the finished ``tmp`` into ``out`` (then drop the partial), or into ``staged``.
+
+    With ``staged`` the partial stays: if the caller never publishes (its job was cancelled),
+    a rerun resumes from it with every row done instead of recomputing the shard.
+    """
+    target = Path(staged) if staged is not None else out
+    if target.is_symlink():
+        target.unlink()
+    elif target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    if staged is None:
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def open_shard(path: str | Path) -> zarr.Group:

@@ -14,7 +14,8 @@ EXTRACT_PARAMS = dict(
     subject=SUBJECT,
     extraction=config["extraction"],
     models_dir=MODELS_DIR,
-    server_dir=f"{RESULTS}/activations/.server",
+    results_dir=RESULTS,  # the only tree the server may write in
+    server_dir=f"{RESULTS}/activations/.server",  # mode 0700: socket, key, log (service.run_server_dirs)
     idle_timeout=300,
     server_threads=0,
 )

@@ -2,11 +2,13 @@ from emotion_vectors.generate import Checkpoint, generate_story_shard, load_prom
 from emotion_vectors.jobs import start_job
 from emotion_vectors.models import load_model
 from emotion_vectors.provenance import provenance
+from emotion_vectors.service import release_for_model
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 log = start_job(smk)
 p = smk.params
 prompts = load_prompts(smk.config["prompts_dir"], "story")
+release_for_model(p.generator, log=log.info)  # one model per GPU: idle model servers exit first
 lm = load_model(p.generator, p.models_dir)
 log.info("generator %s loaded in %.1f s", lm.info["name"], lm.info["load_seconds"])
 shard = generate_story_shard(
