@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -154,3 +157,133 @@ def test_default_model_lens_on_its_own_word_directions(default_model):
     assert s.set_index("emotion").loc["happy", "own_word_promoted"]
     promoted = res.tokens[res.tokens.direction == "promoted"]
     assert promoted["text"].str.len().gt(0).any()
+
+
+# --- the partial loader: only the final norm and the unembedding ---------------------------
+
+
+def _saved(model, tmp_path, **kwargs):
+    out = tmp_path / "saved"
+    model.save_pretrained(out, **kwargs)
+    return out
+
+
+def _assert_same_lens(model, head, d, seed=0):
+    """Same logits (allclose) and the same top and bottom tokens as the full model."""
+    x = np.random.default_rng(seed).standard_normal((6, d))
+    full = ll.lens_logits(x, model, 37.0)
+    part = ll.lens_logits(x, head, 37.0)
+    torch.testing.assert_close(part, full, rtol=1e-5, atol=1e-5)
+    assert torch.equal(torch.topk(part, 10).indices, torch.topk(full, 10).indices)
+    assert torch.equal(torch.topk(-part, 10).indices, torch.topk(-full, 10).indices)
+
+
+@pytest.mark.parametrize("fixture", TINY)
+def test_partial_loader_matches_the_full_model(fixture, request, tmp_path, caplog):
+    """Tiny Llama (untied head), Gemma 3 and Gemma 4 text and multimodal (tied: the head is the
+    input embedding; Gemma's norm scales by 1 + weight): the lens head read from the saved
+    checkpoint gives the full model's logits, and nothing else is read."""
+    import logging
+
+    model, tok = request.getfixturevalue(fixture)
+    path = _saved(model, tmp_path)
+    with caplog.at_level(logging.INFO, logger="emotion_vectors.analysis.logit_lens"):
+        head = ll.load_lens_head(path)
+    assert type(head.norm) is type(ll.final_norm(model))
+    torch.testing.assert_close(head.norm.weight, ll.final_norm(model).weight)
+    d = model.get_output_embeddings().weight.shape[1]
+    _assert_same_lens(model, head, d)
+    info = head.info
+    names = set(info["tensors"])
+    tied = fixture != "tiny_llama"
+    assert info["tied"] is tied
+    assert len(names) == 2
+    assert any(n.endswith("norm.weight") for n in names)
+    assert any(n.endswith("lm_head.weight" if not tied else "embed_tokens.weight")
+               for n in names)
+    assert not any(".layers." in n for n in names)
+    assert 0 < info["loaded_bytes"] < info["checkpoint_bytes"]
+    assert "logit lens: read" in caplog.text and "of the checkpoint" in caplog.text
+    # the whole lens on a real tokenizer agrees as well
+    w = model.get_output_embeddings().weight.detach().float().numpy()
+    ids = [tok(" " + e, add_special_tokens=False)["input_ids"][0] for e in ("happy", "sad")]
+    a = ll.logit_lens(w[ids], ["happy", "sad"], model, tok, scale=8.0, top_k=15).tokens
+    b = ll.logit_lens(w[ids], ["happy", "sad"], head, tok, scale=8.0, top_k=15).tokens
+    assert a["token_id"].tolist() == b["token_id"].tolist()
+
+
+def test_gemma_norm_uses_one_plus_weight(tiny_gemma3, tmp_path):
+    """Guard against building a plain RMSNorm: with weight w, Gemma 3 multiplies by 1 + w."""
+    model, _ = tiny_gemma3
+    head = ll.load_lens_head(_saved(model, tmp_path))
+    x = torch.randn(2, 1, model.config.hidden_size)
+    rms = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + head.norm.eps)
+    torch.testing.assert_close(head.norm(x), rms * (1 + head.norm.weight))
+
+
+def test_partial_loader_dtype_and_missing_tensor(tiny_llama, tmp_path):
+    model, _ = tiny_llama
+    path = _saved(model, tmp_path)
+    head = ll.load_lens_head(path, dtype="bfloat16")
+    assert head.lm_head.weight.dtype == torch.bfloat16
+    assert head.norm.weight.dtype == torch.bfloat16
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(path / "model.safetensors")
+    del state["model.norm.weight"]
+    save_file(state, path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(KeyError, match="model.norm.weight"):
+        ll.load_lens_head(path)
+
+
+def test_hub_path_downloads_only_the_needed_shards(tiny_llama, tmp_path, monkeypatch):
+    """A hub id: config and index first, then only the shard files holding the norm and the
+    head (here: not the shard of the input embedding nor those of the blocks). The hub is
+    simulated by a local copy (no network here)."""
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    model, _ = tiny_llama
+    repo = _saved(model, tmp_path, max_shard_size="2MB")
+    index = json.loads((repo / "model.safetensors.index.json").read_text())
+    shards = set(index["weight_map"].values())
+    assert len(shards) >= 3
+    cache = tmp_path / "cache" / "snapshot"
+    cache.mkdir(parents=True)
+    fetched: list[str] = []
+
+    def fake_download(repo_id, filename, revision=None, **_):
+        assert repo_id == "someone/tiny" and revision == "abc"
+        fetched.append(filename)
+        if not (repo / filename).exists():
+            raise EntryNotFoundError(f"{filename} not in the repo")
+        shutil.copy(repo / filename, cache / filename)
+        return str(cache / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    head = ll.load_lens_head("someone/tiny", revision="abc")
+    needed = {index["weight_map"]["lm_head.weight"], index["weight_map"]["model.norm.weight"]}
+    assert set(fetched) == {"config.json", "model.safetensors.index.json"} | needed
+    assert index["weight_map"]["model.embed_tokens.weight"] not in fetched
+    assert head.info["repo_id"] == "someone/tiny"
+    assert head.info["checkpoint_bytes"] == index["metadata"]["total_size"]
+    _assert_same_lens(model, head, model.config.hidden_size)
+
+
+@pytest.mark.slow
+def test_partial_loader_on_the_default_model(default_model):
+    """The real SmolLM2-135M (tied embeddings): same logits as the full model's norm + head,
+    reading ~21% of the checkpoint."""
+    from conftest import DEFAULT_SPEC, MODELS_DIR
+
+    model, tok = default_model
+    head, tok2 = ll.load_lens(DEFAULT_SPEC, MODELS_DIR)
+    assert head.info["tied"] and set(head.info["tensors"]) == {
+        "model.norm.weight", "model.embed_tokens.weight"}
+    assert head.info["loaded_share"] < 0.3
+    _assert_same_lens(model, head, model.config.hidden_size)
+    w = model.get_output_embeddings().weight.detach().float().numpy()
+    ids = [tok(" " + e, add_special_tokens=False)["input_ids"][0] for e in ("happy", "calm")]
+    a = ll.logit_lens(w[ids], ["happy", "calm"], model, tok, scale=50.0, top_k=20)
+    b = ll.logit_lens(w[ids], ["happy", "calm"], head, tok2, scale=50.0, top_k=20)
+    assert a.tokens["token"].tolist() == b.tokens["token"].tolist()

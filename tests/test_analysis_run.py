@@ -42,7 +42,9 @@ def test_load_vectors(store):
     assert [layer for layer, _ in layers] == [3, 6, 9, 12]
     np.testing.assert_array_equal(layers[3][1], x[:, 3])
     np.testing.assert_allclose(np.linalg.norm(vs.layer("raw_unit", 3), axis=1), 1.0, rtol=1e-6)
-    assert vs.residual_norm.shape == (4,) and vs.n_neutral_pcs_removed.shape == (4,)
+    # Synthetic vectors carry no residual norm: stored as unknown, not made up.
+    assert vs.residual_norm is None and vs.residual_norm_status == "unknown"
+    assert vs.n_neutral_pcs_removed.tolist() == [0, 0, 0, 0]
     assert vs.subject_model_path == "somewhere"
     with pytest.raises(VectorStoreError, match="layer 5"):
         vs.layer("raw", 5)
@@ -53,10 +55,19 @@ def test_load_vectors(store):
 
 
 def test_default_main_layer():
-    assert default_main_layer(list(range(60)), 60) == 40
-    assert default_main_layer([5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55], 60) == 40
+    """The analysis's main layer is extraction's two-thirds block (one definition)."""
+    from emotion_vectors.extract import default_layers, main_layer
+
+    assert default_main_layer(list(range(60)), 60) == 39  # the replication's "layer 40"
+    assert default_main_layer(default_layers(60), 60) == 39
+    assert default_main_layer(default_layers(30), 30) == 19  # SmolLM2
+    assert default_main_layer([4, 9, 17, 24], 30) == 17  # 19 absent: the nearest stored
+    assert default_main_layer([17, 21], 30) == 21  # 17 and 21 are both 2 away from 19
     assert default_main_layer([3, 6, 9, 12], 15) == 9
-    assert default_main_layer([0, 1, 2]) == 2  # depth unknown: max + 1 = 3, 2/3 of it = 2
+    assert default_main_layer([0, 1, 2]) == 1  # depth unknown: max + 1 = 3 -> round(2) - 1
+    for n in range(1, 130):
+        assert default_main_layer(list(range(n)), n) == main_layer(n)
+        assert default_main_layer(default_layers(n), n) == main_layer(n)
 
 
 def test_analyze_writes_every_file(store, tmp_path):
@@ -82,6 +93,28 @@ def test_analyze_writes_every_file(store, tmp_path):
     assert len(scores) == 4 * 16 and scores["emotion"].tolist()[:2] == ["happy", "sad"]
     corr = pd.read_csv(tmp_path / FILES["rating_correlations"], sep="\t")
     assert len(corr) == 4 * 3 * 2 * 2 * 2
+    assert list(corr.columns) == [
+        "layer", "pc", "rating", "method", "words", "sign_oriented_by", "n", "r", "ci_low",
+        "ci_high", "ci_method", "pc_alignment", "p", "p_holm", "p_bh", "level", "n_bootstrap"]
+    # PC1 oriented by valence, every later PC by arousal; that rating's r is >= 0 there.
+    assert (corr.loc[corr["pc"] == 1, "sign_oriented_by"] == "valence").all()
+    assert (corr.loc[corr["pc"] > 1, "sign_oriented_by"] == "arousal").all()
+    forced = corr[(corr["sign_oriented_by"] == corr["rating"]) & (corr["words"] == "covered")
+                  & (corr["method"] == "pearson")]
+    assert len(forced) == 4 * 3 and (forced["r"] >= 0).all()
+    # Holm and BH over the whole table (one family of 96 tests).
+    from emotion_vectors.analysis.stats import adjust_pvalues
+
+    adj = adjust_pvalues(corr["p"].to_numpy())
+    np.testing.assert_allclose(corr["p_holm"], adj["holm"], rtol=1e-5)
+    np.testing.assert_allclose(corr["p_bh"], adj["bh"], rtol=1e-5)
+    assert (corr["p_holm"] >= corr["p"] - 1e-12).all() and (corr["p_bh"] <= corr["p_holm"]).all()
+    assert summary["multiple_comparisons"]["n_tests"] == 96
+    assert corr["pc_alignment"].between(0, 1).all()
+    assert (corr["ci_low"] <= corr["ci_high"]).all()
+    pc1 = forced[forced["pc"] == 1]
+    assert ((pc1["ci_low"] <= pc1["r"]) & (pc1["r"] <= pc1["ci_high"])).all()
+    assert summary["pca"]["sign_oriented_by"][:3] == ["valence", "arousal", "arousal"]
     assert set(corr["words"]) == {"covered", "exact"}
     assert set(corr["method"]) == {"pearson", "spearman"}
     assert (corr.loc[corr["words"] == "covered", "n"] == 15).all()
@@ -120,14 +153,16 @@ def test_analyze_with_logit_lens(tiny_llama, tmp_path):
     emotions = ["happy", "sad", "calm", "desperate", "proud", "ashamed"]
     rows = [tok(" " + e, add_special_tokens=False)["input_ids"][0] for e in emotions]
     x = np.stack([w[rows], w[rows] * 0.9], axis=1)  # 2 layers
-    path = write_vector_store(tmp_path / "v.zarr", x, emotions, [2, 4])
+    path = write_vector_store(tmp_path / "v.zarr", x, emotions, [2, 4],
+                              residual_norm=np.array([7.0, 9.0]))
     summary = analyze(path, tmp_path / "out", k_clusters=3, k_range=(2, 4), n_bootstrap=20,
                       model=model, tokenizer=tok, top_k_tokens=10)
     for name in LENS_FILES.values():
         assert (tmp_path / "out" / name).exists()
     lens = summary["logit_lens"]
-    assert summary["main_layer"] == 4  # 5 blocks in the model: nearest 2/3 * 5
-    assert lens["layer"] == 4 and lens["scale_rule"].startswith("residual_norm")
+    assert summary["main_layer"] == 2  # 5 blocks in the model: main_layer(5) = round(3.3) - 1
+    assert lens["layer"] == 2 and lens["scale_rule"].startswith("residual_norm")
+    assert lens["scale"] == 7.0
     assert lens["n_emotions"] == 6 and lens["opposite_pairs"] == 3
     tokens = pd.read_csv(tmp_path / "out" / LENS_FILES["logit_lens_tokens"], sep="\t",
                          keep_default_na=False)
@@ -135,11 +170,15 @@ def test_analyze_with_logit_lens(tiny_llama, tmp_path):
 
 
 def test_reference_store_analysis(tmp_path):
-    """The published layer-40 vectors through the whole stage (one layer)."""
+    """The published vectors (the replication's "layer 40" = output of block 39) through the
+    whole stage (one layer)."""
     reference_matrix()  # skips if absent
-    path = store_from_reference_npz(REFERENCE, tmp_path / "ref.zarr", layer=40)
+    path = store_from_reference_npz(REFERENCE, tmp_path / "ref.zarr")
+    vs = load_vectors(path)
+    assert vs.layers == [39] and vs.residual_norm is None and vs.kinds == [
+        "denoised", "denoised_unit"]
     s = analyze(path, tmp_path / "out", n_bootstrap=200)
-    assert s["main_layer"] == 40
+    assert s["main_layer"] == 39 and "60 blocks" in s["main_layer_rule"]
     np.testing.assert_allclose(s["pca"]["main_layer_explained_ratio"][:5],
                                [0.369, 0.117, 0.102, 0.065, 0.046], atol=5e-4)
     assert s["pca"]["grand_mean_norm_ratio"] < 1e-3  # already centred
@@ -149,6 +188,12 @@ def test_reference_store_analysis(tmp_path):
            if (c["pc"], c["rating"], c["method"], c["words"])
            == (1, "valence", "pearson", "covered")]
     assert pc1[0]["n"] == 153 and pc1[0]["r"] > 0.7
+    assert pc1[0]["sign_oriented_by"] == "valence" and pc1[0]["ci_low"] > 0.6
+    assert pc1[0]["p_holm"] < 1e-10 and pc1[0]["p_bh"] <= pc1[0]["p_holm"]
+    pc3 = [c for c in s["rating_correlations_main_layer"]
+           if (c["pc"], c["rating"], c["method"], c["words"])
+           == (3, "arousal", "pearson", "covered")]
+    assert pc3[0]["sign_oriented_by"] == "arousal" and pc3[0]["r"] > 0.4
     assert s["norms"]["coverage"] == pytest.approx(153 / 171)
     assert s["clustering"]["k_fixed"] == 15
     assert 4 <= s["clustering"]["main_layer_silhouette_k"] <= 20
@@ -229,7 +274,7 @@ def wants_gpu(spec):
     return 0
 include: {str(SMK)!r}
 rule all:
-    input: ANALYSIS_OUTPUTS
+    input: rules.analyze.output
 ''')
     run = subprocess.run([snakemake, "--cores", "1", "--quiet"], cwd=tmp_path,
                          capture_output=True, text=True)
@@ -237,7 +282,10 @@ rule all:
     out = tmp_path / "results/t/analysis"
     expected = set(FILES.values()) | (set(LENS_FILES.values()) if lens else set())
     assert expected <= {p.name for p in out.iterdir()}
-    assert (tmp_path / "results/t/logs/analyze.log").exists()
+    log_text = (tmp_path / "results/t/logs/analyze.log").read_text()
+    if lens:  # only the final norm and the unembedding were read from the checkpoint
+        assert "'files_read': ['model.safetensors']" in log_text
+        assert "'loaded_bytes'" in log_text and "load_model" not in log_text
     assert (tmp_path / "results/t/benchmarks/analyze.tsv").exists()
     rep = subprocess.run([snakemake, "--report", "report.html"], cwd=tmp_path,
                          capture_output=True, text=True)

@@ -162,6 +162,15 @@ class ExtractionResult:
     skipped: list[tuple[str, int]] = field(default_factory=list)
 
 
+def main_layer(n_blocks: int) -> int:
+    """The block at two-thirds of the depth, 0-based ``round(2 * n_blocks / 3) - 1`` (the
+    study's main layer; 39 for Gemma 4 31B's 60 blocks, 19 for SmolLM2's 30). The one
+    definition: ``default_layers`` includes it and the analysis picks it as its main layer."""
+    if n_blocks < 1:
+        raise ValueError(f"n_blocks must be >= 1, got {n_blocks}")
+    return max(0, round(2 * n_blocks / 3) - 1)
+
+
 def default_layers(n_blocks: int, step: int = 5) -> list[int]:
     """Default layer indices (0-based block outputs) for a stack of ``n_blocks`` blocks.
 
@@ -178,7 +187,7 @@ def default_layers(n_blocks: int, step: int = 5) -> list[int]:
     if step < 1:
         raise ValueError(f"step must be >= 1, got {step}")
     layers = set(range(step - 1, n_blocks - 1, step))
-    layers.add(max(0, round(2 * n_blocks / 3) - 1))
+    layers.add(main_layer(n_blocks))
     return sorted(layers)
 
 
@@ -657,6 +666,7 @@ __all__ = [
     "PooledBatch",
     "ShortTextError",
     "default_layers",
+    "main_layer",
     "extract_pooled",
     "iter_pooled",
     "plan_extraction",

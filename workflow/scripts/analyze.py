@@ -10,11 +10,14 @@ log = start_job(smk)
 p = smk.params
 model = tokenizer = None
 if p.logit_lens:
-    from emotion_vectors.models import load_model
+    from emotion_vectors.analysis.logit_lens import load_lens
+    from emotion_vectors.service import release_for_model
 
-    loaded = load_model(p.subject, p.models_dir)
-    model, tokenizer = loaded.model, loaded.tokenizer
-    log.info("logit lens with %s (%s)", loaded.info["name"], loaded.info["path"])
+    release_for_model(p.subject, log=log.info)  # one model per GPU: idle model servers exit first
+    # Only the final norm and the unembedding are read from the checkpoint, not the model.
+    model, tokenizer = load_lens(p.subject, p.models_dir)
+    log.info("logit lens with %s (%s): %s", model.info["name"], model.info["path"],
+             {k: model.info[k] for k in ("files_read", "loaded_bytes", "checkpoint_bytes")})
 out_dir = Path(smk.output.summary).parent
 summary = analyze(
     smk.input.vectors,

@@ -5,7 +5,8 @@ Modules:
 - ``store``: ``load_vectors`` opens the vectors rule's Zarr store as a ``VectorSet``.
 - ``geometry``: PCA (thin SVD, sign convention), cosine matrix, synonym and opposite pairs.
 - ``norms``: Warriner et al. (2013) valence/arousal ratings with a reviewed mapping table.
-- ``stats``: Pearson/Spearman correlations with seeded bootstrap intervals.
+- ``stats``: Pearson/Spearman correlations with seeded bootstrap intervals (the PCA refitted in
+  every resample for PC-rating correlations); Holm and Benjamini-Hochberg adjusted p-values.
 - ``clustering``: valid hierarchical clustering, k by silhouette, agreement across layers.
 - ``logit_lens``: tokens each vector promotes and suppresses through the final norm and head.
 - ``plots``: the report's figures.

@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-model-layers", type=int, default=None,
                    help="decoder blocks of the subject model, for the default main layer")
     p.add_argument("--logit-lens", action="store_true",
-                   help="load the subject model (provenance.subject_model.path, or --model) "
-                   "and run the logit lens at the main layer")
+                   help="read the subject model's final norm and unembedding "
+                   "(provenance.subject_model.path, or --model) and run the logit lens at the "
+                   "main layer")
     p.add_argument("--model", default=None, help="model path or hub id for the logit lens")
     p.add_argument("--top-k-tokens", type=int, default=20)
     return p
@@ -45,15 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     model = tokenizer = None
     if args.logit_lens:
-        from emotion_vectors.models import load_model
+        from .logit_lens import load_lens
 
         path = args.model or load_vectors(args.vectors).subject_model_path
         if not path:
             print("--logit-lens: the store records no subject model path; pass --model PATH",
                   file=sys.stderr)
             return 2
-        loaded = load_model({"name": "subject", "path": path})
-        model, tokenizer = loaded.model, loaded.tokenizer
+        # Reads only the final norm and the unembedding from the checkpoint.
+        model, tokenizer = load_lens({"name": "subject", "path": path})
     summary = analyze(
         args.vectors, args.out_dir, kind=args.kind, k_clusters=args.k_clusters,
         k_range=tuple(args.k_range), n_bootstrap=args.n_bootstrap, seed=args.seed,

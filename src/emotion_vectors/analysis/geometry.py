@@ -24,7 +24,9 @@ class PCAResult:
         components: ``(n_components, d)`` unit directions of the PCs in the residual stream.
         total_variance: sum of squared singular values / (n - 1).
         signs: ``(n_components,)`` the sign applied to each PC by ``orient``, and
-        sign_rules: how each PC's sign was fixed (see ``orient``).
+        sign_rules: how each PC's sign was fixed (see ``orient``);
+        oriented_by: per PC, the name of the reference that fixed its sign, or
+            ``"largest |score|"`` (``"svd"`` before ``orient``).
     """
 
     explained_ratio: np.ndarray
@@ -33,6 +35,7 @@ class PCAResult:
     total_variance: float
     signs: np.ndarray
     sign_rules: list[str]
+    oriented_by: list[str] | None = None
 
 
 def pca(vectors: np.ndarray, n_components: int = 10) -> PCAResult:
@@ -64,26 +67,38 @@ def pca(vectors: np.ndarray, n_components: int = 10) -> PCAResult:
         total_variance=total / (n - 1),
         signs=np.ones(k),
         sign_rules=["svd"] * k,
+        oriented_by=["svd"] * k,
     )
 
 
-def orient(result: PCAResult, references: Sequence[np.ndarray | None] = ()) -> PCAResult:
+def orient(
+    result: PCAResult,
+    references: Sequence[np.ndarray | None] = (),
+    names: Sequence[str] | None = None,
+) -> PCAResult:
     """Fix each PC's sign; returns a new ``PCAResult``.
 
     PC ``i`` is flipped so that its scores correlate positively with ``references[i]``
     ``(n_emotions,)`` (NaN = no rating) when that reference has at least 3 finite values and a
-    non-zero covariance: pass ``(valence, arousal)`` so that PC1's positive end is the pleasant
-    end and PC2's the aroused end. Other PCs (and all PCs without ratings) are flipped so that
-    the emotion with the largest absolute score has a positive score.
+    non-zero covariance with the scores; ``names[i]`` names that reference in ``sign_rules`` and
+    ``oriented_by`` (default ``"reference i+1"``). The analysis passes valence for PC1 and
+    arousal for every later PC (``run.orientation_references``), so that PC1's positive end is
+    the pleasant end and every other PC's the aroused end. PCs without a usable reference are
+    flipped so that the emotion with the largest absolute score has a positive score.
+
+    A PC oriented by a rating correlates with that rating with ``r >= 0`` by construction: the
+    sign of that correlation carries no information (its size and two-sided p-value do).
     """
     scores = result.scores.copy()
     comps = result.components.copy()
     k = scores.shape[1]
     signs = np.ones(k)
     rules: list[str] = []
+    by: list[str] = []
     for i in range(k):
         ref = references[i] if i < len(references) else None
-        sign, rule = 0.0, ""
+        name = names[i] if names is not None and i < len(names) else f"reference {i + 1}"
+        sign, rule, source = 0.0, "", ""
         if ref is not None:
             ref = np.asarray(ref, dtype=float)
             ok = np.isfinite(ref)
@@ -91,17 +106,18 @@ def orient(result: PCAResult, references: Sequence[np.ndarray | None] = ()) -> P
                 a = scores[ok, i] - scores[ok, i].mean()
                 b = ref[ok] - ref[ok].mean()
                 sign = float(np.sign(a @ b))
-                rule = f"positive correlation with reference {i + 1}"
+                rule, source = f"positive correlation with {name}", name
         if sign == 0.0:
             j = int(np.argmax(np.abs(scores[:, i])))
             sign = 1.0 if scores[j, i] >= 0 else -1.0
-            rule = "largest |score| positive"
+            rule, source = "largest |score| positive", "largest |score|"
         signs[i] = sign
         scores[:, i] *= sign
         comps[i] *= sign
         rules.append(rule)
+        by.append(source)
     return PCAResult(result.explained_ratio, scores, comps, result.total_variance,
-                     signs * result.signs, rules)
+                     signs * result.signs, rules, by)
 
 
 def cosine_matrix(vectors: np.ndarray, *, centre: bool = False) -> np.ndarray:

@@ -8,6 +8,13 @@ scale-invariant); a typical norm keeps epsilon as small relative to the input as
 real activations. Gemma's final logit soft-capping is monotone and does not change rankings, so
 it is not applied. Logits are reported as computed (no bias, no centring).
 
+The lens needs only two pieces of the subject model, so ``load_lens_head`` reads just those
+tensors from its safetensors files (``safe_open``; for a hub id, only the shard files that hold
+them are downloaded): the final norm, built as the model's own norm class from the config (so
+Gemma's ``(1 + weight)`` RMSNorm is Gemma's), and the unembedding (``lm_head``, or the input
+embedding when the two are tied). For gemma-4-31B-it that is the tied 262,144 x 5,376
+embedding (2.8 GB in bfloat16) of a ~62 GB checkpoint.
+
 A token "is" an emotion's word when its decoded text, with SentencePiece ``▁`` and byte-level
 BPE ``Ġ`` markers read as spaces and surrounding whitespace removed, equals one of the word's
 forms ignoring case. The forms of ``at ease`` are ``at ease`` and its content word ``ease``;
@@ -16,11 +23,18 @@ of ``grief-stricken``: ``grief-stricken``, ``grief``, ``stricken`` (see ``word_f
 
 from __future__ import annotations
 
+import json
+import logging
+import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+
+log = logging.getLogger(__name__)
 
 # Opposite pairs checked for mutual suppression (from the study's behavioural pairs).
 OPPOSITE_PAIRS: tuple[tuple[str, str], ...] = (
@@ -69,6 +83,275 @@ def final_norm(model):
         f"{type(model).__name__}: no final norm at model.get_decoder().norm; the logit lens "
         "supports Llama- and Gemma-style decoders."
     )
+
+
+# --- loading only the final norm and the unembedding --------------------------------------
+
+#: Prefixes under which checkpoints of the supported families keep the text decoder's tensors
+#: (Llama / Gemma 3 / Gemma 4 text: ``model.``; Gemma 3 / 4 multimodal:
+#: ``model.language_model.``; older multimodal checkpoints: ``language_model.model.``).
+KEY_PREFIXES = ("", "model.", "model.language_model.", "language_model.model.",
+                "language_model.", "model.text_model.", "text_model.")
+
+
+@dataclass
+class LensHead:
+    """The final norm and the unembedding of a causal LM, without the rest of the model.
+
+    Quacks like the model for ``final_norm``, ``lens_logits`` and ``logit_lens``
+    (``.norm``, ``get_output_embeddings()``, ``.config``).
+
+    Attributes:
+        norm: the final norm module (the model's own class, weights loaded).
+        lm_head: ``torch.nn.Linear`` ``(vocab, d)`` (the input embedding's weight if tied).
+        config: the model's config.
+        info: what was read: path, tensors (name -> shape, dtype, bytes, file), files read,
+            loaded_bytes, checkpoint_bytes (all tensors of the checkpoint), tied.
+    """
+
+    norm: Any
+    lm_head: Any
+    config: Any
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+
+def _safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file (tensor name -> dtype, shape, data_offsets)."""
+    with open(path, "rb") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(size))
+    header.pop("__metadata__", None)
+    return header
+
+
+class _Checkpoint:
+    """The safetensors files of a model: which file holds which tensor, and their sizes.
+
+    Local directory: ``model.safetensors.index.json`` (sharded) or every ``*.safetensors``.
+    Hub id: ``config.json`` and the index are downloaded first; a shard is downloaded only
+    when one of its tensors is read (``hf_hub_download``); a repository with one unsharded
+    file needs that whole file.
+    """
+
+    def __init__(self, path: str, revision: str | None = None):
+        self.repo_id: str | None = None
+        self.revision = revision
+        local = Path(path)
+        if local.is_dir():
+            self.root = local
+            index = local / "model.safetensors.index.json"
+            if index.exists():
+                meta = json.loads(index.read_text())
+                self.weight_map = dict(meta["weight_map"])
+                self.total = (meta.get("metadata") or {}).get("total_size")
+            else:
+                files = sorted(local.glob("*.safetensors"))
+                if not files:
+                    raise FileNotFoundError(f"{local}: no *.safetensors files; the partial "
+                                            "logit-lens loader reads safetensors checkpoints only")
+                self.weight_map = {k: f.name for f in files for k in _safetensors_header(f)}
+                self.total = None
+        else:
+            self._init_hub(path, revision)
+        if self.total is None:
+            self.total = self._sum_present()
+
+    def _init_hub(self, repo_id: str, revision: str | None) -> None:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+
+        self.repo_id = repo_id
+        cfg = Path(hf_hub_download(repo_id, "config.json", revision=revision))
+        self.root = cfg.parent
+        try:
+            index = Path(hf_hub_download(repo_id, "model.safetensors.index.json",
+                                         revision=revision))
+        except EntryNotFoundError:
+            log.warning("%s has no safetensors index: downloading its single model.safetensors "
+                        "(the whole model) for the logit lens", repo_id)
+            single = self.fetch("model.safetensors")
+            self.weight_map = {k: single.name for k in _safetensors_header(single)}
+            self.total = None
+            return
+        meta = json.loads(index.read_text())
+        self.weight_map = dict(meta["weight_map"])
+        self.total = (meta.get("metadata") or {}).get("total_size")
+
+    def fetch(self, filename: str) -> Path:
+        """Local path of ``filename``, downloading it first for a hub id."""
+        if self.repo_id is None:
+            return self.root / filename
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(self.repo_id, filename, revision=self.revision))
+
+    def _sum_present(self) -> int | None:
+        total = 0
+        for name in sorted(set(self.weight_map.values())):
+            f = self.root / name
+            if not f.exists():
+                return None
+            total += sum(e["data_offsets"][1] - e["data_offsets"][0]
+                         for e in _safetensors_header(f).values())
+        return total
+
+    def resolve(self, qualified: str) -> str | None:
+        """The checkpoint's name for module tensor ``qualified`` (tried as is, then under each
+        of ``KEY_PREFIXES``), or ``None``."""
+        if qualified in self.weight_map:
+            return qualified
+        core = qualified
+        for prefix in sorted(KEY_PREFIXES, key=len, reverse=True):
+            if prefix and core.startswith(prefix):
+                core = core[len(prefix):]
+                break
+        for prefix in KEY_PREFIXES:
+            if prefix + core in self.weight_map:
+                return prefix + core
+        return None
+
+
+def _module_names(model) -> dict[int, str]:
+    return {id(m): name for name, m in model.named_modules()}
+
+
+def load_lens_head(
+    path: str | Path,
+    *,
+    revision: str | None = None,
+    dtype: Any = None,
+    device: str = "cpu",
+) -> LensHead:
+    """Load only the final norm and the unembedding of the model at ``path`` (a directory of
+    safetensors files, or a hub id), as ``LensHead``.
+
+    The model class is instantiated from its config on the ``meta`` device (no memory, no
+    weights) to learn the final norm's class and settings and the names of the norm, the
+    output embedding and the input embedding (and whether the two embeddings are tied); only
+    those tensors are then read with ``safetensors.safe_open``. ``dtype`` (a torch dtype or its
+    name; default: as stored) and ``device`` place them. Logs the tensors read and their share
+    of the checkpoint.
+    """
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    ckpt = _Checkpoint(str(path), revision)
+    config = AutoConfig.from_pretrained(ckpt.root)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    names = _module_names(skeleton)
+    norm = final_norm(skeleton)
+    head = skeleton.get_output_embeddings()
+    embed = skeleton.get_input_embeddings()
+    tied = head is not None and embed is not None and head.weight is embed.weight
+    hidden = set(dict(norm.named_buffers())) - set(norm.state_dict())
+    if hidden:
+        raise NotImplementedError(f"{type(norm).__name__} has non-persistent buffers {hidden}; "
+                                  "the partial loader cannot rebuild them")
+
+    wanted: dict[str, tuple[Any, str, str]] = {}  # module tensor -> (module, local, ckpt key)
+    for module, qual_module in ((norm, names[id(norm)]), (head, names[id(head)])):
+        for local in module.state_dict():
+            qual = f"{qual_module}.{local}"
+            key = ckpt.resolve(qual)
+            if key is None and module is head and local == "weight":
+                key = ckpt.resolve(f"{names[id(embed)]}.weight")
+                if key is not None and not tied:
+                    log.warning("%s: no %s in the checkpoint; using the input embedding %s "
+                                "(tied)", path, qual, key)
+                tied = tied or key is not None
+            if key is None:
+                near = sorted(k for k in ckpt.weight_map if k.endswith(local)
+                              and ".layers." not in k)[:10]
+                raise KeyError(f"{path}: tensor {qual} not found in the checkpoint (tried the "
+                               f"prefixes {KEY_PREFIXES}); candidates: {near}")
+            wanted[qual] = (module, local, key)
+
+    by_file: dict[str, list[str]] = {}
+    for qual, (_, _, key) in wanted.items():
+        by_file.setdefault(ckpt.weight_map[key], []).append(qual)
+    tensors: dict[str, Any] = {}
+    record: dict[str, dict[str, Any]] = {}
+    for filename, quals in by_file.items():
+        local_file = ckpt.fetch(filename)
+        header = _safetensors_header(local_file)
+        with safe_open(str(local_file), framework="pt", device="cpu") as fh:
+            for qual in quals:
+                key = wanted[qual][2]
+                tensors[qual] = fh.get_tensor(key)
+                off = header[key]["data_offsets"]
+                record[key] = {"shape": list(header[key]["shape"]),
+                               "dtype": header[key]["dtype"], "bytes": off[1] - off[0],
+                               "file": filename}
+
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype) if dtype != "auto" else None
+    built = []
+    for module in (norm, head):
+        state = {local: tensors[qual] for qual, (m, local, _) in wanted.items() if m is module}
+        if module is head:
+            # A fresh Linear, so that a tied meta weight shared with the embedding is not reused.
+            w = state["weight"]
+            module = torch.nn.Linear(w.shape[1], w.shape[0], bias="bias" in state,
+                                     device="meta")
+        module.load_state_dict(state, strict=True, assign=True)
+        module = module.to(device=device, dtype=dtype) if dtype is not None else module.to(device)
+        module.eval()
+        for param in module.parameters():
+            param.requires_grad_(False)
+        built.append(module)
+    model_class = type(skeleton).__name__
+    del skeleton
+
+    loaded = sum(r["bytes"] for r in record.values())
+    info = {
+        "path": str(path), "repo_id": ckpt.repo_id, "revision": revision,
+        "tensors": record, "files_read": sorted(by_file), "loaded_bytes": int(loaded),
+        "checkpoint_bytes": int(ckpt.total) if ckpt.total else None,
+        "loaded_share": loaded / ckpt.total if ckpt.total else None,
+        "tied": bool(tied), "norm_class": type(built[0]).__name__,
+        "model_class": model_class,
+    }
+    log.info(
+        "logit lens: read %s from %s = %.1f MB of the checkpoint's %s (%s)",
+        ", ".join(f"{k} {tuple(v['shape'])} {v['dtype']}" for k, v in record.items()),
+        ", ".join(sorted(by_file)), loaded / 2**20,
+        f"{ckpt.total / 2**20:.1f} MB" if ckpt.total else "unknown size",
+        f"{100 * loaded / ckpt.total:.1f}%" if ckpt.total else "share unknown",
+    )
+    return LensHead(norm=built[0], lm_head=built[1], config=config, info=info)
+
+
+def load_lens(spec: dict[str, Any], models_dir: str | Path = "results/models"):
+    """``(LensHead, tokenizer)`` for a model spec of the config (``models.subject``): the path
+    as ``emotion_vectors.models.resolve_path`` gives it, the spec's revision, dtype and device
+    (``auto``: CUDA if available). Quantization is not applied: the checkpoint's tensors are
+    read as stored."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from emotion_vectors.models import ModelSpecError, resolve_path
+
+    path = resolve_path(spec, models_dir)
+    if spec.get("gguf") and not Path(path).is_dir():
+        raise ModelSpecError(
+            f"models.{spec.get('name')}: prepared copy {path} is missing; it is made by the "
+            "workflow's `prepare_model` rule (snakemake --cores 1 <that path>)."
+        )
+    revision = spec.get("revision")
+    device = spec.get("device", "cpu")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = spec.get("dtype", "float32")
+    head = load_lens_head(path, revision=revision, dtype=None if dtype == "auto" else dtype,
+                          device=device)
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+    head.info["name"] = spec.get("name")
+    return head, tokenizer
 
 
 def vocabulary(tokenizer, vocab_size: int) -> tuple[list[str], list[str]]:

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -39,54 +40,110 @@ CITATION = (
     "dominance for 13,915 English lemmas. Behavior Research Methods, 45, 1191-1207."
 )
 
-# emotion, headword (None = unmapped), rule, reason. Reviewed by hand against the norms' file;
-# `tests/test_analysis_norms.py` checks every headword exists and every row is needed.
-MAPPING: tuple[tuple[str, str | None, str, str], ...] = (
-    ("alarmed", "alarm", "lemma", "participle of 'alarm' (to frighten)"),
-    ("disturbed", "disturb", "lemma", "participle of 'disturb' (to trouble)"),
-    ("energized", "energize", "lemma", "participle of 'energize'"),
-    ("fulfilled", "fulfill", "lemma", "participle of 'fulfill'"),
-    ("humiliated", "humiliate", "lemma", "participle of 'humiliate'"),
-    ("insulted", "insult", "lemma", "participle of 'insult'"),
-    ("irritated", "irritate", "lemma", "participle of 'irritate'"),
-    ("offended", "offend", "lemma", "participle of 'offend'"),
-    ("panicked", "panic", "lemma", "participle of 'panic'"),
-    ("refreshed", "refresh", "lemma", "participle of 'refresh'"),
-    ("relieved", "relieve", "lemma", "participle of 'relieve'"),
-    ("shocked", "shock", "lemma", "participle of 'shock'"),
-    ("stimulated", "stimulate", "lemma", "participle of 'stimulate'"),
-    ("stressed", "stress", "lemma", "participle of 'stress'"),
-    ("thrilled", "thrill", "lemma", "participle of 'thrill'"),
-    ("tormented", "torment", "lemma", "participle of 'torment'"),
-    ("trapped", "trap", "lemma", "participle of 'trap'"),
-    ("awestruck", "awed", "derivation", "'struck with awe'; 'awed' is the rated adjective"),
-    ("contemptuous", "contempt", "derivation", "adjective of the noun 'contempt'"),
-    ("empathetic", "empathy", "derivation", "adjective of the noun 'empathy'"),
-    ("horrified", "horror", "derivation", "'filled with horror'; 'horrify' is not rated"),
-    ("invigorated", "vigor", "derivation", "'filled with vigor'; 'invigorate' is not rated"),
-    ("loving", "love", "derivation", "present participle of 'love'"),
-    ("remorseful", "remorse", "derivation", "adjective of the noun 'remorse'"),
-    ("at ease", "ease", "head", "phrase 'at ease' = in a state of ease"),
-    ("grief-stricken", "grief", "head", "compound 'stricken with grief'; 'stricken' is not rated"),
-    ("self-confident", "confident", "head", "'confident' in oneself; same sense"),
-    ("dispirited", None, "unmapped", "'spirit' is rated in another sense (soul, liveliness)"),
-    ("dumbstruck", None, "unmapped", "'dumb' is rated as 'stupid'; 'dumbfounded' is not rated"),
-    ("exasperated", None, "unmapped", "no form of 'exasperate' is rated"),
-    ("exuberant", None, "unmapped", "no form of 'exuberant' is rated"),
-    ("jubilant", None, "unmapped", "'jubilee' (an anniversary) has another sense"),
-    ("mortified", None, "unmapped", "no form of 'mortify' is rated"),
-    ("on edge", None, "unmapped", "'edge' is rated as a border; 'edgy' also means daring"),
-    ("perplexed", None, "unmapped", "no form of 'perplex' is rated"),
-    ("rattled", None, "unmapped", "'rattle' is rated as the noise/toy sense"),
-    ("rejuvenated", None, "unmapped", "no form of 'rejuvenate' is rated"),
-    ("resigned", None, "unmapped", "'resign' is rated as quitting a post, not acceptance"),
-    ("self-conscious", None, "unmapped", "'conscious' (awake, aware) has another sense"),
-    ("self-critical", None, "unmapped", "'critical' is read as 'grave' or 'judging others'"),
-    ("shaken", None, "unmapped", "'shake' is rated as the physical action"),
-    ("stuck", None, "unmapped", "'stick' is rated as the noun/verb of another sense"),
-    ("unnerved", None, "unmapped", "no form of 'unnerve' is rated; 'nerve' has another sense"),
-    ("unsettled", None, "unmapped", "the prefix reverses 'settle'; 'unsettle' is not rated"),
-    ("worn out", None, "unmapped", "'worn'/'wear' are rated in the clothing sense"),
+class Decision(NamedTuple):
+    """One reviewed row of ``MAPPING``.
+
+    ``reason`` puts every word it claims something about between single quotes; the claims are
+    also listed as data, checked against the norms file by ``tests/test_analysis_norms.py``:
+    ``rated`` words are headwords of the norms, ``unrated`` words are not, and no headword
+    starts with a ``no_form`` stem. (A quoted word is the emotion, the headword, or one of
+    those.) Whether a rated word's sense differs is a reviewer's judgement, stated, not
+    checked.
+    """
+
+    emotion: str
+    headword: str | None
+    rule: str
+    reason: str
+    rated: tuple[str, ...] = ()
+    unrated: tuple[str, ...] = ()
+    no_form: tuple[str, ...] = ()
+
+
+# Reviewed by hand against the norms' file; the tests check every claim of every reason.
+MAPPING: tuple[Decision, ...] = (
+    Decision("alarmed", "alarm", "lemma", "participle of 'alarm' (to frighten)"),
+    Decision("disturbed", "disturb", "lemma", "participle of 'disturb' (to trouble)"),
+    Decision("energized", "energize", "lemma", "participle of 'energize'"),
+    Decision("fulfilled", "fulfill", "lemma", "participle of 'fulfill'"),
+    Decision("humiliated", "humiliate", "lemma", "participle of 'humiliate'"),
+    Decision("insulted", "insult", "lemma", "participle of 'insult'"),
+    Decision("irritated", "irritate", "lemma", "participle of 'irritate'"),
+    Decision("offended", "offend", "lemma", "participle of 'offend'"),
+    Decision("panicked", "panic", "lemma", "participle of 'panic'"),
+    Decision("refreshed", "refresh", "lemma", "participle of 'refresh'"),
+    Decision("relieved", "relieve", "lemma", "participle of 'relieve'"),
+    Decision("shocked", "shock", "lemma", "participle of 'shock'"),
+    Decision("stimulated", "stimulate", "lemma", "participle of 'stimulate'"),
+    Decision("stressed", "stress", "lemma", "participle of 'stress'"),
+    Decision("thrilled", "thrill", "lemma", "participle of 'thrill'"),
+    Decision("tormented", "torment", "lemma", "participle of 'torment'"),
+    Decision("trapped", "trap", "lemma", "participle of 'trap'"),
+    Decision("awestruck", "awed", "derivation",
+             "struck with awe; 'awed' is the rated adjective ('awe' is rated too)",
+             rated=("awe",)),
+    Decision("contemptuous", "contempt", "derivation", "adjective of the noun 'contempt'"),
+    Decision("empathetic", "empathy", "derivation", "adjective of the noun 'empathy'"),
+    Decision("horrified", "horror", "derivation",
+             "filled with 'horror'; 'horrify' is not rated ('horrific' and 'horrifying' are, "
+             "but they describe the cause, not the feeling)",
+             rated=("horrific", "horrifying"), unrated=("horrify",)),
+    Decision("invigorated", "vigor", "derivation",
+             "filled with 'vigor'; no form of 'invigorate' is rated", no_form=("invigor",)),
+    Decision("loving", "love", "derivation", "present participle of 'love'"),
+    Decision("remorseful", "remorse", "derivation", "adjective of the noun 'remorse'"),
+    Decision("at ease", "ease", "head", "phrase: in a state of 'ease'"),
+    Decision("grief-stricken", "grief", "head",
+             "compound, stricken with 'grief': the content word names the emotion; 'stricken' "
+             "is rated too but says only afflicted, not by what",
+             rated=("stricken",)),
+    Decision("self-confident", "confident", "head", "'confident' in oneself; same sense"),
+    Decision("dispirited", None, "unmapped",
+             "'spirit' is rated in another sense (soul, liveliness); no form of 'dispirit' is "
+             "rated", rated=("spirit",), no_form=("dispirit",)),
+    Decision("dumbstruck", None, "unmapped",
+             "'dumb' is rated, read as stupid; 'dumbfounded' is not rated",
+             rated=("dumb",), unrated=("dumbfounded",)),
+    Decision("exasperated", None, "unmapped", "no form of 'exasperate' is rated",
+             no_form=("exasperat",)),
+    Decision("exuberant", None, "unmapped", "no form of 'exuberant' is rated",
+             no_form=("exuber",)),
+    Decision("jubilant", None, "unmapped",
+             "the only rated form of the root is 'jubilee' (an anniversary), another sense",
+             rated=("jubilee",), no_form=("jubila",)),
+    Decision("mortified", None, "unmapped", "no form of 'mortify' is rated",
+             no_form=("mortif",)),
+    Decision("on edge", None, "unmapped",
+             "'edge' is rated as a border; 'edgy' is rated but also means daring",
+             rated=("edge", "edgy")),
+    Decision("perplexed", None, "unmapped", "no form of 'perplex' is rated",
+             no_form=("perplex",)),
+    Decision("rattled", None, "unmapped", "'rattle' is rated, read as the noise or the toy",
+             rated=("rattle",)),
+    Decision("rejuvenated", None, "unmapped", "no form of 'rejuvenate' is rated",
+             no_form=("rejuven",)),
+    Decision("resigned", None, "unmapped",
+             "'resign' and 'resignation' are rated, read as quitting a post, not acceptance",
+             rated=("resign", "resignation")),
+    Decision("self-conscious", None, "unmapped",
+             "'conscious' is rated in another sense (awake, aware)", rated=("conscious",)),
+    Decision("self-critical", None, "unmapped",
+             "'critical' is rated, read as grave or as judging others", rated=("critical",)),
+    Decision("shaken", None, "unmapped",
+             "'shake' is rated as the physical action; 'shaken' is not rated",
+             rated=("shake",), unrated=("shaken",)),
+    Decision("stuck", None, "unmapped",
+             "'stick' is rated as the noun or verb of another sense; 'stuck' is not rated",
+             rated=("stick",), unrated=("stuck",)),
+    Decision("unnerved", None, "unmapped",
+             "no form of 'unnerve' is rated; 'nerve' is rated in another sense",
+             rated=("nerve",), no_form=("unnerv",)),
+    Decision("unsettled", None, "unmapped",
+             "the prefix reverses 'settle' (rated); no form of 'unsettle' is rated",
+             rated=("settle",), no_form=("unsettl",)),
+    Decision("worn out", None, "unmapped",
+             "'wear' is rated in the clothing sense; 'worn' is not rated",
+             rated=("wear",), unrated=("worn",)),
 )
 
 COLUMNS = {"V.Mean.Sum": "valence", "A.Mean.Sum": "arousal", "D.Mean.Sum": "dominance",
@@ -169,13 +226,14 @@ def match_ratings(emotions: Sequence[str], norms: pd.DataFrame | None = None) ->
     "not in the reviewed mapping" (add a row to ``MAPPING`` to decide it).
     """
     norms = load_norms() if norms is None else norms
-    mapping = {row[0]: row for row in MAPPING}
+    mapping = {row.emotion: row for row in MAPPING}
     rows = []
     for emotion in emotions:
         if emotion in norms.index:
             headword, rule, reason = emotion, "exact", "headword of the norms"
         elif emotion in mapping:
-            _, headword, rule, reason = mapping[emotion]
+            row = mapping[emotion]
+            headword, rule, reason = row.headword, row.rule, row.reason
         else:
             headword, rule, reason = None, "unmapped", "not in the reviewed mapping"
         rated = headword is not None and headword in norms.index

@@ -133,7 +133,7 @@ def layer_profile(
         ax2.fill_between(c["layer"], c["ci_low"], c["ci_high"], color=colour, alpha=0.2, lw=0)
     ax2.axhline(0, color="0.6", lw=0.6)
     ax2.set_ylim(-1, 1)
-    ax2.set_ylabel("Pearson r with human rating")
+    ax2.set_ylabel("Pearson r with human rating\n(PC sign set by that rating)")
     ax2.set_xlabel("layer (output of decoder block)")
     if ax2.get_legend_handles_labels()[0]:
         ax2.legend(fontsize=8)

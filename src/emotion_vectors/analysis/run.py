@@ -12,8 +12,10 @@ indices, the output of block ``i``):
 ``pca_variance.tsv``       layer, pc, explained_ratio, cumulative_ratio (PCs 1-10)
 ``pca_scores.tsv``         layer, emotion, valence, arousal, pc1..pc10 (oriented scores)
 ``pca_components.npy``     float32 ``(n_layers, 10, d)`` oriented unit PC directions
-``rating_correlations.tsv`` layer, pc, rating, method, words (covered|exact), n, r, ci_low,
-                           ci_high, p, level, n_bootstrap (PCs 1-3 x valence, arousal)
+``rating_correlations.tsv`` layer, pc, rating, method, words (covered|exact),
+                           sign_oriented_by, n, r, ci_low, ci_high, ci_method,
+                           pc_alignment, p, p_holm, p_bh, level, n_bootstrap
+                           (PCs 1-3 x valence, arousal; see ``correlation_table``)
 ``pairs.tsv``              layer, kind (synonym|opposite), rank, emotion_a, emotion_b, cosine
 ``cosine.npy``             float32 ``(n_layers, n, n)`` cosine similarity of the vectors
 ``cosine_main_layer.tsv``  the main layer's ``n x n`` cosine matrix, labelled
@@ -76,17 +78,38 @@ LENS_FILES: dict[str, str] = {
 N_PCS = 10
 N_PCS_RATED = 3
 N_PAIRS = 20
+CI_METHOD = "percentile bootstrap over emotions, PCA refitted per resample"
 
 
 def default_main_layer(layers: list[int], n_model_layers: int | None = None) -> int:
-    """The stored layer nearest two-thirds of the model's depth (the study's main layer).
+    """The study's main layer: the block at two-thirds of the depth as extraction defines it
+    (``emotion_vectors.extract.main_layer``: 0-based ``round(2 n / 3) - 1``, the layer that
+    ``layers: auto`` always stores), or the stored layer nearest it (ties: the deeper).
 
     ``n_model_layers`` is the model's number of decoder blocks; unknown, it is taken as
-    ``max(layers) + 1``. Ties go to the deeper layer.
+    ``max(layers) + 1``.
     """
-    depth = n_model_layers if n_model_layers else max(layers) + 1
-    target = 2 * depth / 3
+    from emotion_vectors.extract import main_layer
+
+    target = main_layer(n_model_layers if n_model_layers else max(layers) + 1)
     return min(layers, key=lambda layer: (abs(layer - target), -layer))
+
+
+def orientation_references(
+    valence: np.ndarray, arousal: np.ndarray, n_pcs: int
+) -> tuple[list[np.ndarray], list[str]]:
+    """The rating that fixes each PC's sign (``geometry.orient``): valence for PC1 (positive
+    end = pleasant), arousal for PC2 and every later PC (positive end = aroused). One rule for
+    all PCs past the first, so that no PC's arousal correlation is forced positive while
+    another's is left free."""
+    refs = [valence] + [arousal] * (n_pcs - 1)
+    names = ["valence"] + ["arousal"] * (n_pcs - 1)
+    return refs[:n_pcs], names[:n_pcs]
+
+
+#: The family over which ``p_holm`` and ``p_bh`` adjust: every row of rating_correlations.tsv.
+P_FAMILY = ("every test in rating_correlations.tsv: PCs 1-3 x ratings (valence, arousal) x "
+            "methods (Pearson, Spearman) x word sets (covered, exact) x stored layers")
 
 
 def _n_model_layers(vs: VectorSet, model: Any) -> int | None:
@@ -97,6 +120,26 @@ def _n_model_layers(vs: VectorSet, model: Any) -> int | None:
         if n:
             return int(n)
     return vs.n_model_layers
+
+
+def correlation_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The rating-correlation table with Holm and BH adjusted p-values beside ``p``.
+
+    Columns: layer, pc, rating, method, words, sign_oriented_by (the rating that fixed the
+    PC's sign; where it equals ``rating``, ``r >= 0`` on the covered words by construction),
+    n, r, ci_low, ci_high (percentile bootstrap: emotions resampled, PCA refitted and each
+    refitted PC sign-aligned with the full-sample PC), ci_method, pc_alignment (median |cos|
+    between the resamples' PC and the full-sample PC), p (two-sided test of no correlation),
+    p_holm, p_bh (adjusted over the whole table: ``P_FAMILY``), level, n_bootstrap.
+    """
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    adj = stats.adjust_pvalues(df["p"].to_numpy(dtype=float))
+    at = df.columns.get_loc("p") + 1
+    df.insert(at, "p_holm", adj["holm"])
+    df.insert(at + 1, "p_bh", adj["bh"])
+    return df
 
 
 def _tsv(df: pd.DataFrame, path: Path) -> None:
@@ -149,9 +192,14 @@ def analyze(
         raise ValueError(f"{vectors_path}: the analysis needs at least 3 emotions, found {n}")
     n_model_layers = n_model_layers or _n_model_layers(vs, model)
     if main_layer is None:
+        from emotion_vectors.extract import main_layer as two_thirds
+
+        depth = n_model_layers or max(layers) + 1
         main_layer = default_main_layer(layers, n_model_layers)
-        main_rule = (f"stored layer nearest 2/3 of {n_model_layers or max(layers) + 1} blocks"
-                     + ("" if n_model_layers else " (max stored layer + 1)"))
+        main_rule = (f"block at 2/3 of {depth} blocks (extract.main_layer: "
+                     f"round(2 * {depth} / 3) - 1 = {two_thirds(depth)}), or the stored layer "
+                     "nearest it" + ("" if n_model_layers else "; depth unknown, taken as "
+                                     "max stored layer + 1"))
     else:
         vs.layer_position(main_layer)  # raises if absent
         main_rule = "set by the caller"
@@ -171,9 +219,11 @@ def analyze(
     labels_fixed, labels_sil, best_ks = [], [], []
     main: dict[str, Any] = {}
     t_pca = t_corr = t_cluster = 0.0
+    orient_refs, orient_names = orientation_references(valence, arousal, n_pcs)
+    n_rated = min(N_PCS_RATED, n_pcs)
     for li, (layer, x) in enumerate(vs.iter_layers(kind)):
         t0 = time.perf_counter()
-        res = geometry.orient(geometry.pca(x, n_pcs), (valence, arousal))
+        res = geometry.orient(geometry.pca(x, n_pcs), orient_refs, orient_names)
         ratio = res.explained_ratio
         for pc in range(n_pcs):
             var_rows.append((layer, pc + 1, ratio[pc], ratio[: pc + 1].sum()))
@@ -191,16 +241,20 @@ def analyze(
         pair_frames.append(pf)
         t1 = time.perf_counter()
         t_pca += t1 - t0
-        for pc in range(min(N_PCS_RATED, n_pcs)):
+        boot = stats.pca_bootstrap(x, res.components[:n_rated], res.scores[:, :n_rated],
+                                   n_bootstrap=n_bootstrap, seed=seed)
+        for pc in range(n_rated):
             for rating, ref in refs.items():
                 for method in stats.METHODS:
                     for words, mask in (("covered", np.ones(n, bool)), ("exact", exact)):
-                        c = stats.correlate(res.scores[mask, pc], ref[mask], method=method,
-                                            n_bootstrap=n_bootstrap, seed=seed)
-                        corr_rows.append({"layer": layer, "pc": pc + 1, "rating": rating,
-                                          "method": method, "words": words, **{
-                                              k: v for k, v in c.as_dict().items()
-                                              if k != "method"}})
+                        c, align = stats.correlate_pc(boot, pc, ref, mask, method=method)
+                        corr_rows.append({
+                            "layer": layer, "pc": pc + 1, "rating": rating, "method": method,
+                            "words": words, "sign_oriented_by": res.oriented_by[pc],
+                            "n": c.n, "r": c.r, "ci_low": c.ci_low, "ci_high": c.ci_high,
+                            "ci_method": CI_METHOD, "pc_alignment": align, "p": c.p,
+                            "level": c.level, "n_bootstrap": c.n_bootstrap,
+                        })
         t2 = time.perf_counter()
         t_corr += t2 - t1
         cl = clustering.cluster_layer(x, emotions, method=linkage, k_fixed=k_clusters,
@@ -234,7 +288,7 @@ def analyze(
     variance = pd.DataFrame(
         var_rows, columns=["layer", "pc", "explained_ratio", "cumulative_ratio"]
     )
-    correlations = pd.DataFrame(corr_rows)
+    correlations = correlation_table(corr_rows)
     pairs = pd.concat(pair_frames, ignore_index=True)
     cluster_table = pd.DataFrame(cluster_rows, columns=["layer", "cut", "k", "emotion", "cluster"])
     cluster_summary = pd.concat(summary_frames, ignore_index=True)
@@ -285,10 +339,11 @@ def analyze(
         rn = vs.residual_norm
         if rn is not None and np.isfinite(rn[vs.layer_position(main_layer)]):
             scale = float(rn[vs.layer_position(main_layer)])
-            scale_rule = "residual_norm of the store at the main layer"
+            scale_rule = "residual_norm of the store at the main layer (measured)"
         else:
             scale = main["mean_vector_norm"]
-            scale_rule = "no residual_norm stored: mean norm of the main layer's vectors"
+            scale_rule = ("residual norm unknown to the store: the main layer's mean vector "
+                          "norm (matters only through the final norm's epsilon)")
         lens = logit_lens.logit_lens(main["x"], emotions, model, tokenizer, scale=scale,
                                      layer=main_layer, top_k=top_k_tokens)
         _tsv(lens.tokens, out / LENS_FILES["logit_lens_tokens"])
@@ -383,6 +438,7 @@ def _summary(*, vs, kind, main_layer, main_rule, ratings, variance, correlations
         "pca": {
             "centred": True,
             "sign_rules": mres.sign_rules[:3],
+            "sign_oriented_by": mres.oriented_by,
             "main_layer_explained_ratio": [float(v) for v in mres.explained_ratio],
             "pc1_ratio_by_layer": [
                 float(v)
@@ -415,7 +471,18 @@ def _summary(*, vs, kind, main_layer, main_rule, ratings, variance, correlations
             "ari_fixed_k_with_main": [float(v) for v in ari_fixed[layers.index(main_layer)]],
             "cosine_r_with_main": [float(v) for v in structure[layers.index(main_layer)]],
         },
-        "bootstrap": {"n": n_bootstrap, "seed": seed, "level": 0.95, "interval": "percentile"},
+        "bootstrap": {"n": n_bootstrap, "seed": seed, "level": 0.95, "interval": "percentile",
+                      "method": CI_METHOD,
+                      "sign_alignment": "each refitted PC j is flipped to a positive cosine "
+                                        "with full-sample PC j (as oriented for the point "
+                                        "estimate); PCs are matched by rank"},
+        "multiple_comparisons": {
+            "family": P_FAMILY,
+            "n_tests": int(np.isfinite(correlations["p"].to_numpy(dtype=float)).sum())
+            if len(correlations) else 0,
+            "p_holm": "Holm step-down (family-wise error rate; valid under any dependence)",
+            "p_bh": "Benjamini-Hochberg (false discovery rate; scipy false_discovery_control)",
+        },
         "logit_lens": lens_summary,
         "files": {**FILES, **(LENS_FILES if lens_summary else {})},
         "versions": _versions(),

@@ -1,15 +1,18 @@
-"""Read (and, for tests and benchmarks, write) the emotion-vector store.
+"""Read (and, for tests, benchmarks and the published reference vectors, write) the
+emotion-vector store.
 
-The vectors rule writes a Zarr v3 group ``results/<run>/vectors/vectors.zarr``:
+The layout is defined, written and checked in one place, ``emotion_vectors.store_layout``
+(``write_store`` / ``read_store``; see its docstring). In short: arrays ``raw``, ``denoised``,
+``raw_unit``, ``denoised_unit`` ``(n_emotions, n_layers, d)`` (a kind may be absent),
+``residual_norm`` ``(n_layers,)`` with ``residual_norm_status`` ``measured`` or ``unknown``
+(NaN), ``n_neutral_pcs_removed`` and ``n_stories`` (absent when unknown); group attributes
+``emotions``, ``layers`` (0-based decoder block indices: layer ``i`` is the output of block
+``i``), ``provenance`` (``subject_model`` holds at least ``path``).
 
-- arrays ``raw``, ``denoised``, ``raw_unit``, ``denoised_unit``: ``(n_emotions, n_layers, d)``
-  float32 (``*_unit`` rows have unit L2 norm);
-- ``residual_norm``: ``(n_layers,)`` float32, mean per-token L2 norm of the residual stream at
-  each stored layer;
-- ``n_neutral_pcs_removed``: ``(n_layers,)`` int;
-- group attributes ``emotions`` (list[str]), ``layers`` (list[int], 0-based decoder block
-  indices: layer ``i`` is the output of block ``i``), ``provenance`` (dict; ``subject_model``
-  holds at least ``path``).
+This module adds the analysis's view (``VectorSet``: lazy per-layer reads) and two writers built
+on ``write_store``: ``write_vector_store`` (synthetic vectors for tests and benchmarks) and
+``store_from_reference_npz`` (the replication's published vectors). Neither invents a number
+the source does not give: an unknown residual norm is stored as unknown.
 """
 
 from __future__ import annotations
@@ -21,10 +24,16 @@ from typing import Any
 
 import numpy as np
 
-KINDS = ("raw", "denoised", "raw_unit", "denoised_unit")
+from emotion_vectors.store_layout import KINDS, Store, StoreLayoutError, read_store, write_store
+
+#: The replication's published vectors are its "layer 40" of gemma-4-31B-it, i.e.
+#: ``hidden_states[40]`` = the output of decoder block 39 (0-based), layer 39 here.
+REFERENCE_LAYER = 39
+REFERENCE_SOURCE_LABEL = "layer 40 (hidden_states[40], output of 0-based block 39)"
+REFERENCE_N_BLOCKS = 60
 
 
-class VectorStoreError(ValueError):
+class VectorStoreError(StoreLayoutError):
     """A vector store that does not have the layout the analysis needs."""
 
 
@@ -45,13 +54,12 @@ class VectorSet:
     layers: list[int]
     provenance: dict[str, Any] = field(default_factory=dict)
     attrs: dict[str, Any] = field(default_factory=dict)
-    _group: Any = field(default=None, repr=False)
+    _store: Store | None = field(default=None, repr=False)
 
     @property
     def kinds(self) -> list[str]:
         """Vector kinds present in the store (subset of ``KINDS``)."""
-        names = set(self._group.array_keys())
-        return [k for k in KINDS if k in names]
+        return list(self._store.kinds)
 
     @property
     def d(self) -> int:
@@ -67,7 +75,7 @@ class VectorSet:
                 f"{self.path}: no array {kind!r} (present: {self.kinds}); rerun the vectors rule "
                 "or pick another `analysis.vector_kind`."
             )
-        return self._group[kind]
+        return self._store.array(kind)
 
     def layer(self, kind: str, layer: int) -> np.ndarray:
         """Vectors of one stored layer (block index, not position): ``(n_emotions, d)`` float32."""
@@ -96,18 +104,20 @@ class VectorSet:
             ) from None
 
     @property
+    def residual_norm_status(self) -> str:
+        """``measured`` or ``unknown`` (see ``store_layout``)."""
+        return self._store.residual_norm_status
+
+    @property
     def residual_norm(self) -> np.ndarray | None:
-        """Mean per-token residual-stream L2 norm per stored layer ``(n_layers,)``, if stored."""
-        if "residual_norm" not in set(self._group.array_keys()):
-            return None
-        return np.asarray(self._group["residual_norm"][:], dtype=np.float64)
+        """Mean per-token residual-stream L2 norm per stored layer ``(n_layers,)``; ``None``
+        when the store records it as unknown."""
+        return self._store.residual_norm
 
     @property
     def n_neutral_pcs_removed(self) -> np.ndarray | None:
-        """Number of neutral principal components projected out, per stored layer, if stored."""
-        if "n_neutral_pcs_removed" not in set(self._group.array_keys()):
-            return None
-        return np.asarray(self._group["n_neutral_pcs_removed"][:])
+        """Number of neutral principal components projected out, per stored layer, if known."""
+        return self._store.n_neutral_pcs_removed
 
     @property
     def n_model_layers(self) -> int | None:
@@ -129,30 +139,13 @@ class VectorSet:
 
 
 def load_vectors(path: str | Path) -> VectorSet:
-    """Open a vector store written by the vectors rule (see the module docstring)."""
-    import zarr
-
-    path = Path(path)
-    if not path.exists():
-        raise VectorStoreError(f"vector store {path} does not exist; run the vectors rule first.")
-    group = zarr.open_group(str(path), mode="r")
-    attrs = dict(group.attrs)
-    for key in ("emotions", "layers"):
-        if key not in attrs:
-            raise VectorStoreError(f"{path}: group attribute {key!r} is missing.")
-    emotions = [str(e) for e in attrs["emotions"]]
-    layers = [int(x) for x in attrs["layers"]]
-    vs = VectorSet(path, emotions, layers, dict(attrs.get("provenance") or {}), attrs, group)
-    if not vs.kinds:
-        raise VectorStoreError(f"{path}: none of the arrays {KINDS} is present.")
-    for kind in vs.kinds:
-        shape = tuple(group[kind].shape)
-        if shape[:2] != (len(emotions), len(layers)):
-            raise VectorStoreError(
-                f"{path}/{kind}: shape {shape} does not match {len(emotions)} emotions x "
-                f"{len(layers)} layers from the group attributes."
-            )
-    return vs
+    """Open a vector store (``store_layout.read_store`` checks the layout)."""
+    try:
+        store = read_store(path)
+    except StoreLayoutError as err:
+        raise VectorStoreError(str(err)) from None
+    return VectorSet(store.path, store.emotions, store.layers,
+                     dict(store.attrs.get("provenance") or {}), store.attrs, store)
 
 
 def write_vector_store(
@@ -165,51 +158,57 @@ def write_vector_store(
     provenance: dict[str, Any] | None = None,
     chunk_layers: int = 1,
 ) -> Path:
-    """Write a store in the vectors rule's layout, from denoised vectors (tests, benchmarks).
+    """Write a store of synthetic vectors (tests, benchmarks) through ``write_store``.
 
-    ``vectors`` is ``(n_emotions, n_layers, d)``; it is stored as both ``raw`` and ``denoised``
-    (no neutral PCs removed), with unit-normalised copies. ``residual_norm`` defaults to 10x the
-    mean vector norm per layer.
+    ``vectors`` ``(n_emotions, n_layers, d)`` are stored as both ``raw`` and ``denoised`` with
+    no neutral PCs removed (true of synthetic vectors: nothing was projected out), with their
+    unit-normalised copies. ``residual_norm`` is stored as measured when given, else as
+    unknown; ``n_stories`` is unknown.
     """
-    import zarr
-
     vectors = np.asarray(vectors, dtype=np.float32)
-    n, n_layers, d = vectors.shape
-    if len(emotions) != n or len(layers) != n_layers:
+    if vectors.ndim != 3 or vectors.shape[:2] != (len(emotions), len(layers)):
         raise ValueError("emotions/layers do not match the vectors' shape")
-    norms = np.linalg.norm(vectors, axis=2, keepdims=True)
-    unit = vectors / np.where(norms == 0, 1, norms)
-    if residual_norm is None:
-        residual_norm = 10 * norms[..., 0].mean(axis=0)
-    group = zarr.open_group(str(path), mode="w")
-    chunks = (n, max(1, min(chunk_layers, n_layers)), d)
-    arrays = (("raw", vectors), ("denoised", vectors), ("raw_unit", unit), ("denoised_unit", unit))
-    for name, data in arrays:
-        arr = group.create_array(name, shape=data.shape, dtype="float32", chunks=chunks)
-        arr[...] = data
-    rn = group.create_array("residual_norm", shape=(n_layers,), dtype="float32")
-    rn[...] = np.asarray(residual_norm, dtype=np.float32)
-    npc = group.create_array("n_neutral_pcs_removed", shape=(n_layers,), dtype="int32")
-    npc[...] = np.zeros(n_layers, dtype=np.int32)
-    group.attrs.update(
-        {
-            "emotions": list(map(str, emotions)),
-            "layers": [int(x) for x in layers],
-            "provenance": provenance or {"subject_model": {"path": None}},
-        }
+    return write_store(
+        path, emotions=emotions, layers=layers, raw=vectors, denoised=vectors,
+        residual_norm=residual_norm,
+        n_neutral_pcs_removed=np.zeros(len(layers), dtype=np.int64), n_stories=None,
+        attrs={"provenance": provenance or {"subject_model": {"path": None}},
+               "source": "synthetic vectors (write_vector_store)"},
+        chunk_layers=chunk_layers,
     )
-    return Path(path)
 
 
-def store_from_reference_npz(npz_path: str | Path, store_path: str | Path, layer: int = 40) -> Path:
-    """Build a one-layer store from the published ``{emotion: (d,)}`` npz (e.g. layer 40)."""
+def store_from_reference_npz(
+    npz_path: str | Path,
+    store_path: str | Path,
+    layer: int = REFERENCE_LAYER,
+    *,
+    n_model_layers: int | None = REFERENCE_N_BLOCKS,
+) -> Path:
+    """Build a one-layer store from the replication's published ``{emotion: (d,)}`` npz.
+
+    The file holds its "layer 40" of gemma-4-31B-it, ``hidden_states[40]`` = the output of
+    decoder block 39: ``layer`` 39 in this project's convention (the default). The vectors are
+    denoised (its neutral PCs projected out) and not unit-normalised; they are stored as
+    ``denoised`` only (their raw vectors were not published), and what the file does not give
+    is stored as unknown, not filled in: the residual-stream norm (the unit of steering
+    strength), the number of neutral PCs removed and the story counts.
+    """
     data = np.load(npz_path)
     emotions = sorted(data.keys())
     vectors = np.stack([data[e] for e in emotions])[:, None, :]
-    return write_vector_store(
-        store_path,
-        vectors,
-        emotions,
-        [layer],
-        provenance={"subject_model": {"path": None}, "source": str(npz_path)},
+    subject = {"path": None, "name": "google/gemma-4-31B-it"}
+    if n_model_layers:
+        subject["num_hidden_layers"] = int(n_model_layers)
+    return write_store(
+        store_path, emotions=emotions, layers=[int(layer)], raw=None, denoised=vectors,
+        residual_norm=None, n_neutral_pcs_removed=None, n_stories=None,
+        attrs={
+            "provenance": {"subject_model": subject, "source": str(npz_path),
+                           "source_layer_label": REFERENCE_SOURCE_LABEL},
+            "num_hidden_layers": int(n_model_layers) if n_model_layers else None,
+            "layer_convention": "layer i = output of decoder block i (0-based); the source's "
+                                "'layer 40' is hidden_states[40] = output of block 39",
+            "source": "published replication vectors (gemotions), denoised, not unit-normalised",
+        },
     )
