@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 
 from .shards import open_shard
+from .store_layout import write_store
 
 # What must agree between the shards that one store averages (see ``shard_origin``).
 ORIGIN_MODEL_KEYS = ("path", "revision", "dtype", "quantization", "quantization_config")
@@ -132,10 +132,9 @@ def build_vector_store(
 ) -> list[dict[str, Any]]:
     """Read the shards, compute the vectors at every layer, write the store ``out``.
 
-    Reads one shard at a time (memory ~ one emotion's activations). Writes the Zarr group
-    described in ``README.md`` (arrays ``raw``, ``denoised``, ``raw_unit``, ``denoised_unit``
-    ``(E, L, d)``, ``residual_norm`` ``(L,)``, ``n_neutral_pcs_removed`` ``(L,)``,
-    ``n_stories`` ``(E,)``) and returns tidy rows (one per emotion and layer) for the table.
+    Reads one shard at a time (memory ~ one emotion's activations). Writes the store through
+    ``store_layout.write_store`` (the one writer of the layout; the residual norm is measured
+    here) and returns tidy rows (one per emotion and layer) for the table.
     """
     emotions = list(emotion_shards)
     neutral = open_shard(neutral_shard)
@@ -161,14 +160,13 @@ def build_vector_store(
     means_arr = np.stack(means)  # (E, L, d)
     neutral_acts = np.asarray(neutral["activations"][:], dtype=np.float64)  # (n, L, d)
     E, L, d = means_arr.shape
-    store = zarr.open_group(str(out), mode="w")
-    arrays = {k: store.create_array(k, shape=(E, L, d), chunks=(E, 1, d), dtype="float32") for k in ("raw", "denoised", "raw_unit", "denoised_unit")}
+    raw_all = np.zeros((E, L, d), dtype=np.float32)
+    denoised_all = np.zeros((E, L, d), dtype=np.float32)
     k_removed = np.zeros(L, dtype=np.int64)
     rows = []
     for li in range(L):
         res = emotion_vectors(means_arr[:, li], neutral_acts[:, li], denoise_variance)
-        for key, arr in arrays.items():
-            arr[:, li, :] = res[key]
+        raw_all[:, li], denoised_all[:, li] = res["raw"], res["denoised"]
         k_removed[li] = res["k"]
         raw_n = np.linalg.norm(res["raw"], axis=1)
         den_n = np.linalg.norm(res["denoised"], axis=1)
@@ -186,14 +184,16 @@ def build_vector_store(
                     "neutral_variance_removed": float(res["neutral_explained"][: res["k"]].sum()),
                 }
             )
-    residual_norm = (norm_sum / max(norm_n, 1)).astype(np.float32)
-    store.create_array("residual_norm", data=residual_norm)
-    store.create_array("n_neutral_pcs_removed", data=k_removed)
-    store.create_array("n_stories", data=np.asarray(n_stories, dtype=np.int64))
-    store.attrs.update(
-        {
-            "emotions": emotions,
-            "layers": layers,
+    write_store(
+        out,
+        emotions=emotions,
+        layers=layers,
+        raw=raw_all,
+        denoised=denoised_all,
+        residual_norm=(norm_sum / max(norm_n, 1)).astype(np.float32),
+        n_neutral_pcs_removed=k_removed,
+        n_stories=np.asarray(n_stories, dtype=np.int64),
+        attrs={
             "layer_convention": neutral.attrs["layer_convention"],
             "num_hidden_layers": neutral.attrs.get("num_hidden_layers"),
             "pool_start": neutral.attrs["pool_start"],
@@ -202,6 +202,6 @@ def build_vector_store(
             "definition": "raw = emotion mean - mean over emotions; denoised = raw with the top neutral PCs (denoise_variance of neutral variance) projected out; *_unit = L2-normalised rows",
             "residual_norm_definition": "mean over emotion stories of the mean per-token L2 norm of the residual stream over the pooled window",
             "provenance": dict(provenance, subject_model=model),
-        }
+        },
     )
     return rows
