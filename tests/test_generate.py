@@ -52,3 +52,29 @@ def test_leaks_are_rejected_and_a_short_shard_fails_or_says_so(tmp_path, default
     assert shard["complete"] is False and shard["n_stories"] == 0
     assert shard["shortfall"] == {TOPICS[0]: 1} and shard["rejections"]["leak"] >= 1
     assert "the" in shard["leak_forms"]
+
+
+def test_selection_judge_filters_and_records(tmp_path, default_model, prompts):
+    """Best-of-n: only stories the (real) judge recognises are kept; nothing is edited; the shard
+    records every judged candidate's verdict and the acceptance rate."""
+    from emotion_vectors.judge import judge_stories
+
+    model, tok = default_model
+    seen = []
+
+    def select(candidates):
+        seen.extend(candidates)
+        return judge_stories(model, tok, candidates, ["afraid", "calm", "happy", "sad"], {"options": 2})
+
+    settings = dict(BASE, per_topic=1, oversample=2.0, max_rounds=2)
+    shard = generate_story_shard(model, tok, "sad", TOPICS[:1], settings, prompts, output=tmp_path / "s.json", select=select, log=lambda m: None)
+    sel = shard["selection"]
+    assert sel["judged"] == len(seen) > 0
+    assert sel["acceptance_rate"] == round(sel["recognised"] / sel["judged"], 4)
+    # Every judged candidate is either recognised (then kept, or a surplus/duplicate) or rejected.
+    assert shard["rejections"].get("not_recognised", 0) == sel["judged"] - sel["recognised"]
+    for story in shard["stories"]:
+        verdict = story["selection"]
+        assert verdict["correct"] is True and verdict["chosen"] == "sad" and "sad" in verdict["candidates"]
+        assert story["text"] in [c["text"] for c in seen]  # kept verbatim
+    assert sel["recognised"] >= shard["n_stories"]

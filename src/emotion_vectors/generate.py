@@ -126,25 +126,52 @@ def load_prompts(prompts_dir: str | Path, name: str) -> dict[str, Any]:
 
 
 class Checkpoint:
-    """JSON state saved atomically beside an output, tied to a settings fingerprint."""
+    """JSON state saved atomically beside an output, tied to a settings fingerprint.
 
-    def __init__(self, output: str | Path, fingerprint: str):
+    The state is saved with a SHA-256 of its content. A checkpoint that cannot be read or parsed,
+    is not a JSON object, or fails its checksum (truncated or altered file) is reported through
+    ``log`` and ignored: the shard starts over, which gives the same result because every batch
+    is seeded. A checkpoint made with other settings (fingerprint) is ignored as well.
+    """
+
+    def __init__(self, output: str | Path, fingerprint: str, log: Callable[[str], None] | None = None):
         self.path = Path(str(output) + ".progress.json")
         self.fingerprint = fingerprint
+        self.log = log or _log
+
+    @staticmethod
+    def _digest(state: dict[str, Any]) -> str:
+        return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
 
     def load(self) -> dict[str, Any] | None:
         if not self.path.exists():
             return None
-        state = json.loads(self.path.read_text())
+        try:
+            state = json.loads(self.path.read_text(encoding="utf-8"))
+            if not isinstance(state, dict):
+                raise ValueError(f"not a JSON object but a {type(state).__name__}")
+            checksum = state.pop("checksum", None)
+            if checksum is None:
+                raise ValueError("no checksum (written by an older version)")
+            if checksum != self._digest(state):
+                raise ValueError("checksum mismatch: the file was truncated or altered")
+        except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            self.log(f"checkpoint {self.path} is unusable ({type(err).__name__}: {err}); ignoring it, starting over")
+            return None
         if state.get("fingerprint") != self.fingerprint:
-            return None  # settings changed: start over
+            self.log(f"checkpoint {self.path} was made with other settings; starting over")
+            return None
         return state
 
     def save(self, state: dict[str, Any]) -> None:
         state = dict(state, fingerprint=self.fingerprint)
+        state["checksum"] = self._digest(state)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text(json.dumps(state), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError as err:  # e.g. no space left: name the file (the shard) in the message
+            raise OSError(err.errno, f"cannot write checkpoint {self.path}: {err.strerror or err}") from err
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -163,6 +190,7 @@ def generate_story_shard(
     prompts: dict[str, Any],
     *,
     output: str | Path,
+    select: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
     log: Callable[[str], None] = _log,
 ) -> dict[str, Any]:
     """Generate one emotion's stories (see module docstring); returns the shard's content.
@@ -173,6 +201,12 @@ def generate_story_shard(
         settings: the config's ``stories`` section.
         prompts: ``config/prompts/story.yaml``.
         output: the shard path (its checkpoint lives beside it).
+        select: optional selection judge (``stories.selection``): called once per batch with
+            the candidates that passed the leak and length checks (dicts ``id``, ``emotion``,
+            ``text``), it returns one judge record each (``emotion_vectors.judge.judge_stories``);
+            a candidate is kept only when the judge picked its emotion (``correct``). This is a
+            filter: a rejected story is counted (``not_recognised``), never edited; the kept
+            stories carry their judge record and the shard its acceptance rate.
 
     Raises:
         ShardShortError: the shard is short after ``max_rounds`` and shortfalls are not allowed.
@@ -237,36 +271,49 @@ def generate_story_shard(
         )
         state["gen_seconds"] += time.perf_counter() - started
         state["new_tokens"] += sum(r.n_tokens for r in replies)
+        candidates = []  # (topic, record) of the stories that pass the text checks
         for k, ((t, p), reply) in enumerate(zip(batch, replies)):
             state["replies"] += 1
             stories = split_stories(reply.text, per_reply, truncated=reply.truncated)
             if len(stories) < per_reply:
                 rejections["parse_missing"] += per_reply - len(stories)
-            for story in stories:
-                kept = state["stories"][str(t)]
+            for j, story in enumerate(stories):
                 leaks = find_leaks(story, emotion)
                 if leaks:
                     rejections["leak"] += 1
                     leak_forms.update(x.lower() for x in leaks)
                 elif len(story.split()) < settings["min_words"]:
                     rejections["too_short"] += 1
-                elif len(kept) >= per_topic:
-                    rejections["surplus"] += 1
-                elif any(story == s["text"] for s in kept):
-                    rejections["duplicate"] += 1
+                elif len(state["stories"][str(t)]) >= per_topic:
+                    rejections["surplus"] += 1  # topic already full: not worth judging
                 else:
-                    kept.append(
-                        {
-                            "text": story,
-                            "person": person[p],
-                            "round": state["round"],
-                            "batch": state["batch_in_round"],
-                            "batch_row": k,
-                            "seed": seed,
-                            "reply_tokens": reply.n_tokens,
-                            "reply_truncated": reply.truncated,
-                        }
-                    )
+                    candidates.append((t, {
+                        "text": story,
+                        "person": person[p],
+                        "round": state["round"],
+                        "batch": state["batch_in_round"],
+                        "batch_row": k,
+                        "seed": seed,
+                        "reply_tokens": reply.n_tokens,
+                        "reply_truncated": reply.truncated,
+                        "candidate_id": f"{slug(emotion)}-r{state['round']}-b{state['batch_in_round']}-k{k}-{j}",
+                    }))
+        if select is not None and candidates:
+            verdicts = select([{"id": c["candidate_id"], "emotion": emotion, "text": c["text"]} for _, c in candidates])
+            state["judged"] = state.get("judged", 0) + len(candidates)
+            for (_, c), verdict in zip(candidates, verdicts):
+                c["selection"] = {key: verdict[key] for key in ("candidates", "scores", "chosen", "correct")}
+            state["recognised"] = state.get("recognised", 0) + sum(bool(v["correct"]) for v in verdicts)
+        for t, c in candidates:
+            kept = state["stories"][str(t)]
+            if select is not None and not c["selection"]["correct"]:
+                rejections["not_recognised"] += 1
+            elif len(kept) >= per_topic:
+                rejections["surplus"] += 1
+            elif any(c["text"] == s["text"] for s in kept):
+                rejections["duplicate"] += 1
+            else:
+                kept.append(c)
         state["pending"] = state["pending"][len(batch) :]
         state["batch_in_round"] += 1
         state["rejections"] = dict(rejections)
@@ -302,6 +349,15 @@ def generate_story_shard(
         "shortfall": {topics[t]: m for t, m in shortfall.items()},
         "rounds": state["round"],
         "replies": state["replies"],
+        "selection": (
+            {
+                "judged": state.get("judged", 0),
+                "recognised": state.get("recognised", 0),
+                "acceptance_rate": round(state.get("recognised", 0) / max(state.get("judged", 0), 1), 4),
+            }
+            if select is not None
+            else None
+        ),
         "rejections": dict(rejections),
         "leak_forms": dict(leak_forms),
         "throughput": {

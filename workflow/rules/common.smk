@@ -37,6 +37,8 @@ MODELS_DIR = "results/models"
 EMOTIONS = {slug(e): e for e in config["emotion_list"]}  # slug -> emotion word
 GEN = config["models"]["generator"]
 SUBJECT = config["models"]["subject"]
+SELECTOR = config["models"].get("selector") or GEN  # reads candidate stories (stories.selection)
+JUDGE = config["models"].get("judge") or GEN  # reads stories for the recognisability diagnostic
 logger.info(f"run {RUN}: generator = {describe_model(GEN)}; subject = {describe_model(SUBJECT)}")
 
 
@@ -55,8 +57,8 @@ def wants_gpu(spec):
 
 
 def gguf_models():
-    specs = {m["name"]: m for m in (GEN, SUBJECT) if m.get("gguf")}
-    return specs
+    """Packaged GGUF models of this run (prepared once into results/models/<name>)."""
+    return {m["name"]: m for m in (GEN, SUBJECT, SELECTOR, JUDGE) if m.get("gguf")}
 
 
 NEUTRAL_DIALOGUES = f"{RESULTS}/neutral/dialogues.json"

@@ -5,6 +5,7 @@ rule stories:
     """Stories for one emotion over the run's topics (one shard = one job)."""
     input:
         model_input(GEN),
+        model_input(SELECTOR) if config["stories"]["selection"]["enabled"] else [],
         prompts=f"{config['prompts_dir']}/story.yaml",
     output:
         story_shard("{emotion}"),
@@ -13,6 +14,8 @@ rule stories:
         topics=config["topic_list"],
         settings=config["stories"],
         generator=GEN,
+        selector=SELECTOR,
+        emotions=config["emotion_list"] if config["stories"]["selection"]["enabled"] else [],
         models_dir=MODELS_DIR,
     conda:
         "../../envs/corpus.yaml"
