@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= 2
 
-.PHONY: install run test test-fast dryrun report bench lint clean
+.PHONY: install run test test-fast dryrun report bench lint clean faults
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ bench: install
 	$(BIN)/python -m emotion_vectors.bench generate
 	$(BIN)/python -m emotion_vectors.bench extract
 	$(BIN)/python -m emotion_vectors.bench analysis
+
+faults: install  ## fault battery: SIGKILLs, corrupted partials/checkpoints, malformed configs, full disk (~10-20 min)
+	$(BIN)/python -m emotion_vectors.faults
 
 lint: install
 	$(BIN)/snakemake --lint
