@@ -20,6 +20,7 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/corpus.smk"
 include: "workflow/rules/activations.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/diagnostics.smk"
 
 
 rule all:

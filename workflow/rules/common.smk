@@ -70,10 +70,11 @@ def story_shard(emotion_slug):
 
 def all_targets():
     """Every final output of the run, from the config: story shards, the neutral corpus, the
-    vector store and the outputs of the analysis rules (names defined in the included rule files)."""
+    vector store, the outputs of the analysis and of the corpus-diagnostics rules (names defined in the included rule files)."""
     return [
         *(story_shard(s) for s in EMOTIONS),
         NEUTRAL_DIALOGUES,
         *VECTOR_OUTPUTS,
         *rules.analyze.output,
+        *DIAGNOSTICS_OUTPUTS,
     ]
