@@ -25,10 +25,10 @@ run: install  ## install, then run the whole workflow on the default config
 	$(BIN)/snakemake --cores $(CORES)
 
 test: install  ## install, then run the test suite (unit + real-model integration)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -rs -m "not slow"
 
 dryrun: install
 	$(BIN)/snakemake -n

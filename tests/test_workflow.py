@@ -94,6 +94,20 @@ def test_activation_shards_and_vectors(tiny_run):
     assert summary["vectors"].endswith("vectors.zarr") and summary["main_layer"] in (4, 19)
 
 
+def test_corpus_diagnostics_are_reported(tiny_run):
+    """Every run computes the corpus diagnostics; the summary states them with chance and a verdict."""
+    diag = json.loads((tiny_run / "diagnostics" / "summary.json").read_text())
+    nc = diag["separability"]["nearest_centroid"]
+    assert nc["best_layer"] in (4, 19) and nc["chance"] == pytest.approx(1 / 3, abs=1e-4)
+    assert 0 <= nc["accuracy"] <= 1 and 0 < nc["p_perm_max_layer"] <= 1
+    rec = diag["recognisability"]
+    assert rec["n"] == 6 and rec["chance"] == pytest.approx(1 / 3, abs=1e-4)  # 3 emotions: 3 options
+    assert rec["ci_low"] <= rec["share"] <= rec["ci_high"]
+    assert isinstance(diag["separable"], bool) and isinstance(diag["recognisable"], bool) and diag["verdict"]
+    table = (tiny_run / "diagnostics" / "separability.tsv").read_text().splitlines()
+    assert len(table) == 1 + 2 * 2  # header + 2 layers x 2 methods
+
+
 def test_nothing_pending_after_a_run(tiny_run):
     assert pending() == []
 
