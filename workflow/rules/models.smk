@@ -5,7 +5,9 @@ rule prepare_model:
     output:
         directory(f"{MODELS_DIR}/{{model}}"),
     params:
-        spec=lambda wc: gguf_models()[wc.model],
+        # Only what the conversion reads (name and GGUF source), in a canonical order: a change
+        # of dtype, device or key order elsewhere in the spec must not redo the conversion.
+        spec=lambda wc: json.dumps({k: gguf_models()[wc.model][k] for k in ("name", "gguf")}, sort_keys=True),
     conda:
         "../../envs/corpus.yaml"
     log:
