@@ -135,6 +135,17 @@ def resolve_path(spec: dict[str, Any], models_dir: str | Path = "results/models"
     return str(spec["path"])
 
 
+def checked_path(spec: dict[str, Any], models_dir: str | Path = "results/models") -> str:
+    """``resolve_path``, and for a packaged GGUF model a clear error when its prepared copy is missing."""
+    path = resolve_path(spec, models_dir)
+    if spec.get("gguf") and not Path(path).is_dir():
+        raise ModelSpecError(
+            f"models.{spec.get('name')}: prepared copy {path} is missing; it is made by the "
+            "workflow's `prepare_model` rule (snakemake --cores 1 <that path>)."
+        )
+    return path
+
+
 def torch_dtype(name: str):
     """``"bfloat16"`` -> ``torch.bfloat16``; ``"auto"`` passes through."""
     import torch
@@ -190,12 +201,7 @@ def load_model(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve_path(spec, models_dir)
-    if spec.get("gguf") and not Path(path).exists():
-        raise ModelSpecError(
-            f"models.{spec['name']}: prepared copy {path} is missing; it is made by the "
-            "workflow's `prepare_model` rule (snakemake --cores 1 <that path>)."
-        )
+    path = checked_path(spec, models_dir)
     revision = spec.get("revision")
     kwargs: dict[str, Any] = {"dtype": torch_dtype(spec.get("dtype", "float32"))}
     if revision:

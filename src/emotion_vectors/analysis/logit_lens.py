@@ -334,14 +334,9 @@ def load_lens(spec: dict[str, Any], models_dir: str | Path = "results/models"):
     import torch
     from transformers import AutoTokenizer
 
-    from emotion_vectors.models import ModelSpecError, resolve_path
+    from emotion_vectors.models import checked_path
 
-    path = resolve_path(spec, models_dir)
-    if spec.get("gguf") and not Path(path).is_dir():
-        raise ModelSpecError(
-            f"models.{spec.get('name')}: prepared copy {path} is missing; it is made by the "
-            "workflow's `prepare_model` rule (snakemake --cores 1 <that path>)."
-        )
+    path = checked_path(spec, models_dir)
     revision = spec.get("revision")
     device = spec.get("device", "cpu")
     if device == "auto":
