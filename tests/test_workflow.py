@@ -122,8 +122,11 @@ def test_changing_one_emotion_reruns_only_its_dependents(tiny_run):
         jobs = pending()
     finally:
         story.write_text(original)
+    # The shard, the vectors and analysis built on all shards, and the corpus diagnostics that
+    # read every story (recognisability) and activation shard (separability); nothing else.
     assert jobs == sorted(
-        [("activations", "emotion=calm"), ("vectors", ""), ("analyze", ""), ("all", "")]
+        [("activations", "emotion=calm"), ("vectors", ""), ("analyze", ""), ("separability", ""),
+         ("recognisability", ""), ("diagnostics_summary", ""), ("all", "")]
     ), jobs
 
 
@@ -135,10 +138,13 @@ def test_force_rebuilds_one_named_shard(tiny_run):
     smk("--cores", "2", "--force", shard)
     assert zarr.open_group(str(REPO_ROOT / shard), mode="r").attrs["complete"]
     assert other.stat().st_mtime_ns == before
-    # One model server served the whole run and the rebuild (one load per run and machine).
+    # One model server per run and machine: the run and the rebuild were served by one server
+    # log, and a second load only ever follows an idle exit (5 min without a request; a loaded
+    # CI machine can take that long between the run's last shard and this rebuild).
     logs = list((tiny_run / "activations" / ".server").glob("*.log"))
     assert len(logs) == 1
-    assert logs[0].read_text().count("loaded in") == 1
+    text = logs[0].read_text()
+    assert 1 <= text.count("loaded in") <= 1 + text.count("idle for"), text[-6000:]
 
 
 def test_same_config_and_seed_reproduce_stories_and_activations(tiny_run):

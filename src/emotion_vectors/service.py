@@ -535,6 +535,10 @@ class Server:
         self.started = time.time()
         self.listener, self.socket_path, self.private = _bind(address_file.parent, address_file.stem)
         os.chmod(self.socket_path, 0o600)
+        # The socket file's identity: at exit, unlink the path only while it is still ours (a
+        # newer server of the same name, e.g. after the run's directory was deleted and remade,
+        # may have bound the same path since; removing its socket would make it look stale).
+        self.socket_inode = os.stat(self.socket_path).st_ino
         self.listener.listen(4096)  # jobs queue here while a request runs (the kernel caps it)
 
     # built-in request kinds
@@ -640,7 +644,8 @@ class Server:
                 os.unlink(self.address_file)
         self.listener.close()
         with contextlib.suppress(OSError):
-            os.unlink(self.socket_path)
+            if os.stat(self.socket_path).st_ino == self.socket_inode:
+                os.unlink(self.socket_path)
         if self.private:
             with contextlib.suppress(OSError):
                 os.rmdir(self.private)
