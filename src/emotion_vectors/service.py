@@ -104,11 +104,11 @@ import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from . import __version__
+from .provenance import package_versions
 
 log = logging.getLogger(__name__)
 
@@ -159,16 +159,6 @@ def source_hash(package_dir: str | Path | None = None) -> str:
     return h.hexdigest()
 
 
-def _package_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in IDENTITY_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
 def server_identity(parts: dict[str, Any], *, code: str | None = None) -> str:
     """Hash naming a server: everything its answers depend on, its own code included.
 
@@ -182,7 +172,7 @@ def server_identity(parts: dict[str, Any], *, code: str | None = None) -> str:
         "code": code if code is not None else source_hash(),
         "host": socket.gethostname(),
         "python": sys.executable,
-        "packages": _package_versions(),
+        "packages": package_versions(IDENTITY_PACKAGES),
         "parts": parts,
     }
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
