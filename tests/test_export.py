@@ -144,16 +144,19 @@ def test_safetensors_tensors_values_and_metadata(tmp_path):
     _no_leftovers(tmp_path, {"v.zarr", "fear.safetensors"})
 
 
-def test_default_layer_is_the_middle_stored_layer(tmp_path):
+def test_default_layer_is_the_main_layer(tmp_path):
     from safetensors.numpy import load_file
 
-    assert default_layer([0, 4, 9]) == 4
-    assert default_layer([11, 2, 8, 5]) == 5
+    # the study's main layer (two-thirds of the depth) as the analysis picks it
+    assert default_layer([4, 9, 14, 19, 24], 30) == 19  # SmolLM2: 30 blocks
+    assert default_layer([4, 9, 14, 19, 24, 29, 34, 39, 44, 49, 54], 60) == 39  # Gemma 4 31B
+    assert default_layer([4, 9, 14, 19, 24]) == 14  # blocks unknown: taken as 25, target 16
     assert default_layer([7]) == 7
+    # the test store records 12 blocks: target round(8) - 1 = 7, nearest stored layer 9
     out = export_safetensors(_store(tmp_path / "v.zarr"), "joy", None, tmp_path / "joy.st")
-    assert set(load_file(str(out))) == {"layer.4", "unit.4"}
-    want, _ = _expected("joy", 4, 1.0, _rn(4))
-    np.testing.assert_allclose(load_file(str(out))["layer.4"], want, rtol=1e-5, atol=1e-6)
+    assert set(load_file(str(out))) == {"layer.9", "unit.9"}
+    want, _ = _expected("joy", 9, 1.0, _rn(9))
+    np.testing.assert_allclose(load_file(str(out))["layer.9"], want, rtol=1e-5, atol=1e-6)
 
 
 def test_all_layers_and_raw_unit_kind(tmp_path):

@@ -103,15 +103,17 @@ class SteeringVectors:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def default_layer(stored: Sequence[int]) -> int:
-    """The default export layer: the middle of the stored layers (sorted; index (n-1)//2)."""
-    ordered = sorted(int(x) for x in stored)
-    return ordered[(len(ordered) - 1) // 2]
+def default_layer(stored: Sequence[int], n_blocks: int | None = None) -> int:
+    """The default export layer: the study's main layer (``extract.main_stored_layer``: the
+    block at two-thirds of the depth, or the stored layer nearest it), as the analysis uses."""
+    from emotion_vectors.extract import main_stored_layer
+
+    return main_stored_layer(stored, n_blocks)
 
 
-def _resolve_layers(requested: LayersArg, stored: list[int]) -> list[int]:
+def _resolve_layers(requested: LayersArg, stored: list[int], n_blocks: int | None = None) -> list[int]:
     if requested is None:
-        return [default_layer(stored)]
+        return [default_layer(stored, n_blocks)]
     if isinstance(requested, str):
         if requested != "all":
             raise ExportError(f"layers must be 'all' or a list of integers, got {requested!r}")
@@ -164,7 +166,7 @@ def steering_vectors(
     Args:
         store_path: the vector store (``vectors.zarr``).
         emotion: one of the store's emotions.
-        layers: ``None`` = the middle stored layer (``default_layer``), ``"all"`` = every
+        layers: ``None`` = the main layer (``default_layer``), ``"all"`` = every
             stored layer, or 0-based decoder block indices that the store holds.
         kind: ``"denoised_unit"`` (default) or ``"raw_unit"``.
         strength: multiplier of the per-layer scale (may be negative or 0).
@@ -192,7 +194,7 @@ def steering_vectors(
     if kind not in store.kinds:
         present = [k for k in store.kinds if k in EXPORT_KINDS]
         raise ExportError(f"the store has no {kind!r} vectors; present unit kinds: {present}")
-    chosen = _resolve_layers(layers, store.layers)
+    chosen = _resolve_layers(layers, store.layers, store.attrs.get("num_hidden_layers"))
 
     residual = store.residual_norm  # None when unknown
     if absolute_scale is None and residual is None:
@@ -436,8 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--emotion", required=True, help="emotion to export (one of the store's)")
     p.add_argument("--layers", nargs="+", metavar="L", default=None,
                    help="0-based decoder block indices the store holds, or 'all' for every "
-                        "stored layer (default: the middle stored layer, i.e. index (n-1)//2 of "
-                        "the sorted stored layers). gguf cannot take layer 0.")
+                        "stored layer (default: the main layer, two-thirds of the depth, as in the "
+                        "analysis). gguf cannot take layer 0.")
     p.add_argument("--kind", choices=EXPORT_KINDS, default="denoised_unit",
                    help="which unit vectors (default: denoised_unit)")
     p.add_argument("--strength", type=float, default=1.0,

@@ -171,6 +171,17 @@ def main_layer(n_blocks: int) -> int:
     return max(0, round(2 * n_blocks / 3) - 1)
 
 
+def main_stored_layer(layers: Sequence[int], n_blocks: int | None = None) -> int:
+    """The main layer among stored ``layers``: :func:`main_layer` of the model's ``n_blocks``
+    if stored, else the stored layer nearest it (ties: the deeper). ``n_blocks`` unknown is
+    taken as ``max(layers) + 1``. The one rule the analysis, steering and export use."""
+    layers = [int(x) for x in layers]
+    if not layers:
+        raise ValueError("no stored layers")
+    target = main_layer(int(n_blocks) if n_blocks else max(layers) + 1)
+    return min(layers, key=lambda layer: (abs(layer - target), -layer))
+
+
 def default_layers(n_blocks: int, step: int = 5) -> list[int]:
     """Default layer indices (0-based block outputs) for a stack of ``n_blocks`` blocks.
 
@@ -667,6 +678,7 @@ __all__ = [
     "ShortTextError",
     "default_layers",
     "main_layer",
+    "main_stored_layer",
     "extract_pooled",
     "iter_pooled",
     "plan_extraction",

@@ -89,10 +89,9 @@ def default_main_layer(layers: list[int], n_model_layers: int | None = None) -> 
     ``n_model_layers`` is the model's number of decoder blocks; unknown, it is taken as
     ``max(layers) + 1``.
     """
-    from emotion_vectors.extract import main_layer
+    from emotion_vectors.extract import main_stored_layer
 
-    target = main_layer(n_model_layers if n_model_layers else max(layers) + 1)
-    return min(layers, key=lambda layer: (abs(layer - target), -layer))
+    return main_stored_layer(layers, n_model_layers)
 
 
 def orientation_references(
