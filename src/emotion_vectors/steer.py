@@ -1,0 +1,472 @@
+"""Activation steering: add a scaled unit vector to the residual stream during a forward pass.
+
+What is added, and where
+------------------------
+A :class:`Steer` adds ``strength * unit_norm * direction`` (``direction`` of unit length) to the
+OUTPUT of decoder block ``layer`` (0-based, ``emotion_vectors.models.decoder_layers(model)``),
+which is exactly the residual-stream vector that extraction reads as layer ``layer``
+(``emotion_vectors.extract``). ``unit_norm`` is the typical size of the residual stream at that
+layer, the mean per-token L2 norm that the vector store keeps as ``residual_norm``; so
+``strength`` is in units of "a typical token's residual norm" (0.1 adds a vector a tenth as
+long as a typical token's residual vector). Several steers are summed (at one layer or many).
+A steer of strength 0 adds nothing and registers no hook, so an all-zero (or empty) list gives
+bit-identical outputs to no steering at all.
+
+Which tokens
+------------
+The token policy is decided by each token's ABSOLUTE position in its own sequence, never by its
+index inside one forward call: ``generate()`` with the KV cache runs the whole prompt first and
+then one token per call, so "the 10th token of this call" means nothing there. The absolute
+position of a token is its index among the real (unpadded) tokens of its row, i.e. the cache
+position minus the row's left padding. It is computed once per top-level forward call by a
+forward pre-hook on the model, from the 2-D ``attention_mask`` (which, during ``generate()``,
+covers the past and the current tokens): ``position = cumsum(mask) - 1`` over the whole mask,
+read at the current tokens. Without an attention mask there is no padding and the position is
+``past + 0, 1, ...`` where ``past`` is ``cache_position[0]`` if the call has one (transformers
+before 5.x), else the cache's ``get_seq_length()``, else 0.
+
+Policies (``positions``):
+
+- ``"all"``: every real token, prompt included;
+- ``"generated"``: tokens at position ``>= prompt_length``; by default ``prompt_length`` is, per
+  row, the number of real tokens in the FIRST forward call made inside the context (the prompt
+  of a ``generate()`` call). So use one ``generate()`` call per context, or pass
+  ``prompt_length``. The first generated token is predicted from the (unsteered) prompt; it is
+  steered from the moment it is fed back in, so the effect shows from the second generated
+  token on;
+- an int ``K``: tokens at position ``>= K``.
+
+Padding positions (attention mask 0) are never steered. Positions that are not steered keep
+their exact values (``torch.where``, not a multiply by a 0/1 mask).
+
+What transformers passes (5.24, checked for Llama/SmolLM2, Gemma 3 and Gemma 4 text and its
+multimodal wrapper): ``generate()`` calls ``model.forward`` with keyword arguments only:
+``input_ids``, ``position_ids`` (already counted from each row's first real token), ``cache``
+(a ``DynamicCache``; absent with ``use_cache=False``, where every call re-reads the whole
+sequence), ``attention_mask`` (2-D, past + current tokens; absent if the caller gave none),
+``logits_to_keep``, ``use_cache``, ``return_dict``. There is no ``cache_position`` any more
+(it is still read here when present, for older versions and remote code).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import numpy as np
+import torch
+
+from emotion_vectors.extract import LayerIndexError, _block_hidden
+from emotion_vectors.models import decoder_layers
+
+Positions = Union[Literal["all", "generated"], int]
+
+
+class SteeringUnitError(ValueError):
+    """The unit of steering strength (the residual norm) is not known for a vector store."""
+
+
+class SteeringPositionError(RuntimeError):
+    """The token positions of a forward call cannot be worked out (or do not fit the context)."""
+
+
+def _unit_direction(direction: Any) -> np.ndarray:
+    if isinstance(direction, torch.Tensor):
+        arr = direction.detach().to(device="cpu", dtype=torch.float64).numpy()
+    else:
+        arr = np.asarray(direction, dtype=np.float64)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"steering direction must be a 1-D vector (d,), got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError("steering direction has non-finite (NaN or inf) entries")
+    norm = float(np.linalg.norm(arr))
+    if not norm > 0:
+        raise ValueError("steering direction is the zero vector: it has no direction to steer along")
+    out = arr / norm
+    out.setflags(write=False)
+    return out
+
+
+@dataclass(frozen=True)
+class Steer:
+    """One steering vector: ``strength * unit_norm * direction`` added to block ``layer``'s output.
+
+    Attributes:
+        layer: 0-based decoder block index (layer ``i`` = output of block ``i``).
+        direction: ``(d,)`` vector (NumPy or torch); stored as a read-only float64 NumPy array
+            of unit length.
+        strength: multiple of ``unit_norm`` to add (any finite sign; 0 adds nothing).
+        unit_norm: the unit of strength, the layer's mean per-token residual norm (finite, > 0).
+    """
+
+    layer: int
+    direction: np.ndarray | torch.Tensor
+    strength: float
+    unit_norm: float
+
+    def __post_init__(self) -> None:
+        layer = self.layer
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or layer < 0:
+            raise ValueError(f"steer layer must be a 0-based block index (int >= 0), got {layer!r}")
+        strength = float(self.strength)
+        if not math.isfinite(strength):
+            raise ValueError(f"steer strength must be finite, got {self.strength!r}")
+        unit_norm = float(self.unit_norm)
+        if not (math.isfinite(unit_norm) and unit_norm > 0):
+            raise ValueError(
+                f"steer unit_norm (the residual norm that strength is measured in) must be "
+                f"finite and > 0, got {self.unit_norm!r}"
+            )
+        object.__setattr__(self, "layer", int(layer))
+        object.__setattr__(self, "direction", _unit_direction(self.direction))
+        object.__setattr__(self, "strength", strength)
+        object.__setattr__(self, "unit_norm", unit_norm)
+
+    @property
+    def added_norm(self) -> float:
+        """L2 norm of the vector added to each steered token: ``strength * unit_norm`` (signed)."""
+        return self.strength * self.unit_norm
+
+    @property
+    def vector(self) -> np.ndarray:
+        """The ``(d,)`` float64 vector added: ``strength * unit_norm * direction``."""
+        return self.added_norm * self.direction
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Steer):
+            return NotImplemented
+        return (
+            self.layer == other.layer
+            and self.strength == other.strength
+            and self.unit_norm == other.unit_norm
+            and np.array_equal(self.direction, other.direction)
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.layer, self.strength, self.unit_norm, self.direction.tobytes()))
+
+    def __repr__(self) -> str:
+        return (f"Steer(layer={self.layer}, d={self.direction.shape[0]}, strength={self.strength}, "
+                f"unit_norm={self.unit_norm})")
+
+
+def steers_from_store(
+    store: Any,
+    emotion: str,
+    layers: Sequence[int] | None,
+    strength: float,
+    *,
+    kind: str = "denoised_unit",
+    absolute_scale: float | None = None,
+) -> list[Steer]:
+    """Steers along one emotion's vector from a vector store, one per layer.
+
+    Args:
+        store: a store directory or an opened ``emotion_vectors.store_layout.Store``.
+        emotion: one of the store's emotions.
+        layers: 0-based block indices, each one of the store's layers; ``None`` = the study's
+            main layer, as the analysis and the export pick it (``extract.main_stored_layer``:
+            the block at two-thirds of the model's depth, ``extract.main_layer`` of the store's
+            ``num_hidden_layers`` attribute, or the stored layer nearest it, ties to the deeper;
+            with the depth unknown, ``max(layers) + 1`` blocks are assumed).
+        strength: in units of the layer's residual norm (the store's ``residual_norm``).
+        kind: which vectors give the direction (``"denoised_unit"`` by default; any kind of the
+            store; the direction is normalised anyway).
+        absolute_scale: if given, the unit instead of the residual norm, for every layer
+            (added norm = ``strength * absolute_scale``); needed for a store whose residual
+            norm is not measured.
+
+    Raises:
+        SteeringUnitError: the store's ``residual_norm_status`` is not ``"measured"`` and no
+            ``absolute_scale`` was given.
+        ValueError: unknown emotion, layer or kind (the message lists what exists), a zero
+            vector, a bad strength or scale.
+    """
+    from emotion_vectors.store_layout import Store, read_store
+
+    if not isinstance(store, Store):
+        store = read_store(Path(store))
+    if emotion not in store.emotions:
+        raise ValueError(f"emotion {emotion!r} is not in the store {store.path}; it has: "
+                         f"{', '.join(store.emotions)}")
+    if kind not in store.kinds:
+        raise ValueError(f"vector kind {kind!r} is not in the store {store.path}; it has: "
+                         f"{', '.join(store.kinds)}")
+    if layers is None:
+        n_blocks = store.attrs.get("num_hidden_layers")
+        n_blocks = int(n_blocks) if isinstance(n_blocks, (int, np.integer)) and n_blocks > 0 else None
+        layers = [_main_stored_layer(list(store.layers), n_blocks)]
+    layers = list(layers)
+    if not layers:
+        raise ValueError("no layers requested: give at least one of the store's layers, or None")
+    missing = [x for x in layers if x not in store.layers]
+    if missing:
+        raise ValueError(f"layers {missing} are not in the store {store.path}; its layers "
+                         f"(0-based block outputs) are {store.layers}")
+    if absolute_scale is not None:
+        scale = float(absolute_scale)
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"absolute_scale must be finite and > 0, got {absolute_scale!r}")
+        units = [scale] * len(layers)
+    else:
+        norms = store.residual_norm
+        if store.residual_norm_status != "measured" or norms is None:
+            raise SteeringUnitError(
+                f"the vector store {store.path} has no measured residual norm "
+                f"(residual_norm_status={store.residual_norm_status!r}), so a strength in units "
+                "of the residual norm has no size. Pass absolute_scale=<a norm> (the added norm "
+                "is then strength x absolute_scale), or rebuild the store from activations."
+            )
+        units = [float(norms[store.layers.index(x)]) for x in layers]
+    e = store.emotions.index(emotion)
+    array = store.array(kind)
+    steers = []
+    for layer, unit in zip(layers, units):
+        vec = np.asarray(array[e, store.layers.index(layer), :], dtype=np.float64)
+        try:
+            steers.append(Steer(layer=int(layer), direction=vec, strength=strength, unit_norm=unit))
+        except ValueError as err:
+            raise ValueError(f"{store.path}: {kind} vector of {emotion!r} at layer {layer}: {err}") from err
+    return steers
+
+
+def _main_stored_layer(layers: list[int], n_blocks: int | None) -> int:
+    """The study's main layer among the stored ones (one rule with the analysis and export)."""
+    try:
+        from emotion_vectors.extract import main_stored_layer
+    except ImportError:  # older tree: the rule lives in the analysis
+        from emotion_vectors.analysis.run import default_main_layer as main_stored_layer
+    return main_stored_layer(layers, n_blocks)
+
+
+def random_steers(like: Sequence[Steer], seed: int) -> list[Steer]:
+    """The random-direction null: the same layers, strengths and unit norms as ``like``, with
+    directions drawn uniformly on the unit sphere (normalised standard normals from
+    ``numpy.random.default_rng(seed)``, one per steer, in order)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in like:
+        d = s.direction.shape[0]
+        v = rng.standard_normal(d)
+        while not np.linalg.norm(v) > 0:  # pragma: no cover - probability zero
+            v = rng.standard_normal(d)
+        out.append(Steer(layer=s.layer, direction=v, strength=s.strength, unit_norm=s.unit_norm))
+    return out
+
+
+def _positional(args: tuple, kwargs: dict, name: str, index: int) -> Any:
+    if name in kwargs:
+        return kwargs[name]
+    if len(args) > index and isinstance(args[index], torch.Tensor):
+        return args[index]
+    return None
+
+
+def call_positions(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Absolute positions and real-token mask of the tokens of one top-level forward call.
+
+    ``args``/``kwargs`` are what the model's ``forward`` receives. Returns ``(pos, real)``, both
+    ``(batch, T)`` (long, bool), on the input's device: ``pos`` counts each row's real tokens
+    from 0 (left padding ignored); ``real`` is False at padding.
+    """
+    input_ids = _positional(args, kwargs, "input_ids", 0)
+    embeds = kwargs.get("inputs_embeds")
+    source = input_ids if isinstance(input_ids, torch.Tensor) else embeds
+    if not isinstance(source, torch.Tensor) or source.dim() < 2:
+        raise SteeringPositionError(
+            "steering needs input_ids (batch, T) or inputs_embeds (batch, T, d) to place tokens")
+    b, t = int(source.shape[0]), int(source.shape[1])
+    device = source.device
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    past: int | None = None
+    cache_position = kwargs.get("cache_position")
+    if isinstance(cache_position, torch.Tensor) and cache_position.numel():
+        past = int(cache_position.reshape(-1)[0])
+    elif cache is not None and hasattr(cache, "get_seq_length"):
+        past = int(cache.get_seq_length())
+    mask = _positional(args, kwargs, "attention_mask", 1)
+    if mask is None:
+        start = 0 if past is None else past
+        pos = (torch.arange(t, device=device) + start).unsqueeze(0).expand(b, t)
+        return pos, torch.ones((b, t), dtype=torch.bool, device=device)
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+        raise SteeringPositionError(
+            "steering reads padding from a 2-D attention_mask (batch, past + current tokens); "
+            f"got {type(mask).__name__} of shape {tuple(getattr(mask, 'shape', ()))}")
+    if int(mask.shape[0]) != b or int(mask.shape[1]) < t:
+        raise SteeringPositionError(
+            f"attention_mask {tuple(mask.shape)} does not cover the {b} x {t} tokens of the call")
+    if past is not None and int(mask.shape[1]) != past + t:
+        raise SteeringPositionError(
+            f"attention_mask covers {int(mask.shape[1])} tokens but the call has {past} past + "
+            f"{t} current tokens; pass a mask over the past and current tokens, as generate() does")
+    on = mask.to(device) != 0
+    pos = on.long().cumsum(-1)[:, -t:] - 1
+    return pos, on[:, -t:]
+
+
+class _SteeringHooks:
+    """The state of one ``steering`` context: per-call token selection and the block hooks."""
+
+    def __init__(self, model: torch.nn.Module, per_layer: dict[int, np.ndarray],
+                 positions: Positions, prompt_length: int | None) -> None:
+        self.model = model
+        self.per_layer = per_layer
+        self.positions = positions
+        self.prompt_length = prompt_length
+        self.first_prompt: torch.Tensor | None = None  # (b,) real tokens in the first call
+        self.select: torch.Tensor | None = None  # (b, T) bool, the current call's steered tokens
+        self.any_selected = False
+        self._cast: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+
+    def pre_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        pos, real = call_positions(args, kwargs)
+        if self.positions == "all":
+            select = real
+        elif self.positions == "generated":
+            if self.prompt_length is not None:
+                threshold: torch.Tensor | int = self.prompt_length
+            else:
+                if self.first_prompt is None:
+                    self.first_prompt = torch.where(real, pos + 1, 0).amax(-1)  # (b,)
+                elif self.first_prompt.shape[0] != pos.shape[0]:
+                    raise SteeringPositionError(
+                        f"positions='generated' took the prompt lengths from the first forward "
+                        f"call in this context ({self.first_prompt.shape[0]} rows) but this call "
+                        f"has {pos.shape[0]} rows: use one generate() call per steering context, "
+                        "or pass prompt_length")
+                threshold = self.first_prompt.to(pos.device).unsqueeze(-1)
+            select = real & (pos >= threshold)
+        else:
+            select = real & (pos >= int(self.positions))
+        self.select = select
+        self.any_selected = bool(select.any())
+
+    def post_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        self.select = None
+        self.any_selected = False
+
+    def _delta(self, layer: int, like: torch.Tensor) -> torch.Tensor:
+        key = (layer, like.dtype, like.device)
+        if key not in self._cast:
+            self._cast[key] = torch.as_tensor(self.per_layer[layer]).to(device=like.device, dtype=like.dtype)
+        return self._cast[key]
+
+    def block_hook(self, layer: int):
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
+            if self.select is None:
+                raise SteeringPositionError(
+                    f"decoder block {layer} ran outside a forward call of the model given to "
+                    "steering(); call that model (not a submodule) while steering")
+            if not self.any_selected:
+                return None
+            hidden = _block_hidden(output)
+            if tuple(hidden.shape[:2]) != tuple(self.select.shape):
+                raise SteeringPositionError(
+                    f"block {layer} output has shape {tuple(hidden.shape)} but the call's tokens "
+                    f"are {tuple(self.select.shape)}")
+            delta = self._delta(layer, hidden)
+            if delta.shape[0] != hidden.shape[-1]:
+                raise ValueError(f"steer at layer {layer} has d={delta.shape[0]} but the "
+                                 f"residual stream has d={hidden.shape[-1]}")
+            sel = self.select.to(hidden.device).unsqueeze(-1)
+            steered = torch.where(sel, hidden + delta, hidden)
+            return _replace_hidden(output, steered)
+
+        return hook
+
+
+def _replace_hidden(output: Any, hidden: torch.Tensor) -> Any:
+    """``output`` with its hidden states replaced, in the same structure (see ``_block_hidden``)."""
+    if isinstance(output, torch.Tensor):
+        return hidden
+    if isinstance(output, tuple):
+        return (hidden,) + tuple(output[1:])
+    if isinstance(output, list):
+        return [hidden] + list(output[1:])
+    output.hidden_states = hidden
+    return output
+
+
+@contextlib.contextmanager
+def steering(
+    model: torch.nn.Module,
+    steers: Sequence[Steer],
+    *,
+    positions: Positions = "all",
+    prompt_length: int | None = None,
+) -> Iterator[None]:
+    """Add ``steers`` to the residual stream of ``model`` for the duration of the block.
+
+    Args:
+        model: the model that will be called (a causal LM or a multimodal wrapper whose
+            ``decoder_layers`` are the blocks); call it (or its ``generate``) inside the block.
+        steers: :class:`Steer` s, summed per layer; steers of strength 0 are dropped, and with
+            none left no hook is registered at all.
+        positions: ``"all"``, ``"generated"`` or an int ``K`` (tokens at absolute position
+            ``>= K``); see the module docstring.
+        prompt_length: only with ``positions="generated"``: tokens at positions
+            ``>= prompt_length`` are steered (default: each row's real tokens in the first
+            forward call inside the context).
+
+    Hooks are removed on exit, also when the block raises.
+    """
+    if not (positions in ("all", "generated") or (
+            isinstance(positions, (int, np.integer)) and not isinstance(positions, bool)
+            and positions >= 0)):
+        raise ValueError(f"positions must be 'all', 'generated' or an int >= 0, got {positions!r}")
+    if prompt_length is not None:
+        if positions != "generated":
+            raise ValueError("prompt_length is only used with positions='generated'")
+        if isinstance(prompt_length, bool) or not isinstance(prompt_length, (int, np.integer)) \
+                or prompt_length < 0:
+            raise ValueError(f"prompt_length must be an int >= 0, got {prompt_length!r}")
+        prompt_length = int(prompt_length)
+    if not isinstance(positions, str):
+        positions = int(positions)
+    steers = list(steers)
+    bad = [s for s in steers if not isinstance(s, Steer)]
+    if bad:
+        raise TypeError(f"steers must be Steer objects, got {type(bad[0]).__name__}")
+    active = [s for s in steers if s.strength != 0]
+    if not active:
+        yield
+        return
+    blocks = decoder_layers(model)
+    outside = sorted({s.layer for s in active if s.layer >= len(blocks)})
+    if outside:
+        raise LayerIndexError(f"steer layers {outside} are outside 0..{len(blocks) - 1}: the model "
+                              f"has {len(blocks)} decoder blocks (layer i = output of block i)")
+    widths = {s.direction.shape[0] for s in active}
+    if len(widths) > 1:
+        raise ValueError(f"steers have different widths d: {sorted(widths)}")
+    per_layer: dict[int, np.ndarray] = {}
+    for s in active:
+        per_layer[s.layer] = per_layer.get(s.layer, 0.0) + s.vector
+    state = _SteeringHooks(model, per_layer, positions, prompt_length)
+    handles = []
+    try:
+        handles.append(model.register_forward_pre_hook(state.pre_forward, with_kwargs=True))
+        handles.append(model.register_forward_hook(state.post_forward, with_kwargs=True,
+                                                   always_call=True))
+        for layer in sorted(per_layer):
+            handles.append(blocks[layer].register_forward_hook(state.block_hook(layer)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+__all__ = [
+    "Steer",
+    "SteeringPositionError",
+    "SteeringUnitError",
+    "call_positions",
+    "random_steers",
+    "steering",
+    "steers_from_store",
+]
