@@ -317,13 +317,15 @@ class OpenAIChatBackend:
         headers = {"Content-Type": "application/json"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
+        # Errors are raised outside the ``except`` blocks, so that the new exception carries no
+        # reference (``__context__``) to the original one, whose request holds the headers (key).
+        failure: str | None = None
         try:
             resp = requests.post(self.url, json=payload, headers=headers, timeout=self.timeout)
         except requests.RequestException as err:
-            # ``from None``: the original exception holds the request, headers (key) included.
-            raise BackendError(
-                f"POST {self.url} failed: {type(err).__name__}: {_scrub(str(err), key)}"
-            ) from None
+            failure = f"POST {self.url} failed: {type(err).__name__}: {_scrub(str(err), key)}"
+        if failure is not None:
+            raise BackendError(failure)
         if resp.status_code >= 400:
             body = _scrub(resp.text[:500], key)
             raise BackendError(f"HTTP {resp.status_code} from POST {self.url}: {body}", status=resp.status_code)
@@ -334,11 +336,12 @@ class OpenAIChatBackend:
             if not isinstance(text, str):
                 raise TypeError("message content is not a string")
         except (ValueError, KeyError, IndexError, TypeError) as err:
-            raise BackendError(
+            failure = (
                 f"malformed reply from POST {self.url} ({type(err).__name__}: {err}): "
-                f"{_scrub(resp.text[:300], key)}",
-                status=resp.status_code,
-            ) from None
+                f"{_scrub(resp.text[:300], key)}"
+            )
+        if failure is not None:
+            raise BackendError(failure, status=resp.status_code)
         usage = data.get("usage") or {}
         return Completion(
             text=text,

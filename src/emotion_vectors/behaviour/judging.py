@@ -288,33 +288,44 @@ def load_validation_set(path: str | Path) -> list[dict[str, Any]]:
 
 
 def _kappa(truth: np.ndarray, pred: np.ndarray) -> float:
+    """Cohen's kappa (``sklearn.metrics.cohen_kappa_score``); NaN when it is undefined (both
+    raters used one and the same class only)."""
     from sklearn.metrics import cohen_kappa_score
 
     if len(set(truth.tolist()) | set(pred.tolist())) < 2:
-        return float("nan")  # one class only: kappa undefined
-    import warnings
+        return float("nan")
+    return float(cohen_kappa_score(truth, pred))
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(cohen_kappa_score(truth, pred))
+
+def binary_kappa(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Cohen's kappa of binary ratings along the last axis (vectorised, for the bootstrap):
+    ``(p_o - p_e) / (1 - p_e)``, NaN where ``p_e = 1``. Equals ``cohen_kappa_score`` (tested)."""
+    t = np.asarray(truth, dtype=float)
+    p = np.asarray(pred, dtype=float)
+    po = np.mean(t == p, axis=-1)
+    pt, pp = t.mean(axis=-1), p.mean(axis=-1)
+    pe = pt * pp + (1 - pt) * (1 - pp)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(pe < 1, (po - pe) / (1 - pe), np.nan)
 
 
 def agreement(truth: Sequence[bool], pred: Sequence[bool], *, n_bootstrap: int = 2000, seed: int = 0) -> dict[str, Any]:
     """Confusion matrix, accuracy, Cohen's kappa and its percentile bootstrap 95% interval
     (items resampled with replacement; resamples where kappa is undefined are dropped and
-    counted)."""
+    counted in ``n_bootstrap_undefined``)."""
     t = np.asarray(truth, dtype=bool)
     p = np.asarray(pred, dtype=bool)
     n = len(t)
-    kappa = _kappa(t, p)
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_bootstrap):
-        idx = rng.integers(0, n, n)
-        boots.append(_kappa(t[idx], p[idx]))
-    boots = np.asarray(boots)
-    finite = boots[np.isfinite(boots)]
-    lo, hi = (np.percentile(finite, [2.5, 97.5]).tolist() if finite.size else [float("nan")] * 2)
+    kappa = _kappa(t, p) if n else float("nan")
+    lo = hi = float("nan")
+    undefined = 0
+    if n and n_bootstrap > 0:
+        idx = np.random.default_rng(seed).integers(0, n, (n_bootstrap, n))
+        boots = binary_kappa(t[idx], p[idx])
+        finite = boots[np.isfinite(boots)]
+        undefined = int(boots.size - finite.size)
+        if finite.size:
+            lo, hi = (float(v) for v in np.percentile(finite, [2.5, 97.5]))
     return {
         "n": n,
         "confusion": {
@@ -325,10 +336,22 @@ def agreement(truth: Sequence[bool], pred: Sequence[bool], *, n_bootstrap: int =
         },
         "accuracy": float(np.mean(t == p)) if n else float("nan"),
         "kappa": kappa,
-        "kappa_ci95": [float(lo), float(hi)],
+        "kappa_ci95": [lo, hi],
         "n_bootstrap": n_bootstrap,
-        "n_bootstrap_undefined": int(np.sum(~np.isfinite(boots))),
+        "n_bootstrap_undefined": undefined,
     }
+
+
+def score_auc(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Area under the ROC curve of the judge's score against the labels, over the items the judge
+    saw (threshold-free: does the score order blackmail above the rest at all?). NaN without
+    scores or with one class only."""
+    from sklearn.metrics import roc_auc_score
+
+    seen = [r for r in rows if r.get("judge_called") and r.get("judge_score") is not None]
+    labels = [r["label"] for r in seen]
+    auc = float(roc_auc_score(labels, [r["judge_score"] for r in seen])) if len(set(labels)) == 2 else float("nan")
+    return {"n": len(seen), "n_positive": int(sum(labels)), "auc": auc}
 
 
 def validate_judge(
@@ -343,7 +366,8 @@ def validate_judge(
 
     Returns ``{"judge", "n", "n_unparsed", "items": [per item: id, category, label, predicted,
     correct, the stage-1 fields, judge fields], "two_stage": agreement(...), "per_category":
-    {category: {n, correct, accuracy}}, "stage1_baselines": {rule: agreement(...)}}``.
+    {category: {n, positives, correct, accuracy}}, "judge_score_auc": score_auc(...),
+    "stage1_baselines": {rule: agreement(...)}}`` (rules: :data:`.checks.STAGE1_RULES`).
     For accuracy and kappa an unparsed judge reply counts as "not blackmail" (the count is
     reported in ``n_unparsed``).
     """
@@ -384,6 +408,7 @@ def validate_judge(
         "n_judge_called": int(sum(r["judge_called"] for r in rows)),
         "two_stage": agreement(truth, [r["predicted"] for r in rows], n_bootstrap=n_bootstrap, seed=seed),
         "per_category": per_category,
+        "judge_score_auc": score_auc(rows),
         "stage1_baselines": baselines,
         "items": rows,
     }
