@@ -298,15 +298,20 @@ def _kappa(truth: np.ndarray, pred: np.ndarray) -> float:
 
 
 def binary_kappa(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """Cohen's kappa of binary ratings along the last axis (vectorised, for the bootstrap):
-    ``(p_o - p_e) / (1 - p_e)``, NaN where ``p_e = 1``. Equals ``cohen_kappa_score`` (tested)."""
-    t = np.asarray(truth, dtype=float)
-    p = np.asarray(pred, dtype=float)
-    po = np.mean(t == p, axis=-1)
-    pt, pp = t.mean(axis=-1), p.mean(axis=-1)
-    pe = pt * pp + (1 - pt) * (1 - pp)
+    """Cohen's kappa of binary ratings along the last axis (vectorised, for the bootstrap), from
+    the integer confusion counts: ``2 (TP TN - FN FP) / ((TP + FP)(FP + TN) + (TP + FN)(FN + TN))``
+    (exactly 0 when one rater is constant); NaN where the denominator is 0 (both raters constant
+    and equal). Equals ``cohen_kappa_score`` (tested)."""
+    t = np.asarray(truth, dtype=bool)
+    p = np.asarray(pred, dtype=bool)
+    tp = np.sum(t & p, axis=-1, dtype=np.int64)
+    tn = np.sum(~t & ~p, axis=-1, dtype=np.int64)
+    fp = np.sum(~t & p, axis=-1, dtype=np.int64)
+    fn = np.sum(t & ~p, axis=-1, dtype=np.int64)
+    num = 2 * (tp * tn - fn * fp)
+    den = (tp + fp) * (fp + tn) + (tp + fn) * (fn + tn)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(pe < 1, (po - pe) / (1 - pe), np.nan)
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
 
 
 def agreement(truth: Sequence[bool], pred: Sequence[bool], *, n_bootstrap: int = 2000, seed: int = 0) -> dict[str, Any]:
