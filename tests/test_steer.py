@@ -91,18 +91,33 @@ def encode(tok: Any, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
 
 
 def greedy(model: Any, tok: Any, enc: dict[str, torch.Tensor], n_new: int, *, use_cache: bool = True,
-           force: torch.Tensor | None = None, **kwargs: Any) -> Any:
-    """Greedy generation of exactly ``n_new`` tokens (EOS cannot stop it early)."""
+           force: torch.Tensor | None = None, exact: bool = False, **kwargs: Any) -> Any:
+    """Greedy generation of ``n_new`` tokens; ``exact``: EOS cannot stop it early (costs a
+    vocabulary-wide logits processor per step; the tiny random models never emit EOS in these
+    tests, and an early stop would show up as a length mismatch)."""
     procs = LogitsProcessorList()
     if force is not None:
         procs.append(ForceTokens(force, enc["input_ids"].shape[1]))
+    if exact:
+        kwargs["min_new_tokens"] = n_new
     return model.generate(
-        **enc, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False, use_cache=use_cache,
+        **enc, max_new_tokens=n_new, do_sample=False, use_cache=use_cache,
         pad_token_id=tok.pad_token_id, logits_processor=procs, **kwargs)
 
 
+_UNITS: dict[tuple[int, int, int], float] = {}
+
+
 def unit_norm_of(model: Any, tok: Any, layer: int, pool_start: int = 0) -> float:
-    """Mean per-token residual norm at ``layer`` over a few texts (as the store measures it)."""
+    """Mean per-token residual norm at ``layer`` over a few texts (as the store measures it),
+    computed once per (session-scoped) model."""
+    key = (id(model), layer, pool_start)
+    if key not in _UNITS:
+        _UNITS[key] = _measure_unit(model, tok, layer, pool_start)
+    return _UNITS[key]
+
+
+def _measure_unit(model: Any, tok: Any, layer: int, pool_start: int) -> float:
     texts = ["The rain kept falling on the roof.", "He laughed and ran to the market today."]
     res = extract_pooled(model, tok, texts, None, [layer], pool_start=pool_start)
     return float(res.token_norm.mean())
@@ -326,6 +341,21 @@ def test_batched_left_padded_equals_one_prompt_at_a_time(tiny_gemma4_text: Any, 
         assert torch.equal(batched[row : row + 1], single), (row, prompt)
 
 
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma4_text"])
+def test_static_cache_four_d_masks_give_the_same_tokens(request: Any, fixture: str) -> None:
+    """``cache_implementation="static"`` makes generate() pass 4-D causal masks (a dict of them
+    for Gemma) instead of the 2-D mask; positions read from them must agree."""
+    model, tok = request.getfixturevalue(fixture)
+    layer, n_new = 2, 4
+    steer = Steer(layer, random_direction(hidden_size(model), 11), 2.0, unit_norm_of(model, tok, layer))
+    enc = encode(tok, PROMPTS[:2])
+    for policy in POLICIES:
+        with steering(model, [steer], positions=policy):
+            dynamic = greedy(model, tok, enc, n_new)
+        with steering(model, [steer], positions=policy):
+            static = greedy(model, tok, enc, n_new, cache_implementation="static")
+        assert torch.equal(dynamic, static), policy
+
 # --------------------------------------------------------------------------- exit, strength 0, misuse
 
 
@@ -479,45 +509,60 @@ def test_unembedding_direction_raises_that_tokens_logit(tiny_gemma4_text: Any, l
 # --------------------------------------------------------------------------- the real default model
 
 
-@pytest.mark.slow
-def test_default_model_steering_is_consistent(default_model: Any, tmp_path: Any) -> None:
-    """SmolLM2-135M: cached = uncached, batched = one at a time, for all three policies; the
-    store's unit is the added norm; steering along " happy"'s unembedding raises its logit."""
-    model, tok = default_model
-    layer, n_new = 19, 8
-    prompts = ["The weather today is", "My favourite food is"]
-    # the unit as the workflow measures it (from each text's 2nd token: SmolLM2's first token is
-    # a ~2500-norm attention sink that would dominate a mean over all tokens)
-    unit = unit_norm_of(model, tok, layer, pool_start=1)
+DEFAULT_PROMPTS = ["The weather today is", "Yesterday I"]  # 4 and 3 tokens
+DEFAULT_LAYER, DEFAULT_NEW = 19, 8
+
+
+def default_steer(model: Any, tok: Any, tmp_path: Any) -> tuple[Steer, float]:
+    """A strength-0.6 random-direction steer at layer 19 of SmolLM2, via a store whose residual
+    norm is measured on the model as the workflow measures it (from each text's 2nd token:
+    SmolLM2's first token is a ~2500-norm attention sink that would dominate a mean over all)."""
+    unit = unit_norm_of(model, tok, DEFAULT_LAYER, pool_start=1)
     small_store(tmp_path / "v.zarr", hidden_size(model), np.array([1.0, unit, 1.0]), layers=(14, 19, 24))
-    (steer,) = steers_from_store(tmp_path / "v.zarr", "fear", [layer], 0.6)
-    steer = random_steers([steer], seed=0)[0]  # the null direction: any direction must steer right
-    enc = encode(tok, prompts)
+    (steer,) = steers_from_store(tmp_path / "v.zarr", "fear", [DEFAULT_LAYER], 0.6)
+    return random_steers([steer], seed=0)[0], unit  # the null direction: any direction must steer right
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["all", "generated", 4])
+def test_default_model_cache_and_batching_consistent(default_model: Any, tmp_path: Any, policy: Any) -> None:
+    """SmolLM2-135M, greedy, 8 new tokens: steered tokens are the same with and without the
+    cache, and in a left-padded batch of two prompts as for each prompt alone; they differ from
+    the unsteered tokens."""
+    model, tok = default_model
+    steer, _ = default_steer(model, tok, tmp_path)
+    enc = encode(tok, DEFAULT_PROMPTS)
+    assert (enc["attention_mask"] == 0).any()  # the batch is padded
     width = enc["input_ids"].shape[1]
-    plain = greedy(model, tok, enc, n_new)
-    for policy in ("all", "generated", 4):
+    plain = greedy(model, tok, enc, DEFAULT_NEW, exact=True)
+    with steering(model, [steer], positions=policy):
+        cached = greedy(model, tok, enc, DEFAULT_NEW, exact=True)
+    with steering(model, [steer], positions=policy):
+        uncached = greedy(model, tok, enc, DEFAULT_NEW, use_cache=False, exact=True)
+    assert torch.equal(cached, uncached)
+    assert not torch.equal(cached, plain)
+    for row, prompt in enumerate(DEFAULT_PROMPTS):
+        one = encode(tok, [prompt])
         with steering(model, [steer], positions=policy):
-            cached = greedy(model, tok, enc, n_new)
-        with steering(model, [steer], positions=policy):
-            uncached = greedy(model, tok, enc, n_new, use_cache=False)
-        assert torch.equal(cached, uncached), policy
-        assert not torch.equal(cached, plain), policy
-        for row, prompt in enumerate(prompts):
-            one = encode(tok, [prompt])
-            with steering(model, [steer], positions=policy):
-                single = greedy(model, tok, one, n_new)
-            assert torch.equal(cached[row, width:], single[0, one["input_ids"].shape[1]:]), (policy, prompt)
-    # the added norm at one token is strength x residual norm
-    ids = tok([prompts[0]], return_tensors="pt")["input_ids"]
-    with recording(model, [layer]) as rec_p:
+            single = greedy(model, tok, one, DEFAULT_NEW, exact=True)
+        assert torch.equal(cached[row, width:], single[0, one["input_ids"].shape[1]:]), prompt
+
+
+@pytest.mark.slow
+def test_default_model_added_norm_and_sign(default_model: Any, tmp_path: Any) -> None:
+    """SmolLM2-135M: the residual change at a token is strength x the store's residual norm, and
+    steering along " happy"'s unembedding direction raises its logit at every token."""
+    model, tok = default_model
+    steer, unit = default_steer(model, tok, tmp_path)
+    ids = tok([DEFAULT_PROMPTS[0]], return_tensors="pt")["input_ids"]
+    with recording(model, [DEFAULT_LAYER]) as rec_p:
         base = model(input_ids=ids).logits
-    with steering(model, [steer]), recording(model, [layer]) as rec_s:
+    with steering(model, [steer]), recording(model, [DEFAULT_LAYER]) as rec_s:
         model(input_ids=ids)
-    change = (rec_s[0][layer] - rec_p[0][layer])[0, 2].double()
+    change = (rec_s[0][DEFAULT_LAYER] - rec_p[0][DEFAULT_LAYER])[0, 2].double()
     assert math.isclose(float(change.norm()), 0.6 * unit, rel_tol=1e-4)
-    # sign: along " happy"'s unembedding direction, its logit goes up at every token
     target = tok(" happy", add_special_tokens=False)["input_ids"][0]
     direction = model.get_output_embeddings().weight[target].detach()
-    with steering(model, [Steer(layer, direction, 0.6, unit)]):
+    with steering(model, [Steer(DEFAULT_LAYER, direction, 0.6, unit)]):
         up = model(input_ids=ids).logits
     assert (up[0, :, target] > base[0, :, target]).all()

@@ -60,7 +60,7 @@ from typing import Any, Literal, Union
 import numpy as np
 import torch
 
-from emotion_vectors.extract import LayerIndexError, _block_hidden
+from emotion_vectors.extract import LayerIndexError, _block_hidden, main_stored_layer
 from emotion_vectors.models import decoder_layers
 
 Positions = Union[Literal["all", "generated"], int]
@@ -236,10 +236,6 @@ def steers_from_store(
 
 def _main_stored_layer(layers: list[int], n_blocks: int | None) -> int:
     """The study's main layer among the stored ones (one rule with the analysis and export)."""
-    try:
-        from emotion_vectors.extract import main_stored_layer
-    except ImportError:  # older tree: the rule lives in the analysis
-        from emotion_vectors.analysis.run import default_main_layer as main_stored_layer
     return main_stored_layer(layers, n_blocks)
 
 
@@ -293,10 +289,19 @@ def call_positions(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tenso
         start = 0 if past is None else past
         pos = (torch.arange(t, device=device) + start).unsqueeze(0).expand(b, t)
         return pos, torch.ones((b, t), dtype=torch.bool, device=device)
-    if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+    if isinstance(mask, dict):  # per-attention-type masks (Gemma with a static cache)
+        if "full_attention" not in mask:
+            raise SteeringPositionError(
+                f"attention_mask is a dict without a 'full_attention' mask (keys {sorted(mask)}); "
+                "steering cannot tell the padding: use the default dynamic cache")
+        mask = mask["full_attention"]
+    if not isinstance(mask, torch.Tensor) or mask.dim() not in (2, 4):
         raise SteeringPositionError(
-            "steering reads padding from a 2-D attention_mask (batch, past + current tokens); "
-            f"got {type(mask).__name__} of shape {tuple(getattr(mask, 'shape', ()))}")
+            "steering reads padding from a 2-D attention_mask (batch, past + current tokens) or a "
+            f"4-D full causal mask; got {type(mask).__name__} of shape "
+            f"{tuple(getattr(mask, 'shape', ()))}")
+    if mask.dim() == 4:
+        return _positions_from_4d(mask.to(device), b, t, 0 if past is None else past)
     if int(mask.shape[0]) != b or int(mask.shape[1]) < t:
         raise SteeringPositionError(
             f"attention_mask {tuple(mask.shape)} does not cover the {b} x {t} tokens of the call")
@@ -307,6 +312,35 @@ def call_positions(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tenso
     on = mask.to(device) != 0
     pos = on.long().cumsum(-1)[:, -t:] - 1
     return pos, on[:, -t:]
+
+
+def _positions_from_4d(mask: torch.Tensor, b: int, t: int, past: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(pos, real)`` from a 4-D full causal mask ``(b, 1 or heads, T, K)`` (``generate()`` with a
+    static cache passes one): True / 0.0 = may attend. Which keys are real tokens is read from
+    the last query's row; every real query must then see exactly the real keys up to itself
+    (a full causal mask with padding), otherwise (sliding window, custom masks) this refuses."""
+    if int(mask.shape[0]) != b or int(mask.shape[2]) != t or int(mask.shape[3]) < past + t:
+        raise SteeringPositionError(
+            f"4-D attention_mask {tuple(mask.shape)} does not fit {b} x {t} tokens after {past} "
+            "past tokens")
+    allowed = mask[:, 0] if mask.dtype == torch.bool else mask[:, 0] == 0  # (b, T, K)
+    width = past + t
+    allowed = allowed[:, :, :width]
+    keys = torch.arange(width, device=mask.device)
+    own = keys[past:]  # (T,) each query's own column
+    # Under a full causal mask the last query may attend to every real key, itself included
+    # (a padding query, e.g. under right padding, attends to the real keys but not itself).
+    key_real = allowed[:, -1, :]  # (b, K)
+    real = key_real[:, past:]
+    causal = keys.unsqueeze(0) <= own.unsqueeze(-1)  # (T, K)
+    expected = key_real.unsqueeze(1) & causal.unsqueeze(0)  # (b, T, K)
+    if not bool(((allowed == expected) | ~real.unsqueeze(-1)).all()):
+        raise SteeringPositionError(
+            "the 4-D attention_mask is not a full causal mask with padding (a sliding window or a "
+            "custom mask?), so token positions cannot be read from it: use the default dynamic "
+            "cache or pass a 2-D attention_mask")
+    pos = key_real.long().cumsum(-1)[:, past:] - 1
+    return pos, real
 
 
 class _SteeringHooks:
