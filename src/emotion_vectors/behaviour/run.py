@@ -15,8 +15,8 @@ samples of two conditions are independent (as Fisher's test assumes) rather than
 **Lines.** Each line is a JSON object: ``condition`` (name), ``condition_spec`` (the dict),
 ``sample``, ``seed``, ``scenario``, ``scenario_sha256``, ``prompt_sha256``, ``max_new_tokens``,
 ``temperature``, ``response``, ``n_tokens``, ``prompt_tokens``, ``finish_reason``, ``model``,
-``seed_honoured``, ``seconds``, and ``sha256``: the SHA-256 of the canonical JSON of all the
-other fields.
+``seed_honoured``, ``seconds`` (generation time), ``finished_at`` (UTC, ISO 8601), and
+``sha256``: the SHA-256 of the canonical JSON of all the other fields.
 
 **Resume.** On start, the lines already in ``out_jsonl`` that parse and pass their checksum are
 kept and their (condition, sample) pairs skipped; a line that does not (the truncated last line of
@@ -34,6 +34,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ContextManager, Protocol
 
@@ -205,6 +206,7 @@ def run_scenario(
                         "model": comp.model,
                         "seed_honoured": comp.seed_honoured,
                         "seconds": round(time.perf_counter() - started, 3),
+                        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     }
                     rec["sha256"] = _checksum(rec)
                     fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
