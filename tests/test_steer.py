@@ -29,6 +29,7 @@ from emotion_vectors.steer import (
     Steer,
     SteeringPositionError,
     SteeringUnitError,
+    call_positions,
     random_steers,
     steering,
     steers_from_store,
@@ -355,6 +356,48 @@ def test_static_cache_four_d_masks_give_the_same_tokens(request: Any, fixture: s
         with steering(model, [steer], positions=policy):
             static = greedy(model, tok, enc, n_new, cache_implementation="static")
         assert torch.equal(dynamic, static), policy
+
+
+class FakeCache:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def get_seq_length(self) -> int:
+        return self.n
+
+
+def test_call_positions_from_what_forward_receives() -> None:
+    ids = torch.zeros((2, 1), dtype=torch.long)
+    # a decode step: 2-D mask over 4 past + 1 current tokens, row 1 has two left pads
+    mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
+    pos, real = call_positions((), {"input_ids": ids, "attention_mask": mask, "cache": FakeCache(4)})
+    assert pos.tolist() == [[4], [2]] and real.all()
+    # the same without the cache (use_cache=False re-reads everything; here only the positions)
+    pos, real = call_positions((), {"input_ids": torch.zeros((2, 5), dtype=torch.long), "attention_mask": mask})
+    assert pos[1, 2:].tolist() == [0, 1, 2] and real.tolist()[1] == [False, False, True, True, True]
+    # no mask: no padding, positions after the cache's length, or after a legacy cache_position
+    pos, real = call_positions((ids,), {"past_key_values": FakeCache(7)})
+    assert pos.tolist() == [[7], [7]] and real.all()
+    pos, _ = call_positions((), {"input_ids": ids, "cache_position": torch.tensor([9])})
+    assert pos.tolist() == [[9], [9]]
+    pos, _ = call_positions((torch.zeros((1, 3), dtype=torch.long),), {})
+    assert pos.tolist() == [[0, 1, 2]]
+    # a mask of the current tokens only, with a cache, is refused (its positions would restart at 0)
+    with pytest.raises(SteeringPositionError, match="past"):
+        call_positions((), {"input_ids": ids, "attention_mask": mask[:, -1:], "cache": FakeCache(4)})
+    # 4-D masks: a full causal mask with padding is read; a sliding-window one is refused
+    causal = torch.tril(torch.ones(4, 4, dtype=torch.bool))
+    key_real = torch.tensor([[True] * 4, [False, True, True, True]])
+    four_d = (causal.unsqueeze(0) & key_real.unsqueeze(1)).unsqueeze(1)  # (2, 1, 4, 4)
+    pos, real = call_positions((), {"input_ids": torch.zeros((2, 4), dtype=torch.long),
+                                    "attention_mask": {"full_attention": four_d}})
+    assert torch.equal(real, key_real) and pos[1, 1:].tolist() == [0, 1, 2]
+    sliding = four_d & ~torch.tril(torch.ones(4, 4, dtype=torch.bool), diagonal=-2)
+    with pytest.raises(SteeringPositionError, match="not a full causal mask"):
+        call_positions((), {"input_ids": torch.zeros((2, 4), dtype=torch.long), "attention_mask": sliding})
+    with pytest.raises(SteeringPositionError, match="full_attention"):
+        call_positions((), {"input_ids": torch.zeros((2, 4), dtype=torch.long),
+                            "attention_mask": {"sliding_attention": sliding}})
 
 # --------------------------------------------------------------------------- exit, strength 0, misuse
 

@@ -45,7 +45,11 @@ multimodal wrapper): ``generate()`` calls ``model.forward`` with keyword argumen
 (a ``DynamicCache``; absent with ``use_cache=False``, where every call re-reads the whole
 sequence), ``attention_mask`` (2-D, past + current tokens; absent if the caller gave none),
 ``logits_to_keep``, ``use_cache``, ``return_dict``. There is no ``cache_position`` any more
-(it is still read here when present, for older versions and remote code).
+(it is still read here when present, for older versions and remote code). With
+``cache_implementation="static"`` the mask is instead a 4-D boolean causal mask
+``(b, 1, T, max_cache_len)`` (Llama) or a dict of them (``"full_attention"``,
+``"sliding_attention"``: Gemma); positions are then read from the full-attention mask, which
+must be a plain causal mask with padding (anything else is refused, never guessed).
 """
 
 from __future__ import annotations
