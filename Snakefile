@@ -21,6 +21,7 @@ include: "workflow/rules/corpus.smk"
 include: "workflow/rules/activations.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/diagnostics.smk"
+include: "workflow/rules/steering.smk"
 
 
 rule all:

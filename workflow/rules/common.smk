@@ -70,11 +70,12 @@ def story_shard(emotion_slug):
 
 def all_targets():
     """Every final output of the run, from the config: story shards, the neutral corpus, the
-    vector store, the outputs of the analysis and of the corpus-diagnostics rules (names defined in the included rule files)."""
+    vector store, the outputs of the analysis, of the corpus-diagnostics rules and of the steering evidence (names defined in the included rule files)."""
     return [
         *(story_shard(s) for s in EMOTIONS),
         NEUTRAL_DIALOGUES,
         *VECTOR_OUTPUTS,
         *rules.analyze.output,
         *DIAGNOSTICS_OUTPUTS,
+        *STEERING_OUTPUTS,
     ]
