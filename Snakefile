@@ -22,6 +22,7 @@ include: "workflow/rules/activations.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/diagnostics.smk"
 include: "workflow/rules/steering.smk"
+include: "workflow/rules/behaviour.smk"
 
 
 rule all:

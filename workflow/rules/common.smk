@@ -39,6 +39,8 @@ GEN = config["models"]["generator"]
 SUBJECT = config["models"]["subject"]
 SELECTOR = config["models"].get("selector") or GEN  # reads candidate stories (stories.selection)
 JUDGE = config["models"].get("judge") or GEN  # reads stories for the recognisability diagnostic
+# Behaviour experiment: judge models (none given = the subject); the first classifies, all are validated.
+BEHAVIOUR_JUDGES = config["behaviour"]["judges"] or [SUBJECT]
 logger.info(f"run {RUN}: generator = {describe_model(GEN)}; subject = {describe_model(SUBJECT)}")
 
 
@@ -58,7 +60,7 @@ def wants_gpu(spec):
 
 def gguf_models():
     """Packaged GGUF models of this run (prepared once into results/models/<name>)."""
-    return {m["name"]: m for m in (GEN, SUBJECT, SELECTOR, JUDGE) if m.get("gguf")}
+    return {m["name"]: m for m in (GEN, SUBJECT, SELECTOR, JUDGE, *BEHAVIOUR_JUDGES) if m.get("gguf")}
 
 
 NEUTRAL_DIALOGUES = f"{RESULTS}/neutral/dialogues.json"
@@ -70,7 +72,7 @@ def story_shard(emotion_slug):
 
 def all_targets():
     """Every final output of the run, from the config: story shards, the neutral corpus, the
-    vector store, the outputs of the analysis, of the corpus-diagnostics rules and of the steering evidence (names defined in the included rule files)."""
+    vector store, the outputs of the analysis, of the corpus-diagnostics rules, of the steering evidence and of the behaviour experiment (names defined in the included rule files)."""
     return [
         *(story_shard(s) for s in EMOTIONS),
         NEUTRAL_DIALOGUES,
@@ -78,4 +80,5 @@ def all_targets():
         *rules.analyze.output,
         *DIAGNOSTICS_OUTPUTS,
         *STEERING_OUTPUTS,
+        *BEHAVIOUR_OUTPUTS,
     ]

@@ -1,0 +1,156 @@
+# Behaviour experiment (emotion_vectors.behaviour; docs/behaviour.md): does steering with an
+# emotion vector change what the subject does in a scenario where a harmful action (blackmail)
+# is available? One job per scenario: one load of the subject, every condition sampled (the
+# baseline, each emotion at +m and -m, random directions of the same norm), every transcript
+# classified in two stages, rates with Wilson intervals and Fisher's tests against the baseline.
+# Every judge is validated on the scenario's hand-labelled responses (one job per judge).
+
+from emotion_vectors.behaviour.conditions import same_model
+
+BEHAVIOUR = config["behaviour"]
+BEH_DIR = f"{RESULTS}/behaviour"
+BEH_SCENARIOS = BEHAVIOUR["scenarios"]  # name -> scenario file
+BEH_VALIDATION = BEHAVIOUR["validation"]  # scenario name -> labelled responses
+BEH_JUDGE = BEHAVIOUR_JUDGES[0]  # classifies the transcripts
+BEH_JUDGES = {j["name"]: j for j in BEHAVIOUR_JUDGES}
+BEH_EMOTION_SLUGS = [slug(e) for e in BEHAVIOUR["emotions"]]
+
+
+def _behaviour_checks():
+    """What the schema cannot say, checked before any job (errors name the key)."""
+    problems = []
+    if len(BEH_JUDGES) != len(BEHAVIOUR_JUDGES):
+        problems.append(f"behaviour.judges: names must be unique, got {[j['name'] for j in BEHAVIOUR_JUDGES]}")
+    for j in BEHAVIOUR_JUDGES:
+        for role, m in (("generator", GEN), ("subject", SUBJECT), ("selector", SELECTOR), ("judge", JUDGE)):
+            if j.get("backend", "hf") == "hf" and m["name"] == j["name"] and not same_model(m, j):
+                problems.append(
+                    f"behaviour.judges: {j['name']!r} is also the name of models.{role} with another "
+                    "source or settings; a name means one model (results/models/<name>): rename one"
+                )
+                break
+    unknown = sorted(set(BEH_VALIDATION) - set(BEH_SCENARIOS))
+    if unknown:
+        problems.append(f"behaviour.validation: {unknown} are not scenarios (behaviour.scenarios: {sorted(BEH_SCENARIOS)})")
+    for key, files in (("scenarios", BEH_SCENARIOS), ("validation", BEH_VALIDATION)):
+        for name, path in files.items():
+            if not (Path(workflow.basedir) / path).is_file() and not Path(path).is_file():
+                problems.append(f"behaviour.{key}.{name}: file {path} does not exist")
+    if problems:
+        raise WorkflowError("Invalid configuration: " + "; ".join(problems))
+    missing = [e for e in BEHAVIOUR["emotions"] if e not in config["emotion_list"]]
+    if missing:
+        logger.warning(
+            f"behaviour.emotions {missing} are not among the run's emotions: the behaviour job "
+            "will stop before loading any model; set behaviour.emotions to emotions of the run"
+        )
+
+
+_behaviour_checks()
+
+
+wildcard_constraints:
+    scenario="|".join(re.escape(s) for s in BEH_SCENARIOS),
+    judge="|".join(re.escape(j) for j in BEH_JUDGES),
+
+
+rule behaviour:
+    """Sample the scenario under every condition, classify each transcript, rates and tests."""
+    input:
+        # The first judge's weights, unless it is the subject (then the loaded subject is reused).
+        sorted(set(model_input(SUBJECT) + ([] if same_model(BEH_JUDGE, SUBJECT) else model_input(BEH_JUDGE)))),
+        vectors=f"{RESULTS}/vectors/vectors.zarr",
+        scenario=lambda wc: BEH_SCENARIOS[wc.scenario],
+    output:
+        transcripts=f"{BEH_DIR}/{{scenario}}/transcripts.jsonl",
+        judged=f"{BEH_DIR}/{{scenario}}/judged.jsonl",
+        rates=report(
+            f"{BEH_DIR}/{{scenario}}/rates.tsv",
+            caption="../report/behaviour_rates.rst",
+            category="Behaviour",
+            subcategory="{scenario}",
+        ),
+        dose=[
+            report(
+                f"{BEH_DIR}/{{scenario}}/dose_{s}.png",
+                caption="../report/behaviour_dose.rst",
+                category="Behaviour",
+                subcategory="{scenario}",
+            )
+            for s in BEH_EMOTION_SLUGS
+        ],
+        summary=f"{BEH_DIR}/{{scenario}}/summary.json",
+    params:
+        # Only what the job uses (other judges, validation sets and scenarios do not rerun it).
+        settings={k: v for k, v in BEHAVIOUR.items() if k not in ("scenarios", "judges", "validation")},
+        emotion_slugs=BEH_EMOTION_SLUGS,
+        subject=SUBJECT,
+        judge=BEH_JUDGE,
+        models_dir=MODELS_DIR,
+    conda:
+        "../../envs/activations.yaml"
+    log:
+        f"{LOGS}/behaviour/{{scenario}}.log",
+    benchmark:
+        f"{BENCH}/behaviour/{{scenario}}.tsv"
+    threads: 2
+    resources:
+        gpu=wants_gpu(SUBJECT),
+        mem_mb=4000,
+    script:
+        "../scripts/behaviour.py"
+
+
+rule judge_validation:
+    """One judge's two-stage classifier on the scenario's hand-labelled responses."""
+    input:
+        lambda wc: model_input(BEH_JUDGES[wc.judge]),
+        scenario=lambda wc: BEH_SCENARIOS[wc.scenario],
+        items=lambda wc: BEH_VALIDATION[wc.scenario],
+    output:
+        json=f"{BEH_DIR}/{{scenario}}/judge_validation/{{judge}}.json",
+        rows=f"{BEH_DIR}/{{scenario}}/judge_validation/{{judge}}.tsv",
+    params:
+        judge=lambda wc: BEH_JUDGES[wc.judge],
+        evidence=BEHAVIOUR["judge_evidence"],
+        seed=BEHAVIOUR["seed"],
+        models_dir=MODELS_DIR,
+    conda:
+        "../../envs/activations.yaml"
+    log:
+        f"{LOGS}/behaviour/judge_validation/{{scenario}}/{{judge}}.log",
+    benchmark:
+        f"{BENCH}/behaviour/judge_validation/{{scenario}}/{{judge}}.tsv"
+    threads: 2
+    resources:
+        gpu=lambda wc: wants_gpu(BEH_JUDGES[wc.judge]),
+        mem_mb=4000,
+    script:
+        "../scripts/judge_validation.py"
+
+
+rule judge_validation_summary:
+    """Every judge's agreement with the labels, beside the stage-1-only rules, in one table."""
+    input:
+        lambda wc: expand(f"{BEH_DIR}/{wc.scenario}/judge_validation/{{judge}}.tsv", judge=list(BEH_JUDGES)),
+    output:
+        report(
+            f"{BEH_DIR}/{{scenario}}/judge_validation.tsv",
+            caption="../report/behaviour_judge_validation.rst",
+            category="Behaviour",
+            subcategory="{scenario}",
+        ),
+    params:
+        classifier=BEH_JUDGE["name"],
+    log:
+        f"{LOGS}/behaviour/judge_validation/{{scenario}}/summary.log",
+    threads: 1
+    script:
+        "../scripts/judge_validation.py"
+
+
+# Every file of the behaviour experiment (for `rule all`).
+BEHAVIOUR_OUTPUTS = [
+    *(f for s in BEH_SCENARIOS for f in expand(rules.behaviour.output, scenario=s)),
+    *expand(rules.judge_validation_summary.output, scenario=list(BEH_VALIDATION)),
+]
