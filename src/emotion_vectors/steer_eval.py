@@ -176,7 +176,12 @@ def continuation_test(
         })
     n = len(emotions)
     rises = sum(r["rises"] for r in per_emotion)
-    above = sum(1 for r in per_emotion if r["p_random"] <= 0.05)
+    # above the 95th percentile of the same word's slopes under random directions: 5% of
+    # emotions by chance; binomial test against that share
+    above = sum(1 for r in per_emotion if r["slope"] > r["null_slope_p95"]) if n_random else 0
+    from scipy.stats import binomtest
+
+    p_above = float(binomtest(above, n, 0.05, alternative="greater").pvalue) if n_random else float("nan")
     null_rise_share = float(np.mean(null_slopes > 0)) if n_random else float("nan")
     summary = {
         "n_emotions": n, "strengths": strengths, "layer": steer_sets[emotions[0]][0].layer,
@@ -184,13 +189,14 @@ def continuation_test(
         "n_rising": rises, "share_rising": rises / n,
         "share_rising_random_directions": null_rise_share,
         "n_above_random_p95": above,
+        "p_above_random_p95": p_above,
         "n_top1_specific": sum(1 for r in per_emotion if r["specificity_rank"] == 1),
         "median_specificity_rank": float(np.median([r["specificity_rank"] for r in per_emotion])),
         "seconds": round(time.perf_counter() - started, 1),
     }
     log(f"continuation: own word rises with strength for {rises}/{n} emotions "
-        f"(random directions: {null_rise_share:.2f} of words rise); above the random 95th "
-        f"percentile: {above}/{n}; own word the top riser: {summary['n_top1_specific']}/{n}")
+        f"(random directions: {null_rise_share:.2f} of words rise); slope above the random 95th "
+        f"percentile: {above}/{n} (binomial p {p_above:.2g} against 5%); own word the top riser: {summary['n_top1_specific']}/{n}")
     return ContinuationResult(per_emotion, per_strength, summary)
 
 
