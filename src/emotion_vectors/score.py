@@ -1,0 +1,896 @@
+"""Reading emotion in real text: score any corpus on a run's emotion vectors.
+
+Command line::
+
+    python -m emotion_vectors.score VECTORS_ZARR INPUT --text-column COL [--label-column COL]
+        [--id-column COL] [--layer L] [--pool from:K|all] [--baseline corpus|neutral]
+        [--max-tokens N] [--model-path DIR] [--device D] --out OUT.parquet
+
+INPUT is csv, tsv, jsonl, parquet or txt (one text per line, text column implied); OUT is
+parquet, csv, tsv or jsonl (by extension), with the run's metadata in a sidecar ``OUT.json``
+(and, for parquet, also in the file's key-value metadata under ``emotion_vectors.scoring``).
+
+What a score is
+---------------
+Each text is read once by the subject model; its residual stream at ``layer`` (0-based block
+output, the store's convention) is averaged over its tokens (``pool``: ``from:K`` = positions
+K.. counted from the text's own first token, as in extraction; default ``from:1``; ``all`` =
+every token from the first). Call that mean ``x``. For every emotion ``e`` with unit vector ``u_e`` (the
+store's ``denoised_unit`` rows by default) and the valence direction ``v``
+(:func:`emotion_vectors.readout.store_valence_direction`: PC1 of the vectors, oriented by anchor
+emotions; it is fitted on the vectors only, never on the texts scored)::
+
+    raw_<e>    = (x - b) . u_e          valence_raw = (x - b) . v
+    <e>        = raw_<e> / sd_corpus(x . u_e)
+    valence    = valence_raw / sd_corpus(x . v)
+
+where ``b`` is the baseline: ``corpus`` = the mean ``x`` over the scored texts (then ``<e>`` is
+the ordinary z-score: mean 0, sd 1 over the corpus); ``neutral`` = the mean activation of the
+run's neutral dialogues (``<run>/activations/neutral.zarr``, beside ``<run>/vectors/``), so
+``<e>`` says how many corpus standard deviations a text lies above the neutral dialogues
+(note: those were pooled from the run's ``pool_start``, recorded in the metadata). ``sd`` is
+the population sd (ddof 0) over the scored texts. Projections are linear, so nothing but one
+``(E+1)``-vector per text is kept: memory does not grow with ``d``.
+
+Pooling: the study's ``pool_start`` (50) would skip nearly every sentence, so scoring pools
+from position 1 by default (``DEFAULT_POOL = "from:1"``): every token but the first. Position 0
+holds the attention sink's activation (BOS for Gemma; the first word for SmolLM2, which adds no
+BOS), which is huge: for SmolLM2-135M its norm is ~24,000 at layers 14-24 against ~200 for every
+other token (checked on tweets, chat-template text and chit-chat: position 0 is the only
+outlier). Averaged in (``all``), it makes up most of a short text's mean and swamps the
+emotion signal: vectors built from happy/sad/afraid sentences then read held-out sad sentences
+as happier than happy ones at layers 14-24, and correctly with ``from:1``
+(``tests/test_score.py``). ``all`` is kept for models without such a sink.
+
+Rows
+----
+The output has one row per input row, in input order: ``row``, ``id`` (the ``--id-column``
+value or the row number), ``label`` (if asked), ``n_tokens`` (as scored), ``truncated``,
+``skipped`` (the reason, or empty), the scores, and ``text`` (as scored; ``--no-text`` drops
+it). Rows that cannot be scored -- empty, not a string, undecodable bytes, a malformed
+csv/jsonl record, or (``from:K``) no token past K -- get NaN scores and their reason, and are
+counted by reason with their row numbers in the metadata; texts longer than ``--max-tokens``
+(default 2048) are cut to their first ``max_tokens`` tokens (cut at a character boundary) and
+flagged. A missing column stops the run before any model is loaded, naming the columns present.
+
+The subject model is the store's (its provenance ``subject_model``: path, dtype, device) unless
+``--model-path`` is given; a model loaded on a GPU first asks the run's model servers on that GPU
+to exit (``service.release_for_model``). The subject server's ``extract`` request writes
+activation shards with the run's own pooling and layers, so scoring loads the model itself.
+
+Python: :func:`score_texts` (texts in, DataFrame out, metadata in ``df.attrs["scoring"]``),
+:func:`write_scores` / :func:`read_scores`, :func:`labelled_check` (AUROC of valence for
+labelled positive vs negative texts beside a Warriner-lexicon and a VADER baseline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from emotion_vectors.corpora import (
+    REASONS,
+    ColumnError,
+    CorpusError,
+    as_text,
+    read_table,
+    table_rows,
+    text_problem,
+)
+from emotion_vectors.readout import ReadoutError
+from emotion_vectors.store_layout import Store, StoreLayoutError, read_store
+
+log = logging.getLogger("emotion_vectors.score")
+
+SCORE_REASONS = {**REASONS, "too_short_for_pool": "no token at or after the pooling start"}
+OUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv",
+               ".jsonl": "jsonl", ".ndjson": "jsonl"}
+METADATA_KEY = b"emotion_vectors.scoring"
+DEFAULT_MAX_TOKENS = 2048
+#: Every token but position 0 (the attention sink); see the module docstring.
+DEFAULT_POOL = "from:1"
+BASELINES = ("corpus", "neutral")
+FIXED_COLUMNS = ("row", "id", "label", "n_tokens", "truncated", "skipped", "valence",
+                 "valence_raw", "text")
+Z_DEFINITION = ("<e> = raw_<e> / sd(x.u_e) and valence = valence_raw / sd(x.v), sd = population "
+                "sd over the scored texts; raw_<e> = (x - baseline).u_e, valence_raw = "
+                "(x - baseline).v; x = the text's mean activation at the layer over the pooled "
+                "tokens, u_e = the emotion's unit vector, v = the valence direction")
+
+
+class ScoreError(ValueError):
+    """A scoring request that cannot be carried out as asked."""
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def parse_pool(pool: str | int) -> int:
+    """``"all"`` -> 0, ``"from:K"`` -> K (also an int K): the first 0-based pooled position."""
+    if isinstance(pool, (int, np.integer)) and not isinstance(pool, bool):
+        k = int(pool)
+    elif isinstance(pool, str) and pool.strip() == "all":
+        k = 0
+    elif isinstance(pool, str) and re.fullmatch(r"from:\d+", pool.strip()):
+        k = int(pool.strip().split(":", 1)[1])
+    else:
+        raise ScoreError(f"pool must be 'all' or 'from:K' with K >= 0, not {pool!r}")
+    if k < 0:
+        raise ScoreError(f"pool start must be >= 0, got {k}")
+    return k
+
+
+def pool_name(pool_start: int) -> str:
+    """0 -> ``"all"``, K -> ``"from:K"``."""
+    return "all" if pool_start == 0 else f"from:{pool_start}"
+
+
+def _open(store: str | Path | Store) -> Store:
+    return store if isinstance(store, Store) else read_store(store)
+
+
+def default_layer(store: Store) -> int:
+    """The store's main layer (``extract.main_stored_layer``, the analysis's choice)."""
+    from emotion_vectors.extract import main_stored_layer
+
+    return main_stored_layer(store.layers, store.attrs.get("num_hidden_layers"))
+
+
+def _vector_kind(store: Store, kind: str | None) -> str:
+    kind = kind or ("denoised" if "denoised_unit" in store.kinds else "raw")
+    if kind not in ("denoised", "raw"):
+        raise ScoreError(f"vector kind must be 'denoised' or 'raw', not {kind!r}")
+    if f"{kind}_unit" not in store.kinds:
+        raise ScoreError(f"{store.path}: no {kind}_unit vectors (present: {store.kinds})")
+    return kind
+
+
+def store_model_spec(store: Store, model_path: str | Path | None = None, *,
+                     device: str | None = None, dtype: str | None = None) -> dict[str, Any]:
+    """The subject model spec for ``models.load_model``: the store's provenance
+    ``subject_model`` (path, revision, dtype, device), or ``model_path`` if given.
+
+    A relative recorded path is looked up from the working directory, then from the project
+    root. Raises :class:`ScoreError` when neither is known.
+    """
+    from emotion_vectors.config import REPO_ROOT
+
+    prov = store.attrs.get("provenance") or {}
+    sm = prov.get("subject_model") if isinstance(prov, Mapping) else None
+    sm = dict(sm) if isinstance(sm, Mapping) else {}
+    if model_path is None:
+        recorded = sm.get("path")
+        if not recorded:
+            raise ScoreError(f"{store.path}: the store records no subject model path "
+                             "(provenance.subject_model.path); pass --model-path")
+        path = Path(recorded)
+        if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
+            path = REPO_ROOT / path
+        model_path = path if path.exists() else recorded  # else: a hub id
+    spec = {
+        "name": sm.get("name") or Path(str(model_path)).name,
+        "path": str(model_path),
+        "dtype": dtype or sm.get("dtype") or "float32",
+        "device": device or sm.get("device") or "cpu",
+        "quantization": sm.get("quantization") or "none",
+    }
+    rev = sm.get("revision")
+    if rev and not str(rev).startswith("local-") and not Path(str(model_path)).exists():
+        spec["revision"] = rev
+    return spec
+
+
+def load_subject(store: str | Path | Store, model_path: str | Path | None = None, *,
+                 device: str | None = None, dtype: str | None = None):
+    """Load the store's subject model (or ``model_path``) in this process (``LoadedModel``)."""
+    from emotion_vectors.models import load_model
+    from emotion_vectors.service import release_for_model
+
+    st = _open(store)
+    spec = store_model_spec(st, model_path, device=device, dtype=dtype)
+    release_for_model(spec, log=lambda *a: log.info(*a))
+    log.info("loading subject model %s from %s (%s, %s)", spec["name"], spec["path"],
+             spec["dtype"], spec["device"])
+    return load_model(spec, padding_side="left")
+
+
+def neutral_path_for(store: Store) -> Path:
+    """``<run>/activations/neutral.zarr`` for a store at ``<run>/vectors/<name>.zarr``."""
+    return Path(store.path).resolve().parent.parent / "activations" / "neutral.zarr"
+
+
+def neutral_baseline(store: Store, layer: int, path: str | Path | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """The mean neutral-dialogue activation ``(d,)`` at ``layer`` and a description of it."""
+    from emotion_vectors.shards import ShardError, open_shard
+
+    path = Path(path) if path is not None else neutral_path_for(store)
+    if not path.exists():
+        raise ScoreError(
+            f"baseline 'neutral' needs the run's neutral activations {path} (beside the vectors' "
+            "run directory), which do not exist; run the neutral_activations rule, or use "
+            "--baseline corpus"
+        )
+    try:
+        group = open_shard(path)
+    except ShardError as err:
+        raise ScoreError(f"baseline 'neutral': {err}") from err
+    layers = [int(x) for x in group.attrs.get("layers", [])]
+    if layer not in layers:
+        raise ScoreError(f"baseline 'neutral': {path} holds layers {layers}, not {layer}")
+    acts = np.asarray(group["activations"][:, layers.index(layer), :], dtype=np.float64)
+    if acts.shape[0] == 0:
+        raise ScoreError(f"baseline 'neutral': {path} holds no activations")
+    info = {"kind": "neutral", "path": str(path), "n_texts": int(acts.shape[0]),
+            "pool_start": group.attrs.get("pool_start"),
+            "note": "neutral dialogues pooled with the run's extraction window (pool_start), "
+                    "which may differ from the scoring pool"}
+    return acts.mean(axis=0), info
+
+
+# --------------------------------------------------------------------------- truncation
+
+
+def _token_counts(tokenizer: Any, texts: Sequence[str], chunk: int = 1024) -> np.ndarray:
+    out = np.zeros(len(texts), dtype=np.int64)
+    for s in range(0, len(texts), chunk):
+        enc = tokenizer(list(texts[s:s + chunk]), add_special_tokens=True)["input_ids"]
+        out[s:s + len(enc)] = [len(e) for e in enc]
+    return out
+
+
+def truncate_text(tokenizer: Any, text: str, max_tokens: int) -> str:
+    """``text`` cut so that it encodes (``add_special_tokens=True``) to at most ``max_tokens``
+    tokens: at the end character of its ``max_tokens``-th token (offsets of a fast tokenizer;
+    else by decoding), shortened further if the cut re-tokenises longer."""
+    if max_tokens < 1:
+        raise ScoreError(f"max_tokens must be >= 1, got {max_tokens}")
+    keep = max_tokens
+    for _ in range(64):
+        try:
+            enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+            offsets = enc["offset_mapping"][:keep]
+            end = max((e for s, e in offsets), default=0)
+            cut = text[:end]
+        except (NotImplementedError, TypeError, ValueError, KeyError):
+            ids = tokenizer(text, add_special_tokens=True)["input_ids"][:keep]
+            cut = tokenizer.decode(ids, skip_special_tokens=True)
+        n = len(tokenizer(cut, add_special_tokens=True)["input_ids"])
+        if n <= max_tokens:
+            return cut
+        keep -= max(1, n - max_tokens)
+        if keep < 1:
+            break
+    return ""
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def _progress_logger(every: float) -> Callable[[int, int, int], None]:
+    start = time.perf_counter()
+    last = [start]
+
+    def progress(done: int, total: int, tokens: int) -> None:
+        now = time.perf_counter()
+        if done < total and now - last[0] < every:
+            return
+        last[0] = now
+        el = max(now - start, 1e-9)
+        rate = done / el
+        eta = (total - done) / rate if rate > 0 else float("nan")
+        log.info("scored %d/%d texts (%.1f texts/s, %.0f tokens/s, %.0f s elapsed, ETA %.0f s)",
+                 done, total, rate, tokens / el, el, eta)
+
+    return progress
+
+
+def score_texts(
+    store: str | Path | Store,
+    texts: Sequence[Any],
+    *,
+    layer: int | None = None,
+    pool: str | int = "from:1",
+    baseline: str = "corpus",
+    model: Any = None,
+    tokenizer: Any = None,
+    ids: Sequence[Any] | None = None,
+    labels: Sequence[Any] | None = None,
+    skip: Mapping[int, str] | None = None,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    kind: str | None = None,
+    model_path: str | Path | None = None,
+    device: str | None = None,
+    neutral_path: str | Path | None = None,
+    batch_size: int = 32,
+    max_batch_tokens: int | None = 16384,
+    keep_text: bool = True,
+    model_info: Mapping[str, Any] | None = None,
+    progress_every: float = 30.0,
+) -> pd.DataFrame:
+    """Score ``texts`` on the store's emotion vectors and valence direction (module docstring).
+
+    Args:
+        store: a vector store (path or ``Store``).
+        texts: one item per row; items that are not usable strings are skipped with a reason
+            (bytes are decoded as UTF-8).
+        layer: a stored layer (default: the store's main layer).
+        pool: ``"from:K"`` (default ``"from:1"``: all but the attention-sink position 0) or
+            ``"all"``.
+        baseline: ``"corpus"`` or ``"neutral"`` (``neutral_path`` overrides where the neutral
+            activations are looked for).
+        model, tokenizer: the subject model and tokenizer; loaded from the store's provenance
+            (or ``model_path``, on ``device``) when not given.
+        ids, labels: per-row ids (default the row numbers) and labels (a ``label`` column).
+        skip: row -> reason for rows already known to be unusable (from the file reader).
+        max_tokens: longer texts are truncated to this many tokens and flagged.
+        kind: ``"denoised"`` (default when present) or ``"raw"`` vectors.
+        batch_size, max_batch_tokens: batching of the forward passes (``extract.iter_pooled``).
+        keep_text: add a ``text`` column (the text as scored).
+        model_info: what to record about a caller-given model (default: its class and path).
+        progress_every: seconds between progress log lines.
+
+    Returns:
+        The rows in input order (see the module docstring), ``df.attrs["scoring"]`` = metadata.
+    """
+    from emotion_vectors.extract import iter_pooled, plan_extraction
+    from emotion_vectors.readout import store_valence_direction
+
+    started = time.perf_counter()
+    st = _open(store)
+    kind = _vector_kind(st, kind)
+    layer = default_layer(st) if layer is None else int(layer)
+    if layer not in st.layers:
+        raise ScoreError(f"layer {layer} is not stored in {st.path}; stored layers {st.layers}")
+    if baseline not in BASELINES:
+        raise ScoreError(f"baseline must be one of {BASELINES}, not {baseline!r}")
+    pool_start = parse_pool(pool)
+    if max_tokens <= pool_start:
+        raise ScoreError(f"max_tokens ({max_tokens}) must exceed the pool start ({pool_start})")
+    emotions = list(st.emotions)
+    clash = sorted(set(emotions) & set(FIXED_COLUMNS)
+                   | {e for e in emotions if f"raw_{e}" in emotions or f"raw_{e}" in FIXED_COLUMNS})
+    if clash:
+        raise ScoreError(f"emotion names {clash} clash with the output's column names")
+    n = len(texts)
+    if ids is not None and len(ids) != n:
+        raise ScoreError(f"{n} texts but {len(ids)} ids")
+    if labels is not None and len(labels) != n:
+        raise ScoreError(f"{n} texts but {len(labels)} labels")
+
+    base_vec, base_info = (None, {"kind": "corpus",
+                                  "definition": "mean pooled activation over the scored texts"})
+    if baseline == "neutral":  # fail before loading a model
+        base_vec, base_info = neutral_baseline(st, layer, neutral_path)
+    li = st.layers.index(layer)
+    units = np.asarray(st.array(f"{kind}_unit")[:, li, :], dtype=np.float64)  # (E, d)
+    direction = store_valence_direction(st, layer, kind=f"{kind}_unit")
+    basis = np.vstack([units, direction.direction[None, :]])  # (E+1, d)
+    if base_vec is not None:
+        if base_vec.shape[0] != basis.shape[1]:
+            raise ScoreError(f"neutral activations have width {base_vec.shape[0]}, the vectors "
+                             f"{basis.shape[1]}")
+
+    # Which rows can be scored at all.
+    reasons: dict[int, str] = {int(k): str(v) for k, v in (skip or {}).items()}
+    values: list[Any] = [as_text(t) for t in texts]
+    for i, v in enumerate(values):
+        if i not in reasons:
+            r = text_problem(v)
+            if r is not None:
+                reasons[i] = r
+    good = [i for i in range(n) if i not in reasons]
+
+    if model is None or tokenizer is None:
+        if model is not None or tokenizer is not None:
+            raise ScoreError("give both model and tokenizer, or neither")
+        lm = load_subject(st, model_path, device=device)
+        model, tokenizer, info = lm.model, lm.tokenizer, dict(lm.info)
+    else:
+        info = dict(model_info) if model_info is not None else {
+            "given_by_caller": True, "architecture": type(model).__name__,
+            "path": getattr(getattr(model, "config", None), "_name_or_path", None)}
+    hidden = _hidden_size(model)
+    if hidden is not None and hidden != basis.shape[1]:
+        raise ScoreError(f"the model's hidden size {hidden} differs from the vectors' width "
+                         f"{basis.shape[1]}: not the store's subject model")
+    matches = _model_matches_store(st, info)
+    if matches is False:
+        log.warning("the model scoring (%s) is not the store's subject model (%s)",
+                    info.get("revision"), _store_subject(st).get("revision"))
+
+    # Truncate long texts (at a character boundary), then plan the batches.
+    good_texts = [values[i] for i in good]
+    counts = _token_counts(tokenizer, good_texts)
+    truncated = np.zeros(n, dtype=bool)
+    for j in np.flatnonzero(counts > max_tokens):
+        i = good[int(j)]
+        good_texts[int(j)] = truncate_text(tokenizer, good_texts[int(j)], max_tokens)
+        truncated[i] = True
+    if truncated.any():
+        log.info("%d texts longer than %d tokens were truncated", int(truncated.sum()), max_tokens)
+    plan = plan_extraction(tokenizer, good_texts, [str(i) for i in good], pool_start=pool_start,
+                           short_policy="skip", batch_size=batch_size,
+                           max_batch_tokens=max_batch_tokens)
+    n_tokens = np.full(n, -1, dtype=np.int64)
+    n_tokens[good] = plan.n_tokens
+    for j in plan.skipped_indices.tolist():
+        reasons[good[j]] = "too_short_for_pool"
+
+    proj = np.full((n, basis.shape[0]), np.nan)
+    n_done = 0
+    tokens = 0
+    if len(plan.kept):
+        log.info("scoring %d texts (%d tokens) at layer %d, pool %s", len(plan.kept),
+                 int(plan.n_tokens[plan.kept].sum()), layer, pool_name(pool_start))
+        for batch in iter_pooled(model, tokenizer, good_texts, None, [layer], plan=plan,
+                                 progress=_progress_logger(progress_every)):
+            x = batch.pooled[:, 0, :].astype(np.float64)
+            rows = [good[int(j)] for j in batch.indices]
+            proj[rows] = x @ basis.T
+            n_done += len(rows)
+            tokens += int(batch.n_tokens.sum())
+    scored = np.flatnonzero(np.isfinite(proj[:, 0]))
+
+    # Baseline, raw projections and z-scores.
+    if baseline == "corpus":
+        base_proj = proj[scored].mean(axis=0) if len(scored) else np.full(basis.shape[0], np.nan)
+    else:
+        base_proj = base_vec @ basis.T
+    raw = proj - base_proj
+    sd = proj[scored].std(axis=0) if len(scored) else np.full(basis.shape[0], np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(sd > 0, raw / np.where(sd > 0, sd, 1.0), np.nan)
+
+    df = pd.DataFrame({"row": np.arange(n, dtype=np.int64),
+                       "id": [str(x) for x in ids] if ids is not None else [str(i) for i in range(n)]})
+    if labels is not None:
+        df["label"] = pd.Series([None if _isna(x) else x for x in labels], dtype=object)
+    df["n_tokens"] = pd.array([int(v) if v >= 0 else pd.NA for v in n_tokens], dtype="Int64")
+    df["truncated"] = truncated
+    df["skipped"] = pd.Series([reasons.get(i) for i in range(n)], dtype=object)
+    df["valence"] = z[:, -1]
+    df["valence_raw"] = raw[:, -1]
+    df = pd.concat([df, pd.DataFrame(z[:, :-1], columns=emotions),
+                    pd.DataFrame(raw[:, :-1], columns=[f"raw_{e}" for e in emotions])], axis=1)
+    if keep_text:
+        text_col: list[Any] = [v if isinstance(v, str) and i not in reasons else None
+                               for i, v in enumerate(values)]
+        for j, i in enumerate(good):
+            if i not in reasons:
+                text_col[i] = good_texts[j]
+        df["text"] = pd.Series(text_col, dtype=object)
+
+    seconds = time.perf_counter() - started
+    by_reason: dict[str, list[int]] = {}
+    for i in sorted(reasons):
+        by_reason.setdefault(reasons[i], []).append(i)
+    names = emotions + ["valence"]
+    meta = {
+        "vectors": str(st.path),
+        "vector_kind": f"{kind}_unit",
+        "emotions": emotions,
+        "layer": layer,
+        "layer_convention": "layer i = output of decoder block i (0-based)",
+        "pool": pool_name(pool_start),
+        "pool_start": pool_start,
+        "pool_definition": "mean over token positions pool_start..n_tokens-1, counted from each "
+                           "text's own first token (add_special_tokens=True)",
+        "baseline": {**base_info, "projection": dict(zip(names, map(_num, base_proj)))},
+        "projection_sd": dict(zip(names, map(_num, sd))),
+        "z_score": Z_DEFINITION,
+        "valence_direction": {"kind": f"{kind}_unit", "explained": direction.explained,
+                              "pleasant": list(direction.pleasant),
+                              "unpleasant": list(direction.unpleasant),
+                              "anchor_gap": direction.anchor_gap,
+                              "fitted_on": "the store's vectors only (anchors fix the sign)"},
+        "model": info,
+        "model_matches_store": matches,
+        "store_subject_model": _store_subject(st) or None,
+        "n_rows": n,
+        "n_scored": int(len(scored)),
+        "n_skipped": int(len(reasons)),
+        "skipped": {r: {"count": len(rows), "rows": rows, "meaning": SCORE_REASONS.get(r, r)}
+                    for r, rows in sorted(by_reason.items())},
+        "max_tokens": int(max_tokens),
+        "n_truncated": int(truncated.sum()),
+        "truncated_rows": np.flatnonzero(truncated).tolist(),
+        "tokens_scored": tokens,
+        "seconds": round(seconds, 3),
+        "texts_per_second": round(n_done / seconds, 3) if seconds > 0 else None,
+        "batch_size": batch_size,
+        "max_batch_tokens": max_batch_tokens,
+    }
+    df.attrs["scoring"] = meta
+    log.info("scored %d of %d rows in %.1f s (%.1f texts/s); skipped %s; truncated %d",
+             len(scored), n, seconds, meta["texts_per_second"] or 0,
+             {r: v["count"] for r, v in meta["skipped"].items()} or "none", meta["n_truncated"])
+    return df
+
+
+def _num(x: Any) -> float | None:
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+def _isna(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def _hidden_size(model: Any) -> int | None:
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return None
+    text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    h = getattr(text_cfg, "hidden_size", None)
+    return int(h) if h is not None else None
+
+
+def _store_subject(store: Store) -> dict[str, Any]:
+    prov = store.attrs.get("provenance") or {}
+    sm = prov.get("subject_model") if isinstance(prov, Mapping) else None
+    return dict(sm) if isinstance(sm, Mapping) else {}
+
+
+def _model_matches_store(store: Store, info: Mapping[str, Any]) -> bool | None:
+    """Whether the scoring model is the store's (by revision, else path); None if unknown."""
+    sm = _store_subject(store)
+    for key in ("revision", "path"):
+        a, b = sm.get(key), info.get(key)
+        if a and b:
+            if key == "path":
+                return Path(str(a)).name == Path(str(b)).name
+            return a == b
+    return None
+
+
+# --------------------------------------------------------------------------- files
+
+
+def out_format(path: str | Path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in OUT_FORMATS:
+        raise ScoreError(f"output {path}: extension {suffix!r} is not one of {sorted(OUT_FORMATS)}")
+    return OUT_FORMATS[suffix]
+
+
+def sidecar_path(out: str | Path) -> Path:
+    """``OUT.json`` beside the output (``scores.parquet`` -> ``scores.parquet.json``)."""
+    out = Path(out)
+    return out.with_name(out.name + ".json")
+
+
+def write_scores(df: pd.DataFrame, out: str | Path, meta: Mapping[str, Any] | None = None) -> Path:
+    """Write the scores (format by extension) and the metadata sidecar ``OUT.json``; parquet
+    files also carry the metadata under the key ``emotion_vectors.scoring``. Both are written
+    aside and renamed into place."""
+    out = Path(out)
+    fmt = out_format(out)
+    meta = dict(meta if meta is not None else df.attrs.get("scoring", {}))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    plain = df.copy()
+    plain.attrs = {}
+    blob = json.dumps(meta, default=str, ensure_ascii=False)
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(plain, preserve_index=False)
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               METADATA_KEY: blob.encode()})
+        pq.write_table(table, tmp)
+    elif fmt in ("csv", "tsv"):
+        plain.to_csv(tmp, sep="," if fmt == "csv" else "\t", index=False)
+    else:
+        plain.to_json(tmp, orient="records", lines=True, force_ascii=False)
+    side = sidecar_path(out)
+    side_tmp = side.with_name(side.name + ".tmp")
+    side_tmp.write_text(json.dumps(meta, indent=1, default=str, ensure_ascii=False) + "\n")
+    side_tmp.replace(side)
+    tmp.replace(out)
+    return out
+
+
+def read_scores(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A scores file and its metadata (from the sidecar, else parquet key-value metadata)."""
+    path = Path(path)
+    fmt = out_format(path)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        df = table.to_pandas()
+        raw = (table.schema.metadata or {}).get(METADATA_KEY)
+        meta = json.loads(raw) if raw else {}
+    elif fmt in ("csv", "tsv"):
+        df = pd.read_csv(path, sep="," if fmt == "csv" else "\t", keep_default_na=True,
+                         dtype={"id": str, "skipped": object, "text": object, "label": object})
+        meta = {}
+    else:
+        df = pd.read_json(path, orient="records", lines=True, dtype={"id": str})
+        meta = {}
+    side = sidecar_path(path)
+    if side.exists():
+        meta = json.loads(side.read_text())
+    df.attrs["scoring"] = meta
+    return df, meta
+
+
+# --------------------------------------------------------------------------- labelled check
+
+_WORD = re.compile(r"[a-z]+(?:'[a-z]+)*")
+
+
+def lexicon_scores(texts: Sequence[Any], norms: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean Warriner valence (1-9) of each text's words found in the norms, and how many were.
+
+    Words: lower-cased runs of letters (with inner apostrophes), looked up as written (the norms
+    are lemmas; no lemmatisation). A text with no rated word gets NaN.
+    """
+    if norms is None:
+        from emotion_vectors.analysis.norms import load_norms
+
+        norms = load_norms()
+    val = {str(w): float(v) for w, v in norms["valence"].items() if np.isfinite(v)}
+    scores = np.full(len(texts), np.nan)
+    found = np.zeros(len(texts), dtype=np.int64)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            continue
+        vals = [val[w] for w in _WORD.findall(t.lower()) if w in val]
+        found[i] = len(vals)
+        if vals:
+            scores[i] = float(np.mean(vals))
+    return scores, found
+
+
+def auroc_fast(y: np.ndarray, s: np.ndarray) -> float:
+    """AUROC by the rank (Mann-Whitney) formula, ties counted half: equals
+    ``sklearn.metrics.roc_auc_score(y, s)``."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(y, dtype=bool)
+    n1, n0 = int(y.sum()), int((~y).sum())
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    r = rankdata(s)
+    return float((r[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def bootstrap_auroc(y: np.ndarray, s: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """AUROC (``roc_auc_score``) with a stratified percentile bootstrap 95% interval (positives
+    and negatives resampled separately, so every resample has both). NaN scores are dropped
+    first and counted."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y, dtype=bool)
+    s = np.asarray(s, dtype=float)
+    ok = np.isfinite(s)
+    y, s = y[ok], s[ok]
+    out: dict[str, Any] = {"n": int(len(y)), "n_positive": int(y.sum()),
+                           "n_negative": int((~y).sum()), "n_nan": int((~ok).sum())}
+    if out["n_positive"] == 0 or out["n_negative"] == 0:
+        return {**out, "auroc": None, "ci95": [None, None]}
+    auc = float(roc_auc_score(y, s))
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+    yb = np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)]
+    boots = np.empty(n_boot)
+    for b in range(n_boot):
+        pick = np.r_[pos[rng.integers(0, len(pos), len(pos))], neg[rng.integers(0, len(neg), len(neg))]]
+        boots[b] = auroc_fast(yb, s[pick])
+    lo, hi = np.quantile(boots, [0.025, 0.975]) if n_boot else (np.nan, np.nan)
+    return {**out, "auroc": auc, "ci95": [_num(lo), _num(hi)]}
+
+
+def labelled_check(
+    scores_df: pd.DataFrame,
+    label_column: str = "label",
+    positive: str | Collection[str] = "positive",
+    negative: str | Collection[str] = "negative",
+    *,
+    lexicon: bool = True,
+    vader: bool = True,
+    emotions: bool = True,
+    n_boot: int = 2000,
+    seed: int = 0,
+    score_column: str = "valence",
+    text_column: str = "text",
+    norms: pd.DataFrame | None = None,
+) -> dict[str, Any]:
+    """Does valence separate labelled positive from negative texts? AUROC with a bootstrap 95%
+    interval, beside two baselines on the same texts.
+
+    Rows: those whose label is in ``positive`` or ``negative`` and that were scored (finite
+    ``score_column``); other labels and unscored rows are counted, not used. Scorers:
+
+    - ``valence``: the ``score_column`` (the readout's valence, never fitted to these texts);
+    - ``lexicon``: mean Warriner valence of the text's rated words (:func:`lexicon_scores`);
+      texts with no rated word are NaN, counted, and left out of its AUROC; ``valence`` on
+      that same subset is reported as ``valence_on_lexicon_rated`` for a like-for-like figure;
+    - ``vader``: VADER compound (``steer_eval.vader_scores``).
+
+    ``emotions=True`` adds the point AUROC of every emotion column (no interval). AUROC 0.5 =
+    chance; above = the score is higher for positive texts.
+    """
+    pos = {positive} if isinstance(positive, str) else set(positive)
+    neg = {negative} if isinstance(negative, str) else set(negative)
+    if pos & neg:
+        raise ScoreError(f"labels {sorted(pos & neg)} are both positive and negative")
+    for col in (label_column, score_column):
+        if col not in scores_df.columns:
+            raise ColumnError(f"column {col!r} not in the scores (columns {list(scores_df.columns)})")
+    if (lexicon or vader) and text_column not in scores_df.columns:
+        raise ColumnError(f"the lexicon and VADER baselines need the texts: column {text_column!r} "
+                          "is absent (score without --no-text, or pass lexicon=vader=False)")
+    labels = scores_df[label_column].map(lambda v: None if _isna(v) else str(v))
+    in_pos, in_neg = labels.isin(pos).to_numpy(), labels.isin(neg).to_numpy()
+    scored = np.isfinite(scores_df[score_column].to_numpy(dtype=float))
+    use = (in_pos | in_neg) & scored
+    sub = scores_df.loc[use]
+    y = in_pos[use]
+    result: dict[str, Any] = {
+        "label_column": label_column, "positive": sorted(pos), "negative": sorted(neg),
+        "n_positive": int(y.sum()), "n_negative": int((~y).sum()),
+        "n_excluded_other_label": int((~(in_pos | in_neg)).sum()),
+        "n_excluded_not_scored": int(((in_pos | in_neg) & ~scored).sum()),
+        "n_boot": n_boot, "seed": seed,
+        "interval": "stratified percentile bootstrap, 95%",
+        "scorers": {},
+    }
+    result["scorers"]["valence"] = bootstrap_auroc(y, sub[score_column].to_numpy(float),
+                                                   n_boot=n_boot, seed=seed)
+    texts = sub[text_column].tolist() if text_column in sub.columns else None
+    if lexicon:
+        from emotion_vectors.analysis.norms import CITATION
+
+        lex, found = lexicon_scores(texts, norms)
+        r = bootstrap_auroc(y, lex, n_boot=n_boot, seed=seed)
+        r["n_no_rated_word"] = int((found == 0).sum())
+        r["source"] = CITATION
+        result["scorers"]["lexicon"] = r
+        rated = np.isfinite(lex)
+        result["scorers"]["valence_on_lexicon_rated"] = bootstrap_auroc(
+            y[rated], sub[score_column].to_numpy(float)[rated], n_boot=n_boot, seed=seed)
+    if vader:
+        from emotion_vectors.steer_eval import vader_scores
+
+        result["scorers"]["vader"] = bootstrap_auroc(y, vader_scores(texts), n_boot=n_boot, seed=seed)
+    if emotions:
+        from sklearn.metrics import roc_auc_score
+
+        emo = (scores_df.attrs.get("scoring") or {}).get("emotions") or [
+            c[4:] for c in scores_df.columns if c.startswith("raw_") and c[4:] in scores_df.columns]
+        if y.any() and (~y).any():
+            result["emotions_auroc"] = {e: float(roc_auc_score(y, sub[e].to_numpy(float)))
+                                        for e in emo if np.isfinite(sub[e].to_numpy(float)).all()}
+    return result
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _split(s: str | None) -> list[str] | None:
+    return [x.strip() for x in s.split(",") if x.strip()] if s else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m emotion_vectors.score",
+        description="Score real text on a run's emotion vectors: one row per input row with "
+                    "z-scored projections on every emotion and on the valence direction.",
+        epilog="Metadata (vectors, model, layer, pooling, baseline, skipped rows by reason, "
+               "truncations, provenance) go to OUT.json beside OUT.",
+    )
+    ap.add_argument("vectors", help="vector store (results/<run>/vectors/vectors.zarr)")
+    ap.add_argument("input", help="csv, tsv, jsonl, parquet or txt (one text per line)")
+    ap.add_argument("--text-column", help="column holding the texts (implied for txt: 'text')")
+    ap.add_argument("--label-column", help="column copied to the output's 'label'")
+    ap.add_argument("--id-column", help="column copied to 'id' (default: the row number)")
+    ap.add_argument("--input-format", choices=("csv", "tsv", "jsonl", "parquet", "txt"),
+                    help="override the format read from INPUT's extension")
+    ap.add_argument("--encoding", default="utf-8", help="encoding of csv/tsv/jsonl/txt input")
+    ap.add_argument("--layer", type=int, help="stored layer (default: the store's main layer)")
+    ap.add_argument("--pool", default=DEFAULT_POOL,
+                    help="'from:K': mean over token positions K.., counted from each text's "
+                         "first token (texts with no token past K are skipped); default "
+                         "'from:1' = every token but position 0, whose attention-sink "
+                         "activation (norm ~100x the others in SmolLM2) would swamp a short "
+                         "text's mean; 'all' = from the first token. The study's "
+                         "pool_start=50 would skip most sentences.")
+    ap.add_argument("--baseline", choices=BASELINES, default="corpus",
+                    help="subtracted before projecting: 'corpus' = mean activation of the "
+                         "scored texts (default); 'neutral' = mean of the run's neutral "
+                         "dialogues (<run>/activations/neutral.zarr)")
+    ap.add_argument("--neutral", help="neutral activations shard (default: beside the run)")
+    ap.add_argument("--kind", choices=("denoised", "raw"), help="vectors (default: denoised)")
+    ap.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+                    help="truncate longer texts to this many tokens (flagged; default 2048)")
+    ap.add_argument("--model-path", help="subject model dir or hub id (default: the store's)")
+    ap.add_argument("--device", help="cpu, cuda, cuda:N (default: the store's subject device)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--max-batch-tokens", type=int, default=16384)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    ap.add_argument("--no-text", action="store_true", help="leave the text column out")
+    ap.add_argument("--positive", help="labelled check: comma-separated positive label values")
+    ap.add_argument("--negative", help="labelled check: comma-separated negative label values")
+    ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--out", required=True, help="OUT.parquet (or .csv, .tsv, .jsonl)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _run(args)
+    except (ScoreError, CorpusError, StoreLayoutError, ReadoutError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from emotion_vectors.provenance import provenance
+
+    out_format(args.out)  # a bad extension fails now, not after scoring
+    if (args.positive or args.negative) and not (args.positive and args.negative and args.label_column):
+        raise ScoreError("the labelled check needs --label-column, --positive and --negative")
+    store = read_store(args.vectors)
+    table = read_table(args.input, fmt=args.input_format, encoding=args.encoding)
+    texts, labels, ids, problems = table_rows(table, args.text_column, label_column=args.label_column,
+                                              id_column=args.id_column)
+    layer = default_layer(store) if args.layer is None else args.layer
+    if layer not in store.layers:
+        raise ScoreError(f"layer {layer} is not stored in {store.path}; stored layers {store.layers}")
+    parse_pool(args.pool)
+    if args.baseline == "neutral":
+        neutral_baseline(store, layer, args.neutral)  # its error before the model loads
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    df = score_texts(store, texts, layer=layer, pool=args.pool, baseline=args.baseline, ids=ids,
+                     labels=labels, skip=problems, max_tokens=args.max_tokens, kind=args.kind,
+                     model_path=args.model_path, device=args.device, neutral_path=args.neutral,
+                     batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
+                     keep_text=not args.no_text)
+    meta = dict(df.attrs["scoring"])
+    meta["input"] = {"path": str(Path(args.input)), "format": table.fmt,
+                     "text_column": args.text_column or ("text" if table.fmt == "txt" else None),
+                     "label_column": args.label_column, "id_column": args.id_column,
+                     "encoding": args.encoding}
+    if args.positive:
+        check = labelled_check(df, "label", _split(args.positive), _split(args.negative),
+                               n_boot=args.n_boot)
+        meta["labelled_check"] = check
+        print(json.dumps({k: v for k, v in check.items() if k != "emotions_auroc"}, indent=1))
+    meta["provenance"] = provenance(
+        stage="score",
+        config_section={k: meta[k] for k in ("layer", "pool", "vector_kind", "max_tokens")}
+        | {"baseline": args.baseline},
+        model_info=meta["model"],
+        extra={"vectors": str(args.vectors), "input": meta["input"]},
+    )
+    write_scores(df, args.out, meta)
+    log.info("wrote %s and %s", args.out, sidecar_path(args.out))
+    return 0
+
+
+__all__ = [
+    "BASELINES", "DEFAULT_MAX_TOKENS", "DEFAULT_POOL", "SCORE_REASONS", "ScoreError", "auroc_fast",
+    "bootstrap_auroc", "default_layer", "labelled_check", "lexicon_scores", "load_subject",
+    "neutral_baseline", "neutral_path_for", "parse_pool", "read_scores", "score_texts",
+    "store_model_spec", "truncate_text", "write_scores",
+]
+
+if __name__ == "__main__":
+    raise SystemExit(main())
