@@ -72,7 +72,6 @@ import math
 import re
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
