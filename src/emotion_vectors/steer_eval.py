@@ -260,8 +260,10 @@ def vader_scores(texts: Sequence[str]) -> np.ndarray:
 
 
 def readout_scores(model: Any, tokenizer: Any, texts: Sequence[str], direction) -> np.ndarray:
-    """The texts re-read by the (unsteered) model: mean activation over all tokens at the
-    direction's layer, projected on the valence direction (NaN for empty texts)."""
+    """The texts re-read by the (unsteered) model: mean activation over the tokens from the
+    second on (the first is an attention sink whose residual norm is ~100x the others' in
+    SmolLM2 and would dominate the mean) at the direction's layer, projected on the valence
+    direction (NaN for empty texts; a one-token text has nothing to pool and gets NaN)."""
     from emotion_vectors.extract import extract_pooled
 
     idx = [i for i, t in enumerate(texts) if t.strip()]
@@ -269,7 +271,7 @@ def readout_scores(model: Any, tokenizer: Any, texts: Sequence[str], direction) 
     if not idx:
         return out
     res = extract_pooled(model, tokenizer, [texts[i] for i in idx], [str(i) for i in idx],
-                         [direction.layer], pool_start=0, batch_size=16)
+                         [direction.layer], pool_start=1, batch_size=16)
     for j, rid in zip(range(len(res.ids)), res.ids):
         out[int(rid)] = float(direction.score(res.pooled[j, 0]))
     return out
