@@ -106,7 +106,7 @@ rule judge_validation:
     input:
         lambda wc: model_input(BEH_JUDGES[wc.judge]),
         scenario=lambda wc: BEH_SCENARIOS[wc.scenario],
-        items=lambda wc: BEH_VALIDATION[wc.scenario],
+        labelled=lambda wc: BEH_VALIDATION[wc.scenario],
     output:
         json=f"{BEH_DIR}/{{scenario}}/judge_validation/{{judge}}.json",
         rows=f"{BEH_DIR}/{{scenario}}/judge_validation/{{judge}}.tsv",
@@ -131,6 +131,7 @@ rule judge_validation:
 
 rule judge_validation_summary:
     """Every judge's agreement with the labels, beside the stage-1-only rules, in one table."""
+    localrule: True
     input:
         lambda wc: expand(f"{BEH_DIR}/{wc.scenario}/judge_validation/{{judge}}.tsv", judge=list(BEH_JUDGES)),
     output:

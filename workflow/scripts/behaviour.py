@@ -87,9 +87,14 @@ partial = Path(smk.output.transcripts + ".partial")
 started = time.perf_counter()
 
 
+# The subject's identity goes into every recorded condition, so that a partial file made by
+# another model (same run name) is never resumed.
+run_specs = [{**c.spec, "subject": f"{subject_info['name']}@{subject_info['revision']}"} for c in conditions]
+
+
 def sample():
     return run_scenario(
-        backend.generate_text, lm.tokenizer, scenario, [c.spec for c in conditions], n_samples=s["samples"],
+        backend.generate_text, lm.tokenizer, scenario, run_specs, n_samples=s["samples"],
         seed=s["seed"], steer_for=steer_for, out_jsonl=partial, max_new_tokens=s["max_new_tokens"],
         temperature=s["temperature"], progress=log.info,
     )
@@ -160,7 +165,7 @@ for row in table.itertuples():
              row.n_emailed_executive, row.n_unparsed)
 for emotion, path in zip(s["emotions"], smk.output.dose):
     dose_response_figure(table, emotion, path,
-                         title=f"{scenario_key}: blackmail rate vs {emotion} steering (layer {layer}, n={s['samples']})")
+                         title=f"{emotion}: blackmail rate (layer {layer}, n={s['samples']}/condition)")
 
 base = table[table["is_baseline"]].iloc[0]
 write_json_atomic(

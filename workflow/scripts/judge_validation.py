@@ -41,7 +41,7 @@ def validate() -> None:
     log = start_job(smk)
     spec = smk.params.judge
     scenario = load_scenario(smk.input.scenario)
-    items = load_validation_set(smk.input.items)
+    items = load_validation_set(smk.input.labelled)
     log.info("validating judge %s on %d labelled responses (%d positive) of scenario %s",
              spec["name"], len(items), sum(it["label"] for it in items), smk.wildcards.scenario)
     judge, info = make_judge(spec, smk.params.models_dir, evidence=smk.params.evidence)
@@ -69,14 +69,16 @@ def validate() -> None:
                                   **per_cat))
         log.info("stage-1 baseline %s: accuracy %.3f, kappa %.3f", name, report["stage1_baselines"][name]["accuracy"],
                  report["stage1_baselines"][name]["kappa"])
-    pd.DataFrame(rows).to_csv(smk.output.rows, sep="\t", index=False, float_format="%.6g")
+    frame = pd.DataFrame(rows)
+    frame = frame[[c for c in COLUMNS if c in frame.columns] + [c for c in frame.columns if c not in COLUMNS]]
+    frame.to_csv(smk.output.rows, sep="\t", index=False, float_format="%.6g")
     write_json_atomic(
         {
             **report,
             "judge_config": spec["name"],
             "scenario_key": smk.wildcards.scenario,
             "scenario_sha256": scenario.digest(),
-            "validation_set": str(smk.input.items),
+            "validation_set": str(smk.input.labelled),
             "judge_info": info,
             "seconds": round(seconds, 1),
             "provenance": provenance(stage="judge_validation",
