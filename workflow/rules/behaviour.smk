@@ -23,10 +23,10 @@ def _behaviour_checks():
         problems.append(f"behaviour.judges: names must be unique, got {[j['name'] for j in BEHAVIOUR_JUDGES]}")
     for j in BEHAVIOUR_JUDGES:
         for role, m in (("generator", GEN), ("subject", SUBJECT), ("selector", SELECTOR), ("judge", JUDGE)):
-            if j.get("backend", "hf") == "hf" and m["name"] == j["name"] and not same_model(m, j):
+            if j.get("gguf") and m.get("gguf") and m["name"] == j["name"] and m["gguf"] != j["gguf"]:
                 problems.append(
                     f"behaviour.judges: {j['name']!r} is also the name of models.{role} with another "
-                    "source or settings; a name means one model (results/models/<name>): rename one"
+                    "GGUF file; a packaged model is prepared into results/models/<name>: rename one"
                 )
                 break
     unknown = sorted(set(BEH_VALIDATION) - set(BEH_SCENARIOS))

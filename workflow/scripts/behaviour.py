@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from emotion_vectors.backends import HFChatBackend
+from emotion_vectors.backends import HFChatBackend, has_chat_template
 from emotion_vectors.behaviour.conditions import (
     BASELINE,
     build_conditions,
@@ -72,15 +72,22 @@ log.info("subject %s loaded in %.1f s (%s, %s)", lm.info["name"], lm.info["load_
 subject_info = lm.info
 backend = HFChatBackend(lm.model, lm.tokenizer, name=smk.params.subject["name"])
 prompt = render_prompt(lm.tokenizer, scenario)
-n_prompt_tokens = len(lm.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+# Tokenised as HFChatBackend.generate_text does (special tokens only without a chat template).
+n_prompt_tokens = len(lm.tokenizer(prompt, add_special_tokens=not has_chat_template(lm.tokenizer))["input_ids"])
 log.info("prompt: %d tokens, sha256 %s", n_prompt_tokens, prompt_digest(prompt)[:12])
 by_name = {c.name: c for c in conditions}
 positions = s["positions"]
 
 
 def steer_for(condition):
+    """The condition's steering around all its samples (one prompt: with positions="generated"
+    the prompt length is given, so every generate() call in the context steers only its new tokens)."""
     steers = by_name[condition["name"]].steers
-    return steering(lm.model, steers, positions=positions) if steers else contextlib.nullcontext()
+    if not steers:
+        return contextlib.nullcontext()
+    if positions == "generated":
+        return steering(lm.model, steers, positions="generated", prompt_length=n_prompt_tokens)
+    return steering(lm.model, steers, positions=positions)
 
 
 partial = Path(smk.output.transcripts + ".partial")
