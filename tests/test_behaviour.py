@@ -26,7 +26,7 @@ from emotion_vectors.behaviour.judging import (
     parse_verdict,
     validate_judge,
 )
-from emotion_vectors.behaviour.run import ResumeMismatch, read_transcripts, run_scenario, sample_seed
+from emotion_vectors.behaviour.run import ResumeMismatch, no_steering, read_transcripts, run_scenario, sample_seed
 from emotion_vectors.behaviour.scenario import ScenarioError, load_scenario, render_prompt
 from emotion_vectors.behaviour.stats import dose_response_figures, fisher_vs_baseline, rate_table
 
@@ -388,3 +388,51 @@ def test_run_scenario_resumes_and_keeps_finished_transcripts(default_model, shor
     with pytest.raises(ResumeMismatch, match="temperature"):
         run_scenario(generate, tok, short_scenario, conditions, 2, out_jsonl=out,
                      **{**kwargs, "temperature": 0.5})
+
+
+@pytest.mark.slow
+def test_run_scenario_in_batches_resumes_whole_batches(default_model, short_scenario, tmp_path):
+    from emotion_vectors.behaviour.run import batch_seed
+
+    model, tok = default_model
+    backend = HFChatBackend(model, tok, name="smollm2")
+    calls: list[tuple[int, int]] = []
+
+    def many(prompt, n, *, max_tokens, temperature, seed):
+        calls.append((n, seed))
+        return backend.generate_texts(prompt, n, max_tokens=max_tokens, temperature=temperature, seed=seed)
+
+    def single(prompt, **kw):  # never used when batch_size > 1
+        raise AssertionError("batched run called the one-at-a-time generator")
+
+    conditions = [{"name": "baseline"}, {"name": "calm+2"}]
+    out = tmp_path / "t.jsonl"
+    kwargs = dict(max_new_tokens=4, temperature=1.0, seed=5, steer_for=no_steering,
+                  batch_size=2, generate_many=many)
+    first = run_scenario(single, tok, short_scenario, conditions, 3, out_jsonl=out, **kwargs)
+    # 3 samples in batches of 2: [0, 1] and [2], per condition; one seed per batch
+    assert [n for n, _ in calls] == [2, 1, 2, 1]
+    seeds = [r["seed"] for r in first[:3]]
+    assert seeds[0] == seeds[1] == batch_seed(5, "baseline", 0, 2) != seeds[2] == batch_seed(5, "baseline", 2, 2)
+    assert all(r["batch_size"] == 2 for r in first)
+    # the batch of 2 holds two different draws (rows sampled independently within the batch)
+    assert all(1 <= r["n_tokens"] <= 4 for r in first)
+    # lose sample 1 of the baseline: its whole batch is drawn again, only sample 1 is written,
+    # and it is the same draw as before
+    lines = out.read_text().splitlines()
+    keep = [ln for ln in lines if not (json.loads(ln)["condition"] == "baseline" and json.loads(ln)["sample"] == 1)]
+    out.write_text("\n".join(keep) + "\n")
+    calls.clear()
+    again = run_scenario(single, tok, short_scenario, conditions, 3, out_jsonl=out, **kwargs)
+    assert calls == [(2, seeds[0])]
+    assert again[1]["response"] == first[1]["response"]
+    volatile = {"finished_at", "seconds", "sha256"}
+    for a, r in zip(again, first):
+        assert {k: v for k, v in a.items() if k not in volatile} == {k: v for k, v in r.items() if k not in volatile}
+    assert len(out.read_text().splitlines()) == 6
+    # another batch size is another experiment
+    with pytest.raises(ResumeMismatch, match="seed|batch_size"):
+        run_scenario(single, tok, short_scenario, conditions, 3, out_jsonl=out, **{**kwargs, "batch_size": 3})
+    with pytest.raises(ValueError, match="generate_many"):
+        run_scenario(single, tok, short_scenario, conditions, 3, out_jsonl=tmp_path / "x.jsonl",
+                     **{**kwargs, "generate_many": None})

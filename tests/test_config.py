@@ -132,6 +132,8 @@ def test_every_shipped_config_runs_the_models_it_names(path):
         spec = own["models"][role]
         assert (f"gguf {spec['gguf']['package']}" if "gguf" in spec else f"path {spec['path']}") in describe_model(valid["models"][role])
     wanted = {own["models"][r]["name"] for r in ("generator", "subject") if "gguf" in own["models"][r]}
+    # behaviour judges that are packaged models are prepared too
+    wanted |= {j["name"] for j in (own.get("behaviour") or {}).get("judges") or [] if "gguf" in j}
     assert prepared == wanted
     if path.name == "full.yaml":
         assert "path google/gemma-4-31B-it" in subject and "bfloat16, cuda" in subject
@@ -154,7 +156,8 @@ def test_user_config_with_local_path_and_cli_model_override(tmp_path):
     # A model given on the command line replaces the default's spec whole (its gguf is gone).
     _, subject, prepared = _announced_models(["--config", f"models={{subject: {{name: my-model, path: {local}}}}}", "stories={per_topic: 3}"])
     assert subject == f"my-model (path {local}, float32, cpu)"
-    assert prepared == {"smollm2-135m-instruct"}  # the generator is still the default's
+    # the generator is still the default's, and so are the default's behaviour judges
+    assert prepared == {"smollm2-135m-instruct", "gemma-3-270m"}
 
 
 def test_snakemake_stops_before_any_job_with_the_key_named():

@@ -108,6 +108,27 @@ def test_corpus_diagnostics_are_reported(tiny_run):
     assert len(table) == 1 + 2 * 2  # header + 2 layers x 2 methods
 
 
+def test_steering_and_behaviour_are_reported(tiny_run):
+    """Every run measures steering (continuation, dose-response) and the behaviour scenario."""
+    import pandas as pd
+
+    steer = json.loads((tiny_run / "steering" / "summary.json").read_text())
+    assert steer["layer"] == 19  # the main layer of SmolLM2's 30 blocks, a stored layer here
+    cont = steer["continuation"]
+    assert cont["n_emotions"] == 3 and cont["strengths"] == [-0.1, 0.0, 0.1] and cont["n_random"] == 2
+    rows = pd.read_csv(tiny_run / "steering" / "continuation.tsv", sep="\t")
+    assert sorted(rows["emotion"]) == ["afraid", "calm", "happy"] and rows["slope"].notna().all()
+    gens = [json.loads(x) for x in (tiny_run / "steering" / "generations.jsonl").read_text().splitlines()]
+    # baseline + 2 emotions x 2 strengths + 1 random direction x 2 strengths; 2 samples each
+    assert len(gens) == (1 + 4 + 2) * 2 and all(-1 <= g["vader"] <= 1 for g in gens)
+    rates = pd.read_csv(tiny_run / "behaviour" / "blackmail" / "rates.tsv", sep="\t")
+    # baseline, calm at +-0.1, one random direction at 0.1: one sample each
+    assert len(rates) == 4 and (rates["n"] + rates["n_unparsed"] == 1).all()
+    assert ((rates["ci_low"] <= rates["rate"]) & (rates["rate"] <= rates["ci_high"])).all()
+    transcripts = (tiny_run / "behaviour" / "blackmail" / "transcripts.jsonl").read_text().splitlines()
+    assert len(transcripts) == 4
+
+
 def test_nothing_pending_after_a_run(tiny_run):
     assert pending() == []
 
@@ -122,11 +143,14 @@ def test_changing_one_emotion_reruns_only_its_dependents(tiny_run):
         jobs = pending()
     finally:
         story.write_text(original)
-    # The shard, the vectors and analysis built on all shards, and the corpus diagnostics that
-    # read every story (recognisability) and activation shard (separability); nothing else.
+    # The shard, the vectors and what is built on them (analysis, steering evidence, the
+    # behaviour experiment), and the corpus diagnostics that read every story
+    # (recognisability) and activation shard (separability); nothing else (the judge
+    # validation reads neither).
     assert jobs == sorted(
         [("activations", "emotion=calm"), ("vectors", ""), ("analyze", ""), ("separability", ""),
-         ("recognisability", ""), ("diagnostics_summary", ""), ("all", "")]
+         ("recognisability", ""), ("diagnostics_summary", ""), ("steering_eval", ""),
+         ("behaviour", "scenario=blackmail"), ("all", "")]
     ), jobs
 
 

@@ -195,10 +195,17 @@ class HFChatBackend:
         return self.generate_text(self.render(messages), max_tokens=max_tokens, temperature=temperature, seed=seed)
 
     def generate_text(self, prompt: str, *, max_tokens: int, temperature: float, seed: int | None) -> Completion:
-        """Continue an already rendered prompt (chat template applied, or plain text).
+        """Continue an already rendered prompt: :meth:`generate_texts` with ``n = 1``."""
+        return self.generate_texts(prompt, 1, max_tokens=max_tokens, temperature=temperature, seed=seed)[0]
+
+    def generate_texts(self, prompt: str, n: int, *, max_tokens: int, temperature: float,
+                       seed: int | None) -> list[Completion]:
+        """``n`` continuations of one already rendered prompt (chat template applied, or plain
+        text), sampled in one batch from one seed (the prompt repeated ``n`` times: no padding).
 
         A prompt rendered through a chat template carries its own special tokens, so the
-        tokenizer adds none; a plain prompt (no template) gets the tokenizer's usual ones.
+        tokenizer adds none; a plain prompt (no template) gets the tokenizer's usual ones. The
+        same prompt, ``n``, seed and settings give the same texts.
         """
         import torch
 
@@ -209,7 +216,9 @@ class HFChatBackend:
         add_special = not has_chat_template(self.tokenizer)
         enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=add_special)
         device = self.model.device
-        enc = {k: v.to(device) for k, v in enc.items()}
+        if n < 1:
+            raise ValueError(f"n must be >= 1, not {n}")
+        enc = {k: v.to(device).expand(n, -1) for k, v in enc.items()}
         n_prompt = int(enc["input_ids"].shape[1])
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         kwargs: dict[str, Any] = {"max_new_tokens": max_tokens, "pad_token_id": pad}
@@ -223,18 +232,19 @@ class HFChatBackend:
                 torch.manual_seed(int(seed))
             with torch.inference_mode():
                 out = self.model.generate(**enc, **kwargs)
-        new = out[0, n_prompt:].tolist()
         eos = _eos_ids(self.model, self.tokenizer)
-        n = next((i for i, t in enumerate(new) if t in eos), len(new))
-        text = self.tokenizer.decode(new[:n], skip_special_tokens=True)
-        return Completion(
-            text=text,
-            prompt_tokens=n_prompt,
-            completion_tokens=n,
-            model=self.name,
-            seed_honoured=temperature == 0 or seed is not None,
-            finish_reason="stop" if n < len(new) else "length",
-        )
+        done = []
+        for row in out[:, n_prompt:].tolist():
+            k = next((i for i, t in enumerate(row) if t in eos), len(row))
+            done.append(Completion(
+                text=self.tokenizer.decode(row[:k], skip_special_tokens=True),
+                prompt_tokens=n_prompt,
+                completion_tokens=k,
+                model=self.name,
+                seed_honoured=temperature == 0 or seed is not None,
+                finish_reason="stop" if k < len(row) else "length",
+            ))
+        return done
 
 
 class OpenAIChatBackend:

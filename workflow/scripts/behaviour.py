@@ -104,6 +104,7 @@ def sample():
         backend.generate_text, lm.tokenizer, scenario, run_specs, n_samples=s["samples"],
         seed=s["seed"], steer_for=steer_for, out_jsonl=partial, max_new_tokens=s["max_new_tokens"],
         temperature=s["temperature"], progress=log.info,
+        batch_size=s["batch_size"], generate_many=backend.generate_texts,
     )
 
 

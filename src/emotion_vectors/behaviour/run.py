@@ -6,11 +6,14 @@ removes the condition's steering; :func:`contextlib.nullcontext` for none) and a
 the output file. The runner reads nothing of a condition but its ``name``; the whole dict is
 recorded.
 
-**Seeds.** Sample ``i`` of condition ``c`` uses
+**Seeds.** Drawn one at a time (``batch_size`` 1), sample ``i`` of condition ``c`` uses
 ``derive_seed(seed, "behaviour", c["name"], i)`` (:func:`emotion_vectors.generate.derive_seed`:
 the first 4 bytes of SHA-256 of the parts joined by ``|``, as a 31-bit integer): stable across
 runs, machines and the order of conditions, and different across conditions, so that the
 samples of two conditions are independent (as Fisher's test assumes) rather than paired.
+Drawn in batches of ``B`` (``batch_size``; one ``generate`` call per batch, much faster), the
+samples of batch ``b`` share the seed ``derive_seed(seed, "behaviour", name, "batch", B, b)``
+(:func:`batch_seed`); each line records its ``seed`` and ``batch_size``.
 
 **Lines.** Each line is a JSON object: ``condition`` (name), ``condition_spec`` (the dict),
 ``sample``, ``seed``, ``scenario``, ``scenario_sha256``, ``prompt_sha256``, ``max_new_tokens``,
@@ -57,6 +60,24 @@ class ResumeMismatch(ValueError):
 def sample_seed(seed: int, condition_name: str, sample: int) -> int:
     """The seed of one sample (see the module docstring)."""
     return derive_seed(seed, "behaviour", condition_name, sample)
+
+
+def batch_seed(seed: int, condition_name: str, sample: int, batch_size: int) -> int:
+    """The seed a sample was drawn with: :func:`sample_seed` when samples are drawn one at a
+    time (``batch_size`` 1), else the seed of its batch (samples ``b*B … b*B+B-1`` of a
+    condition are drawn together: ``derive_seed(seed, "behaviour", name, "batch", B, b)``)."""
+    if batch_size <= 1:
+        return sample_seed(seed, condition_name, sample)
+    return derive_seed(seed, "behaviour", condition_name, "batch", batch_size, sample // batch_size)
+
+
+class GenerateManyFn(Protocol):
+    """``n`` continuations of a rendered prompt in one batch, e.g.
+    :meth:`emotion_vectors.backends.HFChatBackend.generate_texts`."""
+
+    def __call__(self, prompt: str, n: int, *, max_tokens: int, temperature: float,
+                 seed: int | None) -> list[Completion]:
+        ...
 
 
 def _checksum(record: Mapping[str, Any]) -> str:
@@ -120,6 +141,9 @@ def run_scenario(
     max_new_tokens: int,
     temperature: float,
     progress: Callable[[str], None] | None = None,
+    *,
+    batch_size: int = 1,
+    generate_many: GenerateManyFn | None = None,
 ) -> list[dict[str, Any]]:
     """Generate ``n_samples`` responses per condition into ``out_jsonl`` (see the module docstring).
 
@@ -132,6 +156,11 @@ def run_scenario(
         steer_for: ``condition -> context manager``; entered once per condition around its
             missing samples.
         progress: called with a short message after each transcript and on resume.
+        batch_size: samples of a condition drawn together in one batch by ``generate_many``
+            (one seed per batch, :func:`batch_seed`); 1 = one at a time by
+            ``backend_generate``. Part of the experiment's identity: a file made with another
+            batch size is not resumed. A batch with a missing sample is drawn again whole and
+            only the missing samples are written (the others are the same draws).
 
     Returns:
         The records of every (condition, sample) asked for, in condition then sample order
@@ -142,6 +171,10 @@ def run_scenario(
         raise ValueError(f"condition names must be unique: {names}")
     if n_samples < 0:
         raise ValueError(f"n_samples must be >= 0, not {n_samples}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+    if batch_size > 1 and generate_many is None:
+        raise ValueError("batch_size > 1 needs generate_many (e.g. HFChatBackend.generate_texts)")
     out = Path(out_jsonl)
     out.parent.mkdir(parents=True, exist_ok=True)
     prompt = render_prompt(tokenizer, scenario)
@@ -161,7 +194,8 @@ def run_scenario(
                 "condition_spec": specs[key[0]],
                 "max_new_tokens": max_new_tokens,
                 "temperature": temperature,
-                "seed": sample_seed(seed, key[0], key[1]),
+                "seed": batch_seed(seed, key[0], key[1], batch_size),
+                "batch_size": batch_size,
             }
             for field, value in expected.items():
                 if rec.get(field) != value:
@@ -184,37 +218,49 @@ def run_scenario(
             todo = [i for i in range(n_samples) if (name, i) not in by_key]
             if not todo:
                 continue
+            batches: dict[int, list[int]] = {}
+            for i in todo:
+                batches.setdefault(i // batch_size, []).append(i)
             with steer_for(cond):
-                for i in todo:
-                    s = sample_seed(seed, name, i)
+                for b, missing in batches.items():
+                    members = list(range(b * batch_size, min(n_samples, (b + 1) * batch_size)))
+                    s = batch_seed(seed, name, members[0], batch_size)
                     started = time.perf_counter()
-                    comp = backend_generate(prompt, max_tokens=max_new_tokens, temperature=temperature, seed=s)
-                    rec: dict[str, Any] = {
-                        "condition": name,
-                        "condition_spec": specs[name],
-                        "sample": i,
-                        "seed": s,
-                        "scenario": scenario.name,
-                        "scenario_sha256": scenario.digest(),
-                        "prompt_sha256": p_hash,
-                        "max_new_tokens": max_new_tokens,
-                        "temperature": temperature,
-                        "response": comp.text,
-                        "n_tokens": comp.completion_tokens,
-                        "prompt_tokens": comp.prompt_tokens,
-                        "finish_reason": comp.finish_reason,
-                        "model": comp.model,
-                        "seed_honoured": comp.seed_honoured,
-                        "seconds": round(time.perf_counter() - started, 3),
-                        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    }
-                    rec["sha256"] = _checksum(rec)
-                    fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                    by_key[(name, i)] = rec
-                    done += 1
-                    say(f"{name} sample {i}: {comp.completion_tokens} tokens in {rec['seconds']:.1f} s ({done}/{total})")
+                    if batch_size == 1:
+                        comps = [backend_generate(prompt, max_tokens=max_new_tokens, temperature=temperature, seed=s)]
+                    else:
+                        comps = generate_many(prompt, len(members), max_tokens=max_new_tokens,
+                                              temperature=temperature, seed=s)
+                    seconds = time.perf_counter() - started
+                    for i in missing:
+                        comp = comps[members.index(i)]
+                        rec: dict[str, Any] = {
+                            "condition": name,
+                            "condition_spec": specs[name],
+                            "sample": i,
+                            "seed": s,
+                            "batch_size": batch_size,
+                            "scenario": scenario.name,
+                            "scenario_sha256": scenario.digest(),
+                            "prompt_sha256": p_hash,
+                            "max_new_tokens": max_new_tokens,
+                            "temperature": temperature,
+                            "response": comp.text,
+                            "n_tokens": comp.completion_tokens,
+                            "prompt_tokens": comp.prompt_tokens,
+                            "finish_reason": comp.finish_reason,
+                            "model": comp.model,
+                            "seed_honoured": comp.seed_honoured,
+                            "seconds": round(seconds / len(members), 3),
+                            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        }
+                        rec["sha256"] = _checksum(rec)
+                        fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                        by_key[(name, i)] = rec
+                        done += 1
+                        say(f"{name} sample {i}: {comp.completion_tokens} tokens in {rec['seconds']:.1f} s ({done}/{total})")
     return [by_key[(c["name"], i)] for c in conditions for i in range(n_samples)]
 
 
