@@ -132,13 +132,18 @@ def dose_response_figure(table: Any, emotion: str, path: str | Path, title: str 
         if np.isfinite(b["rate"]):
             ax.axhline(b["rate"], color="black", lw=1, label=f"baseline ({int(b['k'])}/{int(b['n'])})")
             ax.axhspan(b["ci_low"], b["ci_high"], color="black", alpha=0.08)
-    for frame, style in ((rows, dict(fmt="o-", color="tab:red", label=emotion)),
-                         (rand, dict(fmt="s", color="grey", alpha=0.8, label="random direction"))):
+    strengths = table["strength"].to_numpy(dtype=float)
+    span = float(np.nanmax(strengths) - np.nanmin(strengths)) if len(strengths) else 0.0
+    # the random directions sit at the emotion's positive strengths: shift them a little to the
+    # right (hollow squares) so that neither hides the other
+    for frame, shift, style in ((rows, 0.0, dict(fmt="o-", color="tab:red", label=emotion)),
+                                (rand, 0.02 * span, dict(fmt="s", color="grey", mfc="none", alpha=0.9,
+                                                         label="random direction (shifted right)"))):
         if not len(frame):
             continue
         y = frame["rate"].to_numpy(dtype=float)
         err = np.vstack([y - frame["ci_low"].to_numpy(dtype=float), frame["ci_high"].to_numpy(dtype=float) - y])
-        ax.errorbar(frame["strength"].to_numpy(dtype=float), y, yerr=np.nan_to_num(err), capsize=3, **style)
+        ax.errorbar(frame["strength"].to_numpy(dtype=float) + shift, y, yerr=np.nan_to_num(err), capsize=3, **style)
     ax.axvline(0, color="grey", lw=0.5, ls=":")
     ax.set_xlabel("steering strength (signed, units of residual norm)")
     ax.set_ylabel("blackmail rate (Wilson 95% CI)")
