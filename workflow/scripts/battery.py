@@ -1,0 +1,72 @@
+"""Snakemake script of the validation battery (emotion_vectors.battery; docs/battery.md).
+
+Inputs: ``vectors`` (the run's store), ``lens_tokens`` (analysis/logit_lens_tokens.tsv),
+``clusters`` (analysis/clusters.tsv). Params: ``settings`` (a mapping; all keys optional:
+``layer`` (default the store's main layer), ``pool`` (default ``from:1``), ``implicit``,
+``intensity``, ``thresholds`` (data file paths; default config/battery/*.yaml), ``n_draws``,
+``n_draws_lens``, ``seed`` (default the thresholds file's ``null`` section), ``batch_size``),
+optionally ``subject`` and ``models_dir`` (load the subject with ``models.load_model``; else the
+store's provenance subject). Outputs: ``table`` (TSV, one row per check: value, threshold,
+null bound, passed) and ``summary`` (JSON: every score, per-item ranks, per-template
+correlations, the null's summary, the leak report, provenance).
+"""
+
+import time
+
+import pandas as pd
+
+from emotion_vectors.battery import (
+    load_implicit,
+    load_intensity,
+    load_thresholds,
+    run_battery,
+    summary_json,
+)
+from emotion_vectors.generate import write_json_atomic
+from emotion_vectors.jobs import start_job
+from emotion_vectors.provenance import provenance
+from emotion_vectors.store_layout import read_store
+
+smk = snakemake  # noqa: F821 - injected by Snakemake
+log = start_job(smk)
+s = dict(getattr(smk.params, "settings", None) or {})
+store = read_store(smk.input.vectors)
+started = time.perf_counter()
+
+model = tokenizer = None
+model_info = None
+subject = getattr(smk.params, "subject", None)
+if subject:
+    from emotion_vectors.models import load_model
+
+    lm = load_model(subject, smk.params.models_dir)
+    model, tokenizer, model_info = lm.model, lm.tokenizer, lm.info
+    log.info("subject %s loaded in %.1f s", lm.info.get("name"), lm.info.get("load_seconds", 0.0))
+
+thresholds = load_thresholds(s.get("thresholds"))
+res = run_battery(
+    store, model, tokenizer,
+    layer=s.get("layer"),
+    items=load_implicit(s.get("implicit")),
+    templates=load_intensity(s.get("intensity")),
+    thresholds=thresholds,
+    clusters=smk.input.clusters,
+    lens_tokens=smk.input.lens_tokens,
+    pool=s.get("pool", "from:1"),
+    n_draws=s.get("n_draws"),
+    n_draws_lens=s.get("n_draws_lens"),
+    seed=s.get("seed"),
+    batch_size=int(s.get("batch_size", 16)),
+)
+table = pd.DataFrame(res["checks"])
+table.insert(0, "layer", res["layer"])
+table.to_csv(smk.output.table, sep="\t", index=False, float_format="%.6g")
+for row in res["checks"]:
+    log.info("%s = %s (threshold %s, null bound %s): %s", row["check"], row["value"],
+             row["threshold"], row["null_p95"], "pass" if row["passed"] else "FAIL")
+if res["leaks"]["own"]:
+    log.warning("battery texts naming their own emotion: %s", res["leaks"]["own"])
+out = summary_json(res)
+out["seconds"] = round(time.perf_counter() - started, 1)
+out["provenance"] = provenance(stage="battery", config_section=s, model_info=model_info)
+write_json_atomic(out, smk.output.summary)
