@@ -97,7 +97,14 @@ fig.tight_layout()
 fig.savefig(smk.output.ranking_figure, dpi=120)
 plt.close(fig)
 
-# Top texts per emotion.
+# Top texts per emotion, one line each: backslash, tab, CR and LF written as \\, \t, \r, \n
+# (the exact text is the corpus row's).
+def one_line(text):
+    if not isinstance(text, str):
+        return text
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\r", "\\r").replace("\n", "\\n")
+
+
 k = int(s["top_texts"])
 rows = []
 for e in emotions:
@@ -107,7 +114,7 @@ for e in emotions:
         rows.append({"emotion": e, "rank": rank, "row": int(r["row"]), "id": r["id"],
                      "label": r["label"] if "label" in df.columns else None, "score": float(val),
                      "z_corpus": float(r[e]), "n_tokens": r["n_tokens"], "truncated": bool(r["truncated"]),
-                     "text": r["text"] if "text" in df.columns else None})
+                     "text": one_line(r["text"]) if "text" in df.columns else None})
 top = pd.DataFrame(rows)
 top.to_csv(smk.output.top_texts, sep="\t", index=False, float_format="%.6g")
 
