@@ -123,7 +123,8 @@ rule corpus_report:
         labelled=f"{SCORING_DIR}/{{corpus}}/labelled_check.json",
         summary=f"{SCORING_DIR}/{{corpus}}/summary.json",
     params:
-        settings=SCORING,
+        # not the corpora: adding a corpus does not rerun the others' reports
+        settings={k: v for k, v in SCORING.items() if k not in ("corpora", "labelled")},
         labelled=lambda wc: LABELLED.get(wc.corpus),
         subject=SUBJECT,
         models_dir=MODELS_DIR,

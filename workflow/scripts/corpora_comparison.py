@@ -63,14 +63,15 @@ for i in range(C):
 axes[0].set_title("Spearman of mean emotion scores")
 fig.colorbar(im, ax=axes[0], shrink=0.6)
 yy = np.arange(len(show))[::-1]
-for c in corpora:
-    axes[1].plot(table.loc[show, f"rank_{c}"], yy, "o", label=c, alpha=0.8)
+for i, c in enumerate(corpora):  # dodged vertically so equal ranks stay visible
+    axes[1].plot(table.loc[show, f"rank_{c}"], yy + (i - (C - 1) / 2) * min(0.6 / C, 0.15), "o",
+                 label=c, alpha=0.85)
 axes[1].set_yticks(yy, show)
 axes[1].invert_xaxis()
 axes[1].xaxis.get_major_locator().set_params(integer=True)
 axes[1].set_xlabel("rank in corpus (1 = highest mean score)")
 axes[1].set_title("emotions whose rank differs most" if C > 1 else "one corpus: nothing to compare")
-axes[1].legend(fontsize=8, loc="lower left")
+axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 fig.tight_layout()
 fig.savefig(smk.output.figure, dpi=120)
 plt.close(fig)
