@@ -247,3 +247,4 @@ def test_report(tiny_run, tmp_path):
     smk("--report", str(report))
     html = report.read_text(errors="replace")
     assert report.stat().st_size > 10_000 and "pc_scatter" in html
+    assert "Real text" in html  # the scoring outputs' report category
