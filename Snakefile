@@ -24,6 +24,7 @@ include: "workflow/rules/diagnostics.smk"
 include: "workflow/rules/steering.smk"
 include: "workflow/rules/behaviour.smk"
 include: "workflow/rules/scoring.smk"
+include: "workflow/rules/battery.smk"
 
 
 rule all:

@@ -183,6 +183,16 @@ def test_real_text_scores_are_reported(tiny_run):
     assert summary["highlight"]["max_abs_gap_token_mean_vs_score"] < 1e-3
 
 
+def test_validation_battery_is_reported(tiny_run):
+    """Every run reads its vectors on the battery's texts, against pre-stated thresholds and a null."""
+    import pandas as pd
+
+    table = pd.read_csv(tiny_run / "battery" / "battery.tsv", sep="\t")
+    assert {"check", "value", "threshold", "passed"} <= set(table.columns) and len(table) >= 5
+    summary = json.loads((tiny_run / "battery" / "summary.json").read_text())
+    assert summary  # every score and the null's summary are recorded
+
+
 def test_nothing_pending_after_a_run(tiny_run):
     assert pending() == []
 
@@ -198,7 +208,7 @@ def test_changing_one_emotion_reruns_only_its_dependents(tiny_run):
     finally:
         story.write_text(original)
     # The shard, the vectors and what is built on them (analysis, steering evidence, the
-    # behaviour experiment, the real-text scores and their reports), and the corpus
+    # behaviour experiment, the real-text scores and their reports, the validation battery), and the corpus
     # diagnostics that read every story (recognisability) and activation shard
     # (separability); nothing else (the judge validation reads neither, the corpus sample
     # does not depend on the vectors).
@@ -206,7 +216,8 @@ def test_changing_one_emotion_reruns_only_its_dependents(tiny_run):
         [("activations", "emotion=calm"), ("vectors", ""), ("analyze", ""), ("separability", ""),
          ("recognisability", ""), ("diagnostics_summary", ""), ("steering_eval", ""),
          ("behaviour", "scenario=blackmail"), ("score_corpus", "corpus=tweets"),
-         ("corpus_report", "corpus=tweets"), ("corpora_comparison", ""), ("all", "")]
+         ("corpus_report", "corpus=tweets"), ("corpora_comparison", ""), ("battery", ""),
+         ("all", "")]
     ), jobs
 
 

@@ -72,7 +72,7 @@ def story_shard(emotion_slug):
 
 def all_targets():
     """Every final output of the run, from the config: story shards, the neutral corpus, the
-    vector store, the outputs of the analysis, of the corpus-diagnostics rules, of the steering evidence, of the behaviour experiment and of the real-text scoring (names defined in the included rule files)."""
+    vector store, the outputs of the analysis, of the corpus-diagnostics rules, of the steering evidence, of the behaviour experiment, of the real-text scoring and of the validation battery (names defined in the included rule files)."""
     return [
         *(story_shard(s) for s in EMOTIONS),
         NEUTRAL_DIALOGUES,
@@ -82,4 +82,5 @@ def all_targets():
         *STEERING_OUTPUTS,
         *BEHAVIOUR_OUTPUTS,
         *SCORING_OUTPUTS,
+        *BATTERY_OUTPUTS,
     ]

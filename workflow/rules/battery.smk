@@ -1,0 +1,42 @@
+# Validation battery (emotion_vectors.battery; docs/battery.md): implicit scenarios, intensity
+# templates and logit-lens self-recognition, each against a pre-stated threshold
+# (config/battery/thresholds.yaml, written before any result) and a random-direction null.
+
+BATTERY_DIR = f"{RESULTS}/battery"
+
+
+rule battery:
+    """Read the run's vectors on texts written for the check (no emotion word in them)."""
+    input:
+        model_input(SUBJECT),
+        vectors=f"{RESULTS}/vectors/vectors.zarr",
+        lens_tokens=f"{ANALYSIS_DIR}/logit_lens_tokens.tsv" if ANALYSIS_LENS else [],
+        clusters=f"{ANALYSIS_DIR}/clusters.tsv",
+        data=["config/battery/implicit.yaml", "config/battery/intensity.yaml", "config/battery/thresholds.yaml"],
+    output:
+        table=report(
+            f"{BATTERY_DIR}/battery.tsv",
+            caption="../report/battery.rst",
+            category="Real text",
+            subcategory="Validation battery",
+        ),
+        summary=f"{BATTERY_DIR}/summary.json",
+    params:
+        settings={},
+        subject=SUBJECT,
+        models_dir=MODELS_DIR,
+    conda:
+        "../../envs/activations.yaml"
+    log:
+        f"{LOGS}/battery/battery.log",
+    benchmark:
+        f"{BENCH}/battery/battery.tsv"
+    threads: 2
+    resources:
+        gpu=wants_gpu(SUBJECT),
+        mem_mb=4000,
+    script:
+        "../scripts/battery.py"
+
+
+BATTERY_OUTPUTS = [*rules.battery.output]
