@@ -188,9 +188,14 @@ def test_validation_battery_is_reported(tiny_run):
     import pandas as pd
 
     table = pd.read_csv(tiny_run / "battery" / "battery.tsv", sep="\t")
-    assert {"check", "value", "threshold", "passed"} <= set(table.columns) and len(table) >= 5
+    assert {"check", "value", "threshold", "null_p95", "passed"} <= set(table.columns)
+    assert {"implicit_top3_hit_rate", "intensity_median_spearman", "logit_lens_self_recognition"} <= set(table["check"])
     summary = json.loads((tiny_run / "battery" / "summary.json").read_text())
-    assert summary  # every score and the null's summary are recorded
+    assert summary["n_emotions"] == 3 and summary["layer"] == 19
+    assert len(summary["checks"]) == len(table) and summary["null"] and summary["thresholds"]
+    # the implicit items of the run's 3 emotions were scored (3 each), ranks among 3
+    assert summary["implicit"]["n_scored"] == 9 and summary["implicit"]["n_emotions"] == 3
+    assert 1 <= summary["implicit"]["median_rank"] <= 3
 
 
 def test_nothing_pending_after_a_run(tiny_run):
