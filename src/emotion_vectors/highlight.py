@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from emotion_vectors.extract import _block_hidden
+
 from emotion_vectors.models import decoder_layers
 
 
@@ -53,15 +55,6 @@ class TokenProjections:
         return len(self.token_ids)
 
 
-def _block_output(output: Any) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    hidden = getattr(output, "hidden_states", None)
-    if isinstance(hidden, torch.Tensor):
-        return hidden
-    raise TypeError(f"cannot read hidden states from a decoder block output of type {type(output)}")
 
 
 def _pieces(text: str, offsets: Sequence[Sequence[int]] | None, n: int) -> list[str]:
@@ -133,7 +126,7 @@ def token_projections(
     captured: dict[str, torch.Tensor] = {}
 
     def hook(module: Any, args: Any, output: Any) -> None:
-        captured["h"] = _block_output(output)[0].detach().to(torch.float32)
+        captured["h"] = _block_hidden(output)[0].detach().to(torch.float32)
         raise _Stop
 
     handle = blocks[layer].register_forward_hook(hook)

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from emotion_vectors.judge import _input_device
 from emotion_vectors.steer import Steer, random_steers, steering, steers_from_store
 
 Log = Callable[[str], None]
@@ -48,8 +49,6 @@ def derive_seed(*parts: Any) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
-def _input_device(model: Any):
-    return next(model.parameters()).device
 
 
 def slope(x: np.ndarray, y: np.ndarray) -> float:
