@@ -29,7 +29,7 @@ from emotion_vectors.behaviour.conditions import (
 from emotion_vectors.behaviour.run import ResumeMismatch, classify_transcripts, run_scenario
 from emotion_vectors.behaviour.scenario import load_scenario, prompt_digest, render_prompt
 from emotion_vectors.behaviour.stats import count_labels, dose_response_figure, rate_table
-from emotion_vectors.generate import write_json_atomic
+from emotion_vectors.generate import write_json_atomic, write_jsonl_atomic
 from emotion_vectors.jobs import start_job
 from emotion_vectors.models import load_model
 from emotion_vectors.provenance import provenance
@@ -116,11 +116,7 @@ except ResumeMismatch as err:
     os.replace(partial, stale)
     records = sample()
 seconds_generate = time.perf_counter() - started
-tmp = Path(smk.output.transcripts + ".tmp")
-with tmp.open("w", encoding="utf-8") as fh:
-    for r in records:
-        fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-os.replace(tmp, smk.output.transcripts)
+write_jsonl_atomic(records, smk.output.transcripts)
 log.info("%d transcripts in %.1f s (%d cut at max_new_tokens)", len(records), seconds_generate,
          sum(r["finish_reason"] == "length" for r in records))
 
@@ -143,11 +139,7 @@ judged = classify_transcripts(records, scenario, judge)
 seconds_judge = time.perf_counter() - started
 for rec, j in zip(records, judged):
     j["transcript_sha256"] = rec["sha256"]
-tmp = Path(smk.output.judged + ".tmp")
-with tmp.open("w", encoding="utf-8") as fh:
-    for j in judged:
-        fh.write(json.dumps(j, ensure_ascii=False) + "\n")
-os.replace(tmp, smk.output.judged)
+write_jsonl_atomic(judged, smk.output.judged)
 log.info("classified %d transcripts in %.1f s (judge called on %d)", len(judged), seconds_judge,
          sum(j["judge_called"] for j in judged))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from emotion_vectors.generate import write_json_atomic
+from emotion_vectors.generate import write_json_atomic, write_jsonl_atomic
 from emotion_vectors.jobs import start_job
 from emotion_vectors.judge import (
     RECOGNISABILITY_COLUMNS,
@@ -33,11 +33,7 @@ records, table = recognisability(
 )
 seconds = time.perf_counter() - started
 pd.DataFrame(table, columns=RECOGNISABILITY_COLUMNS).to_csv(smk.output.table, sep="\t", index=False, float_format="%.6g")
-tmp = Path(smk.output.stories + ".tmp")
-with tmp.open("w", encoding="utf-8") as fh:
-    for r in records:
-        fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-tmp.replace(smk.output.stories)
+write_jsonl_atomic(records, smk.output.stories)
 chat = uses_chat_template(lm.tokenizer, s["chat_template"])
 write_json_atomic(
     {

@@ -1,14 +1,12 @@
 """Snakemake script of rule `steering_eval`: continuation test and dose-response of steered
 generation against random directions (emotion_vectors.steer_eval)."""
 
-import json
 import time
-from pathlib import Path
 
 import pandas as pd
 
 from emotion_vectors.extract import main_stored_layer
-from emotion_vectors.generate import write_json_atomic
+from emotion_vectors.generate import write_json_atomic, write_jsonl_atomic
 from emotion_vectors.jobs import start_job
 from emotion_vectors.models import load_model
 from emotion_vectors.provenance import provenance
@@ -53,11 +51,7 @@ gens, curves, slopes, dsum = dose_response(
     samples=d["samples"], max_new_tokens=d["max_new_tokens"], temperature=d["temperature"],
     direction=direction, layer=layer, n_random=d["n_random"], seed=s["seed"],
     positions=s["positions"], log=log.info)
-tmp = Path(smk.output.generations + ".tmp")
-with tmp.open("w", encoding="utf-8") as fh:
-    for g in gens:
-        fh.write(json.dumps(g.__dict__, ensure_ascii=False) + "\n")
-tmp.replace(smk.output.generations)
+write_jsonl_atomic((g.__dict__ for g in gens), smk.output.generations)
 pd.DataFrame(curves).to_csv(smk.output.dose, sep="\t", index=False, float_format="%.6g")
 pd.DataFrame(slopes).to_csv(smk.output.slopes, sep="\t", index=False, float_format="%.6g")
 dose_response_figure(curves, smk.output.dose_figure)
