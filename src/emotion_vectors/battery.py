@@ -611,32 +611,15 @@ def valence_clusters(store: Any, layer: int, kind: str = "denoised_unit") -> dic
 # Running it on a store
 
 
-def _pooled(model: Any, tokenizer: Any, texts: Sequence[str], layer: int, pool_start: int,
-            batch_size: int) -> np.ndarray:
+def _pooled(reader: Any, texts: Sequence[str], layer: int, pool_start: int, batch_size: int) -> np.ndarray:
     """``(n, d)`` pooled activations in input order (NaN rows for texts too short)."""
-    from emotion_vectors.extract import extract_pooled
+    from emotion_vectors.reading import gather
 
-    res = extract_pooled(model, tokenizer, list(texts), None, [layer], pool_start=pool_start,
-                         batch_size=batch_size)
-    out = np.full((len(texts), res.pooled.shape[2]), np.nan)
-    out[res.indices] = res.pooled[:, 0, :].astype(np.float64)
-    return out
+    return gather(reader, texts, layer=layer, pool_start=pool_start, batch_size=batch_size)[0]
 
 
-def _lens_fn(model: Any, tokenizer: Any, scale: float, top_k: int) -> Callable[[np.ndarray], list[list[str]]]:
-    import torch
-
-    from emotion_vectors.analysis.logit_lens import lens_logits, vocabulary
-
-    vocab = model.get_output_embeddings().weight.shape[0]
-    _, text = vocabulary(tokenizer, vocab)
-
-    def top(directions: np.ndarray) -> list[list[str]]:
-        logits = lens_logits(directions, model, scale)
-        idx = torch.topk(logits, top_k, dim=1).indices.cpu().numpy()
-        return [[text[i] for i in row] for row in idx]
-
-    return top
+def _lens_fn(reader: Any, scale: float, top_k: int) -> Callable[[np.ndarray], list[list[str]]]:
+    return lambda directions: reader.top_tokens(directions, scale, top_k)
 
 
 def run_battery(
@@ -656,6 +639,7 @@ def run_battery(
     seed: int | None = None,
     batch_size: int = 16,
     kind: str | None = None,
+    reader: Any = None,
 ) -> dict[str, Any]:
     """Score the battery's texts on ``store`` and run every check.
 
@@ -666,12 +650,12 @@ def run_battery(
     Items and templates whose emotion is not in the store are left out (listed in
     ``dropped``). ``clusters``: a mapping, a ``clusters.tsv`` path, or None for valence sign.
     ``lens_tokens``: the run's ``logit_lens_tokens.tsv`` (or None: the lens is computed here).
-    The model is the store's subject model unless given.
+    The model is the store's subject model unless given (``model`` and ``tokenizer``, or a
+    ``reader`` from ``emotion_vectors.reading``, e.g. the run's model server).
 
     Returns ``{layer, emotions, n_emotions, implicit, intensity, lens, null (summary only),
     checks (evaluate rows), leaks, scoring, dropped, thresholds}``.
     """
-    from emotion_vectors.analysis.logit_lens import logit_lens
     from emotion_vectors.score import default_layer, load_subject, parse_pool, score_texts
     from emotion_vectors.store_layout import Store, read_store
 
@@ -691,9 +675,13 @@ def run_battery(
     templates = [t for t in all_templates if t["emotion"] in emotions]
     dropped = {"items": [x["id"] for x in all_items if x["emotion"] not in emotions],
                "templates": [t["id"] for t in all_templates if t["emotion"] not in emotions]}
-    if model is None or tokenizer is None:
-        lm = load_subject(st)
-        model, tokenizer = lm.model, lm.tokenizer
+    if reader is None:
+        from emotion_vectors.reading import LocalReader
+
+        if model is None or tokenizer is None:
+            lm = load_subject(st)
+            model, tokenizer = lm.model, lm.tokenizer
+        reader = LocalReader(model, tokenizer)
 
     if isinstance(clusters, (str, Path)):
         cluster_map, source = clusters_from_tsv(clusters, layer), f"clusters.tsv ({clusters})"
@@ -702,7 +690,7 @@ def run_battery(
     else:
         cluster_map, source = valence_clusters(st, layer), "valence sign"
 
-    kw = dict(model=model, tokenizer=tokenizer, layer=layer, pool=pool, kind=kind,
+    kw = dict(reader=reader, layer=layer, pool=pool, kind=kind,
               batch_size=batch_size, keep_text=False)
     pool_start = parse_pool(pool)
     res: dict[str, Any] = {"layer": layer, "emotions": emotions, "n_emotions": len(emotions),
@@ -716,7 +704,7 @@ def run_battery(
                                       ("vector_kind", "n_scored", "seconds")}
         units_kind = df.attrs["scoring"]["vector_kind"]
         res["implicit"] = implicit_scenarios(df, items, emotions, cluster_map, cluster_source=source)
-        x_imp = _pooled(model, tokenizer, [x["text"] for x in items], layer, pool_start, batch_size)
+        x_imp = _pooled(reader, [x["text"] for x in items], layer, pool_start, batch_size)
         consistency.append((x_imp, df[emotions].to_numpy(dtype=float)))
     if templates:
         rows = intensity_rows(templates)
@@ -725,7 +713,7 @@ def run_battery(
                                        ("vector_kind", "n_scored", "seconds")}
         units_kind = df.attrs["scoring"]["vector_kind"]
         res["intensity"] = intensity(df, templates, emotions)
-        x_int = _pooled(model, tokenizer, [r["text"] for r in rows], layer, pool_start, batch_size)
+        x_int = _pooled(reader, [r["text"] for r in rows], layer, pool_start, batch_size)
         consistency.append((x_int, df[emotions].to_numpy(dtype=float)))
     li = st.layers.index(layer)
     units_kind = units_kind or f"{_default_kind(st)}_unit"
@@ -746,14 +734,15 @@ def run_battery(
         res["lens"] = logit_lens_self_recognition(lens_tokens, emotions, top_k=top_k, layer=layer)
         res["lens"]["source"] = str(lens_tokens) if isinstance(lens_tokens, (str, Path)) else "given"
     else:
-        lr = logit_lens(units, emotions, model, tokenizer, scale=scale, layer=layer, top_k=top_k)
-        res["lens"] = logit_lens_self_recognition(lr.tokens, emotions, top_k=top_k, layer=layer)
+        unit = units / np.linalg.norm(units, axis=1, keepdims=True)
+        tops = dict(zip(emotions, reader.top_tokens(unit, scale, top_k)))
+        res["lens"] = logit_lens_self_recognition(tops, emotions, top_k=top_k, layer=layer)
         res["lens"]["source"] = "computed"
     res["lens"]["scale"] = scale
 
     null = random_direction_null(
         x_imp, items, x_int, templates, emotions, cluster_map, n_draws=n_draws, seed=seed,
-        lens_fn=_lens_fn(model, tokenizer, scale, top_k), n_draws_lens=n_draws_lens,
+        lens_fn=_lens_fn(reader, scale, top_k), n_draws_lens=n_draws_lens,
         lens_top_k=top_k, quantile=quantile)
     res["null"] = null
     res["checks"] = evaluate(res, thresholds)

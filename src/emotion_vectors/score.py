@@ -53,10 +53,17 @@ counted by reason with their row numbers in the metadata; texts longer than ``--
 (default 2048) are cut to their first ``max_tokens`` tokens (cut at a character boundary) and
 flagged. A missing column stops the run before any model is loaded, naming the columns present.
 
-The subject model is the store's (its provenance ``subject_model``: path, dtype, device) unless
+Who reads the texts: with ``--server auto`` (the default) the texts go to the run's
+subject-model server when one is up (``<run>/activations/.server``, the one the activation jobs
+started) for the store's model and running this code: it pools them (``read`` request, the
+window and layer asked for here, not the run's extraction window) and no model is loaded here.
+Otherwise (or ``--server never``, ``--model-path``, ``--device``) the subject model is loaded in
+this process: the store's (its provenance ``subject_model``: path, dtype, device) unless
 ``--model-path`` is given; a model loaded on a GPU first asks the run's model servers on that GPU
-to exit (``service.release_for_model``). The subject server's ``extract`` request writes
-activation shards with the run's own pooling and layers, so scoring loads the model itself.
+to exit (``service.release_for_model``). Both give the same numbers (``tests/test_reading.py``);
+the metadata's ``read_by`` says which read them. In the workflow, the ``score_corpus`` and
+``battery`` jobs always go through the server (starting it if none is up), so a run loads its
+subject once for the shards, every corpus and the battery.
 
 Python: :func:`score_texts` (texts in, DataFrame out, metadata in ``df.attrs["scoring"]``),
 :func:`write_scores` / :func:`read_scores`, :func:`labelled_check` (AUROC of valence for
@@ -88,6 +95,7 @@ from emotion_vectors.corpora import (
     table_rows,
     text_problem,
 )
+from emotion_vectors.reading import LocalReader, ReadError, truncate_text
 from emotion_vectors.readout import ReadoutError
 from emotion_vectors.store_layout import Store, StoreLayoutError, read_store
 
@@ -238,42 +246,6 @@ def neutral_baseline(store: Store, layer: int, path: str | Path | None = None) -
     return acts.mean(axis=0), info
 
 
-# --------------------------------------------------------------------------- truncation
-
-
-def _token_counts(tokenizer: Any, texts: Sequence[str], chunk: int = 1024) -> np.ndarray:
-    out = np.zeros(len(texts), dtype=np.int64)
-    for s in range(0, len(texts), chunk):
-        enc = tokenizer(list(texts[s:s + chunk]), add_special_tokens=True)["input_ids"]
-        out[s:s + len(enc)] = [len(e) for e in enc]
-    return out
-
-
-def truncate_text(tokenizer: Any, text: str, max_tokens: int) -> str:
-    """``text`` cut so that it encodes (``add_special_tokens=True``) to at most ``max_tokens``
-    tokens: at the end character of its ``max_tokens``-th token (offsets of a fast tokenizer;
-    else by decoding), shortened further if the cut re-tokenises longer."""
-    if max_tokens < 1:
-        raise ScoreError(f"max_tokens must be >= 1, got {max_tokens}")
-    keep = max_tokens
-    for _ in range(64):
-        try:
-            enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
-            offsets = enc["offset_mapping"][:keep]
-            end = max((e for s, e in offsets), default=0)
-            cut = text[:end]
-        except (NotImplementedError, TypeError, ValueError, KeyError):
-            ids = tokenizer(text, add_special_tokens=True)["input_ids"][:keep]
-            cut = tokenizer.decode(ids, skip_special_tokens=True)
-        n = len(tokenizer(cut, add_special_tokens=True)["input_ids"])
-        if n <= max_tokens:
-            return cut
-        keep -= max(1, n - max_tokens)
-        if keep < 1:
-            break
-    return ""
-
-
 # --------------------------------------------------------------------------- scoring
 
 
@@ -317,6 +289,7 @@ def score_texts(
     keep_text: bool = True,
     model_info: Mapping[str, Any] | None = None,
     progress_every: float = 30.0,
+    reader: Any = None,
 ) -> pd.DataFrame:
     """Score ``texts`` on the store's emotion vectors and valence direction (module docstring).
 
@@ -330,7 +303,9 @@ def score_texts(
         baseline: ``"corpus"`` or ``"neutral"`` (``neutral_path`` overrides where the neutral
             activations are looked for).
         model, tokenizer: the subject model and tokenizer; loaded from the store's provenance
-            (or ``model_path``, on ``device``) when not given.
+            (or ``model_path``, on ``device``) when neither they nor ``reader`` are given.
+        reader: how the model reads the texts (``emotion_vectors.reading``): a ``LocalReader``
+            or a ``ServerReader`` (the run's model server); overrides ``model``/``tokenizer``.
         ids, labels: per-row ids (default the row numbers) and labels (a ``label`` column).
         skip: row -> reason for rows already known to be unusable (from the file reader).
         max_tokens: longer texts are truncated to this many tokens and flagged.
@@ -343,7 +318,6 @@ def score_texts(
     Returns:
         The rows in input order (see the module docstring), ``df.attrs["scoring"]`` = metadata.
     """
-    from emotion_vectors.extract import iter_pooled, plan_extraction
     from emotion_vectors.readout import store_valence_direction
 
     started = time.perf_counter()
@@ -391,16 +365,16 @@ def score_texts(
                 reasons[i] = r
     good = [i for i in range(n) if i not in reasons]
 
-    if model is None or tokenizer is None:
-        if model is not None or tokenizer is not None:
-            raise ScoreError("give both model and tokenizer, or neither")
-        lm = load_subject(st, model_path, device=device)
-        model, tokenizer, info = lm.model, lm.tokenizer, dict(lm.info)
-    else:
-        info = dict(model_info) if model_info is not None else {
-            "given_by_caller": True, "architecture": type(model).__name__,
-            "path": getattr(getattr(model, "config", None), "_name_or_path", None)}
-    hidden = _hidden_size(model)
+    if reader is None:
+        if model is None or tokenizer is None:
+            if model is not None or tokenizer is not None:
+                raise ScoreError("give both model and tokenizer, or neither")
+            lm = load_subject(st, model_path, device=device)
+            reader = LocalReader(lm.model, lm.tokenizer, lm.info)
+        else:
+            reader = LocalReader(model, tokenizer, model_info)
+    info = dict(reader.info)
+    hidden = reader.hidden_size
     if hidden is not None and hidden != basis.shape[1]:
         raise ScoreError(f"the model's hidden size {hidden} differs from the vectors' width "
                          f"{basis.shape[1]}: not the store's subject model")
@@ -409,37 +383,35 @@ def score_texts(
         log.warning("the model scoring (%s) is not the store's subject model (%s)",
                     info.get("revision"), _store_subject(st).get("revision"))
 
-    # Truncate long texts (at a character boundary), then plan the batches.
+    # Read every usable text (long ones truncated at a character boundary, recorded), project.
     good_texts = [values[i] for i in good]
-    counts = _token_counts(tokenizer, good_texts)
-    truncated = np.zeros(n, dtype=bool)
-    for j in np.flatnonzero(counts > max_tokens):
-        i = good[int(j)]
-        good_texts[int(j)] = truncate_text(tokenizer, good_texts[int(j)], max_tokens)
-        truncated[i] = True
-    if truncated.any():
-        log.info("%d texts longer than %d tokens were truncated", int(truncated.sum()), max_tokens)
-    plan = plan_extraction(tokenizer, good_texts, [str(i) for i in good], pool_start=pool_start,
-                           short_policy="skip", batch_size=batch_size,
-                           max_batch_tokens=max_batch_tokens)
-    n_tokens = np.full(n, -1, dtype=np.int64)
-    n_tokens[good] = plan.n_tokens
-    for j in plan.skipped_indices.tolist():
-        reasons[good[j]] = "too_short_for_pool"
-
     proj = np.full((n, basis.shape[0]), np.nan)
     n_done = 0
-    tokens = 0
-    if len(plan.kept):
-        log.info("scoring %d texts (%d tokens) at layer %d, pool %s", len(plan.kept),
-                 int(plan.n_tokens[plan.kept].sum()), layer, pool_name(pool_start))
-        for batch in iter_pooled(model, tokenizer, good_texts, None, [layer], plan=plan,
-                                 progress=_progress_logger(progress_every)):
-            x = batch.pooled[:, 0, :].astype(np.float64)
-            rows = [good[int(j)] for j in batch.indices]
-            proj[rows] = x @ basis.T
-            n_done += len(rows)
-            tokens += int(batch.n_tokens.sum())
+
+    def on_batch(rows_local: np.ndarray, x: np.ndarray) -> None:
+        nonlocal n_done
+        rows = [good[int(j)] for j in rows_local]
+        proj[rows] = np.asarray(x, dtype=np.float64) @ basis.T
+        n_done += len(rows)
+
+    log.info("scoring %d texts at layer %d, pool %s (%s)", len(good), layer, pool_name(pool_start), reader.via)
+    try:
+        summary = reader.read(good_texts, layer=layer, pool_start=pool_start, max_tokens=max_tokens,
+                              on_batch=on_batch, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                              progress=_progress_logger(progress_every))
+    except ReadError as err:
+        raise ScoreError(str(err)) from None
+    n_tokens = np.full(n, -1, dtype=np.int64)
+    n_tokens[good] = summary.n_tokens
+    truncated = np.zeros(n, dtype=bool)
+    for j, text in summary.truncated.items():
+        good_texts[j] = text
+        truncated[good[j]] = True
+    if truncated.any():
+        log.info("%d texts longer than %d tokens were truncated", int(truncated.sum()), max_tokens)
+    for j in summary.too_short:
+        reasons[good[j]] = "too_short_for_pool"
+    tokens = summary.tokens
     scored = np.flatnonzero(np.isfinite(proj[:, 0]))
 
     # Baseline, raw projections and z-scores.
@@ -510,6 +482,7 @@ def score_texts(
         "texts_per_second": round(n_done / seconds, 3) if seconds > 0 else None,
         "batch_size": batch_size,
         "max_batch_tokens": max_batch_tokens,
+        "read_by": reader.via,
     }
     df.attrs["scoring"] = meta
     log.info("scored %d of %d rows in %.1f s (%.1f texts/s); skipped %s; truncated %d",
@@ -525,15 +498,6 @@ def _num(x: Any) -> float | None:
 
 def _isna(x: Any) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
-
-
-def _hidden_size(model: Any) -> int | None:
-    cfg = getattr(model, "config", None)
-    if cfg is None:
-        return None
-    text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    h = getattr(text_cfg, "hidden_size", None)
-    return int(h) if h is not None else None
 
 
 def _store_subject(store: Store) -> dict[str, Any]:
@@ -789,6 +753,32 @@ def _split(s: str | None) -> list[str] | None:
     return [x.strip() for x in s.split(",") if x.strip()] if s else None
 
 
+def server_dir_for(store: Store) -> Path:
+    """``<run>/activations/.server`` for a store at ``<run>/vectors/<name>.zarr``."""
+    return neutral_path_for(store).parent / ".server"
+
+
+def live_server_reader(store: Store, server_dir: str | Path | None = None) -> Any:
+    """A ``ServerReader`` on a live model server of the run that holds the store's subject
+    model and runs this code, or None (nothing is started)."""
+    from emotion_vectors.reading import ServerReader
+    from emotion_vectors.serve_subject import find_live_server
+    from emotion_vectors.service import ServiceError
+
+    where = Path(server_dir) if server_dir else server_dir_for(store)
+    try:
+        handle = find_live_server(where, lambda info: _model_matches_store(store, info) is True)
+        if handle is None:
+            log.info("no live model server for this store's model in %s: loading the model here", where)
+            return None
+        reader = ServerReader(handle, start=False)
+    except (ServiceError, OSError) as err:
+        log.warning("model server in %s not usable (%s): loading the model here", where, err)
+        return None
+    log.info("reading through the run's model server pid %s (%s)", reader.info["server"].get("pid"), handle.address)
+    return reader
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m emotion_vectors.score",
@@ -823,6 +813,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="truncate longer texts to this many tokens (flagged; default 2048)")
     ap.add_argument("--model-path", help="subject model dir or hub id (default: the store's)")
     ap.add_argument("--device", help="cpu, cuda, cuda:N (default: the store's subject device)")
+    ap.add_argument("--server", choices=("auto", "never"), default="auto",
+                    help="'auto' (default): read the texts through the run's subject-model server "
+                         "when one is up for the store's model (running this code); else load "
+                         "the model here. 'never': always load it here")
+    ap.add_argument("--server-dir", help="where to look for the run's model server (default: "
+                                         "<run>/activations/.server beside the vectors)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-batch-tokens", type=int, default=16384)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
@@ -857,7 +853,10 @@ def _run(args: argparse.Namespace) -> int:
     parse_pool(args.pool)
     if args.baseline == "neutral":
         neutral_baseline(store, layer, args.neutral)  # its error before the model loads
-    if args.threads:
+    reader = None
+    if args.server == "auto" and args.model_path is None and args.device is None:
+        reader = live_server_reader(store, args.server_dir)
+    if args.threads and reader is None:
         import torch
 
         torch.set_num_threads(args.threads)
@@ -865,7 +864,7 @@ def _run(args: argparse.Namespace) -> int:
                      labels=labels, skip=problems, max_tokens=args.max_tokens, kind=args.kind,
                      model_path=args.model_path, device=args.device, neutral_path=args.neutral,
                      batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
-                     keep_text=not args.no_text)
+                     keep_text=not args.no_text, reader=reader)
     meta = dict(df.attrs["scoring"])
     meta["input"] = {"path": str(Path(args.input)), "format": table.fmt,
                      "text_column": args.text_column or ("text" if table.fmt == "txt" else None),

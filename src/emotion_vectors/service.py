@@ -19,9 +19,12 @@ Pieces
   ``device`` to exit (after its current request) and wait until it has: one model per GPU.
 
 Requests are JSON objects dispatched by their ``kind`` through a registry of handlers
-(``{"extract": fn, ...}`` from the factory; ``ping`` and ``shutdown`` are built in), so a new
-request kind (``generate`` for a generator that is also the subject, judge scoring) is one
-more entry in the factory's dict, not a change to the server loop.
+(the subject server's factory gives ``extract``, ``read``, ``lens`` and ``describe``; ``ping``
+and ``shutdown`` are built in), so a new request kind (``generate`` for a generator that is also
+the subject, judge scoring) is one more entry in the factory's dict, not a change to the server
+loop. A request's files follow one rule: the server writes only inside its root, at paths the
+client names and checks (a staged shard beside its output; a ``read`` answer in the server's own
+private directory), and removes them when the client is gone.
 
 Security: only the workflow's owner can talk to a server
 --------------------------------------------------------

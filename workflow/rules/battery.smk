@@ -23,8 +23,7 @@ rule battery:
         summary=f"{BATTERY_DIR}/summary.json",
     params:
         settings={},
-        subject=SUBJECT,
-        models_dir=MODELS_DIR,
+        server=EXTRACT_PARAMS,  # texts and the lens go through the run's subject-model server
     conda:
         "../../envs/activations.yaml"
     log:

@@ -70,8 +70,7 @@ rule score_corpus:
     params:
         settings={k: SCORING[k] for k in ("layer", "pool", "baseline", "max_tokens", "batch_size")},
         label_column=lambda wc: LABELLED.get(wc.corpus, {}).get("label_column", "label"),
-        subject=SUBJECT,
-        models_dir=MODELS_DIR,
+        server=EXTRACT_PARAMS,  # texts are read by the run's subject-model server (one model load)
     conda:
         "../../envs/activations.yaml"
     log:

@@ -5,8 +5,9 @@ Inputs: ``vectors`` (the run's store), ``lens_tokens`` (analysis/logit_lens_toke
 ``layer`` (default the store's main layer), ``pool`` (default ``from:1``), ``implicit``,
 ``intensity``, ``thresholds`` (data file paths; default config/battery/*.yaml), ``n_draws``,
 ``n_draws_lens``, ``seed`` (default the thresholds file's ``null`` section), ``batch_size``),
-optionally ``subject`` and ``models_dir`` (load the subject with ``models.load_model``; else the
-store's provenance subject). Outputs: ``table`` (TSV, one row per check: value, threshold,
+optionally ``server`` (the activation jobs' server params: texts and the logit lens go through
+the run's subject-model server, started if none is up), else ``subject`` and ``models_dir`` (load
+the subject here with ``models.load_model``), else the store's provenance subject. Outputs: ``table`` (TSV, one row per check: value, threshold,
 null bound, passed) and ``summary`` (JSON: every score, per-item ranks, per-template
 correlations, the null's summary, the leak report, provenance).
 """
@@ -33,10 +34,18 @@ s = dict(getattr(smk.params, "settings", None) or {})
 store = read_store(smk.input.vectors)
 started = time.perf_counter()
 
-model = tokenizer = None
+model = tokenizer = reader = None
 model_info = None
+server = getattr(smk.params, "server", None)
 subject = getattr(smk.params, "subject", None)
-if subject:
+if server:
+    from emotion_vectors.reading import ServerReader
+    from emotion_vectors.serve_subject import server_from_params
+
+    reader = ServerReader(server_from_params(server))
+    model_info = reader.info
+    log.info("subject %s on the model server pid %s", model_info.get("name"), model_info["server"]["pid"])
+elif subject:
     from emotion_vectors.models import load_model
 
     lm = load_model(subject, smk.params.models_dir)
@@ -57,6 +66,7 @@ res = run_battery(
     n_draws_lens=s.get("n_draws_lens"),
     seed=s.get("seed"),
     batch_size=int(s.get("batch_size", 16)),
+    reader=reader,
 )
 table = pd.DataFrame(res["checks"])
 table.insert(0, "layer", res["layer"])

@@ -1,13 +1,16 @@
 """Snakemake script of rule `score_corpus`: one corpus scored on the run's emotion vectors
-(emotion_vectors.score.score_texts): one row per text, in corpus order, metadata in the sidecar."""
+(emotion_vectors.score.score_texts): one row per text, in corpus order, metadata in the sidecar.
+The texts are read by the run's subject-model server (emotion_vectors.reading.ServerReader), the
+one the activation jobs use: started if none is up, shared by every corpus and the battery."""
 
 from pathlib import Path
 
 from emotion_vectors.corpora import read_table, table_rows
 from emotion_vectors.jobs import start_job
-from emotion_vectors.models import load_model
 from emotion_vectors.provenance import provenance
+from emotion_vectors.reading import ServerReader
 from emotion_vectors.score import default_layer, score_texts, sidecar_path, write_scores
+from emotion_vectors.serve_subject import server_from_params
 from emotion_vectors.store_layout import read_store
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
@@ -20,19 +23,18 @@ if layer not in store.layers:
 table = read_table(smk.input.corpus, fmt="jsonl")
 label_column = smk.params.label_column if smk.params.label_column in table.columns else None
 texts, labels, ids, problems = table_rows(table, "text", label_column=label_column, id_column="id")
-lm = load_model(smk.params.subject, smk.params.models_dir)
-log.info("subject %s loaded in %.1f s; scoring %d texts at layer %d, pool %s, baseline %s",
-         lm.info["name"], lm.info["load_seconds"], len(texts), layer, s["pool"], s["baseline"])
-df = score_texts(store, texts, layer=layer, pool=s["pool"], baseline=s["baseline"], model=lm.model,
-                 tokenizer=lm.tokenizer, ids=ids, labels=labels, skip=problems,
-                 max_tokens=s["max_tokens"], batch_size=s["batch_size"], model_info=lm.info,
-                 neutral_path=smk.input.neutral)
+reader = ServerReader(server_from_params(smk.params.server))
+log.info("subject %s on the model server pid %s; scoring %d texts at layer %d, pool %s, baseline %s",
+         reader.info.get("name"), reader.info["server"]["pid"], len(texts), layer, s["pool"], s["baseline"])
+df = score_texts(store, texts, layer=layer, pool=s["pool"], baseline=s["baseline"], reader=reader,
+                 ids=ids, labels=labels, skip=problems, max_tokens=s["max_tokens"],
+                 batch_size=s["batch_size"], neutral_path=smk.input.neutral)
 meta = dict(df.attrs["scoring"])
 meta["corpus"] = smk.wildcards.corpus
 meta["input"] = {"path": str(Path(smk.input.corpus)), "format": "jsonl", "text_column": "text",
                  "label_column": label_column, "id_column": "id"}
 meta["provenance"] = provenance(stage="score", config_section=s | {"layer": layer},
-                                model_info=lm.info,
+                                model_info=reader.info,
                                 extra={"vectors": str(smk.input.vectors), "input": meta["input"]})
 write_scores(df, smk.output.scores, meta)
 assert sidecar_path(smk.output.scores) == Path(smk.output.meta)
