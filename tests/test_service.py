@@ -134,7 +134,7 @@ def test_only_the_owner_can_connect_and_shards_record_the_server(run):
     ping = request(run.address, {"kind": "ping"}, identity=run.identity)
     assert ping["identity"] == run.identity == info["identity"]
     assert ping["code"] == run.code and ping["device"] == "cpu"
-    assert ping["kinds"] == ["extract", "ping", "shutdown"]
+    assert ping["kinds"] == ["describe", "extract", "lens", "ping", "read", "shutdown"]
 
     summary = run.extract("calm")
     shard = open_shard(run.shard("calm"))
