@@ -145,6 +145,8 @@ def test_real_text_scores_are_reported(tiny_run):
     assert df["id"].tolist() == [r["id"] for r in corpus] and df["text"].tolist() == [r["text"] for r in corpus]
     assert df["label"].tolist() == [r["label"] for r in corpus]
     assert meta["layer"] == 19 and meta["pool"] == "from:1" and meta["n_scored"] == 20
+    # read by the run's subject-model server (the one the activation jobs started), not a new load
+    assert meta["read_by"] == "model server" and meta["model"]["server"]["pid"] > 0
     assert meta["emotions"] == ["afraid", "calm", "happy"] and meta["corpus"] == "tweets"
     assert np.isfinite(df[["valence", "afraid", "calm", "happy"]].to_numpy(float)).all()
     scoring = tiny_run / "scoring"
