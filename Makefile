@@ -49,3 +49,7 @@ lint: install
 
 clean:
 	rm -rf results .snakemake report.html
+
+.PHONY: slurm-demo
+slurm-demo: install  ## tiny config through the Snakemake SLURM executor on a one-node Slurm on this machine (root; docs/cluster.md)
+	scripts/slurm/demo.sh
