@@ -204,3 +204,15 @@ def test_find_live_server_and_the_cli_use_a_server_that_is_up(served, tmp_path):
     a, b = pd.read_csv(out), pd.read_csv(out2)
     np.testing.assert_allclose(a[EMOTIONS + ["valence"]].to_numpy(float), b[EMOTIONS + ["valence"]].to_numpy(float),
                                rtol=1e-4, atol=1e-6)
+
+
+def test_token_view_through_the_server_equals_the_local_one(served):
+    remote = ServerReader(served["handle"])
+    vec = np.random.default_rng(3).standard_normal(48)
+    a = remote.token_projections(TEXTS[0], vec, 3, max_tokens=8)
+    b = served["local"].token_projections(TEXTS[0], vec, 3, max_tokens=8)
+    assert a.token_ids == b.token_ids and a.pieces == b.pieces and a.tokens == b.tokens and len(a) == 8
+    np.testing.assert_allclose(a.projections, b.projections, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.norms, b.norms, rtol=1e-5)
+    with pytest.raises(ServiceError, match="tokens request"):
+        remote.token_projections(TEXTS[0], np.zeros(48), 3)

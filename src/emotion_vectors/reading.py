@@ -4,10 +4,11 @@ Scoring real text (``emotion_vectors.score``) and the validation battery (``emot
 need the same two things from the subject model: the mean residual-stream activation of each
 text at one layer over a stated window (``read``), and the tokens an arbitrary direction promotes
 through the final norm and unembedding (``top_tokens``, the logit lens). A *reader* provides
-both, with one interface and the same numbers wherever the model lives:
+both (and, for the report's token view, ``token_projections``: each token's activation projected
+on one direction), with one interface and the same numbers wherever the model lives:
 
 - :class:`LocalReader` wraps a model and tokenizer loaded in this process;
-- :class:`ServerReader` sends ``read`` and ``lens`` requests to the run's subject-model server
+- :class:`ServerReader` sends ``read``, ``lens`` and ``tokens`` requests to the run's subject-model server
   (``emotion_vectors.serve_subject``), the one that writes the activation shards: a run whose
   server is up (or that starts it for its activation jobs) loads the model once for the shards,
   every scored corpus and the battery. The server writes the pooled activations of a ``read``
@@ -228,6 +229,11 @@ class LocalReader:
     def top_tokens(self, directions: np.ndarray, scale: float, top_k: int) -> list[list[str]]:
         return top_tokens(self.model, self.tokenizer, directions, scale, top_k)
 
+    def token_projections(self, text: str, vector: np.ndarray, layer: int, *, max_tokens: int | None = None) -> Any:
+        from emotion_vectors.highlight import token_projections
+
+        return token_projections(self.model, self.tokenizer, text, vector, layer, max_tokens=max_tokens)
+
 
 class ServerReader:
     """A reader that sends ``read`` and ``lens`` requests to a subject-model server.
@@ -287,6 +293,34 @@ class ServerReader:
             raise ReadError("malformed lens answer from the model server")
         return [[str(t) for t in row] for row in tokens]
 
+    def token_projections(self, text: str, vector: np.ndarray, layer: int, *, max_tokens: int | None = None) -> Any:
+        """``highlight.token_projections`` computed by the server (a ``tokens`` request)."""
+        answer = self.server.call({"kind": "tokens", "text": text, "layer": int(layer),
+                                   "vector": np.asarray(vector, dtype=np.float64).tolist(),
+                                   "max_tokens": max_tokens}, start=self.start)
+        return token_projections_from_json(answer)
+
+
+def token_projections_to_json(tp: Any) -> dict[str, Any]:
+    return {"text": tp.text, "token_ids": [int(i) for i in tp.token_ids], "pieces": list(tp.pieces),
+            "tokens": [str(t) for t in tp.tokens], "projections": np.asarray(tp.projections, dtype=np.float64).tolist(),
+            "norms": np.asarray(tp.norms, dtype=np.float64).tolist(), "layer": int(tp.layer)}
+
+
+def token_projections_from_json(data: dict[str, Any]) -> Any:
+    from emotion_vectors.highlight import TokenProjections
+
+    try:
+        out = TokenProjections(text=str(data["text"]), token_ids=[int(i) for i in data["token_ids"]],
+                               pieces=[str(p) for p in data["pieces"]], tokens=[str(t) for t in data["tokens"]],
+                               projections=np.asarray(data["projections"], dtype=np.float64), layer=int(data["layer"]),
+                               norms=np.asarray(data["norms"], dtype=np.float64))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ReadError(f"malformed tokens answer from the model server: {err}") from None
+    if not (len(out.token_ids) == len(out.pieces) == len(out.tokens) == len(out.projections)):
+        raise ReadError("malformed tokens answer from the model server: lengths differ")
+    return out
+
 
 def gather(reader: Any, texts: Sequence[str], *, layer: int, pool_start: int, max_tokens: int = 2048,
            batch_size: int | None = 32, max_batch_tokens: int | None = 16384) -> tuple[np.ndarray, ReadSummary]:
@@ -305,4 +339,5 @@ def gather(reader: Any, texts: Sequence[str], *, layer: int, pool_start: int, ma
 
 
 __all__ = ["LocalReader", "ReadError", "ReadSummary", "ServerReader", "check_window", "gather", "hidden_size",
-           "read_texts", "token_counts", "top_tokens", "truncate_text"]
+           "read_texts", "token_counts", "token_projections_from_json", "token_projections_to_json", "top_tokens",
+           "truncate_text"]

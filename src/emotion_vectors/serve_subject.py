@@ -10,6 +10,7 @@ Server: ``python -m emotion_vectors.serve_subject ADDRESS_FILE --subject JSON --
   write the ``(n, d)`` float32 activations to a ``.npy`` file in the server's private directory
   (``emotion_vectors.reading``);
 - ``lens``: the top tokens that given directions promote (the logit lens);
+- ``tokens``: one text's per-token activations projected on one direction (the token view);
 - ``describe``: the model's provenance, hidden size and the run's layers.
 
 Clients: :class:`SubjectServer` (the address, command and identity of a run's server, from the
@@ -125,10 +126,10 @@ def make_extract_handler(lm: Any, settings: dict, layers: list[int], n_blocks: i
 
 def make_read_handlers(lm: Any, layers: list[int], n_blocks: int, server_info: dict[str, Any],
                        scratch_dir: str | Path) -> dict[str, Callable]:
-    """The ``describe``, ``read`` and ``lens`` handlers (``emotion_vectors.reading``)."""
+    """The ``describe``, ``read``, ``lens`` and ``tokens`` handlers (``emotion_vectors.reading``)."""
     import numpy as np
 
-    from .reading import ReadError, hidden_size, read_texts, top_tokens
+    from .reading import ReadError, hidden_size, read_texts, token_projections_to_json, top_tokens
 
     scratch = Path(os.path.realpath(scratch_dir))
     width = hidden_size(lm.model)
@@ -189,7 +190,21 @@ def make_read_handlers(lm: Any, layers: list[int], n_blocks: int, server_info: d
             raise ServiceError(f"lens request: {err}") from None
         return {"tokens": tokens}
 
-    return {"describe": describe, "read": read, "lens": lens}
+    def tokens(payload: dict, req: Request) -> dict:
+        from .highlight import token_projections
+
+        text, layer, max_tokens = payload.get("text"), payload.get("layer"), payload.get("max_tokens")
+        if not isinstance(text, str) or not isinstance(layer, int) or not (
+                max_tokens is None or (isinstance(max_tokens, int) and max_tokens > 0)):
+            raise ServiceError("a tokens request needs a text, an integer layer and max_tokens None or > 0")
+        try:
+            tp = token_projections(lm.model, lm.tokenizer, text, np.asarray(payload.get("vector"), dtype=np.float64),
+                                   layer, max_tokens=max_tokens)
+        except (TypeError, ValueError) as err:
+            raise ServiceError(f"tokens request: {err}") from None
+        return token_projections_to_json(tp)
+
+    return {"describe": describe, "read": read, "lens": lens, "tokens": tokens}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -125,8 +125,7 @@ rule corpus_report:
         # not the corpora: adding a corpus does not rerun the others' reports
         settings={k: v for k, v in SCORING.items() if k not in ("corpora", "labelled")},
         labelled=lambda wc: LABELLED.get(wc.corpus),
-        subject=SUBJECT,
-        models_dir=MODELS_DIR,
+        server=EXTRACT_PARAMS,  # the token view is read by the run's subject-model server
     conda:
         "../../envs/activations.yaml"
     log:

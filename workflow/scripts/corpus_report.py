@@ -9,6 +9,9 @@
 - highlights.html: the top texts of a few emotions, each token coloured by its own
   ``(h_t . u_e - n . u_e) / sd``: the text's score is the mean of these over its pooled tokens.
 - labelled_check.json: emotion_vectors.score.labelled_check for a labelled corpus.
+
+The token view is read by the run's subject-model server (a ``tokens`` request; started if none
+is up), so no job of the scoring loads the subject itself.
 """
 
 import json
@@ -18,12 +21,13 @@ import numpy as np
 import pandas as pd
 
 from emotion_vectors.generate import write_json_atomic
-from emotion_vectors.highlight import highlight_html, token_projections
+from emotion_vectors.highlight import highlight_html
 from emotion_vectors.jobs import start_job
-from emotion_vectors.models import load_model
 from emotion_vectors.provenance import provenance
+from emotion_vectors.reading import ServerReader
 from emotion_vectors.readout import store_valence_direction
 from emotion_vectors.score import labelled_check, neutral_baseline, read_scores
+from emotion_vectors.serve_subject import server_from_params
 from emotion_vectors.store_layout import read_store
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
@@ -121,7 +125,7 @@ top.to_csv(smk.output.top_texts, sep="\t", index=False, float_format="%.6g")
 # Token highlights for the top texts of a few emotions.
 hl = s["highlight"]
 hl_emotions = [e for e in hl["emotions"] if e in emotions] or emotions[:3]
-lm = load_model(smk.params.subject, smk.params.models_dir)
+reader = ServerReader(server_from_params(smk.params.server))
 pool_start = int(meta["pool_start"])
 items = []
 max_gap = 0.0
@@ -130,7 +134,7 @@ for e in hl_emotions:
     for _, r in top[top["emotion"] == e].head(int(hl["texts"])).iterrows():
         if not isinstance(r["text"], str):
             continue
-        tp = token_projections(lm.model, lm.tokenizer, r["text"], u, layer, max_tokens=int(meta["max_tokens"]))
+        tp = reader.token_projections(r["text"], u, layer, max_tokens=int(meta["max_tokens"]))
         values = (tp.projections - neutral_proj[e]) / sd[e]
         pooled = np.arange(len(tp)) >= pool_start
         if pooled.any():
@@ -180,6 +184,6 @@ write_json_atomic({
                   "max_abs_gap_token_mean_vs_score": max_gap},
     "labelled": bool(spec),
     "seconds": round(time.perf_counter() - started, 2),
-    "provenance": provenance(stage="corpus_report", config_section=s, model_info=lm.info,
+    "provenance": provenance(stage="corpus_report", config_section=s, model_info=reader.info,
                              extra={"scores": str(smk.input.scores)}),
 }, smk.output.summary)
