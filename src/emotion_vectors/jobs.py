@@ -7,11 +7,14 @@ import sys
 from typing import Any
 
 
-def start_job(smk: Any) -> logging.Logger:
-    """Send the job's stderr/stdout and logging to ``log[0]``, and use ``threads`` threads.
+def start_job(smk: Any, *, claim_gpus: bool = True) -> logging.Logger:
+    """Send the job's stderr/stdout and logging to ``log[0]``, use ``threads`` threads, and claim
+    the job's GPUs (``resources.gpu`` of them; see ``service.claim_job_devices``).
 
     Args:
         smk: the ``snakemake`` object Snakemake gives a script.
+        claim_gpus: False for a job that only talks to a model server (the activation jobs):
+            the server claims its own GPU, and a job claim would make it exit.
     """
     if smk.log:
         fh = open(smk.log[0], "a", buffering=1, encoding="utf-8")
@@ -23,9 +26,15 @@ def start_job(smk: Any) -> logging.Logger:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
+    log = logging.getLogger(f"emotion_vectors.{smk.rule}")
+    # A GPU job gets its own device(s) before anything touches CUDA: Snakemake's gpu resource
+    # says how many GPU jobs run at once, the claim says which GPU each uses (service.claim_job_devices).
+    from .service import claim_job_devices
+
+    if claim_gpus:
+        claim_job_devices(int(getattr(smk.resources, "gpu", 0) or 0), log=log.info)
     import torch
 
     torch.set_num_threads(max(1, int(smk.threads)))
-    log = logging.getLogger(f"emotion_vectors.{smk.rule}")
     log.info("rule %s, threads %s, output %s", smk.rule, smk.threads, list(smk.output))
     return log

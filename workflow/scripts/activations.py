@@ -9,9 +9,10 @@ from pathlib import Path
 
 from emotion_vectors.jobs import start_job
 from emotion_vectors.serve_subject import extract_shard
+from emotion_vectors.service import allocation_server_dir
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
-log = start_job(smk)
+log = start_job(smk, claim_gpus=False)  # the server claims its own GPU (service.ensure_server)
 p = smk.params
 corpus = json.loads(Path(smk.input.texts).read_text(encoding="utf-8"))
 items = corpus.get("stories") or corpus.get("dialogues") or []
@@ -27,7 +28,7 @@ summary = extract_shard(
     extraction=p.extraction,
     models_dir=p.models_dir,
     root=p.results_dir,
-    server_dir=p.server_dir,
+    server_dir=allocation_server_dir(p.server_dir),  # one server per Slurm allocation (docs/cluster.md)
     idle_timeout=p.idle_timeout,
     threads=p.server_threads,
     texts_file=smk.input.texts,
