@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -210,3 +212,22 @@ def default_model() -> tuple[Any, Any]:
 
 
 TINY_MODEL_FIXTURES = ("tiny_llama", "tiny_gemma3", "tiny_gemma4_text", "tiny_gemma4_mm")
+
+
+@pytest.fixture(scope="module")
+def code_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Model servers and client subprocesses run a copy of the package, taken now.
+
+    A server's identity hashes the package's source, so an edit to the working tree while the
+    tests run would (rightly) make the next job start a new server; the copy keeps the code
+    these tests exercise fixed. ``service.PACKAGE_DIR`` points at it so that identities computed
+    here hash the code the servers really run.
+    """
+    from emotion_vectors import service
+
+    snap = tmp_path_factory.mktemp("code")
+    shutil.copytree(service.PACKAGE_DIR, snap / "emotion_vectors", ignore=shutil.ignore_patterns("__pycache__"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(snap), os.environ.get("PYTHONPATH")])))
+        mp.setattr(service, "PACKAGE_DIR", snap / "emotion_vectors")
+        yield snap

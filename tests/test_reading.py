@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 from pathlib import Path
 
@@ -21,7 +20,6 @@ import pandas as pd
 import pytest
 
 from emotion_vectors import score as score_mod
-from emotion_vectors import service
 from emotion_vectors.models import load_model
 from emotion_vectors.reading import LocalReader, ReadError, ServerReader, gather
 from emotion_vectors.score import score_texts
@@ -40,18 +38,6 @@ TEXTS = [
     "Rain again. The bus was late and nobody answered the phone.",
     "He waited in the dark hallway, listening to the footsteps come closer.",
 ]
-
-
-@pytest.fixture(scope="module")
-def code_snapshot(tmp_path_factory):
-    """The server runs a copy of the package taken now (see tests/test_service.py): edits to the
-    working tree while the tests run must not change the identity the client expects."""
-    snap = tmp_path_factory.mktemp("code")
-    shutil.copytree(service.PACKAGE_DIR, snap / "emotion_vectors", ignore=shutil.ignore_patterns("__pycache__"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(snap), os.environ.get("PYTHONPATH")])))
-        mp.setattr(service, "PACKAGE_DIR", snap / "emotion_vectors")
-        yield snap
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ client killed mid-request); two more show stale address files being replaced and
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import stat
@@ -34,23 +33,6 @@ WORDS = "the fence rain letter garden window quiet road light morning neighbor p
 
 def _texts(n, words=12):
     return [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(words)) for i in range(n)], [f"t{i:04d}" for i in range(n)]
-
-
-@pytest.fixture(scope="module")
-def code_snapshot(tmp_path_factory):
-    """Servers and client subprocesses run a copy of the package, taken now.
-
-    A server's identity hashes the package's source, so an edit to the working tree while the
-    tests run would (rightly) make the next job start a new server; the copy keeps the code
-    these tests exercise fixed. ``service.PACKAGE_DIR`` points at it so that identities computed
-    here hash the code the servers really run.
-    """
-    snap = tmp_path_factory.mktemp("code")
-    shutil.copytree(service.PACKAGE_DIR, snap / "emotion_vectors", ignore=shutil.ignore_patterns("__pycache__"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(snap), os.environ.get("PYTHONPATH")])))
-        mp.setattr(service, "PACKAGE_DIR", snap / "emotion_vectors")
-        yield snap
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +116,7 @@ def test_only_the_owner_can_connect_and_shards_record_the_server(run):
     ping = request(run.address, {"kind": "ping"}, identity=run.identity)
     assert ping["identity"] == run.identity == info["identity"]
     assert ping["code"] == run.code and ping["device"] == "cpu"
-    assert ping["kinds"] == ["describe", "extract", "lens", "ping", "read", "shutdown"]
+    assert ping["kinds"] == ["describe", "extract", "lens", "ping", "read", "shutdown", "tokens"]
 
     summary = run.extract("calm")
     shard = open_shard(run.shard("calm"))
