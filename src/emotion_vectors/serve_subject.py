@@ -39,6 +39,7 @@ from .service import (
     Request,
     ServiceError,
     address_name,
+    allocation_server_dir,
     call,
     private_dir,
     publish,
@@ -326,21 +327,25 @@ def subject_server(
 
 
 def server_from_params(params: Any) -> ServerHandle:
-    """``subject_server`` from a rule's params (``EXTRACT_PARAMS`` in workflow/rules/activations.smk)."""
+    """``subject_server`` from a rule's params (``EXTRACT_PARAMS`` in workflow/rules/activations.smk),
+    in this allocation's server directory (``service.allocation_server_dir``), as the activation
+    jobs use it. A job that talks only to the server starts with ``start_job(smk, claim_gpus=False)``:
+    the server claims its own GPU."""
     get = params.get if isinstance(params, dict) else lambda k, d=None: getattr(params, k, d)
     return subject_server(subject=get("subject"), extraction=get("extraction"), models_dir=get("models_dir"),
-                          root=get("results_dir"), server_dir=get("server_dir"),
+                          root=get("results_dir"), server_dir=allocation_server_dir(get("server_dir")),
                           idle_timeout=get("idle_timeout", 300.0), threads=get("server_threads", 0))
 
 
 def find_live_server(server_dir: str | Path, matches: Callable[[dict[str, Any]], bool]) -> ServerHandle | None:
-    """A live subject server in ``server_dir`` running this code whose model ``matches`` (given
-    the ``describe`` answer's ``model``), or None. Never starts one."""
+    """A live subject server in ``server_dir`` (or one of its per-allocation subdirectories)
+    running this code whose model ``matches`` (given the ``describe`` answer's ``model``), or
+    None. Never starts one."""
     server_dir = Path(server_dir)
     if not server_dir.is_dir():
         return None
     code = source_hash()
-    for address in sorted(server_dir.glob("*.json")):
+    for address in sorted([*server_dir.glob("*.json"), *server_dir.glob("slurm-*/*.json")]):
         try:
             info = read_address(address)
             if info is None or stale_reason(info) is not None:

@@ -29,7 +29,8 @@ from emotion_vectors.provenance import provenance
 from emotion_vectors.store_layout import read_store
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
-log = start_job(smk)
+# through the run's model server (which claims its own GPU), or a model loaded here (claim one)
+log = start_job(smk, claim_gpus=not getattr(smk.params, "server", None))
 s = dict(getattr(smk.params, "settings", None) or {})
 store = read_store(smk.input.vectors)
 started = time.perf_counter()

@@ -31,7 +31,7 @@ from emotion_vectors.serve_subject import server_from_params
 from emotion_vectors.store_layout import read_store
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
-log = start_job(smk)
+log = start_job(smk, claim_gpus=False)  # reads through the run's model server, which claims its GPU
 started = time.perf_counter()
 s = dict(smk.params.settings)
 corpus = smk.wildcards.corpus
