@@ -882,8 +882,9 @@ def call(
 # An activation job claims nothing for itself (it only talks to the server); a model server
 # it starts gets a claim of its own, is pinned to it and holds it (the lock's file descriptor
 # is passed to it, see ``ensure_server``), so while a server holds a GPU no job can claim it; a
-# job that finds every device claimed asks idle servers holding one to exit (``claim_devices``).  Inside a Slurm allocation the devices are the allocation's own
-# (``CUDA_VISIBLE_DEVICES`` as Slurm sets it) and the locks are the allocation's.
+# job that finds every device claimed asks idle servers holding one to exit (``claim_devices``).
+# Inside a Slurm allocation the devices are the allocation's own (``CUDA_VISIBLE_DEVICES`` as
+# Slurm sets it) and the locks are the allocation's.
 
 #: Device ids to allocate among (e.g. "0,1,2,3"); default: CUDA_VISIBLE_DEVICES, else every GPU found.
 GPUS_ENV = "EMOTION_VECTORS_GPUS"
