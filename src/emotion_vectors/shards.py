@@ -30,13 +30,14 @@ import json
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import zarr
 
-from .extract import ExtractionError, iter_pooled, plan_extraction
+from .extract import ExtractionError, ExtractionPlan, iter_pooled, plan_extraction
 
 LAYER_CONVENTION = (
     "layer i = output of decoder block i (0-based; model.get_decoder().layers[i]); "
@@ -199,6 +200,11 @@ def write_shard(
 ) -> dict[str, Any]:
     """Extract pooled activations of ``texts`` at ``layers`` into the shard ``out``.
 
+    Four steps, one function each: plan (``_plan_shard``: which texts, the fingerprint),
+    resume (``_resume_partial``: the verified rows of ``<out>.partial``), write (``_fill_partial``
+    extracts the missing rows into the partial, ``_write_final`` copies them into ``<out>.tmp``
+    with the final chunking and attributes) and publish (``_publish``: the rename).
+
     Args:
         texts, ids: the corpus (stories of one emotion, or the neutral dialogues).
         layers: 0-based decoder block indices.
@@ -215,11 +221,70 @@ def write_shard(
     Returns:
         A summary: texts, kept, skipped, tokens, seconds, tokens per second, resumed rows.
     """
+    plan = _plan_shard(model, tokenizer, texts, ids, layers, out, settings, model_info)
+    state = _resume_partial(plan, name, log)
+    tokens_done, seconds = _fill_partial(model, tokenizer, texts, ids, layers, plan, state, name, log)
+    summary = {
+        "name": name,
+        "n_texts": len(texts),
+        "n_kept": len(plan.kept),
+        "n_skipped": len(plan.extraction.skipped),
+        "resumed_rows": state.resumed,
+        "tokens_extracted": int(tokens_done),
+        "seconds": round(seconds, 3),
+        "tokens_per_second": round(tokens_done / max(seconds, 1e-9), 1),
+    }
+    _write_final(plan, state, ids, layers, settings, name, model_info, summary, attrs)
+    _publish(plan.tmp, plan.out, plan.partial, staged)
+    return summary
+
+
+@dataclass(frozen=True)
+class _ShardPlan:
+    """What a shard will hold and where it is written (``_plan_shard``)."""
+
+    out: Path
+    partial: Path  # rows while filling, kept for a resume
+    tmp: Path  # the finished shard before its rename
+    extraction: ExtractionPlan
+    kept: list[int]  # indices of the texts kept (not too short), in row order
+    row_ids: list[str]  # their ids
+    fingerprint: str
+    n_layers: int
+    d: int
+    storage_dtype: str
+
+    @property
+    def row_of(self) -> dict[int, int]:
+        """Text index -> row of the shard."""
+        return {i: r for r, i in enumerate(self.kept)}
+
+
+@dataclass
+class _PartialState:
+    """The partial being filled (``_resume_partial``): its group and its small arrays in memory."""
+
+    group: Any
+    done: np.ndarray
+    token_norm: np.ndarray
+    n_tokens: np.ndarray
+    checksum: np.ndarray
+    resumed: int  # rows already done (and verified) when the job started
+
+
+def _plan_shard(
+    model: Any,
+    tokenizer: Any,
+    texts: list[str],
+    ids: list[str],
+    layers: list[int],
+    out: str | Path,
+    settings: dict[str, Any],
+    model_info: dict[str, Any],
+) -> _ShardPlan:
+    """Plan: tokenize, choose the kept texts and the batches, fingerprint the inputs."""
     out = Path(out)
-    partial = out.with_name(out.name + ".partial")
-    tmp = out.with_name(out.name + ".tmp")
-    storage_dtype = settings.get("storage_dtype", "float32")
-    plan = plan_extraction(
+    extraction = plan_extraction(
         tokenizer,
         texts,
         ids,
@@ -228,20 +293,49 @@ def write_shard(
         batch_size=settings["batch_size"],
         max_batch_tokens=settings.get("max_batch_tokens"),
     )
-    kept = [int(i) for i in plan.kept]
-    row_of = {i: r for r, i in enumerate(kept)}
-    fp = fingerprint(texts, ids, layers, settings, model_info)
-    d = _hidden_size(model)
-    n_layers = len(layers)
+    return _ShardPlan(
+        out=out,
+        partial=out.with_name(out.name + ".partial"),
+        tmp=out.with_name(out.name + ".tmp"),
+        extraction=extraction,
+        kept=[int(i) for i in extraction.kept],
+        row_ids=[ids[int(i)] for i in extraction.kept],
+        fingerprint=fingerprint(texts, ids, layers, settings, model_info),
+        n_layers=len(layers),
+        d=_hidden_size(model),
+        storage_dtype=settings.get("storage_dtype", "float32"),
+    )
 
+
+def _resume_partial(plan: _ShardPlan, name: str, log: Callable[[str], None]) -> _PartialState:
+    """Resume: open the partial (only its verified rows count as done) or start an empty one."""
     group, done, token_norm, n_tokens, checksum = _open_partial(
-        partial, fp, len(kept), n_layers, d, [ids[i] for i in kept], name, log
+        plan.partial, plan.fingerprint, len(plan.kept), plan.n_layers, plan.d, plan.row_ids, name, log
     )
     resumed = int(done.sum())
     if resumed:
-        log(f"{name}: resuming, {resumed}/{len(kept)} texts already extracted (rows verified)")
-    skip = {kept[r] for r in np.flatnonzero(done)}
+        log(f"{name}: resuming, {resumed}/{len(plan.kept)} texts already extracted (rows verified)")
+    return _PartialState(group, done, token_norm, n_tokens, checksum, resumed)
 
+
+def _fill_partial(
+    model: Any,
+    tokenizer: Any,
+    texts: list[str],
+    ids: list[str],
+    layers: list[int],
+    plan: _ShardPlan,
+    state: _PartialState,
+    name: str,
+    log: Callable[[str], None],
+) -> tuple[int, float]:
+    """Write: extract the rows not yet done into the partial, batch by batch.
+
+    Returns ``(tokens extracted, seconds)``. Raises ``ShardError`` on a non-finite activation,
+    a short text under the ``error`` policy, a value float16 storage cannot hold, or a row
+    left missing."""
+    row_of = plan.row_of
+    skip = {plan.kept[r] for r in np.flatnonzero(state.done)}
     started = time.perf_counter()
     last_log = started
     tokens_done = 0
@@ -252,71 +346,75 @@ def write_shard(
         now = time.perf_counter()
         if now - last_log > 10 or done_texts == total:
             rate = tokens / max(now - started, 1e-9)
-            log(f"{name}: {done_texts + resumed}/{len(kept)} texts, {rate:.0f} tokens/s")
+            log(f"{name}: {done_texts + state.resumed}/{len(plan.kept)} texts, {rate:.0f} tokens/s")
             last_log = now
 
+    group, done = state.group, state.done
     acts_partial = group["activations"]
-    batches = iter_pooled(model, tokenizer, texts, ids, layers, plan=plan, skip_indices=skip, progress=progress)
+    batches = iter_pooled(model, tokenizer, texts, ids, layers, plan=plan.extraction, skip_indices=skip, progress=progress)
     try:
         for batch in batches:
             rows = np.array([row_of[int(i)] for i in batch.indices])
-            _check_storage(batch.pooled, storage_dtype, list(batch.ids), layers, name)
+            _check_storage(batch.pooled, plan.storage_dtype, list(batch.ids), layers, name)
             for r, vec in zip(rows, batch.pooled):
                 acts_partial[int(r)] = vec
-            token_norm[rows] = batch.token_norm
-            n_tokens[rows] = batch.n_tokens
-            checksum[rows] = [_row_checksum(*row) for row in zip(batch.pooled, batch.token_norm, batch.n_tokens)]
+            state.token_norm[rows] = batch.token_norm
+            state.n_tokens[rows] = batch.n_tokens
+            state.checksum[rows] = [_row_checksum(*row) for row in zip(batch.pooled, batch.token_norm, batch.n_tokens)]
             done[rows] = True
             # Small arrays are rewritten whole after the rows they describe, the done mask last:
             # a kill between them only loses this batch, which the resume recomputes.
-            group["token_norm"][:] = token_norm
-            group["n_tokens"][:] = n_tokens
-            group["row_checksum"][:] = checksum
+            group["token_norm"][:] = state.token_norm
+            group["n_tokens"][:] = state.n_tokens
+            group["row_checksum"][:] = state.checksum
             group["done"][:] = done
     except ExtractionError as err:  # NaN/inf, or a short text under the "error" policy
-        raise ShardError(f"shard {name!r} ({out}): {err}") from err
+        raise ShardError(f"shard {name!r} ({plan.out}): {err}") from err
     seconds = time.perf_counter() - started
-    if kept and not done.all():
+    if plan.kept and not done.all():
         raise ShardError(f"{name}: extraction ended with {int((~done).sum())} texts missing")
+    return tokens_done, seconds
 
-    shutil.rmtree(tmp, ignore_errors=True)
-    final = zarr.open_group(str(tmp), mode="w")
+
+def _write_final(
+    plan: _ShardPlan,
+    state: _PartialState,
+    ids: list[str],
+    layers: list[int],
+    settings: dict[str, Any],
+    name: str,
+    model_info: dict[str, Any],
+    summary: dict[str, Any],
+    attrs: dict[str, Any] | None,
+) -> None:
+    """Write: copy the finished rows into ``<out>.tmp`` with the final chunking and attributes."""
+    kept, n_layers, d = plan.kept, plan.n_layers, plan.d
+    shutil.rmtree(plan.tmp, ignore_errors=True)
+    final = zarr.open_group(str(plan.tmp), mode="w")
     chunk_rows = max(1, min(len(kept), 64))
-    acts = np.asarray(acts_partial[:]) if kept else np.zeros((0, n_layers, d), np.float32)
-    final.create_array("activations", data=acts.astype(storage_dtype), chunks=(chunk_rows, n_layers, d))
-    final.create_array("token_norm", data=token_norm.astype(np.float32), chunks=(max(len(kept), 1), n_layers))
-    final.create_array("n_tokens", data=n_tokens.astype(np.int64), chunks=(max(len(kept), 1),))
-    summary = {
-        "name": name,
-        "n_texts": len(texts),
-        "n_kept": len(kept),
-        "n_skipped": len(plan.skipped),
-        "resumed_rows": resumed,
-        "tokens_extracted": int(tokens_done),
-        "seconds": round(seconds, 3),
-        "tokens_per_second": round(tokens_done / max(seconds, 1e-9), 1),
-    }
+    acts = np.asarray(state.group["activations"][:]) if kept else np.zeros((0, n_layers, d), np.float32)
+    final.create_array("activations", data=acts.astype(plan.storage_dtype), chunks=(chunk_rows, n_layers, d))
+    final.create_array("token_norm", data=state.token_norm.astype(np.float32), chunks=(max(len(kept), 1), n_layers))
+    final.create_array("n_tokens", data=state.n_tokens.astype(np.int64), chunks=(max(len(kept), 1),))
     final.attrs.update(
         {
             "name": name,
             "ids": [ids[i] for i in kept],
-            "skipped": [{"id": i, "n_tokens": int(n)} for i, n in plan.skipped],
+            "skipped": [{"id": i, "n_tokens": int(n)} for i, n in plan.extraction.skipped],
             "layers": list(map(int, layers)),
             "layer_convention": LAYER_CONVENTION,
             "pool_start": settings["pool_start"],
             "pooling": f"mean over token positions [pool_start, n_tokens) of each text, counted from its own first token (add_special_tokens=True)",
             "short_text_policy": settings["short_text_policy"],
-            "storage_dtype": storage_dtype,
+            "storage_dtype": plan.storage_dtype,
             "hidden_size": d,
-            "fingerprint": fp,
+            "fingerprint": plan.fingerprint,
             "model": model_info,
             "summary": summary,
             **(attrs or {}),
             "complete": True,
         }
     )
-    _publish(tmp, out, partial, staged)
-    return summary
 
 
 def _publish(tmp: Path, out: Path, partial: Path, staged: str | Path | None) -> None:
