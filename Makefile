@@ -41,6 +41,10 @@ bench: install
 	$(BIN)/python -m emotion_vectors.bench extract
 	$(BIN)/python -m emotion_vectors.bench analysis
 
+.PHONY: mutants
+mutants: install  ## mutation testing of the core modules (mutmut; killed share per module; docs/mutation.md)
+	nice -n 19 $(BIN)/python scripts/mutants.py $(MODULES)
+
 faults: install  ## fault battery: SIGKILLs, corrupted partials/checkpoints, malformed configs, full disk (~10-20 min)
 	$(BIN)/python -m emotion_vectors.faults
 
