@@ -26,13 +26,20 @@ def emotion_words() -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def structured_vectors(emotions: list[str], n_layers: int, d: int, seed: int = 0) -> np.ndarray:
+def structured_vectors(emotions: list[str], n_layers: int, d: int, seed: int = 0,
+                       valence: dict[str, float] | None = None) -> np.ndarray:
     """``(n, n_layers, d)`` vectors whose first axis follows the emotions' human valence
-    (so that PC1 tracks valence), with layer-dependent noise."""
-    from emotion_vectors.analysis.norms import match_ratings
+    (so that PC1 tracks valence), with layer-dependent noise.
 
+    ``valence``: the ratings to build from, given by the test (so that a test of the analysis
+    does not build its data with the norms code it then checks); default ``match_ratings``'s."""
     rng = np.random.default_rng(seed)
-    val = match_ratings(emotions).valence
+    if valence is None:
+        from emotion_vectors.analysis.norms import match_ratings
+
+        val = match_ratings(emotions).valence
+    else:
+        val = np.array([valence.get(e, np.nan) for e in emotions], dtype=float)
     val = np.where(np.isfinite(val), val, 5.0) - 5.0
     base = rng.standard_normal((len(emotions), d)) * 0.3
     base[:, 0] += val

@@ -158,3 +158,178 @@ def test_holm_by_hand_and_bh_is_scipy():
     order = np.argsort(q)
     assert (np.diff(a["holm"][order]) >= 0).all()
     assert holm(np.array([0.5, 0.9])).tolist() == [1.0, 1.0]
+
+
+# --- The exact numbers behind each interval, and every field of the results ----------------
+# (mutation testing: the tests above check properties of the intervals; these recompute them.)
+
+from emotion_vectors.analysis.stats import _masked_rowwise_pearson  # noqa: E402
+
+
+def _percentile_ci(values, level):
+    values = np.asarray([v for v in values if np.isfinite(v)])
+    alpha = (1 - level) / 2
+    return tuple(np.quantile(values, [alpha, 1 - alpha]))
+
+
+def _pearson_or_nan(a, b):
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return np.nan
+    return np.corrcoef(a, b)[0, 1]
+
+
+@pytest.mark.parametrize("method", ["pearson", "spearman"])
+def test_correlate_interval_recomputed_by_hand(method):
+    """n pairs drawn with replacement by default_rng(seed), Spearman ranks recomputed in each
+    resample, percentile interval at ``level``."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal(25)
+    y = 0.5 * x + rng.standard_normal(25)
+    c = correlate(x, y, method=method, n_bootstrap=300, level=0.9, seed=11)
+    idx = np.random.default_rng(11).integers(0, 25, size=(300, 25))
+    rank = sps.rankdata if method == "spearman" else np.asarray
+    expected = _percentile_ci([_pearson_or_nan(rank(x[i]), rank(y[i])) for i in idx], 0.9)
+    np.testing.assert_allclose((c.ci_low, c.ci_high), expected, rtol=1e-10)
+    assert (c.method, c.n, c.level, c.n_bootstrap) == (method, 25, 0.9, 300)
+    fn = sps.spearmanr if method == "spearman" else sps.pearsonr
+    assert c.p == pytest.approx(fn(x, y).pvalue)
+    # The interval of a correlation does not depend on the variables' scale.
+    small = correlate(x * 1e-3, y * 1e-3, method=method, n_bootstrap=300, level=0.9, seed=11)
+    np.testing.assert_allclose((small.ci_low, small.ci_high), expected, rtol=1e-8)
+
+
+def test_correlate_defaults_and_small_or_degenerate_inputs():
+    rng = np.random.default_rng(9)
+    x, y = rng.standard_normal(12), rng.standard_normal(12)
+    d = correlate(x, y)
+    assert (d.method, d.level, d.n_bootstrap) == ("pearson", 0.95, 1000)
+    assert d == correlate(x, y, n_bootstrap=1000, seed=0)
+    # Three pairs are enough; a variable spanning exactly 1 is not constant.
+    assert correlate(np.array([1.0, 2.0, 3.0]), np.array([1.0, 3.0, 2.0]), n_bootstrap=0).r == pytest.approx(0.5)
+    assert np.isfinite(correlate(np.arange(10) / 9, x[:10], n_bootstrap=0).r)
+    assert np.isfinite(correlate(x[:10], np.arange(10) / 9, n_bootstrap=0).r)
+    # No bootstrap: NaN interval; one resample: a one-point interval.
+    none = correlate(x, y, n_bootstrap=0)
+    assert np.isnan(none.ci_low) and np.isnan(none.ci_high) and none.n_bootstrap == 0
+    one = correlate(x, y, n_bootstrap=1, seed=2)
+    assert np.isfinite(one.ci_low) and one.ci_low == one.ci_high and one.n_bootstrap == 1
+    # Too few pairs, or a constant variable: every number NaN, nothing resampled.
+    for a, b, n in ((x[:2], y[:2], 2), (x, np.ones(12), 12), (np.ones(12), y, 12)):
+        c = correlate(a, b, method="spearman", n_bootstrap=100, level=0.8)
+        assert (c.method, c.n, c.level, c.n_bootstrap) == ("spearman", n, 0.8, 0)
+        assert all(np.isnan(v) for v in (c.r, c.ci_low, c.ci_high, c.p))
+    with pytest.raises(ValueError, match="method 'kendall'"):
+        correlate(x, y, method="kendall")
+    with pytest.raises(ValueError, match="1-D of the same length"):
+        correlate(np.ones(3), np.ones(4))
+    with pytest.raises(ValueError, match="1-D of the same length"):
+        correlate(np.ones((3, 2)), np.ones((3, 2)))
+    assert d.as_dict() == {"method": "pearson", "n": 12, "r": d.r, "ci_low": d.ci_low,
+                           "ci_high": d.ci_high, "p": d.p, "level": 0.95, "n_bootstrap": 1000}
+
+
+def _pc_data(seed=2, n=40):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 12)) @ np.diag(np.linspace(3, 0.3, 12))
+    rating = x[:, 0] + rng.standard_normal(n)
+    rating[:4] = np.nan
+    full = geometry.orient(geometry.pca(x, 3), (rating,))
+    return x, rating, full
+
+
+@pytest.mark.parametrize("method", ["pearson", "spearman"])
+def test_correlate_pc_interval_recomputed_by_hand(method):
+    """Per resample: the drawn emotions in the mask with a rating, ranks within them for
+    Spearman, Pearson r; percentile interval."""
+    x, rating, full = _pc_data()
+    mask = np.arange(40) % 4 != 1
+    boot = pca_bootstrap(x, full.components, full.scores, n_bootstrap=150, seed=6)
+    assert boot.seed == 6
+    np.testing.assert_array_equal(boot.idx, np.random.default_rng(6).integers(0, 40, size=(150, 40)))
+    c, _ = correlate_pc(boot, 0, rating, mask, method=method, level=0.8)
+    rs = []
+    for b in range(150):
+        xs, ys = boot.scores[b, :, 0], rating[boot.idx[b]]
+        keep = mask[boot.idx[b]] & np.isfinite(ys) & np.isfinite(xs)
+        a, o = xs[keep], ys[keep]
+        if method == "spearman":
+            a, o = sps.rankdata(a), sps.rankdata(o)
+        rs.append(_pearson_or_nan(a, o))
+    np.testing.assert_allclose((c.ci_low, c.ci_high), _percentile_ci(rs, 0.8), rtol=1e-10)
+    assert (c.method, c.level, c.n_bootstrap, c.n) == (method, 0.8, 150, int((mask & np.isfinite(rating)).sum()))
+    # Scale-free: the same data a thousand times smaller give the same interval.
+    small = pca_bootstrap(x * 1e-3, full.components, full.scores * 1e-3, n_bootstrap=150, seed=6)
+    cs, _ = correlate_pc(small, 0, rating * 1e-3, mask, method=method, level=0.8)
+    np.testing.assert_allclose((cs.ci_low, cs.ci_high), (c.ci_low, c.ci_high), rtol=1e-6)
+
+
+def test_correlate_pc_without_resamples_or_without_a_correlation():
+    x, rating, full = _pc_data()
+    boot0 = pca_bootstrap(x, full.components, full.scores, n_bootstrap=0, seed=1)
+    c, align = correlate_pc(boot0, 0, rating, method="spearman", level=0.9)
+    point = correlate(full.scores[:, 0], rating, method="spearman", n_bootstrap=0)
+    assert (c.method, c.n, c.level, c.n_bootstrap) == ("spearman", point.n, 0.9, 0)
+    assert c.r == point.r and c.p == point.p
+    assert np.isnan(c.ci_low) and np.isnan(c.ci_high) and np.isnan(align)
+    # A constant rating has no correlation, so no interval either (even with resamples).
+    boot = pca_bootstrap(x, full.components, full.scores, n_bootstrap=50, seed=1)
+    flat, _ = correlate_pc(boot, 0, np.ones(40))
+    assert np.isnan(flat.r) and np.isnan(flat.ci_low) and np.isnan(flat.ci_high)
+    # One resample: its r is the interval.
+    one = pca_bootstrap(x, full.components, full.scores, n_bootstrap=1, seed=1)
+    c1, _ = correlate_pc(one, 0, rating)
+    assert np.isfinite(c1.ci_low) and c1.ci_low == c1.ci_high
+    # Resamples that never hold 3 rated emotions of the mask: NaN interval, not None.
+    mask = np.zeros(40, bool)
+    mask[[10, 20, 30]] = True
+    seed = next(s for s in range(1000)
+                if np.isin(np.random.default_rng(s).integers(0, 40, size=(1, 40)), [10, 20, 30]).sum() < 3)
+    few = pca_bootstrap(x, full.components, full.scores, n_bootstrap=1, seed=seed)
+    cf, _ = correlate_pc(few, 0, rating, mask)
+    assert np.isfinite(cf.r) and np.isnan(cf.ci_low) and np.isnan(cf.ci_high)
+    with pytest.raises(ValueError, match="method 'kendall'"):
+        correlate_pc(boot, 0, rating, method="kendall")
+
+
+def test_pca_bootstrap_defaults():
+    x, _, full = _pc_data(n=12)
+    boot = pca_bootstrap(x, full.components, full.scores)
+    assert boot.n_bootstrap == 1000 and boot.seed == 0
+    np.testing.assert_array_equal(boot.idx, np.random.default_rng(0).integers(0, 12, size=(1000, 12)))
+
+
+def test_refit_with_few_distinct_emotions():
+    """Resamples of 3 emotions hold 1, 2 or 3 distinct ones: the PCs a resample has (distinct - 1)
+    equal the PCA of its rows; the others are NaN."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 6))
+    full = geometry.pca(x, 2)
+    boot = pca_bootstrap(x, full.components, full.scores, n_bootstrap=60, seed=3)
+    seen = set()
+    for b in range(60):
+        m = len(set(boot.idx[b].tolist()))
+        seen.add(m)
+        for j in range(2):
+            if j < m - 1:
+                ref = geometry.pca(x[boot.idx[b]], j + 1)
+                cos = ref.components[j] @ full.components[j]
+                np.testing.assert_allclose(boot.scores[b, :, j], np.sign(cos) * ref.scores[:, j], atol=1e-9)
+                assert boot.alignment[b, j] == pytest.approx(abs(cos))
+            else:
+                assert np.isnan(boot.scores[b, :, j]).all() and np.isnan(boot.alignment[b, j])
+    assert seen == {1, 2, 3}
+
+
+def test_masked_rowwise_pearson_needs_three_entries():
+    x = np.array([[1.0, 2.0, 3.0, 9.0], [1.0, 2.0, 3.0, 9.0], [1e-4, 2e-4, 4e-4, 0.0]])
+    y = np.array([[2.0, 1.0, 4.0, 0.0], [2.0, 1.0, 4.0, 0.0], [2e-4, 1e-4, 3e-4, 5.0]])
+    mask = np.array([[True, True, True, False], [True, True, False, False], [True, True, True, False]])
+    r = _masked_rowwise_pearson(x, y, mask)
+    assert r[0] == pytest.approx(np.corrcoef([1, 2, 3], [2, 1, 4])[0, 1])
+    assert np.isnan(r[1])  # two entries
+    assert r[2] == pytest.approx(np.corrcoef([1, 2, 4], [2, 1, 3])[0, 1])  # tiny values
+
+
+def test_holm_of_one_test_is_its_p():
+    np.testing.assert_allclose(holm(np.array([0.2, np.nan])), [0.2, np.nan])
+    assert np.isnan(holm(np.array([np.nan]))).all()

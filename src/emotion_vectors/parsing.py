@@ -139,7 +139,7 @@ def dialogue_problem(turns: list[Turn], min_turns: int) -> str | None:
 
 def render_dialogue(turns: list[Turn], system_prompt: str | None = None) -> str:
     """The text the subject model reads: ``System:``/``Human:``/``Assistant:`` paragraphs."""
-    label = {"system": "System", "human": "Human", "assistant": "Assistant"}
+    label = {"human": "Human", "assistant": "Assistant"}  # system turns are left out
     parts = [f"System: {system_prompt}"] if system_prompt else []
     parts += [f"{label[t.role]}: {t.text}" for t in turns if t.role != "system"]
     return "\n\n".join(parts)
