@@ -122,3 +122,121 @@ def test_reference_pc1_is_valence():
     arousal = [correlate(res.scores[:, k], ratings.arousal, n_bootstrap=0).r for k in (1, 2)]
     assert min(arousal) >= 0
     assert arousal[1] > 0.4 > arousal[0]
+
+
+# --- each rule of pca, orient, cosine_matrix and top_pairs on its own (mutation testing) ----
+
+
+def test_pca_is_float64_scale_free_and_sized_by_the_data():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 40)) * np.linspace(2, 0.2, 40) + 3.0
+    res = geometry.pca(x, n_components=10)
+    assert res.explained_ratio.shape == (5,) and res.scores.shape == (6, 5)  # n - 1 PCs
+    assert res.components.shape == (5, 40)
+    assert res.sign_rules == ["svd"] * 5 and res.oriented_by == ["svd"] * 5
+    np.testing.assert_array_equal(res.signs, np.ones(5))
+    assert geometry.pca(x[:, :3], n_components=10).explained_ratio.shape == (3,)  # d PCs
+    assert geometry.pca(x, n_components=2).explained_ratio.shape == (2,)
+    # computed in float64 whatever the input's precision
+    res32 = geometry.pca(x.astype(np.float32), n_components=5)
+    ref = geometry.pca(x.astype(np.float32).astype(np.float64), n_components=5)
+    np.testing.assert_allclose(res32.explained_ratio, ref.explained_ratio, rtol=1e-12)
+    np.testing.assert_allclose(np.abs(res32.scores), np.abs(ref.scores), rtol=1e-9, atol=1e-12)
+    # a thousand times smaller: the same shares, unit components, scores scaled
+    small = geometry.pca(x * 1e-3, n_components=5)
+    np.testing.assert_allclose(small.explained_ratio, res.explained_ratio[:5], rtol=1e-9)
+    np.testing.assert_allclose(small.components @ small.components.T, np.eye(5), atol=1e-9)
+    np.testing.assert_allclose(np.abs(small.scores), np.abs(res.scores) * 1e-3, rtol=1e-6, atol=1e-15)
+    # two emotions make one PC; one is refused
+    two = geometry.pca(x[:2], n_components=3)
+    assert two.explained_ratio.tolist() == [1.0]
+    with pytest.raises(ValueError, match="PCA needs at least two emotions"):
+        geometry.pca(x[:1])
+
+
+def test_pca_of_rank_deficient_or_identical_rows_stays_finite():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 2)) @ rng.standard_normal((2, 6))  # rank 2 (centred: rank 2)
+    res = geometry.pca(x, n_components=5)
+    assert np.isfinite(res.scores).all() and np.isfinite(res.components).all()
+    np.testing.assert_allclose(res.explained_ratio[2:], 0, atol=1e-12)
+    assert res.explained_ratio[:2].sum() == pytest.approx(1.0)
+    same = geometry.pca(np.ones((4, 3)), n_components=2)  # no variance at all
+    np.testing.assert_array_equal(same.explained_ratio, [0.0, 0.0])
+    assert np.isfinite(same.scores).all() and np.isfinite(same.components).all()
+    assert same.total_variance == 0.0
+
+
+def _result(scores):
+    scores = np.asarray(scores, dtype=float)
+    k = scores.shape[1]
+    return geometry.PCAResult(np.linspace(0.5, 0.1, k), scores, np.eye(k, 4), 7.5, np.ones(k), ["svd"] * k)
+
+
+def test_orient_largest_score_rule_by_hand():
+    res = _result([[1.0, 0.5, 0.0], [-5.0, 0.2, 0.0], [2.0, -0.1, 0.0]])
+    o = geometry.orient(res)
+    # PC1: largest |score| is -5 (row 2) -> flipped; PC2: 0.5 >= 0 (a score below 1) -> kept;
+    # PC3: all zero -> kept.
+    np.testing.assert_array_equal(o.signs, [-1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(o.scores, [[-1.0, 0.5, 0.0], [5.0, 0.2, 0.0], [-2.0, -0.1, 0.0]])
+    np.testing.assert_array_equal(o.components, np.eye(3, 4) * [[-1], [1], [1]])
+    np.testing.assert_array_equal(o.explained_ratio, res.explained_ratio)
+    assert o.total_variance == 7.5 and o.oriented_by == ["largest |score|"] * 3
+    # orienting again composes the signs
+    again = geometry.orient(o, (np.array([1.0, -1.0, 0.0]),))
+    np.testing.assert_array_equal(again.signs, [1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(again.scores[:, 0], res.scores[:, 0])
+
+
+def test_orient_with_three_ratings_and_fewer_names_than_pcs():
+    res = _result([[1.0, 0.5], [-5.0, 0.2], [2.0, -0.1], [0.5, 0.3]])
+    ref = np.array([np.nan, 9.0, 1.0, 2.0])  # three finite ratings: enough; anti-correlated
+    o = geometry.orient(res, (ref, ref), ("valence",))
+    assert o.oriented_by == ["valence", "reference 2"]
+    assert o.sign_rules == ["positive correlation with valence", "positive correlation with reference 2"]
+    assert o.signs[0] == -1.0
+
+
+def test_cosine_matrix_values_centring_and_bounds():
+    x = np.array([[0.1, 0.0], [0.2, 0.01], [-3.0, 0.0], [0.0, 4.0], [0.0, 0.0]])
+    c = geometry.cosine_matrix(x)
+    assert c[0, 1] == pytest.approx(0.2 / np.hypot(0.2, 0.01))
+    assert c[1, 3] == pytest.approx(0.01 / np.hypot(0.2, 0.01))
+    assert c[1, 2] == pytest.approx(-0.2 / np.hypot(0.2, 0.01))
+    assert c[4, 1] == 0.0 and c[4, 4] == 1.0
+    rng = np.random.default_rng(1)
+    off = rng.standard_normal((5, 3)) + [10.0, -4.0, 2.0]
+    xc = off - off.mean(axis=0)
+    unit = xc / np.linalg.norm(xc, axis=1, keepdims=True)
+    np.testing.assert_allclose(geometry.cosine_matrix(off, centre=True), unit @ unit.T, atol=1e-12)
+    assert not np.allclose(geometry.cosine_matrix(off), unit @ unit.T)
+    # parallel rows: exactly +-1 after rounding, never beyond
+    for _ in range(50):
+        v = rng.standard_normal(7)
+        p = geometry.cosine_matrix(np.array([v, 3 * v, -v]))
+        assert p.max() <= 1.0 and p.min() >= -1.0
+        assert p[0, 1] == pytest.approx(1.0) and p[0, 2] == pytest.approx(-1.0)
+
+
+def test_top_pairs_order_and_ties():
+    c = np.array([[1.0, 0.9, -0.8, 0.3], [0.9, 1.0, 0.1, -0.2], [-0.8, 0.1, 1.0, 0.5], [0.3, -0.2, 0.5, 1.0]])
+    pairs = geometry.top_pairs(c, list("abcd"), n=3)
+    syn = pairs[pairs.kind == "synonym"]
+    opp = pairs[pairs.kind == "opposite"]
+    assert list(zip(syn.emotion_a, syn.emotion_b)) == [("a", "b"), ("c", "d"), ("a", "d")]
+    assert list(zip(opp.emotion_a, opp.emotion_b)) == [("a", "c"), ("b", "d"), ("b", "c")]
+    assert syn.cosine.tolist() == [0.9, 0.5, 0.3] and list(opp["rank"]) == [1, 2, 3]
+    # 12 emotions whose 66 pair cosines take three values: ties follow input order.
+    names = [f"e{i}" for i in range(12)]
+    rng = np.random.default_rng(1)
+    i, j = np.triu_indices(12, k=1)
+    tied = np.eye(12)
+    tied[i, j] = tied[j, i] = rng.choice([-0.5, 0.0, 0.5], size=len(i))
+    t = geometry.top_pairs(tied, names, n=66)
+    pos = {(names[a], names[b]): k for k, (a, b) in enumerate(zip(i, j))}
+    for kind, descending in (("opposite", False), ("synonym", True)):
+        rows = t[t.kind == kind]
+        keys = [(cos if not descending else -cos, pos[(a, b)] if not descending else -pos[(a, b)])
+                for a, b, cos in zip(rows.emotion_a, rows.emotion_b, rows.cosine)]
+        assert keys == sorted(keys), kind

@@ -146,7 +146,9 @@ def top_pairs(cosine: np.ndarray, emotions: Sequence[str], n: int = 20) -> pd.Da
     """The ``n`` most similar (``synonym``) and ``n`` most opposite (``opposite``) pairs.
 
     Returns columns kind, rank (1 = most extreme), emotion_a, emotion_b, cosine; each unordered
-    pair appears once (``emotion_a`` before ``emotion_b`` in input order).
+    pair appears once (``emotion_a`` before ``emotion_b`` in input order). Equal cosines are
+    ranked by a stable sort of the pairs in input order: among opposites the earlier pair ranks
+    first, among synonyms (the same order reversed) the later one.
     """
     i, j = np.triu_indices(cosine.shape[0], k=1)
     values = cosine[i, j]
