@@ -35,5 +35,10 @@ t1=$(date +%s)
     loads=$(cat $logs /dev/null | awk -v t="${since/T/ }" 'substr($0, 1, 19) >= t && /loaded in/' )
     echo "$loads" | sed 's/^/  /'
     echo "loads: $(printf '%s' "$loads" | grep -c 'loaded in')"
+    echo "== activation jobs: which server answered (provenance.server of each shard)"
+    for shard in results/$RUN/activations/emotions/*.zarr results/$RUN/activations/neutral.zarr; do
+        [ -e "$shard" ] || continue
+        .venv/bin/python -c "import sys, zarr; s = zarr.open_group(sys.argv[1], mode='r'); p = dict(s.attrs)['provenance']['server']; print(f'  {sys.argv[1]}: server pid {p[\"pid\"]}')" "$shard" 2>/dev/null || true
+    done
 } | tee "$OUT/summary.txt"
 exit $rc
