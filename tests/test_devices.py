@@ -36,12 +36,15 @@ CLAIMER = textwrap.dedent(
     """
 )
 
-# A model server with no model: what an activation job's server is, minus the extraction.
+# A model server with no model: what an activation job's server is, minus the extraction
+# (argv[4], if given: seconds it takes to "load", before it publishes its address).
 SERVER = textwrap.dedent(
     """
-    import sys
+    import sys, time
     from emotion_vectors import service
-    service.serve(sys.argv[1], lambda: {}, identity="test", root=sys.argv[2], device=sys.argv[3], idle_timeout=120)
+    load = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
+    service.serve(sys.argv[1], lambda: (time.sleep(load), {})[1], identity="test", root=sys.argv[2],
+                  device=sys.argv[3], idle_timeout=120)
     """
 )
 
@@ -195,6 +198,30 @@ def test_a_job_hands_its_own_claim_to_the_server_it_starts(tmp_path, gpus):
     finally:
         os.environ.pop("CUDA_VISIBLE_DEVICES", None)
         _stop(address)
+
+
+def test_a_server_still_loading_keeps_its_device_then_is_asked(tmp_path, gpus):
+    """A server holds its GPU from the moment it is started, before it has an address (loading
+    its model); a job that needs the GPU waits for the address, then asks it to exit."""
+    server_dir = service.private_dir(tmp_path / ".server")
+    address = server_dir / "host-test.json"
+    claim, own = service._server_claim("cuda")  # what ensure_server does for an activation job
+    assert own and claim.ids == ["g0"]
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(address), str(tmp_path), "cuda", "3"],
+                            pass_fds=tuple(claim.fds), start_new_session=True)
+    claim.record(proc.pid, "server", address)
+    claim.release()
+    try:
+        blocker = service.claim_devices(1, ids=["g1"], lock_dir=gpus, log=lambda *a: None)  # g1 busy too
+        start = time.monotonic()
+        got = service.claim_devices(1, lock_dir=gpus, timeout=60, poll=0.1, log=lambda *a: None)
+        assert got.ids == ["g0"] and time.monotonic() - start > 1.0  # waited for the load, then asked
+        assert proc.wait(timeout=30) == 0
+        got.release()
+        blocker.release()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_no_gpu_no_claim(monkeypatch):

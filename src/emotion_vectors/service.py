@@ -1106,13 +1106,14 @@ def claim_devices(
                 pid = int(holder["pid"])
                 if pid in asked or _pid_gone(pid, holder.get("start_time")):
                     continue
-                asked.add(pid)
                 try:
                     info = read_address(holder["address"])
-                    if info and int(info.get("pid", -1)) == pid:
+                    if info and int(info.get("pid", -1)) == pid:  # else still loading: ask later
+                        asked.add(pid)
                         log("GPU %s is held by model server pid %s: asking it to exit", device, pid)
                         request(info, {"kind": "shutdown", "reason": f"GPU {device} is needed by pid {os.getpid()}"})
                 except ServiceError as err:
+                    asked.add(pid)
                     log("model server pid %s holding GPU %s: %s", pid, device, err)
         if time.monotonic() > deadline:
             claim.release()
