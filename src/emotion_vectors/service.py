@@ -76,7 +76,12 @@ loading its model when the job that started it was cancelled is waited for, not 
 GPUs
 ----
 A server pins the device it was given (the model spec's ``device``; ``auto`` counts as every
-CUDA device) and records it in its address file. Before a job loads a model onto a GPU,
+CUDA device) and records it in its address file. On a GPU it claims a physical device (an
+exclusive lock per device, ``claim_job_devices``; ``CUDA_VISIBLE_DEVICES`` pinned) when it is
+started, before its model loads, and holds the claim for its whole life, so no job is put on
+its GPU while it loads or serves; a job that finds every device claimed asks an idle server to
+exit. Jobs that only talk to a server claim nothing (``start_job(smk, claim_gpus=False)``).
+Before a job loads a model onto a GPU,
 ``release_device`` asks the servers of this user and host that hold it to exit and waits until
 they have (``ensure_server`` does the same for other servers of its directory before starting a
 new one on a GPU, e.g. one left by older code). A job whose generator is also the subject could
