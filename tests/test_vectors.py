@@ -117,4 +117,122 @@ def test_store_refuses_shards_of_other_origin(tmp_path, tiny_llama, change, sett
     with pytest.raises(ShardMismatchError) as err:
         build_vector_store({"joy": paths["joy"], "fear": paths["fear"]}, paths["neutral"], tmp_path / "v.zarr", denoise_variance=0.5, provenance={})
     assert str(paths["fear"]) in str(err.value) and setting in str(err.value)
+    assert f"than {paths['neutral']}:" in str(err.value)  # the reference shard is named too
     assert not (tmp_path / "v.zarr").exists()
+
+
+# --- the rules of neutral_components and emotion_vectors at their edges (mutation testing) ---
+
+
+def test_neutral_components_edges():
+    # Two directions of exactly equal variance: half the variance is reached by one of them.
+    two = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    assert neutral_components(two, 0.5).k == 1
+    assert neutral_components(two, 0.51).k == 2
+    # share 0 removes nothing, even from data with variance
+    assert neutral_components(two, 0.0).k == 0
+    # no variance at all (identical or zero rows): nothing to remove, shares are 0, never NaN
+    for flat in (np.zeros((4, 3)), np.ones((4, 3))):
+        pcs = neutral_components(flat, 0.5)
+        assert pcs.k == 0 and pcs.components.shape == (0, 3)
+        np.testing.assert_array_equal(pcs.explained_ratio, np.zeros(3))
+        res = emotion_vectors(np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]]), flat, 0.5)
+        assert res["k"] == 0 and np.array_equal(res["denoised"], res["raw"])
+    # scale-free: the same shares and k for data a thousand times smaller
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((20, 6)) * [5.0, 3.0, 1.0, 0.5, 0.2, 0.1]
+    big, small = neutral_components(x, 0.8), neutral_components(x * 1e-3, 0.8)
+    assert small.k == big.k == 2
+    np.testing.assert_allclose(small.explained_ratio, big.explained_ratio, rtol=1e-9)
+
+
+def test_vectors_are_computed_in_float64_from_float16_shards():
+    """Shards may store float16; the maths runs in float64 (the result is stored as float32)."""
+    rng = np.random.default_rng(4)
+    means = (rng.standard_normal((5, 8)) * 30 + 100).astype(np.float16)
+    neutral = (rng.standard_normal((12, 8)) * 30 + 100).astype(np.float16)
+    low = emotion_vectors(means, neutral, 0.5)
+    high = emotion_vectors(means.astype(np.float64), neutral.astype(np.float64), 0.5)
+    for key in ("raw", "denoised", "raw_unit", "denoised_unit"):
+        np.testing.assert_array_equal(low[key], high[key])
+    assert low["k"] == high["k"]
+    pcs = neutral_components(neutral, 0.5)
+    assert pcs.explained_ratio.dtype == np.float64
+    np.testing.assert_array_equal(pcs.explained_ratio, neutral_components(neutral.astype(np.float64), 0.5).explained_ratio)
+
+
+def test_unit_rows_and_result_dtypes():
+    np.testing.assert_allclose(unit(np.array([[0.3, 0.4], [0.0, 0.0], [30.0, 40.0]])), [[0.6, 0.8], [0, 0], [0.6, 0.8]])
+    np.testing.assert_allclose(unit(np.ones((2, 3, 4))), np.full((2, 3, 4), 0.5))  # rows = last axis
+    rng = np.random.default_rng(5)
+    res = emotion_vectors(rng.standard_normal((4, 15)), rng.standard_normal((20, 15)), 0.5)
+    for key in ("raw", "denoised", "raw_unit", "denoised_unit", "neutral_explained"):
+        assert res[key].dtype == np.float32, key
+    assert res["k"] <= 10 and res["neutral_explained"].shape == (10,)  # the first 10 shares
+
+
+def _shards(tmp_path, model, tok, n_texts, storage_dtype="float32", min_words=6):
+    from emotion_vectors.shards import write_shard
+
+    rng = np.random.default_rng(0)
+    words = "the fence rain letter garden window quiet road light morning".split()
+    settings = {"pool_start": 3, "short_text_policy": "skip", "batch_size": 4, "max_batch_tokens": None, "storage_dtype": storage_dtype}
+    info = {"path": "tiny-llama", "revision": "test", "dtype": "float32", "quantization": "none"}
+    paths = {}
+    for name, n in n_texts.items():
+        texts = [" ".join(rng.choice(words, size=rng.integers(min_words, 20))) if min_words else "the" for _ in range(n)]
+        paths[name] = tmp_path / f"{name}.zarr"
+        write_shard(model, tok, texts, [f"{name}-{i}" for i in range(n)], [0, 2], paths[name], settings, name=name, model_info=info)
+    return paths, info
+
+
+def test_store_numbers_by_hand_from_float16_shards(tmp_path, tiny_llama):
+    """Means in float64 from float16 shards, stories counted per emotion, the residual norm as
+    the mean token norm over every emotion story, the subject model in the provenance."""
+    import zarr
+
+    from emotion_vectors.shards import open_shard
+    from emotion_vectors.vectors import build_vector_store
+
+    model, tok = tiny_llama
+    paths, info = _shards(tmp_path, model, tok, {"joy": 3, "fear": 5, "calm": 1, "neutral": 6}, "float16")
+    emotions = ["joy", "fear", "calm"]
+    rows = build_vector_store({e: paths[e] for e in emotions}, paths["neutral"], tmp_path / "v.zarr",
+                              denoise_variance=0.5, provenance={"stage": "test"})
+    store = zarr.open_group(str(tmp_path / "v.zarr"), mode="r")
+    acts = {e: np.asarray(open_shard(paths[e])["activations"][:], dtype=np.float64) for e in emotions}
+    assert all(a.dtype == np.float64 and open_shard(paths[e])["activations"].dtype == np.float16 for e, a in acts.items())
+    means = np.stack([acts[e].mean(axis=0) for e in emotions])  # (E, L, d)
+    np.testing.assert_allclose(store["raw"][:], means - means.mean(axis=0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(store["n_stories"][:], [3, 5, 1])
+    assert [r["n_stories"] for r in rows[:3]] == [3, 5, 1]
+    norms = np.concatenate([np.asarray(open_shard(paths[e])["token_norm"][:], dtype=np.float64) for e in emotions])
+    assert norms.shape == (9, 2)
+    np.testing.assert_allclose(store["residual_norm"][:], norms.mean(axis=0), rtol=1e-6)
+    assert store.attrs["provenance"] == {"stage": "test", "subject_model": info}
+
+
+def test_store_refuses_an_emotion_without_stories(tmp_path, tiny_llama):
+    from emotion_vectors.vectors import build_vector_store
+
+    model, tok = tiny_llama
+    paths, _ = _shards(tmp_path, model, tok, {"joy": 2, "neutral": 3})
+    empty, _ = _shards(tmp_path / "e", model, tok, {"fear": 2}, min_words=0)  # every text too short
+    with pytest.raises(ValueError, match="emotion 'fear': no stories survived extraction"):
+        build_vector_store({"joy": paths["joy"], "fear": empty["fear"]}, paths["neutral"], tmp_path / "v.zarr",
+                           denoise_variance=0.5, provenance={})
+
+
+def test_mismatch_message_names_every_setting_and_the_fix():
+    from emotion_vectors.vectors import ShardMismatchError, check_same_origin
+
+    ref = {"model": {"path": "m", "dtype": "float32"}, "layers": [0, 2], "pool_start": 3}
+    other = {"model": {"path": "m", "dtype": "bfloat16"}, "layers": [0, 2], "pool_start": 5}
+    with pytest.raises(ShardMismatchError) as err:
+        check_same_origin(("neutral.zarr", ref), ("fear.zarr", other))
+    assert str(err.value) == (
+        "shard fear.zarr was made with other settings than neutral.zarr: "
+        "model.dtype: 'bfloat16' (vs 'float32'); pool_start: 5 (vs 3). Rebuild it with the "
+        "run's model and extraction settings (snakemake --force <shard>)."
+    )
+    check_same_origin(("neutral.zarr", ref), ("joy.zarr", dict(ref)))  # same origin: no error
