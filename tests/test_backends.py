@@ -22,6 +22,7 @@ from emotion_vectors.backends import (
     BackendError,
     ChatBackend,
     Completion,
+    GenRequest,
     HFChatBackend,
     OpenAIChatBackend,
     make_backend,
@@ -101,9 +102,21 @@ def test_make_backend_openai_spec_and_errors():
     b = make_backend({"backend": "openai", "base_url": "http://127.0.0.1:9/v1/", "model": "m", "api_key_env": "X_KEY"})
     assert isinstance(b, OpenAIChatBackend) and b.url == "http://127.0.0.1:9/v1/chat/completions"
     assert b.describe() == {
-        "backend": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": "X_KEY",
-        "timeout": 120.0, "seed_honoured": False,
+        "backend": "openai", "name": "m", "base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": "X_KEY",
+        "timeout": 120.0, "seed_honoured": False, "max_concurrency": 4, "rate_limit": None, "max_retries": 5,
+        "backoff": 1.0, "max_backoff": 60.0, "price_per_mtok": None, "send_seed": True, "extra_body": {},
     }
+    c = make_backend({"backend": "openai", "name": "gen", "base_url": "https://api.example.org/v1", "model": "m",
+                      "max_concurrency": 8, "rate_limit": 2.5, "max_retries": 0, "price_per_mtok": {"prompt": 1, "completion": 3}})
+    assert (c.name, c.max_concurrency, c.rate_limit, c.max_retries, c.price_per_mtok) == ("gen", 8, 2.5, 0, {"prompt": 1, "completion": 3})
+    with pytest.raises(ValueError, match="max_concurrency"):
+        OpenAIChatBackend("http://127.0.0.1:9/v1", "m", max_concurrency=0)
+    with pytest.raises(ValueError, match="price_per_mtok"):
+        OpenAIChatBackend("http://127.0.0.1:9/v1", "m", price_per_mtok={"input": 1})
+    with pytest.raises(ValueError, match="rate_limit"):
+        OpenAIChatBackend("http://127.0.0.1:9/v1", "m", rate_limit=-1)
+    with pytest.raises(ValueError, match=r"extra_body may not set \['seed'\]"):
+        OpenAIChatBackend("http://127.0.0.1:9/v1", "m", extra_body={"seed": 1, "top_k": 5})
     with pytest.raises(ValueError, match="model"):
         make_backend({"backend": "openai", "base_url": "http://127.0.0.1:9/v1"})
     with pytest.raises(ValueError, match="'vllm' is not one of"):
@@ -124,8 +137,9 @@ def _closed_port() -> int:
 def test_key_never_in_repr_or_connection_error(monkeypatch):
     monkeypatch.setenv("EV_TEST_KEY", KEY)
     port = _closed_port()
-    backend = OpenAIChatBackend(f"http://127.0.0.1:{port}/v1", "judge-model", api_key_env="EV_TEST_KEY", timeout=5)
-    for text in (repr(backend), str(backend), json.dumps(backend.describe()), json.dumps(vars(backend))):
+    backend = OpenAIChatBackend(f"http://127.0.0.1:{port}/v1", "judge-model", api_key_env="EV_TEST_KEY", timeout=5,
+                                max_retries=0)
+    for text in (repr(backend), str(backend), json.dumps(backend.describe()), str(vars(backend))):
         assert KEY not in text
     assert "EV_TEST_KEY" in repr(backend)
     with pytest.raises(BackendError) as info:
@@ -205,12 +219,12 @@ def test_openai_backend_wire_format_on_a_loopback_http_server(monkeypatch):
         assert info.value.status == 401 and "HTTP 401" in str(info.value) and url in str(info.value)
         monkeypatch.setenv("EV_TEST_KEY", KEY)  # read at call time, not at construction
         got = backend.complete(MESSAGES, max_tokens=5, temperature=0.3, seed=7)
-        assert got == Completion("echo: Name one colour.", 17, 3, "judge-served", True, "stop")
+        assert got == Completion("echo: Name one colour.", 17, 3, "judge-served", True, "stop", seed=7)
         sent = _OpenAIShapedHandler.requests_seen[-1]["body"]
         assert sent == {"model": "judge", "messages": MESSAGES, "max_tokens": 5, "temperature": 0.3, "stream": False, "seed": 7}
         unseeded = backend.complete(MESSAGES, max_tokens=5, temperature=0.3, seed=None)
         assert "seed" not in _OpenAIShapedHandler.requests_seen[-1]["body"] and not unseeded.seed_honoured
-        broken = OpenAIChatBackend(url, "broken", api_key_env="EV_TEST_KEY")
+        broken = OpenAIChatBackend(url, "broken", api_key_env="EV_TEST_KEY", max_retries=0)
         with pytest.raises(BackendError) as info:
             broken.complete(MESSAGES, max_tokens=4, temperature=0.0, seed=0)
         assert info.value.status == 500 and "HTTP 500" in str(info.value)
@@ -218,6 +232,163 @@ def test_openai_backend_wire_format_on_a_loopback_http_server(monkeypatch):
         garbled = OpenAIChatBackend(url, "garbled", api_key_env="EV_TEST_KEY")
         with pytest.raises(BackendError, match="malformed reply"):
             garbled.complete(MESSAGES, max_tokens=4, temperature=0.0, seed=0)
+
+
+class _ScriptedHandler(BaseHTTPRequestHandler):
+    """A loopback server for the client's retry, seed, concurrency and rate-limit logic (the
+    real-server versions are in test_generation_server.py). Model names pick a behaviour:
+    ``flaky``: HTTP 429 with ``Retry-After: 0.2`` to the first ``fail_first`` requests, then 503
+    without a header to the next ``fail_503``; ``noseed``: HTTP 422 naming the field when a seed
+    is sent; anything else: answers after ``delay`` seconds with the seed it got."""
+
+    fail_first = 0
+    fail_503 = 0
+    delay = 0.0
+    seen: list = []
+    lock = threading.Lock()
+    in_flight = 0
+    max_in_flight = 0
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, status, payload, headers=()):
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self):  # noqa: N802
+        cls = type(self)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with cls.lock:
+            cls.seen.append({"t": time.monotonic(), "body": body})
+            n = len(cls.seen)
+            cls.in_flight += 1
+            cls.max_in_flight = max(cls.max_in_flight, cls.in_flight)
+        try:
+            if body["model"] == "flaky" and n <= cls.fail_first:
+                return self._send(429, {"error": "slow down"}, [("Retry-After", "0.2")])
+            if body["model"] == "flaky" and n <= cls.fail_first + cls.fail_503:
+                return self._send(503, {"error": "overloaded"})
+            if body["model"] == "noseed" and "seed" in body:
+                return self._send(422, {"detail": "Unexpected fields in the request: {'seed'}"})
+            time.sleep(cls.delay)
+            text = f"seed={body.get('seed')} said {body['messages'][-1]['content']}"
+            self._send(200, {"model": body["model"], "choices": [{"finish_reason": "stop", "message": {"content": text}}],
+                             "usage": {"prompt_tokens": 10, "completion_tokens": 4}, "system_fingerprint": "fp-1"})
+        finally:
+            with cls.lock:
+                cls.in_flight -= 1
+
+
+@contextlib.contextmanager
+def _scripted_server(**settings):
+    handler = type("Handler", (_ScriptedHandler,), {"seen": [], "lock": threading.Lock(), "in_flight": 0,
+                                                    "max_in_flight": 0, **settings})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _requests(n):
+    return [GenRequest([{"role": "user", "content": f"q{k}"}]) for k in range(n)]
+
+
+def test_retries_with_backoff_honour_retry_after_and_are_counted(caplog):
+    with _scripted_server(fail_first=2, fail_503=1) as (url, handler):
+        backend = OpenAIChatBackend(url, "flaky", max_retries=3, backoff=0.01, max_backoff=1, max_concurrency=1)
+        got = backend.complete(MESSAGES, max_tokens=4, temperature=0.5, seed=3)
+    assert got.retries == ("429", "429", "503") and got.text == "seed=3 said Name one colour."
+    times = [r["t"] for r in handler.seen]
+    assert times[1] - times[0] >= 0.19 and times[2] - times[1] >= 0.19, "Retry-After: 0.2 was honoured"
+    assert times[3] - times[2] < 0.19, "without Retry-After the (tiny) exponential backoff applies"
+    with _scripted_server(fail_first=5) as (url, handler):
+        backend = OpenAIChatBackend(url, "flaky", max_retries=1, backoff=0.01)
+        with pytest.raises(BackendError, match=r"HTTP 429 .*\(after 1 retries: 429\)") as info:
+            backend.complete(MESSAGES, max_tokens=4, temperature=0.5, seed=3)
+    assert info.value.status == 429 and len(handler.seen) == 2
+
+
+def test_retry_after_parsing_and_retryable_statuses():
+    from email.utils import formatdate
+
+    from emotion_vectors.backends import parse_retry_after, retryable_status
+
+    assert parse_retry_after("3") == 3.0 and parse_retry_after(" 0.5 ") == 0.5 and parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None and parse_retry_after("-4") == 0.0
+    now = time.time()
+    assert 9 <= parse_retry_after(formatdate(now + 10, usegmt=True), now=now) <= 11
+    assert [retryable_status(s) for s in (408, 429, 500, 502, 503, 504, 400, 401, 404, 422, 501, 505)] == [True] * 6 + [False] * 6
+
+
+def test_batch_concurrency_row_seeds_rate_limit_and_seed_rejection():
+    from emotion_vectors.backends import row_seed
+
+    with _scripted_server(delay=0.3) as (url, handler):
+        backend = OpenAIChatBackend(url, "m", max_concurrency=3, extra_body={"top_k": 50})
+        got = backend.generate_batch(_requests(6), max_tokens=4, temperature=0.9, top_p=0.9, seed=11)
+        assert handler.max_in_flight == 3, "at most max_concurrency requests in flight, and that many"
+        assert [g.text for g in got] == [f"seed={row_seed(11, k)} said q{k}" for k in range(6)], "in request order"
+        assert [g.seed for g in got] == [row_seed(11, k) for k in range(6)] and len({g.seed for g in got}) == 6
+        assert all(r["body"]["top_p"] == 0.9 and r["body"]["top_k"] == 50 for r in handler.seen)
+        assert backend.seed_policy()["accepted"] is True and backend.seed_policy()["system_fingerprints"] == ["fp-1"]
+        backend.close()
+    with _scripted_server() as (url, handler):
+        backend = OpenAIChatBackend(url, "m", max_concurrency=4, rate_limit=10)
+        backend.generate_batch(_requests(5), max_tokens=4, temperature=0.9, seed=1)
+        starts = sorted(r["t"] for r in handler.seen)
+        assert starts[-1] - starts[0] >= 0.35, "5 requests at 10/s span at least 0.4 s"
+        backend.close()
+    with _scripted_server() as (url, handler):
+        backend = OpenAIChatBackend(url, "noseed", max_concurrency=1, seed_honoured=True)
+        got = backend.generate_batch(_requests(2), max_tokens=4, temperature=0.9, seed=5)
+        assert [g.seed for g in got] == [None, None] and not any(g.seed_honoured for g in got)
+        assert ["seed" in r["body"] for r in handler.seen] == [True, False, False], "rejected once, then never sent"
+        policy = backend.seed_policy()
+        assert policy["sent"] is False and policy["accepted"] is False and policy["honoured"] is False
+
+
+def test_prefill_is_removed_from_a_reply_that_repeats_it():
+    with _scripted_server() as (url, _):
+        backend = OpenAIChatBackend(url, "m", max_concurrency=1)
+        got = backend.generate_batch([GenRequest([{"role": "user", "content": "x"}], prefill="seed=")],
+                                     max_tokens=4, temperature=0.0, seed=2)
+    assert got[0].text == f"{got[0].seed} said x"
+
+
+def test_hf_generate_batch_matches_a_plain_seeded_generate(tiny_llama):
+    """The in-process batch is exactly ``model.generate`` on the left-padded rendered prompts
+    after ``torch.manual_seed(seed)`` (the corpus generation before the backend layer): the
+    shipped default's stories do not change."""
+    from conftest import tokenizer_copy
+
+    model, tok = tiny_llama
+    tok = tokenizer_copy(tok, "left")
+    backend = HFChatBackend(model, tok, name="tiny")
+    reqs = [GenRequest(list(MESSAGES)), GenRequest([{"role": "user", "content": "Write a long story please."}], prefill="Once")]
+    rng_before = torch.random.get_rng_state()
+    got = backend.generate_batch(reqs, max_tokens=7, temperature=0.9, top_p=0.95, seed=1234)
+    assert torch.equal(rng_before, torch.random.get_rng_state())
+    prompts = [render_messages(tok, r.messages) + r.prefill for r in reqs]
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(1234)
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=7, do_sample=True, temperature=0.9, top_p=0.95, pad_token_id=tok.pad_token_id)
+    for g, row, mask in zip(got, out[:, enc["input_ids"].shape[1]:].tolist(), enc["attention_mask"]):
+        n = next((i for i, t in enumerate(row) if t == tok.eos_token_id), len(row))
+        assert g.text == tok.decode(row[:n], skip_special_tokens=True) and g.completion_tokens == n
+        assert g.prompt_tokens == int(mask.sum()) and g.seed == 1234 and g.truncated == (n >= 7)
+    assert backend.seed_policy()["per"] == "batch" and backend.identity() == {"backend": "hf", "name": "tiny"}
 
 
 def _serve_available() -> tuple[bool, str]:
@@ -275,3 +446,34 @@ def test_openai_backend_against_transformers_serve(monkeypatch):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# --- the generator's backend in the config ----------------------------------------------------
+
+
+def test_config_generator_backend_is_validated_before_any_work():
+    from emotion_vectors.config import ConfigError, REPO_ROOT, describe_model, validate_config
+
+    local = {"name": "smollm2-135m-instruct", "gguf": DEFAULT_SPEC["gguf"]}
+    server = {"backend": "openai", "name": "served", "base_url": "http://127.0.0.1:8000/v1", "model": "m",
+              "api_key_env": "EV_GEN_KEY", "max_concurrency": 8, "price_per_mtok": {"prompt": 0.1, "completion": 0.4}}
+
+    def check(generator, **models):
+        return validate_config({"run": "t", "models": {"generator": generator, "subject": local, **models}}, REPO_ROOT)
+
+    cfg = check(server, judge=local)
+    assert cfg["models"]["generator"] == server, "nothing is filled into a server spec"
+    assert check(local)["models"]["generator"]["dtype"] == "float32", "a local spec gets its defaults"
+    assert check({**local, "backend": "hf"})["models"]["generator"]["backend"] == "hf"
+    assert describe_model(server) == "served (OpenAI-compatible server http://127.0.0.1:8000/v1, model m, key from $EV_GEN_KEY)"
+    with pytest.raises(ConfigError, match="models.judge: absent.*log-probability"):
+        check(server)
+    with pytest.raises(ConfigError, match="models.selector"):
+        validate_config({"run": "t", "models": {"generator": server, "subject": local, "judge": local},
+                         "stories": {"selection": {"enabled": True}}}, REPO_ROOT)
+    for bad in ({"base_url": "127.0.0.1:8000/v1"}, {"max_concurrency": 0}, {"rate_limit": 0}, {"api_key_env": "sk-abc"},
+                {"price_per_mtok": {"input": 1}}, {"temperature": 1}):
+        with pytest.raises(ConfigError, match="models.generator"):
+            check({**server, **bad}, judge=local)
+    with pytest.raises(ConfigError, match="models.subject"):
+        validate_config({"run": "t", "models": {"generator": local, "subject": server}}, REPO_ROOT)

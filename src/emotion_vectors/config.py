@@ -185,6 +185,7 @@ def validate_config(config: dict[str, Any], base_dir: str | Path = ".") -> dict[
                 f"config key models.{role}: gives both `path` ({spec['path']}) and `gguf` "
                 f"({spec['gguf'].get('file')}); a model has one source: keep one of them"
             )
+    _check_generator_backend(config)
     base_dir = Path(base_dir)
     for role, spec in config["models"].items():
         local = str(spec.get("path") or "")
@@ -226,6 +227,27 @@ def validate_config(config: dict[str, Any], base_dir: str | Path = ".") -> dict[
     return config
 
 
+def _check_generator_backend(config: dict[str, Any]) -> None:
+    """A generator behind an OpenAI-compatible server only writes text: the roles that default
+    to the generator but read log-probabilities in this process (the selection judge, the corpus
+    diagnostics' judge) must then name a local model."""
+    models = config["models"]
+    if models["generator"].get("backend") != "openai":
+        return
+    where = f"models.generator is an OpenAI-compatible server ({models['generator'].get('base_url')})"
+    if not models.get("judge"):
+        raise ConfigError(
+            f"config key models.judge: absent, so the corpus diagnostics' judge would be the generator, but "
+            f"{where}; that judge scores its options by log-probability in this process: set models.judge "
+            "to a local model spec (name and path or gguf), e.g. the subject's"
+        )
+    if config["stories"]["selection"]["enabled"] and not models.get("selector"):
+        raise ConfigError(
+            f"config key models.selector: stories.selection is enabled and its judge defaults to the "
+            f"generator, but {where}; set models.selector to a local model spec (name and path or gguf)"
+        )
+
+
 def load_config(path: str | Path, base_dir: str | Path | None = None) -> dict[str, Any]:
     """Read a YAML config file and validate it (see ``validate_config``)."""
     return validate_config(read_config_file(path), base_dir if base_dir is not None else REPO_ROOT)
@@ -240,6 +262,9 @@ def config_hash(section: Any) -> str:
 def describe_model(spec: dict[str, Any]) -> str:
     """One line naming a model spec's source, as the workflow announces it: ``name (source,
     dtype, device[, quantization])``."""
+    if spec.get("backend") == "openai":
+        key = f", key from ${spec['api_key_env']}" if spec.get("api_key_env") else ""
+        return f"{spec.get('name')} (OpenAI-compatible server {spec.get('base_url')}, model {spec.get('model')}{key})"
     if spec.get("gguf"):
         source = f"gguf {spec['gguf']['package']}/{spec['gguf']['file']}"
     else:

@@ -187,7 +187,9 @@ def same_model(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 def describe_judge(spec: Mapping[str, Any]) -> dict[str, Any]:
     """A judge spec as provenance records it (an API key's variable name, never its value)."""
     if spec.get("backend") == "openai":
-        keys = ("backend", "name", "base_url", "model", "api_key_env", "timeout", "seed_honoured", "max_tokens")
+        from ..backends import OPENAI_OPTIONS
+
+        keys = ("backend", "name", "base_url", "model", *OPENAI_OPTIONS, "max_tokens")
         return {k: spec.get(k) for k in keys if k in spec}
     return {"backend": "hf", "kind": "local-choice", **{k: spec.get(k) for k in MODEL_KEYS if k in spec}}
 

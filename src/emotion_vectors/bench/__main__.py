@@ -13,6 +13,7 @@ BENCHMARKS = {
     "extract": "activation extraction engine vs the replication's method (tokens/s, memory)",
     "analysis": "analysis stage",
     "generate": "story generation",
+    "backends": "story generation in process vs through transformers serve (stories/s, tokens/s)",
 }
 
 
