@@ -70,7 +70,13 @@ def test_story_shards(tiny_run):
         assert prov["model"]["name"] == "smollm2-135m-instruct" and prov["model"]["dtype"] == "float32"
         assert prov["packages"]["torch"].startswith("2.13") and prov["config"]["stories"]["per_topic"] == 2
     neutral = json.loads((tiny_run / "neutral" / "dialogues.json").read_text())
-    assert neutral["n_dialogues"] == len(neutral["dialogues"]) >= 1
+    # tests/data/tiny.yaml allows the neutral corpus a shortfall: what it holds is exactly its
+    # target (neutral.per_topic 4 x 1 topic) less the shortfall the shard reports, never nothing.
+    assert neutral["target"] == 4
+    missing = sum(neutral["shortfall"].values())
+    assert 0 < neutral["n_dialogues"] == len(neutral["dialogues"]) == neutral["target"] - missing
+    assert neutral["complete"] == (missing == 0)
+    assert len({d["id"] for d in neutral["dialogues"]}) == neutral["n_dialogues"]
     for d in neutral["dialogues"]:
         assert d["text"].lstrip().startswith(("Human:", "System:")) and "Assistant:" in d["text"]
         assert d["turns"][0]["role"] == "human"
