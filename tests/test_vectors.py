@@ -210,6 +210,35 @@ def test_store_numbers_by_hand_from_float16_shards(tmp_path, tiny_llama):
     assert norms.shape == (9, 2)
     np.testing.assert_allclose(store["residual_norm"][:], norms.mean(axis=0), rtol=1e-6)
     assert store.attrs["provenance"] == {"stage": "test", "subject_model": info}
+    neutral = open_shard(paths["neutral"])
+    assert store.attrs["layer_convention"] == neutral.attrs["layer_convention"]
+    assert store.attrs["num_hidden_layers"] == neutral.attrs.get("num_hidden_layers")
+    assert store.attrs["pool_start"] == 3 and store.attrs["denoise_variance"] == 0.5
+    assert store.attrs["n_neutral"] == 6
+    assert store.attrs["definition"] == (
+        "raw = emotion mean - mean over emotions; denoised = raw with the top neutral PCs "
+        "(denoise_variance of neutral variance) projected out; *_unit = L2-normalised rows")
+    assert store.attrs["residual_norm_definition"] == (
+        "mean over emotion stories of the mean per-token L2 norm of the residual stream over "
+        "the pooled window")
+    # The table: one row per emotion and layer, its numbers from the stored vectors.
+    assert [(r["emotion"], r["layer"]) for r in rows] == [(e, layer) for layer in (0, 2) for e in emotions]
+    raw, den = store["raw"][:], store["denoised"][:]
+    for r in rows:
+        e, li = emotions.index(r["emotion"]), [0, 2].index(r["layer"])
+        assert set(r) == {"emotion", "layer", "n_stories", "raw_norm", "denoised_norm", "cos_raw_denoised",
+                          "neutral_pcs_removed", "neutral_variance_removed"}
+        assert r["raw_norm"] == pytest.approx(np.linalg.norm(raw[e, li]), rel=1e-5)
+        assert r["denoised_norm"] == pytest.approx(np.linalg.norm(den[e, li]), rel=1e-5)
+        cos = raw[e, li] @ den[e, li] / np.linalg.norm(raw[e, li]) / np.linalg.norm(den[e, li])
+        assert r["cos_raw_denoised"] == pytest.approx(cos, rel=1e-5)
+        pcs = neutral_components(np.asarray(neutral["activations"][:, li], dtype=np.float64), 0.5)
+        assert r["neutral_pcs_removed"] == pcs.k
+        assert r["neutral_variance_removed"] == pytest.approx(pcs.explained_ratio[: pcs.k].sum(), rel=1e-5)
+    # One emotion with one story: the residual norm is that story's token norm.
+    build_vector_store({"calm": paths["calm"]}, paths["neutral"], tmp_path / "one.zarr", denoise_variance=0.5, provenance={})
+    one = zarr.open_group(str(tmp_path / "one.zarr"), mode="r")
+    np.testing.assert_allclose(one["residual_norm"][:], open_shard(paths["calm"])["token_norm"][0], rtol=1e-6)
 
 
 def test_store_refuses_an_emotion_without_stories(tmp_path, tiny_llama):
