@@ -37,10 +37,10 @@ PKG = "src/emotion_vectors"
 MODULES: dict[str, tuple[str, list[str]]] = {
     "leak": (f"{PKG}/leak.py", ["tests/test_leak.py", "tests/test_leak_rules.py"]),
     "parsing": (f"{PKG}/parsing.py", ["tests/test_parsing.py"]),
-    "extract": (f"{PKG}/extract.py", ["tests/test_extract.py", "tests/test_extract_rules.py"]),
-    "vectors": (f"{PKG}/vectors.py", ["tests/test_vectors.py"]),
-    "analysis/stats": (f"{PKG}/analysis/stats.py", ["tests/test_analysis_stats.py"]),
     "analysis/geometry": (f"{PKG}/analysis/geometry.py", ["tests/test_analysis_geometry.py"]),
+    "analysis/stats": (f"{PKG}/analysis/stats.py", ["tests/test_analysis_stats.py"]),
+    "vectors": (f"{PKG}/vectors.py", ["tests/test_vectors.py"]),
+    "extract": (f"{PKG}/extract.py", ["tests/test_extract.py", "tests/test_extract_rules.py"]),
     "shards": (f"{PKG}/shards.py", ["tests/test_shards.py", "tests/test_shards_steps.py", "tests/test_faults.py"]),
 }
 # Tests left out of a module's runs because they cost most and check nothing the module's other
@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             show_survivors(m, BUILD / m.replace("/", "-"))
         return 0
     ensure_default_model()
+    BUILD.mkdir(parents=True, exist_ok=True)
     rows = []
     total_start = time.monotonic()
     for m in modules:
@@ -233,10 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row(m, results(m, work), seconds))
         r = rows[-1]
         print(f"[mutants] {m}: {r['mutants']} mutants, {r['killed_pct']:.1f}% killed, {seconds / 60:.1f} min", flush=True)
+        # written after every module, so that an interrupted run keeps what it measured
+        total = time.monotonic() - total_start
+        (BUILD / "summary.md").write_text(table(rows) + f"\nwall time {total / 60:.1f} min, {args.jobs} mutants at once\n")
     text = table(rows)
     total = time.monotonic() - total_start
-    BUILD.mkdir(parents=True, exist_ok=True)
-    (BUILD / "summary.md").write_text(text + f"\nwall time {total / 60:.1f} min, {args.jobs} mutants at once\n")
     print()
     print(text)
     print(f"wall time {total / 60:.1f} min ({args.jobs} mutants at once); surviving mutants: "

@@ -82,6 +82,7 @@ def test_story_cleaning_rules():
     # Quotes around the whole story go (straight and curly).
     assert split_stories('"He walked to the fence."', 1) == ["He walked to the fence."]
     assert split_stories("\u201cHe walked to the fence.\u201d", 1) == ["He walked to the fence."]
+    assert split_stories('"Xavier walked to the fence. X"', 1) == ["Xavier walked to the fence. X"]  # only quotes
     # A leading "Title:" goes in any case; a one-line story without a full stop is kept.
     assert split_stories("TITLE: He walked to the fence. It was tall.", 1) == ["He walked to the fence. It was tall."]
     assert split_stories("He walked to the fence", 1) == ["He walked to the fence"]
