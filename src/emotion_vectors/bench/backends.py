@@ -41,7 +41,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_serve(model_dir: str, dtype: str, threads: int, log_path: Path, timeout: float = 300) -> tuple[subprocess.Popen, str]:
+def start_serve(model_dir: str, dtype: str, threads: int, log_path: Path, timeout: float = 300,
+                extra_args: list[str] | None = None) -> tuple[subprocess.Popen, str]:
     """``transformers serve`` pinned to ``model_dir`` on a free loopback port, on the CPU;
     returns the process and its ``/v1`` URL once ``/health`` answers."""
     import requests
@@ -49,7 +50,7 @@ def start_serve(model_dir: str, dtype: str, threads: int, log_path: Path, timeou
     port = _free_port()
     cli = Path(sys.executable).with_name("transformers")
     cmd = [str(cli), "serve", model_dir, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
-           "--dtype", dtype, "--log-level", "warning"]
+           "--dtype", dtype, "--log-level", "warning", *(extra_args or [])]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -100,6 +101,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--model", default=None, help="the server's model name (default: the prepared model directory)")
     ap.add_argument("--no-generation-config", action="store_true",
                     help="do not send transformers serve's generation_config field (for other servers)")
+    ap.add_argument("--serve-arg", action="append", default=[],
+                    help="extra argument of transformers serve (repeat), e.g. --serve-arg=--continuous-batching")
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--json", default=None, help="write the rows here")
     args = ap.parse_args(argv)
@@ -112,7 +115,7 @@ def main(argv: list[str]) -> int:
     spec = cfg["models"]["generator"]
     if spec.get("backend") == "openai":
         raise SystemExit("the config's generator is a server already; give a config with a local generator")
-    model_dir = str(resolve_path(spec))
+    model_dir = str(Path(resolve_path(spec)).resolve())
     if spec.get("gguf") and not Path(model_dir).exists():
         prepare_gguf_model(spec, model_dir)
     st = cfg["stories"]
@@ -144,15 +147,21 @@ def main(argv: list[str]) -> int:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
             proc, url = start_serve(model_dir, spec.get("dtype", "float32") if spec.get("dtype") != "auto" else "auto",
-                                    args.threads, log_path)
+                                    args.threads, log_path, extra_args=args.serve_arg)
             print(f"transformers serve ready at {url} in {time.perf_counter() - started:.1f} s", flush=True)
         for c in args.concurrency:
             # transformers serve samples only if told so (docs/generation.md); other servers ignore it or
             # reject it: pass --base-url with --no-generation-config for those.
-            extra = {} if args.no_generation_config else {"generation_config": json.dumps({"do_sample": True})}
+            # (with the end-of-turn token: under --continuous-batching a request's generation config
+            # replaces the model's, and without eos_token_id a reply runs to max_tokens).
+            gc_file = Path(model_dir) / "generation_config.json"
+            eos = json.loads(gc_file.read_text()).get("eos_token_id") if gc_file.exists() else None
+            gen_cfg = {"do_sample": True, **({"eos_token_id": eos} if eos is not None else {})}
+            extra = {} if args.no_generation_config else {"generation_config": json.dumps(gen_cfg)}
             backend = OpenAIChatBackend(url, args.model or model_dir, max_concurrency=c, timeout=600, extra_body=extra)
             backend.generate_batch(requests[:1], max_tokens=4, temperature=0.9, top_p=0.95, seed=0)  # warm-up
-            rows.append(_measure(f"transformers serve, concurrency {c}", backend, requests, max(c, 1) * 4, settings))
+            label = f"{'transformers serve' if args.base_url is None else url}{' ' + ' '.join(args.serve_arg) if args.serve_arg else ''}, concurrency {c}"
+            rows.append(_measure(label, backend, requests, max(c, 1) * 4, settings))
             backend.close()
     finally:
         if proc is not None:
