@@ -282,6 +282,7 @@ def _child_stories(spec: dict[str, Any]) -> None:
             output=[job["out"]],
             log=[job["log"]],
             threads=1,
+            resources=SimpleNamespace(gpu=0),
             rule="stories",
             wildcards=SimpleNamespace(emotion=slug(spec["emotion"])),
         )

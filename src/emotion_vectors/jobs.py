@@ -32,7 +32,7 @@ def start_job(smk: Any, *, claim_gpus: bool = True) -> logging.Logger:
     from .service import claim_job_devices
 
     if claim_gpus:
-        claim_job_devices(int(getattr(smk.resources, "gpu", 0) or 0), log=log.info)
+        claim_job_devices(int(getattr(getattr(smk, "resources", None), "gpu", 0) or 0), log=log.info)
     import torch
 
     torch.set_num_threads(max(1, int(smk.threads)))
