@@ -150,11 +150,21 @@ def test_pca_is_float64_scale_free_and_sized_by_the_data():
     # two emotions make one PC; one is refused
     two = geometry.pca(x[:2], n_components=3)
     assert two.explained_ratio.tolist() == [1.0]
-    with pytest.raises(ValueError, match="PCA needs at least two emotions"):
+    with pytest.raises(ValueError, match="^PCA needs at least two emotions$"):
         geometry.pca(x[:1])
+    # ten components unless asked otherwise
+    wide = rng.standard_normal((15, 30))
+    assert geometry.pca(wide).explained_ratio.shape == (10,)
 
 
 def test_pca_of_rank_deficient_or_identical_rows_stays_finite():
+    # rank 1, all 7 PCs asked for: the 6 zero eigenvalues come out of eigh as +-1e-15 (some
+    # negative), and must give zero shares and finite scores, not NaN
+    line = np.outer(np.arange(8.0), np.ones(10))
+    res = geometry.pca(line, n_components=7)
+    assert np.isfinite(res.scores).all() and np.isfinite(res.components).all()
+    np.testing.assert_allclose(res.explained_ratio, [1.0] + [0.0] * 6, atol=1e-12)
+    assert (res.explained_ratio >= 0).all()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((8, 2)) @ rng.standard_normal((2, 6))  # rank 2 (centred: rank 2)
     res = geometry.pca(x, n_components=5)
@@ -211,6 +221,9 @@ def test_cosine_matrix_values_centring_and_bounds():
     unit = xc / np.linalg.norm(xc, axis=1, keepdims=True)
     np.testing.assert_allclose(geometry.cosine_matrix(off, centre=True), unit @ unit.T, atol=1e-12)
     assert not np.allclose(geometry.cosine_matrix(off), unit @ unit.T)
+    assert geometry.cosine_matrix(off.astype(np.float32)).dtype == np.float64  # computed in float64
+    np.testing.assert_allclose(geometry.cosine_matrix(off.astype(np.float32)),
+                               geometry.cosine_matrix(off.astype(np.float32).astype(np.float64)), rtol=0, atol=1e-15)
     # parallel rows: exactly +-1 after rounding, never beyond
     for _ in range(50):
         v = rng.standard_normal(7)
@@ -227,6 +240,9 @@ def test_top_pairs_order_and_ties():
     assert list(zip(syn.emotion_a, syn.emotion_b)) == [("a", "b"), ("c", "d"), ("a", "d")]
     assert list(zip(opp.emotion_a, opp.emotion_b)) == [("a", "c"), ("b", "d"), ("b", "c")]
     assert syn.cosine.tolist() == [0.9, 0.5, 0.3] and list(opp["rank"]) == [1, 2, 3]
+    eight = np.eye(8) + 0.01 * np.arange(64).reshape(8, 8)
+    default = geometry.top_pairs((eight + eight.T) / 2, list("abcdefgh"))  # 28 pairs, 20 of each kind
+    assert (default.kind == "synonym").sum() == 20 and (default.kind == "opposite").sum() == 20
     # 12 emotions whose 66 pair cosines take three values: ties follow input order.
     names = [f"e{i}" for i in range(12)]
     rng = np.random.default_rng(1)

@@ -157,3 +157,23 @@ def test_sense_table_builders():
         "patient", "other", "patient", "noun", "The patient said no.", _AFTER_DET, _NOUN_END)
     assert _verb_only("tired", "tires?", "wheels", "It tires him.") == Sense(
         "tired", "only", "tires?", "wheels", "It tires him.", None, _OBJECT)
+
+
+def test_phrasal_verbs_take_a_person_only_inside_a_form():
+    from emotion_vectors.leak import _PERSON, _SEP, _SEP_OPT, _form_pattern
+
+    assert _form_pattern("wear") == "wear"  # alone: nothing can sit inside
+    assert _form_pattern("wear out") == f"wear(?:{_SEP}{_PERSON})?{_SEP}out"
+    assert _form_pattern("out wear") == f"out{_SEP}wear"  # not the last word
+    assert _form_pattern("grief-stricken") == f"grief{_SEP_OPT}stricken"
+    assert _form_pattern("hope's") == "hope[\u0027\u2019]s"
+
+
+def test_context_is_read_80_characters_each_side():
+    """The senses look at most 80 characters before and after a form."""
+    # "the" 80 characters back still makes "patient" a noun; 81 back it is out of sight
+    assert find_leaks("the" + " " * 77 + "patient said no.", "patient") == []
+    assert find_leaks("the" + " " * 78 + "patient said no.", "patient") == ["patient"]
+    # "demand" ending 80 characters after "satisfies" makes it the logic sense; 81 does not
+    assert find_leaks("x satisfies" + " " * 74 + "demand.", "satisfied") == []
+    assert find_leaks("x satisfies" + " " * 75 + "demand.", "satisfied") == ["satisfies"]

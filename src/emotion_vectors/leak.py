@@ -131,8 +131,7 @@ def inflections(word: str) -> set[str]:
             forms |= {stem + "ed", stem + "ing"}
             continue
         forms |= {stem + "ed", stem + "ing", stem + "er", stem + "est", stem + "ly"}
-    if w.endswith("e"):
-        forms.add(w + "d")
+    # (-e words: the e-drop stem gives "hoped", "hoping"; "hope" + "d" needs no rule of its own.)
     if w.endswith("le"):
         forms.add(w[:-1] + "y")  # gentle -> gently
     if w.endswith("ic"):
@@ -146,9 +145,7 @@ def verb_forms(verb: str) -> set[str]:
     No -er/-est/-ly on the verb itself: "lover", "lovely", "thriller" are other words."""
     v = verb.lower()
     forms = {v, v + "'s"} | _plurals(v)
-    if v.endswith("e"):
-        forms.add(v + "d")
-    for stem in _stems(v):
+    for stem in _stems(v):  # "love" -> "lov" + "ed": the e-drop stem makes "loved"
         forms |= {stem + "ed", stem + "ing", stem + "ingly"}
     return forms
 
