@@ -333,3 +333,58 @@ def test_masked_rowwise_pearson_needs_three_entries():
 def test_holm_of_one_test_is_its_p():
     np.testing.assert_allclose(holm(np.array([0.2, np.nan])), [0.2, np.nan])
     assert np.isnan(holm(np.array([np.nan]))).all()
+
+
+def test_everything_is_computed_in_float64():
+    """float32 inputs (stores hold float32) give the float64 results, not float32 ones."""
+    x, rating, full = _pc_data()
+    x32, r32 = x.astype(np.float32), rating.astype(np.float32)
+    x64, r64 = x32.astype(np.float64), r32.astype(np.float64)
+    c32 = correlate(x32[:, 0], r32, n_bootstrap=100, seed=1)
+    c64 = correlate(x64[:, 0], r64, n_bootstrap=100, seed=1)
+    assert (c32.r, c32.p, c32.ci_low, c32.ci_high) == (c64.r, c64.p, c64.ci_low, c64.ci_high)
+    s32 = correlate(x32[:, 0], r32, method="spearman", n_bootstrap=0)
+    assert s32.r == correlate(x64[:, 0], r64, method="spearman", n_bootstrap=0).r
+    f64 = geometry.orient(geometry.pca(x64, 3), (r64,))
+    b32 = pca_bootstrap(x32, f64.components.astype(np.float32), f64.scores.astype(np.float32), n_bootstrap=40, seed=2)
+    b64 = pca_bootstrap(x64, f64.components.astype(np.float32).astype(np.float64),
+                        f64.scores.astype(np.float32).astype(np.float64), n_bootstrap=40, seed=2)
+    assert b32.full_scores.dtype == np.float64
+    np.testing.assert_allclose(b32.scores, b64.scores, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(b32.alignment, b64.alignment, rtol=0, atol=1e-12)
+    p32, _ = correlate_pc(b64, 0, r32)
+    p64, _ = correlate_pc(b64, 0, r64)
+    assert (p32.r, p32.ci_low, p32.ci_high) == (p64.r, p64.ci_low, p64.ci_high)
+
+
+def test_correlate_pc_mask_may_be_0_1_and_two_ratings_give_no_interval():
+    x, rating, full = _pc_data()
+    boot = pca_bootstrap(x, full.components, full.scores, n_bootstrap=80, seed=3)
+    mask = np.arange(40) % 3 != 0
+    as_bool, _ = correlate_pc(boot, 0, rating, mask)
+    as_int, _ = correlate_pc(boot, 0, rating, mask.astype(int))
+    assert as_int == as_bool
+    # two rated emotions: no correlation, and no interval even though resamples draw them 3+ times
+    two = np.full(40, np.nan)
+    two[[5, 9]] = [1.0, 3.0]
+    c, _ = correlate_pc(boot, 0, two)
+    assert c.n == 2 and np.isnan(c.r) and np.isnan(c.ci_low) and np.isnan(c.ci_high)
+
+
+def test_refit_keeps_a_small_but_real_component():
+    """The refit drops a PC only when its eigenvalue is at rounding level relative to the
+    resample's total variance, however small the data's scale."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((10, 3)) * [1e-2, 1e-2, 1e-7]  # third variance 1e-10 of the others
+    full = geometry.pca(x, 3)
+    assert full.explained_ratio[2] > 1e-12
+    boot = pca_bootstrap(x, full.components, full.scores, n_bootstrap=30, seed=0)
+    distinct = np.array([len(set(row.tolist())) for row in boot.idx])
+    assert (distinct >= 4).all()
+    assert np.isfinite(boot.scores[:, :, 2]).all() and np.isfinite(boot.alignment[:, 2]).all()
+    # truly rank 2: the third PC is NaN in every resample
+    flat = x.copy()
+    flat[:, 2] = 0.0
+    fb = pca_bootstrap(flat, full.components, full.scores, n_bootstrap=30, seed=0)
+    assert np.isnan(fb.scores[:, :, 2]).all() and np.isnan(fb.alignment[:, 2]).all()
+    assert np.isfinite(fb.scores[:, :, :2]).all()
