@@ -182,7 +182,8 @@ def _shards(tmp_path, model, tok, n_texts, storage_dtype="float32", min_words=6)
     for name, n in n_texts.items():
         texts = [" ".join(rng.choice(words, size=rng.integers(min_words, 20))) if min_words else "the" for _ in range(n)]
         paths[name] = tmp_path / f"{name}.zarr"
-        write_shard(model, tok, texts, [f"{name}-{i}" for i in range(n)], [0, 2], paths[name], settings, name=name, model_info=info)
+        write_shard(model, tok, texts, [f"{name}-{i}" for i in range(n)], [0, 2], paths[name], settings, name=name,
+                    model_info=info, attrs={"num_hidden_layers": 5})  # as the model server records it
     return paths, info
 
 
@@ -212,7 +213,7 @@ def test_store_numbers_by_hand_from_float16_shards(tmp_path, tiny_llama):
     assert store.attrs["provenance"] == {"stage": "test", "subject_model": info}
     neutral = open_shard(paths["neutral"])
     assert store.attrs["layer_convention"] == neutral.attrs["layer_convention"]
-    assert store.attrs["num_hidden_layers"] == neutral.attrs.get("num_hidden_layers")
+    assert store.attrs["num_hidden_layers"] == neutral.attrs["num_hidden_layers"] == 5
     assert store.attrs["pool_start"] == 3 and store.attrs["denoise_variance"] == 0.5
     assert store.attrs["n_neutral"] == 6
     assert store.attrs["definition"] == (
@@ -265,3 +266,21 @@ def test_mismatch_message_names_every_setting_and_the_fix():
         "run's model and extraction settings (snakemake --force <shard>)."
     )
     check_same_origin(("neutral.zarr", ref), ("joy.zarr", dict(ref)))  # same origin: no error
+
+
+def test_residual_norm_is_summed_in_float64(tmp_path, tiny_llama):
+    """Token norms of very different sizes (stored float32) are averaged in float64: a float32
+    sum would lose the small ones next to a large one."""
+    import zarr
+
+    from emotion_vectors.vectors import build_vector_store
+
+    model, tok = tiny_llama
+    paths, _ = _shards(tmp_path, model, tok, {"joy": 3, "fear": 3, "neutral": 3})
+    for name, values in (("joy", [2.0**24, 1.0, 1.0]), ("fear", [1.0, 1.0, 1.0])):
+        group = zarr.open_group(str(paths[name]), mode="r+")
+        group["token_norm"][:] = np.repeat(np.array(values, dtype=np.float32)[:, None], 2, axis=1)
+    build_vector_store({"joy": paths["joy"], "fear": paths["fear"]}, paths["neutral"], tmp_path / "v.zarr",
+                       denoise_variance=0.5, provenance={})
+    expected = np.float32((2.0**24 + 5.0) / 6.0)
+    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "v.zarr"), mode="r")["residual_norm"][:], [expected, expected])
