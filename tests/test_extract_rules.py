@@ -47,6 +47,7 @@ def test_main_layer_and_its_nearest_stored_layer():
     assert main_stored_layer([4, 9, 17, 24], 30) == 17
     assert main_stored_layer([np.int64(3), 6], None) == 3  # depth unknown: max + 1 = 7 -> 4 -> nearest 3
     assert main_stored_layer([2], 100) == 2
+    assert main_stored_layer(list(range(30)), None) == 19  # depth unknown: max + 1 = 30 blocks
     with pytest.raises(ValueError, match="^no stored layers$"):
         main_stored_layer([], 30)
 
@@ -308,4 +309,18 @@ def test_extract_pooled_arguments(tiny_llama: Any):
     assert empty.indices.shape == (0,) and empty.indices.dtype == np.int64
     assert empty.pooled.shape == (0, 2, 0) and empty.pooled.dtype == np.float32
     assert empty.token_norm.shape == (0, 2) and empty.n_tokens.shape == (0,)
+    assert empty.token_norm.dtype == np.float32 and empty.n_tokens.dtype == np.int64
     assert empty.ids == [] and [i for i, _ in empty.skipped] == ["x", "y"] and empty.layers == [1, 3]
+
+
+def test_block_outputs_of_every_shape():
+    from types import SimpleNamespace
+
+    h = torch.zeros(2, 3, 4)
+    assert extract._block_hidden(SimpleNamespace(hidden_states=h)) is h  # a ModelOutput-like object
+    assert extract._block_hidden((h,)) is h
+    for bad in ((None, h), [], (), 5, SimpleNamespace(hidden_states=None)):
+        with pytest.raises(TypeError, match="^cannot read hidden states from a decoder block output of type "):
+            extract._block_hidden(bad)
+    with pytest.raises(TypeError, match=r"of type <class 'int'>$"):
+        extract._block_hidden(5)
