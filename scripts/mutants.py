@@ -180,6 +180,18 @@ def table(rows: list[dict]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def write_summary() -> None:
+    """``build/mutants/summary.md``: the last measured row of every module that has one (a run of
+    some modules keeps the others' rows), with how many mutants ran at once for each."""
+    rows = []
+    for m in MODULES:
+        f = BUILD / m.replace("/", "-") / "row.json"
+        if f.exists():
+            rows.append(json.loads(f.read_text()))
+    jobs = sorted({r.get("jobs", 0) for r in rows})
+    (BUILD / "summary.md").write_text(table(rows) + f"\nmutants run at once: {', '.join(map(str, jobs))}\n")
+
+
 def show_survivors(module: str, work: Path) -> None:
     """Print each surviving (or untested) mutant of ``module`` as a diff against the original
     function, read from the mutated file (what ``mutmut show`` prints, without a process each)."""
@@ -235,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         r = rows[-1]
         print(f"[mutants] {m}: {r['mutants']} mutants, {r['killed_pct']:.1f}% killed, {seconds / 60:.1f} min", flush=True)
         # written after every module, so that an interrupted run keeps what it measured
-        total = time.monotonic() - total_start
-        (BUILD / "summary.md").write_text(table(rows) + f"\nwall time {total / 60:.1f} min, {args.jobs} mutants at once\n")
+        (work / "row.json").write_text(json.dumps({**r, "jobs": args.jobs}) + "\n")
+        write_summary()
     text = table(rows)
     total = time.monotonic() - total_start
     print()
