@@ -11,11 +11,14 @@ from emotion_vectors.config import (
     REPO_ROOT,
     ConfigError,
     assemble_config,
+    check_layers,
     describe_model,
+    layers_to_check,
     load_config,
     merge_config,
     validate_config,
 )
+from emotion_vectors.models import block_count
 
 DEFAULT = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
 
@@ -172,3 +175,63 @@ def test_snakemake_stops_before_any_job_with_the_key_named():
 @pytest.mark.parametrize("name", ["config.yaml", "gemma3-270m.yaml", "full.yaml"])
 def test_shipped_configs_are_valid(name):
     load_config(REPO_ROOT / "config" / name)
+
+
+def _validated(**changes):
+    return validate_config(_with(**changes), base_dir=REPO_ROOT)
+
+
+def test_layers_named_by_the_config_are_checked_against_the_depth():
+    # auto and every layer key null: nothing to check, the model's depth is not even read
+    assert not layers_to_check(_validated())
+    assert check_layers(_validated(), 30) == [4, 9, 14, 19, 24]
+    # an index the model does not have: the key, the index and the depth are named
+    cfg = _validated(extraction__layers=[4, 999])
+    assert layers_to_check(cfg)
+    with pytest.raises(ConfigError, match=r"extraction\.layers: .*\[999\].*30 decoder blocks"):
+        check_layers(cfg, 30)
+    assert check_layers(_validated(extraction__layers=[29, 0]), 30) == [29, 0]
+    # a steered / scored layer must be a stored one, explicit or auto for this depth
+    with pytest.raises(ConfigError, match=r"steering\.layer: 9 is not a stored layer .*\[4, 19\]"):
+        check_layers(_validated(extraction__layers=[4, 19], steering__layer=9), 30)
+    with pytest.raises(ConfigError, match=r"scoring\.layer: 7 .*auto for 30 blocks stores \[4, 9, 14, 19, 24\]"):
+        check_layers(_validated(scoring__layer=7), 30)
+    with pytest.raises(ConfigError, match=r"behaviour\.layer: 39"):
+        check_layers(_validated(behaviour__layer=39), 30)
+    assert check_layers(_validated(behaviour__layer=39), 60) == [4, 9, 14, 19, 24, 29, 34, 39, 44, 49, 54]
+    # depth unknown here (a hub model neither cached nor reachable): explicit layers are
+    # checked against themselves, nothing else can be
+    assert check_layers(_validated(extraction__layers=[4, 19], scoring__layer=19), None) == [4, 19]
+    with pytest.raises(ConfigError, match=r"scoring\.layer: 9"):
+        check_layers(_validated(extraction__layers=[4, 19], scoring__layer=9), None)
+    assert check_layers(_validated(scoring__layer=7), None) is None
+
+
+def test_block_count_reads_the_depth_without_weights(tmp_path):
+    # a multimodal config keeps its decoder in text_config (Gemma 3 and 4)
+    (tmp_path / "mm").mkdir()
+    (tmp_path / "mm" / "config.json").write_text(
+        '{"model_type": "gemma4", "num_hidden_layers": 27, "text_config": {"num_hidden_layers": 60}}'
+    )
+    assert block_count({"name": "mm", "path": str(tmp_path / "mm")}) == 60
+    (tmp_path / "gpt").mkdir()
+    (tmp_path / "gpt" / "config.json").write_text('{"model_type": "gpt2", "n_layer": 12}')
+    assert block_count({"name": "gpt", "path": str(tmp_path / "gpt")}) == 12
+    assert block_count({"name": "none", "path": str(tmp_path / "absent")}) is None
+    # a packaged GGUF model not yet prepared: its header; prepared: the copy's config.json
+    spec = dict(DEFAULT["models"]["subject"])
+    assert block_count(spec, models_dir=tmp_path) == 30
+    (tmp_path / spec["name"]).mkdir()
+    (tmp_path / spec["name"] / "config.json").write_text('{"num_hidden_layers": 7}')
+    assert block_count(spec, models_dir=tmp_path) == 7
+
+
+def test_snakemake_stops_on_a_layer_the_subject_does_not_have():
+    out = subprocess.run(
+        [str(REPO_ROOT / ".venv" / "bin" / "snakemake"), "-n", "--config", "run=layer-check", "scoring={layer: 7}"],
+        cwd=REPO_ROOT, capture_output=True, text=True,
+    )
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "Invalid configuration: config key scoring.layer: 7 is not a stored layer" in text
+    assert "Building DAG" not in text

@@ -227,6 +227,52 @@ def validate_config(config: dict[str, Any], base_dir: str | Path = ".") -> dict[
     return config
 
 
+# Config keys that name one stored layer (null: the main layer).
+LAYER_KEYS = (("steering", "layer"), ("behaviour", "layer"), ("scoring", "layer"))
+
+
+def layers_to_check(config: dict[str, Any]) -> bool:
+    """Whether the config names any layer, so that :func:`check_layers` needs the model's depth
+    (``extraction.layers: auto`` and every layer key null: nothing to check)."""
+    return config["extraction"]["layers"] != "auto" or any(config[s][k] is not None for s, k in LAYER_KEYS)
+
+
+def check_layers(config: dict[str, Any], n_blocks: int | None) -> list[int] | None:
+    """Check every layer the config names against the subject's ``n_blocks`` decoder blocks, before
+    any job: ``extraction.layers`` must be distinct block indices in ``[0, n_blocks)``, and
+    ``steering.layer``, ``behaviour.layer`` and ``scoring.layer`` must be stored layers (those of
+    ``extraction.layers``, or of ``auto`` for this depth). ``n_blocks`` None (the depth is not
+    readable here): only what needs no depth is checked. Returns the stored layers, None when
+    unknown.
+
+    Raises:
+        ConfigError: naming the key, the bad index and the valid ones.
+    """
+    from .layers import LayerIndexError, default_layers, validate_layers
+
+    extraction = config["extraction"]
+    layers = extraction["layers"]
+    stored: list[int] | None
+    if layers == "auto":
+        stored = default_layers(n_blocks, extraction["layer_step"]) if n_blocks else None
+    else:
+        try:
+            stored = validate_layers(layers, n_blocks if n_blocks else max(layers) + 1)
+        except LayerIndexError as err:
+            raise ConfigError(f"config key extraction.layers: {err}") from None
+    if stored is None:
+        return None
+    where = "extraction.layers" if layers != "auto" else f"extraction.layers: auto for {n_blocks} blocks"
+    for section, key in LAYER_KEYS:
+        value = config[section][key]
+        if value is not None and value not in stored:
+            raise ConfigError(
+                f"config key {section}.{key}: {value} is not a stored layer ({where} stores {stored}); "
+                "use one of them, or null for the main layer"
+            )
+    return stored
+
+
 def _check_generator_backend(config: dict[str, Any]) -> None:
     """A generator behind an OpenAI-compatible server only writes text: the roles that default
     to the generator but read log-probabilities in this process (the selection judge, the corpus

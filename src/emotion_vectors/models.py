@@ -253,6 +253,79 @@ def decoder_layers(model) -> Any:
     return layers
 
 
+def block_count(spec: dict[str, Any], models_dir: str | Path = "results/models") -> int | None:
+    """The number of decoder blocks of the model ``spec`` names, read from its config without
+    loading weights (the workflow's config check runs it before any job). Sources, in order: the
+    prepared copy's or the local directory's ``config.json``; a hub model's ``config.json`` from
+    the local cache, else downloaded (one small file, unless ``HF_HUB_OFFLINE`` is set); a
+    packaged GGUF file's header. None when none can be read here: the extraction checks the
+    layers when it loads the model."""
+    config = _model_config(spec, models_dir)
+    if config is not None:
+        return _config_blocks(config)
+    if spec.get("gguf"):
+        from gguf import GGUFReader
+
+        reader = GGUFReader(gguf_source_path(spec["gguf"]))
+        arch = reader.fields.get("general.architecture")
+        if arch is None:
+            return None
+        field = reader.fields.get(f"{bytes(arch.parts[arch.data[0]]).decode()}.block_count")
+        return int(field.parts[field.data[0]][0]) if field is not None else None
+    return None
+
+
+def _model_config(spec: dict[str, Any], models_dir: str | Path) -> dict[str, Any] | None:
+    if spec.get("gguf"):
+        local = Path(models_dir) / spec["name"] / "config.json"
+        return json.loads(local.read_text()) if local.exists() else None
+    path = str(spec.get("path") or "")
+    if not path:
+        return None
+    local = Path(path).expanduser() / "config.json"
+    if local.exists():
+        return json.loads(local.read_text())
+    if Path(path).expanduser().is_dir() or path.startswith(("/", "./", "../", "~")):
+        return None
+    from huggingface_hub import constants, hf_hub_download
+
+    def fetch(local_only: bool) -> dict[str, Any] | None:
+        try:
+            file = hf_hub_download(path, "config.json", revision=spec.get("revision"), local_files_only=local_only)
+        except Exception:  # not cached, no such repo, gated, no network: unknown here
+            return None
+        return json.loads(Path(file).read_text())
+
+    cached = fetch(True)
+    if cached is not None or constants.HF_HUB_OFFLINE or not _reachable(constants.ENDPOINT):
+        return cached
+    return fetch(False)
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds (the hub
+    client retries an unreachable host for half a minute)."""
+    import socket
+    from urllib.parse import urlparse
+
+    parts = urlparse(url)
+    try:
+        with socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _config_blocks(config: dict[str, Any]) -> int | None:
+    """Decoder blocks in a transformers ``config.json`` (multimodal models keep them in
+    ``text_config``, e.g. Gemma 3 and 4)."""
+    for section in (config.get("text_config") or {}, config):
+        for key in ("num_hidden_layers", "n_layer", "num_layers"):
+            if isinstance(section.get(key), int):
+                return int(section[key])
+    return None
+
+
 def _local_revision(path: str) -> str | None:
     """Content hash of a local model directory's config (stands in for a hub revision)."""
     cfg = Path(path) / "config.json"

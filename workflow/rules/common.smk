@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
-from emotion_vectors.config import ConfigError, assemble_config, describe_model, validate_config
+from emotion_vectors.config import ConfigError, assemble_config, check_layers, describe_model, layers_to_check, validate_config
 from emotion_vectors.generate import slug
 
 try:
@@ -42,6 +42,18 @@ JUDGE = config["models"].get("judge") or GEN  # reads stories for the recognisab
 # Behaviour experiment: judge models (none given = the subject); the first classifies, all are validated.
 BEHAVIOUR_JUDGES = config["behaviour"]["judges"] or [SUBJECT]
 logger.info(f"run {RUN}: generator = {describe_model(GEN)}; subject = {describe_model(SUBJECT)}")
+if layers_to_check(config):
+    # Layers the config names are checked against the subject's depth (read from its config
+    # file, no weights) here, not when the extraction loads it after days of story generation.
+    from emotion_vectors.models import block_count
+
+    _n_blocks = block_count(SUBJECT, MODELS_DIR)
+    try:
+        _stored = check_layers(config, _n_blocks)
+    except ConfigError as err:
+        raise WorkflowError(f"Invalid configuration: {err} (subject {describe_model(SUBJECT)})") from None
+    if _stored is None:
+        logger.info(f"subject's depth not readable here: its layers are checked when the extraction loads it")
 
 
 wildcard_constraints:
