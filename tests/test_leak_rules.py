@@ -106,6 +106,12 @@ def test_base_verbs_of_participles():
     assert _base_verbs("panicked") == {"panicke", "panick", "panic"}
     assert _base_verbs("upsetting") == {"upsette", "upsett", "upset"}
     assert _base_verbs("kicked") == {"kicke", "kick"}  # a 4-letter -ick stem is no -ic verb
+    assert "mimic" in _base_verbs("mimicked")  # the shortest -ic verbs (panic, mimic): 5 letters
+    # ...so a 5-letter -ick stem is no -ic verb either: "pric" would make "prices", "priced"
+    assert _base_verbs("pricked") == {"pricke", "prick"}
+    assert _base_verbs("tricked") == {"tricke", "trick"}
+    assert not {"prices", "priced", "pricing", "slices", "sliced"} & (word_forms("pricked") | word_forms("slicked"))
+    assert {"prick", "pricks", "pricking", "slick", "slicking"} <= word_forms("pricked") | word_forms("slicked")
     assert _base_verbs("stressed") == {"stresse", "stress", "stres"}
     for word in ("calm", "afraid", "happy", "shed", "bring", "red", "sing"):
         assert _base_verbs(word) == set(), word

@@ -156,7 +156,8 @@ def _base_verbs(word: str) -> set[str]:
     Candidates are spelling guesses (over-generation is harmless, a non-word never occurs), with
     two rules that keep real other words out: a one-syllable consonant-vowel-consonant stem
     without a doubled consonant takes an -e (scared -> scare, never "scar", which would make
-    "scarred"), and -icked comes from -ic (panicked -> panic).
+    "scarred"), and -icked comes from an -ic verb of 5 letters or more (panicked -> panic; not
+    pricked -> "pric", which would make "prices" and "priced").
     """
     w = word.lower()
     bases: set[str] = set()
@@ -166,12 +167,12 @@ def _base_verbs(word: str) -> set[str]:
             bases.add(stem + "e")
             if not (_syllables(stem) == 1 and _doubles_final_consonant(stem)):
                 bases.add(stem)
-            if len(stem) >= 2 and stem[-1] == stem[-2]:
+            if stem[-1] == stem[-2]:  # (the stem has 3 letters at least)
                 bases.add(stem[:-1])  # upsetting -> upset
             if suffix == "ed" and stem.endswith("i"):
                 bases.add(stem[:-1] + "y")  # worried -> worry
-            if stem.endswith("ick") and len(stem) > 4:
-                bases.add(stem[:-1])  # panicked -> panic
+            if stem.endswith("ick") and len(stem) > 5:  # the shortest -ic verbs: panic, mimic
+                bases.add(stem[:-1])  # panicked -> panic; not trick -> "tric", prick -> "pric"
     return bases
 
 
