@@ -256,3 +256,34 @@ def test_top_pairs_order_and_ties():
         keys = [(cos if not descending else -cos, pos[(a, b)] if not descending else -pos[(a, b)])
                 for a, b, cos in zip(rows.emotion_a, rows.emotion_b, rows.cosine)]
         assert keys == sorted(keys), kind
+
+
+def test_orient_ignores_a_reference_without_covariance():
+    """A rating with zero covariance with a PC's scores says nothing about its sign: the
+    largest-|score| rule fixes it. Here the ratings are symmetric to the scores (PC1: the two
+    emotions rated 0 and 2 both score 5; PC2: the two rated 5 score 0 and 2, around 1), or the
+    same for every emotion; the fourth emotion has no rating."""
+    res = _result([[5.0, 0.0], [0.0, 1.0], [5.0, 2.0], [-10.0, -3.0]])
+    symmetric = (np.array([0.0, 1.0, 2.0, np.nan]), np.array([5.0, 0.0, 5.0, np.nan]))
+    constant = np.array([5.0, 5.0, 5.0, np.nan])
+    for refs in (symmetric, (constant, constant)):
+        o = geometry.orient(res, refs, ("valence", "arousal"))
+        assert o.sign_rules == ["largest |score| positive"] * 2, refs
+        assert o.oriented_by == ["largest |score|"] * 2
+        np.testing.assert_array_equal(o.signs, [-1.0, -1.0])  # -10 and -3 made positive
+    # the same ratings made asymmetric do fix the sign
+    o = geometry.orient(res, (np.array([0.0, 1.0, 3.0, np.nan]),), ("valence",))
+    assert o.sign_rules[0] == "positive correlation with valence" and o.signs[0] == 1.0
+
+
+def test_orient_takes_ratings_as_plain_lists_with_none_for_missing():
+    """References are array-likes: a list of ratings with None for an emotion without a rating
+    orients exactly like the float array with NaN there."""
+    res = _result([[1.0, 0.5], [-5.0, 0.2], [2.0, -0.1], [0.5, 0.3]])
+    as_list = geometry.orient(res, ([None, 9, 1, 2], [4.0, 1.0, None, 2.0]))
+    as_array = geometry.orient(res, (np.array([np.nan, 9.0, 1.0, 2.0]), np.array([4.0, 1.0, np.nan, 2.0])))
+    np.testing.assert_array_equal(as_list.signs, as_array.signs)
+    np.testing.assert_array_equal(as_list.scores, as_array.scores)
+    assert as_list.sign_rules == as_array.sign_rules == ["positive correlation with reference 1",
+                                                         "positive correlation with reference 2"]
+    assert as_list.signs.tolist() == [-1.0, 1.0]
