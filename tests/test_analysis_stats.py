@@ -350,8 +350,17 @@ def test_everything_is_computed_in_float64():
     b64 = pca_bootstrap(x64, f64.components.astype(np.float32).astype(np.float64),
                         f64.scores.astype(np.float32).astype(np.float64), n_bootstrap=40, seed=2)
     assert b32.full_scores.dtype == np.float64
-    np.testing.assert_allclose(b32.scores, b64.scores, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(b32.alignment, b64.alignment, rtol=0, atol=1e-12)
+    # bit for bit: every input (the components too) is converted before any arithmetic, also at
+    # a width (30) where a float64 x float32 product would sum in another order than float64's
+    np.testing.assert_array_equal(b32.scores, b64.scores)
+    np.testing.assert_array_equal(b32.alignment, b64.alignment)
+    w32 = np.random.default_rng(3).standard_normal((40, 30)).astype(np.float32)
+    fw = geometry.pca(w32.astype(np.float64), 3)
+    cw32 = fw.components.astype(np.float32)
+    a = pca_bootstrap(w32, cw32, fw.scores, n_bootstrap=40, seed=2)
+    b = pca_bootstrap(w32.astype(np.float64), cw32.astype(np.float64), fw.scores, n_bootstrap=40, seed=2)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    np.testing.assert_array_equal(a.alignment, b.alignment)
     p32, _ = correlate_pc(b64, 0, r32)
     p64, _ = correlate_pc(b64, 0, r64)
     assert (p32.r, p32.ci_low, p32.ci_high) == (p64.r, p64.ci_low, p64.ci_high)
@@ -388,3 +397,167 @@ def test_refit_keeps_a_small_but_real_component():
     fb = pca_bootstrap(flat, full.components, full.scores, n_bootstrap=30, seed=0)
     assert np.isnan(fb.scores[:, :, 2]).all() and np.isnan(fb.alignment[:, 2]).all()
     assert np.isfinite(fb.scores[:, :, :2]).all()
+
+
+# --- Survivors of mutation testing: degenerate resamples, warnings, dtypes, BLAS threads -----
+
+import warnings  # noqa: E402
+
+from emotion_vectors.analysis import stats  # noqa: E402
+from emotion_vectors.analysis.stats import METHODS  # noqa: E402
+
+# Mean ratings with ties, as in norms given to two decimals: 6.86 seven times out of ten. The
+# computed mean of ten 6.86 is not 6.86, so a resample that draws only them is constant with
+# centred values of rounding size, not zero.
+TIED_X = np.array([6.86, 6.86, 3.1, 6.86, 6.86, 4.25, 6.86, 7.9, 6.86, 6.86])
+TIED_Y = np.array([5.5, 6.1, 2.0, 4.9, 7.2, 3.8, 5.0, 6.6, 6.4, 5.9])
+
+
+@pytest.mark.parametrize("method", ["pearson", "spearman"])
+def test_correlate_ignores_resamples_with_a_constant_variable(method):
+    """A resample that draws one value of ``x`` only has no correlation: it is left out of the
+    interval (not counted as r = 0, which pulled the lower bound of this one down to 0)."""
+    c = correlate(TIED_X, TIED_Y, method=method, n_bootstrap=1000, seed=0)
+    idx = np.random.default_rng(0).integers(0, 10, size=(1000, 10))
+    assert (np.ptp(TIED_X[idx], axis=1) == 0).sum() > 25  # the case at hand
+    rank = sps.rankdata if method == "spearman" else np.asarray
+    expected = _percentile_ci([_pearson_or_nan(rank(TIED_X[i]), rank(TIED_Y[i])) for i in idx], 0.95)
+    np.testing.assert_allclose((c.ci_low, c.ci_high), expected, rtol=1e-10)
+    assert c.ci_low > 0.3
+    # the same when the tied variable is the second one (a correlation is symmetric)
+    swapped = correlate(TIED_Y, TIED_X, method=method, n_bootstrap=1000, seed=0)
+    np.testing.assert_allclose((swapped.ci_low, swapped.ci_high), expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["pearson", "spearman"])
+def test_correlate_pc_ignores_resamples_with_a_constant_rating(method):
+    """The same within a mask: resamples whose rated emotions of the mask all share one rating
+    are left out of the interval."""
+    x, _, full = _pc_data()
+    mask = np.zeros(40, bool)
+    mask[[3, 8, 13, 21, 30, 35]] = True
+    rating = np.full(40, np.nan)
+    rating[[3, 8, 13, 21, 30, 35]] = [6.86, 6.86, 6.86, 6.86, 2.5, 8.1]
+    boot = pca_bootstrap(x, full.components, full.scores, n_bootstrap=400, seed=2)
+    c, _ = correlate_pc(boot, 0, rating, mask, method=method)
+    rs, flat = [], 0
+    for b in range(400):
+        keep = mask[boot.idx[b]] & np.isfinite(rating[boot.idx[b]])
+        a, o = boot.scores[b, keep, 0], rating[boot.idx[b]][keep]
+        flat += len(o) >= 3 and np.ptp(o) == 0
+        if method == "spearman":
+            a, o = sps.rankdata(a), sps.rankdata(o)
+        rs.append(_pearson_or_nan(a, o))
+    assert flat > 10  # the case at hand
+    np.testing.assert_allclose((c.ci_low, c.ci_high), _percentile_ci(rs, 0.95), rtol=1e-10)
+
+
+def test_masked_rowwise_pearson_of_a_constant_variable_is_nan():
+    """A variable constant over the entries in the mask has no correlation (NaN), whichever
+    of the two it is and whatever lies outside the mask; the entries in the mask alone count."""
+    tied = np.array([[6.86, 6.86, np.nan, 6.86, 6.86, 1.0, 6.86, 6.86, 6.86, 6.86, 6.86, 6.86]])
+    other = np.array([[5.5, 6.1, 2.0, 4.9, 7.2, 3.8, 5.0, 6.6, 6.4, 5.9, 4.4, 6.9]])
+    mask = np.isfinite(tied) & (tied != 1.0)  # ten times 6.86, a mean with a rounding error
+    assert np.isnan(_masked_rowwise_pearson(tied, other, mask)).all()
+    assert np.isnan(_masked_rowwise_pearson(other, tied, mask)).all()
+    mask[0, 5] = True  # one entry of another value: a correlation again
+    expected = np.corrcoef(tied[0, mask[0]], other[0, mask[0]])[0, 1]
+    assert _masked_rowwise_pearson(tied, other, mask)[0] == pytest.approx(expected)
+    assert _masked_rowwise_pearson(other, tied, mask)[0] == pytest.approx(expected)
+
+
+def test_degenerate_cases_give_nan_without_warnings():
+    """Resamples without a correlation (a constant variable, fewer than 3 rated emotions of the
+    mask, none at all) and a bootstrap without resamples give NaN silently: no RuntimeWarning
+    (0/0, the median of nothing) in the logs of a run."""
+    x, rating, full = _pc_data()
+    boot = pca_bootstrap(x, full.components, full.scores, n_bootstrap=200, seed=1)
+    boot0 = pca_bootstrap(x, full.components, full.scores, n_bootstrap=0, seed=1)
+    mask = np.zeros(40, bool)
+    mask[[10, 20, 30]] = True
+    likert = np.array([4.0, 4, 4, 5, 4, 4, 2, 4])  # integer ratings: constant resamples
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for method in METHODS:
+            c = correlate(likert, np.arange(8.0), method=method, n_bootstrap=300, seed=0)
+            assert np.isfinite(c.ci_low)
+            few, _ = correlate_pc(boot, 0, rating, mask, method=method)
+            assert np.isfinite(few.r)
+            none, align = correlate_pc(boot0, 0, rating, method=method)
+            assert np.isnan(none.ci_low) and np.isnan(align)
+    idx = np.random.default_rng(0).integers(0, 8, size=(300, 8))
+    assert (np.ptp(likert[idx], axis=1) == 0).any()
+    keep = mask[boot.idx] & np.isfinite(rating[boot.idx])
+    assert (keep.sum(axis=1) == 0).any() and (keep.sum(axis=1) >= 3).any()
+
+
+def test_pca_bootstrap_runs_blas_on_one_thread_and_restores_it(monkeypatch):
+    """The per-resample eigenproblems run on one BLAS thread; the caller's setting is back
+    afterwards."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads():
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    seen = []
+    eigh = stats.sla.eigh
+
+    def recording_eigh(*args, **kwargs):
+        seen.append(blas_threads())
+        return eigh(*args, **kwargs)
+
+    monkeypatch.setattr(stats.sla, "eigh", recording_eigh)
+    x, _, full = _pc_data()
+    with threadpool_limits(limits=2, user_api="blas"):
+        if blas_threads() != [2] * len(blas_threads()) or not blas_threads():
+            pytest.skip("this BLAS cannot be set to 2 threads")
+        boot = pca_bootstrap(x, full.components, full.scores, n_bootstrap=5, seed=0)
+        assert blas_threads() == [2] * len(blas_threads())
+    assert len(seen) == 5 and all(t == [1] * len(t) for t in seen)
+    assert np.isfinite(boot.scores).all()
+
+
+def test_refit_of_identical_points_has_no_component():
+    """Two emotions with the same vector (a word listed twice): a resample that draws only
+    those two has no variance, so no PC (NaN), not a PC of zero scores. Integer vectors and
+    n = 4 keep every sum exact."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(-3, 4, size=(4, 6)).astype(float)
+    x[1] = x[0]
+    full = geometry.pca(x, 2)
+    boot = pca_bootstrap(x, full.components, full.scores, n_bootstrap=200, seed=0)
+    only = np.array([set(r.tolist()) == {0, 1} for r in boot.idx])
+    assert only.sum() > 3
+    assert np.isnan(boot.scores[only]).all() and np.isnan(boot.alignment[only]).all()
+    others = np.array([len(set(r.tolist()) - {1}) >= 2 for r in boot.idx])
+    assert np.isfinite(boot.scores[others, :, 0]).all()
+
+
+def test_correlate_pc_float32_ratings_give_the_float64_interval():
+    """Ratings stored as float32 on their 1-9 scale (far from 0, where float32 sums lose
+    digits) give the interval of the same values in float64."""
+    x, rating, full = _pc_data()
+    r32 = (5 + 0.8 * rating).astype(np.float32)
+    r64 = r32.astype(np.float64)
+    boot = pca_bootstrap(x, full.components, full.scores, n_bootstrap=200, seed=5)
+    for method in METHODS:
+        c32, _ = correlate_pc(boot, 0, r32, method=method)
+        c64, _ = correlate_pc(boot, 0, r64, method=method)
+        assert (c32.r, c32.p, c32.ci_low, c32.ci_high) == (c64.r, c64.p, c64.ci_low, c64.ci_high)
+
+
+def test_pvalue_adjustments_take_lists_with_none_and_float32():
+    """p-values as read from JSON (a list, missing tests as None) are NaN; float32 p-values
+    give the float64 adjustments."""
+    p = [0.01, None, 0.04, 0.03, 0.005]
+    as_nan = np.array([0.01, np.nan, 0.04, 0.03, 0.005])
+    np.testing.assert_array_equal(holm(p), holm(as_nan))
+    np.testing.assert_allclose(holm(p), [0.03, np.nan, 0.06, 0.06, 0.02])
+    adj = adjust_pvalues(p)
+    np.testing.assert_array_equal(adj["holm"], holm(as_nan))
+    np.testing.assert_array_equal(adj["bh"], adjust_pvalues(as_nan)["bh"])
+    q32 = (np.random.default_rng(1).uniform(0, 0.2, 50) ** 2).astype(np.float32)
+    a32, a64 = adjust_pvalues(q32), adjust_pvalues(q32.astype(np.float64))
+    np.testing.assert_array_equal(a32["bh"], a64["bh"])
+    np.testing.assert_array_equal(a32["holm"], a64["holm"])
+    np.testing.assert_array_equal(a64["bh"], sps.false_discovery_control(q32.astype(np.float64)))

@@ -51,6 +51,11 @@ class Correlation:
 
 def _rowwise_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Pearson r of each row pair of ``x`` and ``y`` ``(B, n)`` -> ``(B,)`` (NaN if constant)."""
+    # Each row shifted by its first value: a constant row becomes exactly 0, so it is centred
+    # to exactly 0 too (the computed mean of n copies of a value need not equal it, which would
+    # leave rounding noise with a correlation of about 0 instead of NaN).
+    x = x - x[:, :1]
+    y = y - y[:, :1]
     xc = x - x.mean(axis=1, keepdims=True)
     yc = y - y.mean(axis=1, keepdims=True)
     den = np.sqrt((xc * xc).sum(axis=1) * (yc * yc).sum(axis=1))
@@ -250,8 +255,11 @@ def _masked_rowwise_pearson(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> n
     entries or a constant variable."""
     mf = mask.astype(np.float64)
     cnt = mf.sum(axis=1)
-    x0 = np.where(mask, x, 0.0)
-    y0 = np.where(mask, y, 0.0)
+    # Each row shifted by its first entry in the mask, so that a constant row is exactly 0 (see
+    # _rowwise_pearson); entries outside the mask may be NaN.
+    pick = np.arange(x.shape[0]), mask.argmax(axis=1)
+    x0 = np.where(mask, x - x[pick][:, None], 0.0)
+    y0 = np.where(mask, y - y[pick][:, None], 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         xc = (x0 - (x0.sum(axis=1) / cnt)[:, None]) * mf
         yc = (y0 - (y0.sum(axis=1) / cnt)[:, None]) * mf
