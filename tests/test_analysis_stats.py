@@ -76,6 +76,19 @@ def test_refit_equals_the_pca_of_each_resample():
             assert boot.alignment[b, j] == pytest.approx(abs(cos))
 
 
+def test_refit_is_as_precise_far_from_the_origin():
+    """Emotion vectors sit wherever the residual stream puts them: rows shifted far from the
+    origin (1e4 in every coordinate, spread ~1) give the same refitted scores as the same rows
+    at the origin, to the precision of their spread."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((25, 40)) @ np.diag(np.linspace(2, 0.1, 40))
+    full = geometry.pca(x, 3)
+    near = pca_bootstrap(x, full.components, full.scores, n_bootstrap=40, seed=2)
+    far = pca_bootstrap(x + 1e4, full.components, full.scores, n_bootstrap=40, seed=2)
+    np.testing.assert_allclose(far.scores, near.scores, atol=1e-9)
+    np.testing.assert_allclose(far.alignment, near.alignment, atol=1e-9)
+
+
 def _two_equal_pcs(seed: int, n: int = 60):
     """Two directions of (nearly) equal variance: which one is PC1 is a coin flip per sample;
     the rating follows one of them."""

@@ -186,6 +186,10 @@ def pca_bootstrap(
     ``numpy.random.default_rng(seed)`` as in ``correlate``.
     """
     x = np.asarray(x, dtype=np.float64)
+    # Every resample re-centres on its own mean, so a common shift of the rows changes nothing in
+    # exact arithmetic; centring once here keeps the Gram matrix's rounding error that of the
+    # data's spread, not of its distance from the origin.
+    x = x - x.mean(axis=0)
     comps = np.asarray(components, dtype=np.float64)
     full_scores = np.asarray(full_scores, dtype=np.float64)
     n = x.shape[0]
