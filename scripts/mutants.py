@@ -5,6 +5,10 @@
     .venv/bin/python scripts/mutants.py --keep           # reuse the previous results (mutmut's
                                                          # cache: only changed functions rerun)
     .venv/bin/python scripts/mutants.py --survivors leak # list the surviving mutants, with diffs
+    .venv/bin/python scripts/mutants.py --recheck vectors
+                                                         # rerun only the last run's survivors
+                                                         # against the current tests (after new
+                                                         # tests; the source must be unchanged)
 
 Each module is mutated on its own, in ``build/mutants/<module>/`` (a copy of ``src/`` and
 ``tests/``; nothing in the repository's ``src/`` is ever modified), and each mutant runs only the
@@ -133,7 +137,7 @@ def ensure_default_model() -> None:
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
-def run_module(module: str, work: Path, children: int) -> float:
+def run_module(module: str, work: Path, children: int, mutants: list[str] | None = None) -> float:
     env = dict(os.environ)
     # Subprocesses started by tests import the mutated package too (the trampoline reads
     # MUTANT_UNDER_TEST from the environment), not the editable install's src/.
@@ -146,7 +150,7 @@ def run_module(module: str, work: Path, children: int) -> float:
     started = time.monotonic()
     log = work / "mutmut.log"
     with open(log, "w") as fh:
-        proc = subprocess.run([str(mutmut), "run", "--max-children", str(children)], cwd=work, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.run([str(mutmut), "run", "--max-children", str(children), *(mutants or [])], cwd=work, env=env, stdout=fh, stderr=subprocess.STDOUT)
     seconds = time.monotonic() - started
     if proc.returncode != 0:
         tail = log.read_text()[-3000:]
@@ -173,6 +177,8 @@ def table(rows: list[dict]) -> str:
     lines = []
     for r in rows:
         t = f"{r['seconds'] / 60:.1f} min" if r["seconds"] is not None else "cached"
+        if r.get("rechecked") is not None:
+            t += f" (+ {r['rechecked']} survivors rechecked)"
         lines.append(
             f"| {r['module']} | {r['mutants']} | {r['killed']} | {r['survived']} | {r['timeout']} | "
             f"{r['no tests']} | {r['killed_pct']:.1f} | {t} |"
@@ -224,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="reuse build/mutants/ (mutmut reruns only changed functions)")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="mutants run at once (default 2)")
     parser.add_argument("--survivors", action="store_true", help="print the surviving mutants of the modules' last run")
+    parser.add_argument("--recheck", action="store_true",
+                        help="rerun only the last run's surviving mutants against the current tests (the module's source "
+                             "must be unchanged since that run: a changed source needs a full run)")
     parser.add_argument("--min", type=float, default=80.0, help="exit 1 if a module's killed %% is below this (default 80)")
     args = parser.parse_args(argv)
     modules = args.modules or list(MODULES)
@@ -241,9 +250,22 @@ def main(argv: list[str] | None = None) -> int:
     for m in modules:
         print(f"[mutants] {m}: mutating {MODULES[m][0]} against {' '.join(MODULES[m][1])}"
               + (f" less {' '.join(DESELECT[m])}" if m in DESELECT else ""), flush=True)
-        work = prepare(m, args.keep)
-        seconds = run_module(m, work, args.jobs)
-        rows.append(row(m, results(m, work), seconds))
+        work = BUILD / m.replace("/", "-")
+        survivors = None
+        if args.recheck:
+            target = MODULES[m][0]
+            if not (work / "mutants" / target).exists():
+                parser.error(f"--recheck {m}: no earlier run in {work}")
+            if (work / target).read_bytes() != (REPO / target).read_bytes():
+                parser.error(f"--recheck {m}: {target} changed since the last run; run it in full")
+            survivors = [k for k, v in results(m, work).items() if v in ("survived", "no tests", "suspicious")]
+            print(f"[mutants] {m}: rechecking {len(survivors)} survivors of the last run", flush=True)
+        previous = json.loads((work / "row.json").read_text()) if args.recheck and (work / "row.json").exists() else {}
+        work = prepare(m, args.keep or args.recheck)
+        seconds = run_module(m, work, args.jobs, survivors) if survivors != [] else 0.0
+        rows.append(row(m, results(m, work), previous.get("seconds") if args.recheck else seconds))
+        if args.recheck:
+            rows[-1]["rechecked"] = len(survivors)
         r = rows[-1]
         print(f"[mutants] {m}: {r['mutants']} mutants, {r['killed_pct']:.1f}% killed, {seconds / 60:.1f} min", flush=True)
         # written after every module, so that an interrupted run keeps what it measured
