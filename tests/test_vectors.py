@@ -284,3 +284,60 @@ def test_residual_norm_is_summed_in_float64(tmp_path, tiny_llama):
                        denoise_variance=0.5, provenance={})
     expected = np.float32((2.0**24 + 5.0) / 6.0)
     np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "v.zarr"), mode="r")["residual_norm"][:], [expected, expected])
+
+
+def test_neutral_components_of_wide_data_match_pca_without_a_d_by_d_matrix():
+    """Real neutral data is wide (1,200 dialogues x d = 5,376): the components and shares equal
+    sklearn's PCA, k is the fewest components reaching ``share``, and, as the docstring says,
+    no ``d x d`` matrix is ever built (at d = 5,376 that is 231 MB per layer)."""
+    import tracemalloc
+
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(6)
+    n, d = 40, 2000
+    # A few strong directions plus isotropic noise, off-centre like real activations.
+    basis = np.linalg.qr(rng.standard_normal((d, 4)))[0].T
+    neutral = (rng.standard_normal((n, 4)) * [40.0, 20.0, 10.0, 5.0]) @ basis
+    neutral += rng.standard_normal((n, d)) * 0.3 + rng.standard_normal(d) * 50.0
+    was_tracing = tracemalloc.is_tracing()
+    if not was_tracing:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    pcs = neutral_components(neutral, 0.9)
+    peak = tracemalloc.get_traced_memory()[1]
+    if not was_tracing:
+        tracemalloc.stop()
+    assert peak < d * d * 8 / 4, f"peak {peak / 1e6:.1f} MB: a d x d float64 matrix is {d * d * 8 / 1e6:.0f} MB"
+    ref = PCA(svd_solver="full").fit(neutral)
+    np.testing.assert_allclose(pcs.explained_ratio[: n - 1], ref.explained_variance_ratio_[: n - 1], rtol=1e-9, atol=1e-15)
+    cum = np.cumsum(pcs.explained_ratio)
+    assert cum[pcs.k - 1] >= 0.9 > cum[pcs.k - 2] and pcs.k == 3
+    assert pcs.components.shape == (pcs.k, d)
+    np.testing.assert_allclose(pcs.components @ pcs.components.T, np.eye(pcs.k), atol=1e-10)
+    np.testing.assert_allclose(np.abs(np.sum(pcs.components * ref.components_[: pcs.k], axis=1)), 1, atol=1e-9)
+    # The denoised vectors are orthogonal to every removed component, the rest of raw is kept.
+    res = emotion_vectors(rng.standard_normal((5, d)) * 3.0 + 7.0, neutral, 0.9)
+    assert res["k"] == pcs.k
+    np.testing.assert_allclose(res["denoised"] @ pcs.components.T, 0, atol=1e-4)
+    kept = res["raw"].astype(np.float64) - (res["raw"] @ pcs.components.T) @ pcs.components
+    np.testing.assert_allclose(res["denoised"], kept, rtol=1e-5, atol=1e-5)
+
+
+def test_zero_rows_are_unit_normalised_without_dividing_by_zero():
+    """A zero row (one emotion alone, or an emotion vector wholly inside the removed neutral
+    span) stays zero, and no 0/0 is evaluated: no RuntimeWarning, no FloatingPointError under
+    ``np.errstate(all="raise")``."""
+    import warnings
+
+    with warnings.catch_warnings(), np.errstate(all="raise"):
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(unit(np.array([[0.0, 0.0, 0.0], [0.0, 3.0, 4.0]])), [[0, 0, 0], [0, 0.6, 0.8]])
+        # One emotion: raw is the zero vector, and so are its unit copies.
+        one = emotion_vectors(np.array([[1.0, 2.0, 3.0]]), np.array([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]]), 0.5)
+        # raw in the span of the removed component: the denoised vector is zero.
+        two = emotion_vectors(np.array([[2.0, 5.0, 5.0], [0.0, 5.0, 5.0]]), np.array([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]]), 0.5)
+    for key in ("raw", "denoised", "raw_unit", "denoised_unit"):
+        np.testing.assert_array_equal(one[key], np.zeros((1, 3)), err_msg=key)
+    np.testing.assert_array_equal(two["denoised_unit"], np.zeros((2, 3)))
+    np.testing.assert_array_equal(two["raw_unit"], [[1, 0, 0], [-1, 0, 0]])
