@@ -476,3 +476,20 @@ def test_blocks_that_never_run_are_reported(tiny_llama: tuple[Any, Any]) -> None
 
     with pytest.raises(ExtractionError, match="did not run"):
         next(iter_pooled(Stale().eval(), tok, MIXED[:2], None, [1]))
+
+
+def test_results_are_float32_whatever_the_default_dtype(tiny_llama: tuple[Any, Any]) -> None:
+    """The pooled buffers are float32 by construction, not by the process's default dtype: a
+    caller that set ``torch.set_default_dtype(torch.float64)`` still gets the documented
+    float32 results, with the same numbers."""
+    model, tok = tiny_llama
+    expected = extract_pooled(model, tok, MIXED[:3], None, [1, 3], batch_size=3)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        got = extract_pooled(model, tok, MIXED[:3], None, [1, 3], batch_size=3)
+    finally:
+        torch.set_default_dtype(old)
+    assert got.pooled.dtype == np.float32 and got.token_norm.dtype == np.float32
+    np.testing.assert_array_equal(got.pooled, expected.pooled)
+    np.testing.assert_array_equal(got.token_norm, expected.token_norm)

@@ -324,3 +324,17 @@ def test_block_outputs_of_every_shape():
             extract._block_hidden(bad)
     with pytest.raises(TypeError, match=r"of type <class 'int'>$"):
         extract._block_hidden(5)
+
+
+def test_device_cache_is_emptied_only_for_a_cuda_device(monkeypatch: pytest.MonkeyPatch):
+    """After an out-of-memory error the CUDA caching allocator gives its blocks back before the
+    retry; a CPU (or other) device leaves CUDA alone. A spy stands in for the allocator call,
+    which a machine without a GPU cannot observe."""
+    calls: list[str] = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+    for device in ("cpu", "meta"):
+        extract._free_device_memory(torch.device(device))
+    assert calls == []
+    extract._free_device_memory(torch.device("cuda"))
+    extract._free_device_memory(torch.device("cuda", 1))
+    assert calls == ["empty_cache", "empty_cache"]
