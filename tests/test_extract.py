@@ -474,8 +474,12 @@ def test_blocks_that_never_run_are_reported(tiny_llama: tuple[Any, Any]) -> None
         def forward(self, **kwargs: Any) -> Any:
             return self.inner(**kwargs)
 
-    with pytest.raises(ExtractionError, match="did not run"):
+    with pytest.raises(ExtractionError) as err:
         next(iter_pooled(Stale().eval(), tok, MIXED[:2], None, [1]))
+    # the message names the model class whose forward skipped the blocks
+    assert str(err.value) == (
+        "decoder blocks [1] did not run during the forward pass of Stale; are they the blocks "
+        "its forward uses?")
 
 
 def test_results_are_float32_whatever_the_default_dtype(tiny_llama: tuple[Any, Any]) -> None:

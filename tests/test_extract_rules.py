@@ -338,3 +338,37 @@ def test_device_cache_is_emptied_only_for_a_cuda_device(monkeypatch: pytest.Monk
     extract._free_device_memory(torch.device("cuda"))
     extract._free_device_memory(torch.device("cuda", 1))
     assert calls == ["empty_cache", "empty_cache"]
+
+
+def test_model_is_told_the_padding_and_builds_no_cache(tiny_llama: Any):
+    """What the forward pass receives: an attention mask over each text's own tokens and
+    position ids counting from each text's first token (0), on either padding side, and no
+    KV cache (nothing is generated, so a cache would only take device memory)."""
+    model, tok = tiny_llama
+    texts = [TEXTS[2], TEXTS[0], TEXTS[4]]
+    lengths = sorted((len(tok(t)["input_ids"]) for t in texts), reverse=True)  # rows: longest first
+    assert len(set(lengths)) == 3
+    longest = lengths[0]
+    for side in ("left", "right"):
+        calls: list[dict[str, Any]] = []
+        caches: list[Any] = []
+        handles = [
+            model.register_forward_pre_hook(lambda m, a, k: calls.append(dict(k)), with_kwargs=True),
+            decoder_layers(model)[0].register_forward_pre_hook(
+                lambda m, a, k: caches.append(k.get("cache", k.get("past_key_values"))),  # renamed in 5.x
+                with_kwargs=True),
+        ]
+        try:
+            list(iter_pooled(model, tokenizer_copy(tok, side), texts, None, [1], pool_start=2, batch_size=3))
+        finally:
+            for h in handles:
+                h.remove()
+        assert len(calls) == 1 and caches == [None], side
+        mask, pos = calls[0]["attention_mask"], calls[0]["position_ids"]
+        assert mask is not None and pos is not None and mask.shape == pos.shape == (3, longest)
+        for row, n in enumerate(lengths):
+            own = slice(longest - n, longest) if side == "left" else slice(0, n)
+            expected = torch.zeros(longest, dtype=torch.long)
+            expected[own] = 1
+            assert mask[row].tolist() == expected.tolist(), (side, row)
+            assert pos[row, own].tolist() == list(range(n)), (side, row)
