@@ -372,3 +372,96 @@ def test_model_is_told_the_padding_and_builds_no_cache(tiny_llama: Any):
             expected[own] = 1
             assert mask[row].tolist() == expected.tolist(), (side, row)
             assert pos[row, own].tolist() == list(range(n)), (side, row)
+
+
+def _forward_shapes(model: Any) -> tuple[list[tuple[int, int]], Any]:
+    """Record the ``(rows, padded length)`` of every forward pass through the first block."""
+    shapes: list[tuple[int, int]] = []
+
+    def grab(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        shapes.append((int(hidden.shape[0]), int(hidden.shape[1])))
+
+    return shapes, decoder_layers(model)[0].register_forward_pre_hook(grab, with_kwargs=True)
+
+
+def test_iter_pooled_plans_with_its_own_arguments_and_defaults(tiny_llama: Any):
+    """Without a plan, iter_pooled batches exactly as plan_extraction does with the same
+    arguments: by default at most 8 texts from token 50 on; under ``max_batch_tokens`` alone,
+    no forward pass holds more padded tokens than the budget."""
+    model, tok = tiny_llama
+    texts = [" ".join(["rain"] * (58 + 3 * i)) for i in range(10)] + [" ".join(["rain"] * 50)]
+    n = [len(tok(t)["input_ids"]) for t in texts]
+    assert min(n[:10]) > 50 and n[10] == 50  # the last one is too short for the default pool_start
+    shapes, handle = _forward_shapes(model)
+    try:
+        out = list(iter_pooled(model, tok, texts, None, [0]))
+    finally:
+        handle.remove()
+    plan = plan_extraction(tok, texts)
+    assert (plan.pool_start, plan.batch_size, plan.max_batch_tokens) == (50, 8, None)
+    assert [b.indices.tolist() for b in out] == [b.tolist() for b in plan.batches]
+    assert [len(b.indices) for b in out] == [8, 2] and [r for r, _ in shapes] == [8, 2]
+    budget = 3 * max(n) - 1  # two of the longest texts fit, three do not
+    shapes, handle = _forward_shapes(model)
+    try:
+        out = list(iter_pooled(model, tok, texts, None, [0], pool_start=2, batch_size=None, max_batch_tokens=budget))
+    finally:
+        handle.remove()
+    plan = plan_extraction(tok, texts, pool_start=2, batch_size=None, max_batch_tokens=budget)
+    assert [b.indices.tolist() for b in out] == [b.tolist() for b in plan.batches]
+    assert len(out) > 1 and sum(len(b.indices) for b in out) == len(texts)
+    assert all(rows * length <= budget for rows, length in shapes) and max(r for r, _ in shapes) >= 2
+
+
+def test_input_ids_go_to_the_input_embeddings_device(tiny_llama: Any):
+    """The ids go where the input embeddings are, not where the model's first parameter is
+    (here an unused leading module left on the meta device, like an unloaded vision tower)."""
+    model, tok = tiny_llama
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tower = torch.nn.Linear(4, 4, device="meta")  # registered first
+            self.inner = model
+
+        def get_input_embeddings(self) -> Any:
+            return self.inner.get_input_embeddings()
+
+        def get_decoder(self) -> Any:
+            return self.inner.get_decoder()
+
+        def forward(self, **kwargs: Any) -> Any:
+            return self.inner(**kwargs)
+
+    wrapped = Wrapped().eval()
+    assert next(wrapped.parameters()).device.type == "meta"
+    expected = extract_pooled(model, tok, TEXTS[:3], None, [1, 3], pool_start=2, batch_size=3)
+    got = extract_pooled(wrapped, tok, TEXTS[:3], None, [1, 3], pool_start=2, batch_size=3)
+    np.testing.assert_array_equal(got.pooled, expected.pooled)
+    np.testing.assert_array_equal(got.token_norm, expected.token_norm)
+
+
+def test_a_tokenizer_without_a_padding_side_pads_on_the_right(tiny_llama: Any):
+    """``padding_side`` None, empty or missing altogether means right padding."""
+    model, tok = tiny_llama
+    texts = [TEXTS[0], TEXTS[2]]
+    short_len = len(tok(TEXTS[2])["input_ids"])
+
+    class Bare:  # a tokenizer-like object with no padding_side attribute
+        pad_token_id = tok.pad_token_id
+        eos_token_id = tok.eos_token_id
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            return tok(*args, **kwargs)
+
+    unset = []
+    for value in (None, ""):
+        t = tokenizer_copy(tok, "right")
+        t.padding_side = value
+        unset.append(t)
+    for t in [*unset, Bare()]:
+        ids = _pad_ids_seen(model, t, texts)[0]
+        assert ids.shape[1] > short_len
+        assert ids[1, short_len:].unique().tolist() == [tok.pad_token_id]
+        assert ids[1, :short_len].tolist() == tok(TEXTS[2])["input_ids"]
