@@ -499,3 +499,42 @@ def test_results_are_float32_whatever_the_default_dtype(tiny_llama: tuple[Any, A
     assert got.pooled.dtype == np.float32 and got.token_norm.dtype == np.float32
     np.testing.assert_array_equal(got.pooled, expected.pooled)
     np.testing.assert_array_equal(got.token_norm, expected.token_norm)
+
+
+@pytest.mark.parametrize(
+    ("n_texts", "most_rows", "attempts"),
+    [
+        # 6 fails -> 3 + 3; the first 3 fails -> 2 + 1; the other 3 is over the new cap: 2 + 1
+        (6, 2, [6, 3, 2, 1, 2, 1]),
+        # 8 -> 4 -> 2 -> 1 + 1; then the 2 left of the 4, and the other 4, run one by one
+        (8, 1, [8, 4, 2, 1, 1, 1, 1, 1, 1, 1, 1]),
+    ],
+)
+def test_out_of_memory_splits_cover_every_row_once(
+    tiny_llama: tuple[Any, Any], n_texts: int, most_rows: int, attempts: list[int]
+) -> None:
+    """Repeated halving inside one batch: every text is computed exactly once, in ranges no
+    larger than the smallest size that fitted, and the values equal one-text-at-a-time runs."""
+    model, tok = tiny_llama
+    texts = make_texts([55 + 5 * i for i in range(n_texts)], seed=5)
+    expected = extract_pooled(model, tok, texts, None, [1], batch_size=1)
+    seen: list[int] = []
+
+    def fail_if_big(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        rows = int((args[0] if args else kwargs["hidden_states"]).shape[0])
+        seen.append(rows)
+        if rows > most_rows:
+            raise torch.OutOfMemoryError("CUDA out of memory (raised by the test)")
+
+    handle = decoder_layers(model)[0].register_forward_pre_hook(fail_if_big, with_kwargs=True)
+    try:
+        batches = list(iter_pooled(model, tok, texts, None, [1], batch_size=n_texts))
+    finally:
+        handle.remove()
+    assert seen == attempts
+    assert len(batches) == 1
+    got = batches[0]
+    order = np.argsort(got.indices)
+    assert got.indices[order].tolist() == list(range(n_texts))
+    assert rel_err(got.pooled[order], expected.pooled) <= REL_TOL
+    np.testing.assert_allclose(got.token_norm[order], expected.token_norm, rtol=REL_TOL)
