@@ -348,3 +348,36 @@ def test_the_os_error_decorator_itself():
     assert shards._os_errors_name_the_shard(lambda out, name: 7)("o", name="n") == 7
     with pytest.raises(ValueError):  # other errors pass unchanged
         shards._os_errors_name_the_shard(lambda out, name: int("x"))("o", name="n")
+
+
+def test_open_shard_is_read_only(tmp_path):
+    """A finished shard is opened read-only: a reader can neither alter nor unfinish it."""
+    g = zarr.open_group(str(tmp_path / "done.zarr"), mode="w")
+    g.create_array("activations", data=np.ones((2, 1, 3), np.float32))
+    g.attrs.update({"complete": True, "ids": ["a", "b"]})
+    shard = open_shard(tmp_path / "done.zarr")
+    with pytest.raises(ValueError, match="read-only"):
+        shard.attrs["complete"] = False
+    with pytest.raises(ValueError, match="read-only"):
+        shard["activations"][0] = 0.0
+    again = open_shard(tmp_path / "done.zarr")
+    assert dict(again.attrs) == {"complete": True, "ids": ["a", "b"]}
+    np.testing.assert_array_equal(again["activations"][:], np.ones((2, 1, 3), np.float32))
+    # a directory without shard metadata is refused and left as it was (nothing written into it)
+    (tmp_path / "empty.zarr").mkdir()
+    with pytest.raises(Exception):
+        open_shard(tmp_path / "empty.zarr")
+    assert list((tmp_path / "empty.zarr").iterdir()) == []
+
+
+def test_a_shard_of_one_text_is_one_row_in_one_chunk(tmp_path, tiny_llama):
+    """Chunks hold min(rows, 64) rows: a one-text shard is one chunk of one row, not a padded one."""
+    model, tok = tiny_llama
+    texts, ids = _corpus(3, short=(0, 2))
+    summary, _ = _write(model, tok, tmp_path / "one.zarr", texts, ids)
+    shard = open_shard(tmp_path / "one.zarr")
+    d = model.config.hidden_size
+    assert summary["n_kept"] == 1 and shard.attrs["ids"] == ["calm-01"]
+    assert shard["activations"].shape == (1, 2, d) and shard["activations"].chunks == (1, 2, d)
+    assert shard["token_norm"].chunks == (1, 2) and shard["n_tokens"].chunks == (1,)
+    assert np.isfinite(shard["activations"][:]).all() and (shard["token_norm"][:] > 0).all()
