@@ -508,6 +508,8 @@ def test_results_are_float32_whatever_the_default_dtype(tiny_llama: tuple[Any, A
         (6, 2, [6, 3, 2, 1, 2, 1]),
         # 8 -> 4 -> 2 -> 1 + 1; then the 2 left of the 4, and the other 4, run one by one
         (8, 1, [8, 4, 2, 1, 1, 1, 1, 1, 1, 1, 1]),
+        # 8 -> 4 -> 2 + 2; the other 4 is over the new cap: 2 + 2
+        (8, 2, [8, 4, 2, 2, 2, 2]),
     ],
 )
 def test_out_of_memory_splits_cover_every_row_once(
@@ -538,3 +540,69 @@ def test_out_of_memory_splits_cover_every_row_once(
     assert got.indices[order].tolist() == list(range(n_texts))
     assert rel_err(got.pooled[order], expected.pooled) <= REL_TOL
     np.testing.assert_allclose(got.token_norm[order], expected.token_norm, rtol=REL_TOL)
+
+
+@pytest.mark.parametrize("fits_alone", [True, False])
+def test_out_of_memory_later_in_a_batch(tiny_llama: tuple[Any, Any], fits_alone: bool) -> None:
+    """An out-of-memory error on rows that do not start the batch (here: whenever one bulky
+    text is in the pass) halves those rows only; if that text does not fit even alone, the
+    error is raised (not retried forever), and the hooks are gone."""
+    model, tok = tiny_llama
+    texts = make_texts([60 + 12 * i for i in range(6)], seed=9)
+    first, rest = texts[1].split(" ", 1)
+    texts[1] = f"{first} giraffe {rest}"
+    bulky = tok(" giraffe", add_special_tokens=False)["input_ids"][-1]
+    assert [bulky in tok(t)["input_ids"] for t in texts] == [False, True, False, False, False, False]
+    plan = plan_extraction(tok, texts, batch_size=6)
+    assert plan.batches[0].tolist().index(1) == 4  # the bulky text is row 4 of the only batch
+    expected = extract_pooled(model, tok, texts, None, [2], batch_size=1)
+    seen: list[int] = []
+
+    def fail_if_bulky(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        ids = kwargs["input_ids"]
+        seen.append(int(ids.shape[0]))
+        if len(seen) > 30:
+            raise RuntimeError("still retrying after 30 forward passes")
+        if bool((ids == bulky).any()) and (ids.shape[0] > 1 or not fits_alone):
+            raise torch.OutOfMemoryError("CUDA out of memory (raised by the test)")
+
+    before = hook_ids(model)
+    handle = model.register_forward_pre_hook(fail_if_bulky, with_kwargs=True)
+    try:
+        if fits_alone:
+            batches = list(iter_pooled(model, tok, texts, None, [2], plan=plan))
+        else:
+            with pytest.raises(torch.OutOfMemoryError):
+                list(iter_pooled(model, tok, texts, None, [2], plan=plan))
+    finally:
+        handle.remove()
+    assert hook_ids(model) == before
+    # 6 fails; rows 0-2 run; rows 3-5 fail -> 3-4 fail -> 3, 4 (bulky, alone), 5
+    assert seen == ([6, 3, 3, 2, 1, 1, 1] if fits_alone else [6, 3, 3, 2, 1, 1])
+    if fits_alone:
+        got = batches[0]
+        order = np.argsort(got.indices)
+        assert got.indices[order].tolist() == list(range(6))
+        assert rel_err(got.pooled[order], expected.pooled) <= REL_TOL
+
+
+def test_overflowing_token_norm_is_non_finite_too(tiny_llama: tuple[Any, Any]) -> None:
+    """Residual vectors of size 1e20 are finite in float32 and so is their mean, but their L2
+    norm overflows: the token norm is not finite, which is an error like a NaN mean."""
+    model, tok = tiny_llama
+    blocks = decoder_layers(model)
+
+    def huge(module: torch.nn.Module, args: Any, output: Any) -> Any:
+        hidden = output[0] if isinstance(output, tuple) else output
+        hidden[0, :, :] = 1e20  # every position of the batch's first (longest) text
+        return output
+
+    handle = blocks[2].register_forward_hook(huge)
+    try:
+        with pytest.raises(NonFiniteActivationError) as err:
+            list(iter_pooled(model, tok, MIXED[:2], ["m0", "m1"], [2], batch_size=2))
+    finally:
+        handle.remove()
+    longest = plan_extraction(tok, MIXED[:2], ["m0", "m1"], batch_size=2).batches[0][0]
+    assert str(err.value).startswith(
+        f"non-finite pooled activation for text id {['m0', 'm1'][int(longest)]!r} at layer 2 (0-based block output);")
