@@ -465,3 +465,17 @@ def test_a_tokenizer_without_a_padding_side_pads_on_the_right(tiny_llama: Any):
         assert ids.shape[1] > short_len
         assert ids[1, short_len:].unique().tolist() == [tok.pad_token_id]
         assert ids[1, :short_len].tolist() == tok(TEXTS[2])["input_ids"]
+
+
+def test_batches_name_their_texts(tiny_llama: Any):
+    """Each PooledBatch's ids are the ids of its indices, in the same order, also when a
+    resumed batch yields only part of its texts."""
+    model, tok = tiny_llama
+    ids = ["alpha", "beta", "gamma", "delta", "eps"]
+    plan = plan_extraction(tok, TEXTS, ids, pool_start=2, batch_size=2)
+    assert [len(b) for b in plan.batches] == [2, 2]  # "delta" (2 tokens) is skipped
+    out = list(iter_pooled(model, tok, TEXTS, ids, [1], plan=plan, skip_indices={plan.batches[0][0]}))
+    assert [b.indices.tolist() for b in out] == [plan.batches[0][1:].tolist(), plan.batches[1].tolist()]
+    for b in out:
+        assert b.ids == [ids[i] for i in b.indices]
+        assert b.pooled.shape[0] == b.token_norm.shape[0] == b.n_tokens.shape[0] == len(b.ids)
