@@ -91,6 +91,8 @@ def test_plan_argument_checks(shared_tokenizer: Any):
         assert str(err.value) == message
     with pytest.raises(TypeError, match=r"^texts must be strings; positions \[1, 3\] are not$"):
         plan_extraction(tok, ["a", b"b", "c", None])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match=r"^texts must be strings; positions \[2, 3, 4, 5, 6, 7, 8, 9, 10, 11\] are not$"):
+        plan_extraction(tok, ["a", "b", *[None] * 12])  # type: ignore[list-item]  # the first 10 named
     with pytest.raises(ValueError, match="^got 5 texts but 2 ids$"):
         plan_extraction(tok, TEXTS, ["a", "b"])
     # pool_start 0 and batch_size 1 are allowed; ids default to positions, given ids become str
@@ -120,6 +122,8 @@ def test_plan_fields_and_short_texts(shared_tokenizer: Any):
     msg = str(err.value)
     assert msg.startswith("53 text(s) have n_tokens <= pool_start=10, so no token is left to average: 0 (")
     assert "49 (" in msg and "50 (" not in msg and " and 3 more. Lengthen or drop them" in msg
+    n_many = [len(tok(t)["input_ids"]) for t in many[:3]]
+    assert f"average: 0 ({n_many[0]} tokens), 1 ({n_many[1]} tokens), 2 ({n_many[2]} tokens), 3 (" in msg
     assert msg.endswith("lower pool_start, or use short_policy='skip'.")
     assert plan.padded_tokens(np.array([], dtype=np.int64)) == 0
     assert plan.padded_tokens(np.array([0, 1])) == 2 * max(n[0], n[1])
