@@ -9,6 +9,7 @@ the checksum's definition, the float16 guard's message, OSError reporting, the s
 
 import hashlib
 import shutil
+import types
 
 import numpy as np
 import pytest
@@ -126,6 +127,7 @@ def test_shard_attributes_summary_and_logs(tmp_path, tiny_llama):
     }
     assert shard["activations"].dtype == np.float32 and shard["activations"].chunks == (6, 2, model.config.hidden_size)
     assert shard["token_norm"].chunks == (6, 2) and shard["n_tokens"].chunks == (6,)
+    assert shard["token_norm"].dtype == np.float32 and shard["n_tokens"].dtype == np.int64  # the documented layout
     np.testing.assert_array_equal(shard["n_tokens"][:], [n_tok[i] for i in kept])
     # the last progress line counts every kept text; no resume was logged
     assert logs[-1].startswith("calm: 6/6 texts, ") and logs[-1].endswith(" tokens/s")
@@ -180,14 +182,15 @@ def test_partial_while_filling_and_a_clean_resume(tmp_path, tiny_llama):
     np.testing.assert_array_equal(open_shard(out)["activations"][:], open_shard(tmp_path / "f.zarr")["activations"][:])
 
 
-def _interrupted(model, tok, out, texts=None, ids=None):
+def _interrupted(model, tok, out, texts=None, ids=None, after=2):
+    """Write ``out`` and crash in the forward pass after ``after`` batches."""
     from emotion_vectors.models import decoder_layers
 
     calls = []
 
     def crash(module, args):
         calls.append(1)
-        if len(calls) > 2:
+        if len(calls) > after:
             raise RuntimeError("killed")
 
     handle = decoder_layers(model)[0].register_forward_pre_hook(crash)
@@ -313,6 +316,9 @@ def test_a_shard_with_no_kept_text(tmp_path, tiny_llama):
     _write(model, tok, tmp_path / "z2.zarr", texts, ids, staged=tmp_path / "z2.staged")
     again, logs = _write(model, tok, tmp_path / "z2.zarr", texts, ids)
     assert again["resumed_rows"] == 0 and not any("starting over" in line for line in logs)
+    resumed = open_shard(tmp_path / "z2.zarr")
+    assert resumed["activations"].shape == (0, 2, model.config.hidden_size)
+    assert resumed["token_norm"].shape == (0, 2) and resumed["n_tokens"].shape == (0,)
 
 
 def test_hidden_size_of_a_multimodal_wrapper(tmp_path, tiny_gemma4_mm):
@@ -381,3 +387,97 @@ def test_a_shard_of_one_text_is_one_row_in_one_chunk(tmp_path, tiny_llama):
     assert shard["activations"].shape == (1, 2, d) and shard["activations"].chunks == (1, 2, d)
     assert shard["token_norm"].chunks == (1, 2) and shard["n_tokens"].chunks == (1,)
     assert np.isfinite(shard["activations"][:]).all() and (shard["token_norm"][:] > 0).all()
+
+
+def test_progress_every_10_seconds_and_at_the_end(tmp_path, tiny_llama, monkeypatch):
+    """Progress is logged when more than 10 s passed since the last line, and once at the end,
+    with the texts done and the tokens per second since the start (a clock stands in for time)."""
+    from emotion_vectors.extract import plan_extraction
+
+    model, tok = tiny_llama
+    texts, ids = _corpus()
+    plan = plan_extraction(tok, texts, ids, pool_start=4, short_policy="skip", batch_size=2, max_batch_tokens=None)
+    assert len(plan.batches) == 3
+    tokens = np.cumsum([int(plan.n_tokens[b].sum()) for b in plan.batches])
+
+    def clock(*times):  # the start, after each of the 3 batches, the end
+        ticks = iter(times)
+        monkeypatch.setattr(shards, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
+
+    clock(100.0, 110.0, 110.5, 110.9, 111.0)
+    summary, logs = _write(model, tok, tmp_path / "p.zarr")
+    # 10 s after the start is not yet "more than 10 s"; 10.5 s is; the end is always logged
+    assert logs == [f"calm: 4/6 texts, {tokens[1] / 10.5:.0f} tokens/s", f"calm: 6/6 texts, {tokens[2] / 10.9:.0f} tokens/s"]
+    assert summary["seconds"] == 11.0 and summary["tokens_extracted"] == tokens[2]
+    # a job that takes a fraction of a second: the rate is over that fraction, not over a second
+    clock(0.0, 0.1, 0.2, 0.25, 0.3)
+    summary, logs = _write(model, tok, tmp_path / "q.zarr")
+    assert logs == [f"calm: 6/6 texts, {tokens[2] / 0.25:.0f} tokens/s"]
+    assert summary["seconds"] == 0.3
+
+
+def test_batches_follow_the_settings_and_optional_keys_default(tmp_path, tiny_llama):
+    """``max_batch_tokens`` bounds the batches (one forward pass each); settings without the
+    optional keys store float32 with no token budget."""
+    from emotion_vectors.extract import plan_extraction
+    from emotion_vectors.models import decoder_layers
+
+    model, tok = tiny_llama
+    texts, ids = _corpus()
+    passes = []
+    handle = decoder_layers(model)[0].register_forward_pre_hook(lambda module, args: passes.append(1))
+    try:
+        minimal = {"pool_start": 4, "short_text_policy": "skip", "batch_size": 6}
+        _write(model, tok, tmp_path / "m.zarr", texts, ids, settings=minimal)
+        shard = open_shard(tmp_path / "m.zarr")
+        assert len(passes) == 1  # all six texts in one batch
+        assert shard["activations"].dtype == np.float32 and shard.attrs["storage_dtype"] == "float32"
+        passes.clear()
+        budget = dict(minimal, max_batch_tokens=30, storage_dtype="float32")
+        _write(model, tok, tmp_path / "b.zarr", texts, ids, settings=budget)
+    finally:
+        handle.remove()
+    planned = plan_extraction(tok, texts, ids, pool_start=4, short_policy="skip", batch_size=6, max_batch_tokens=30).batches
+    assert len(passes) == len(planned) > 2
+    np.testing.assert_allclose(open_shard(tmp_path / "b.zarr")["activations"][:], shard["activations"][:], rtol=1e-4, atol=1e-5)
+
+
+def test_hidden_size_of_a_config_without_a_text_config():
+    """A config with no ``get_text_config`` (a plain one) is its own text config."""
+    plain = types.SimpleNamespace(config=types.SimpleNamespace(hidden_size=48))
+    assert shards._hidden_size(plain) == 48
+
+
+def test_partial_without_metadata_or_killed_before_its_first_batch(tmp_path, tiny_llama):
+    """A partial whose group metadata is gone is logged as unreadable and started over; one
+    killed before any batch finished has nothing done and resumes silently (no false alarm)."""
+    model, tok = tiny_llama
+    out = tmp_path / "nometa.zarr"
+    _interrupted(model, tok, out)
+    (tmp_path / "nometa.zarr.partial" / "zarr.json").unlink()
+    summary, logs = _write(model, tok, out)
+    assert summary["resumed_rows"] == 0
+    prefix = f"calm: partial shard {out}.partial unreadable ("
+    assert any(line.startswith(prefix) and line.endswith("); starting over") for line in logs), logs
+    out = tmp_path / "early.zarr"
+    _interrupted(model, tok, out, after=0)
+    assert not zarr.open_group(str(tmp_path / "early.zarr.partial"), mode="r")["done"][:].any()
+    summary, logs = _write(model, tok, out)
+    assert summary["resumed_rows"] == 0
+    assert not any("partial shard" in line or "resuming" in line for line in logs), logs
+
+
+def test_five_bad_rows_are_all_listed(tmp_path, tiny_llama):
+    """Up to five failed rows are named in full, with no "..." after them."""
+    model, tok = tiny_llama
+    texts, ids = _corpus()
+    src = tmp_path / "five.zarr"
+    _write(model, tok, src, texts, ids, staged=tmp_path / "staged.zarr")  # keeps a partial with every row done
+    partial = zarr.open_group(str(tmp_path / "five.zarr.partial"), mode="r+")
+    checks = partial["row_checksum"][:]
+    checks[:5] ^= np.uint64(1)
+    partial["row_checksum"][:] = checks
+    summary, logs = _write(model, tok, src, texts, ids)
+    assert summary["resumed_rows"] == 1
+    assert (f"calm: partial shard {src}.partial: 5 finished row(s) failed the integrity check "
+            f"(unreadable or checksum mismatch: {', '.join(ids[:5])}); recomputing them") in logs
