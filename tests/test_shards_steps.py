@@ -481,3 +481,30 @@ def test_five_bad_rows_are_all_listed(tmp_path, tiny_llama):
     assert summary["resumed_rows"] == 1
     assert (f"calm: partial shard {src}.partial: 5 finished row(s) failed the integrity check "
             f"(unreadable or checksum mismatch: {', '.join(ids[:5])}); recomputing them") in logs
+
+
+def test_a_large_shard_keeps_its_small_arrays_in_one_chunk(tmp_path):
+    """However many texts, ``token_norm`` and ``n_tokens`` are one chunk each (read whole) and
+    activations 64 rows a chunk; zarr's automatic chunking would split the first two past 20,000
+    rows. Written by ``_write_final`` from a finished partial (no model needed)."""
+    n, n_layers, d = 40_000, 2, 1
+    rng = np.random.default_rng(0)
+    partial = zarr.open_group(str(tmp_path / "big.zarr.partial"), mode="w")
+    acts = rng.standard_normal((n, n_layers, d)).astype(np.float32)
+    partial.create_array("activations", data=acts, chunks=(4096, n_layers, d))
+    ids = [f"calm-{i:05d}" for i in range(n)]
+    plan = shards._ShardPlan(
+        out=tmp_path / "big.zarr", partial=tmp_path / "big.zarr.partial", tmp=tmp_path / "big.zarr.tmp",
+        extraction=types.SimpleNamespace(skipped=[]), kept=list(range(n)), row_ids=ids, fingerprint="f" * 24,
+        n_layers=n_layers, d=d, storage_dtype="float32",
+    )
+    norms = rng.random((n, n_layers)).astype(np.float32)
+    n_tok = rng.integers(5, 500, n).astype(np.int64)
+    state = shards._PartialState(partial, np.ones(n, bool), norms, n_tok, np.zeros(n, np.uint64), 0)
+    shards._write_final(plan, state, ids, [3, 7], SETTINGS, "calm", INFO, {"name": "calm"}, None)
+    shard = open_shard(tmp_path / "big.zarr.tmp")
+    assert shard["token_norm"].chunks == (n, n_layers) and shard["n_tokens"].chunks == (n,)
+    assert shard["activations"].chunks == (64, n_layers, d)
+    np.testing.assert_array_equal(shard["activations"][:], acts)
+    np.testing.assert_array_equal(shard["token_norm"][:], norms)
+    np.testing.assert_array_equal(shard["n_tokens"][:], n_tok)
