@@ -483,3 +483,20 @@ def test_batches_name_their_texts(tiny_llama: Any):
     for b in out:
         assert b.ids == [ids[i] for i in b.indices]
         assert b.pooled.shape[0] == b.token_norm.shape[0] == b.n_tokens.shape[0] == len(b.ids)
+
+
+def test_short_text_error_counts_the_texts_it_does_not_name(shared_tokenizer: Any):
+    """Up to 50 short texts are all named and nothing is added; from 51 on, the rest is counted."""
+    tok = shared_tokenizer
+    many = [f"word{i}" for i in range(51)]
+    n = [len(tok(t)["input_ids"]) for t in many]
+    tail = ". Lengthen or drop them, lower pool_start, or use short_policy='skip'."
+    with pytest.raises(ShortTextError) as err:
+        plan_extraction(tok, [TEXTS[0], *many[:2]], pool_start=10, short_policy="error")
+    assert str(err.value) == (
+        f"2 text(s) have n_tokens <= pool_start=10, so no token is left to average: 1 ({n[0]} tokens), "
+        f"2 ({n[1]} tokens){tail}")
+    for k, more in ((50, ""), (51, " and 1 more")):
+        with pytest.raises(ShortTextError) as err:
+            plan_extraction(tok, many[:k], pool_start=10, short_policy="error")
+        assert str(err.value).endswith(f"49 ({n[49]} tokens){more}{tail}"), k
