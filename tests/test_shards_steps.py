@@ -508,3 +508,18 @@ def test_a_large_shard_keeps_its_small_arrays_in_one_chunk(tmp_path):
     np.testing.assert_array_equal(shard["activations"][:], acts)
     np.testing.assert_array_equal(shard["token_norm"][:], norms)
     np.testing.assert_array_equal(shard["n_tokens"][:], n_tok)
+
+
+def test_a_rerun_clears_the_tmp_a_kill_left(tmp_path, tiny_llama):
+    """A job killed while copying into ``<out>.tmp`` leaves it behind; the rerun writes its copy
+    there afresh (none of the stale files reach the shard) and leaves no ``.tmp``."""
+    model, tok = tiny_llama
+    out = tmp_path / "s.zarr"
+    stale = tmp_path / "s.zarr.tmp"
+    (stale / "activations").mkdir(parents=True)
+    (stale / "activations" / "junk").write_text("x")
+    (stale / "stale-file").write_text("x")
+    _write(model, tok, out)
+    assert not stale.exists() and open_shard(out).attrs["complete"]
+    assert not (out / "stale-file").exists() and not (out / "activations" / "junk").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
