@@ -501,3 +501,45 @@ def test_short_text_error_counts_the_texts_it_does_not_name(shared_tokenizer: An
         with pytest.raises(ShortTextError) as err:
             plan_extraction(tok, many[:k], pool_start=10, short_policy="error")
         assert str(err.value).endswith(f"49 ({n[49]} tokens){more}{tail}"), k
+
+
+# --- devices: the meta device stands in for a second device (no GPU here) -------------------
+
+
+class _ToyDecoder(torch.nn.Module):
+    """Embedding + linear blocks, runnable on the meta device (a transformers model is not: its
+    mask code reads values); ``model.layers`` are its decoder blocks, as ``decoder_layers`` finds them."""
+
+    def __init__(self, vocab: int = 50, d: int = 8, n_blocks: int = 3) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, d)
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(d, d) for _ in range(n_blocks))
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=None):
+        h = self.embed(input_ids)
+        for block in self.layers:
+            h = block(h)
+        return (h,)
+
+
+def test_inputs_and_pooling_buffers_follow_the_device() -> None:
+    meta = torch.device("meta")
+    # the padded ids, mask and own-token positions go to the model's input device
+    ids, mask, positions = extract._pad_batch([[1, 2, 3], [4, 5]], 0, "left", meta)
+    assert (ids.device, mask.device, positions.device) == (meta, meta, meta)
+    assert ids.shape == mask.shape == positions.shape == (2, 3)
+    # a forward pass on that device pools there: (b, n_layers, d) float32 buffers on the device
+    with torch.device("meta"):
+        model = _ToyDecoder()
+    pooler = extract._Pooler(decoder_layers(model), [0, 2])
+    pooled, norms = extract._run_forward(model, pooler, [[1, 2, 3, 4], [5, 6]], 1, 0, "left", meta)
+    assert pooled.device == meta and pooled.shape == (2, 2, 8) and pooled.dtype == torch.float32
+    assert norms.device == meta and norms.shape == (2, 2) and norms.dtype == torch.float32
+    # a block whose output is on another device than the inputs (a model split over devices):
+    # it is moved to the window's device, where the buffers live
+    pooler = extract._Pooler([torch.nn.Identity()], [0])
+    pooler.start(torch.ones((2, 3), dtype=torch.bool, device=meta))
+    with pytest.raises(extract._StopForward):
+        pooler._hook(0, 0)(None, (), (torch.randn(2, 3, 4),))
+    assert pooler.pooled.device == meta and pooler.norms.device == meta
+    assert pooler.pooled.shape == (2, 1, 4) and pooler.norms.shape == (2, 1)
