@@ -205,3 +205,159 @@ def build_vector_store(
         },
     )
     return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Shuffled-label vectors: the matched null of "emotion-specific"
+
+#: Row names of a shuffled-label store: ``f"{emotion}{SHUFFLE_SEP}{k}"``.
+SHUFFLE_SEP = "@shuffle"
+
+
+def shuffled_name(emotion: str, k: int) -> str:
+    """The row of ``emotion``'s pseudo vector in shuffle ``k`` of a shuffled-label store."""
+    return f"{emotion}{SHUFFLE_SEP}{int(k)}"
+
+
+def shuffled_sets(store: Any) -> list[list[str]]:
+    """For each shuffle ``k`` of a shuffled-label store (``read_store`` result or its
+    ``emotions`` list), its row names in the real store's emotion order."""
+    names = list(getattr(store, "emotions", store))
+    attrs = getattr(store, "attrs", {}) or {}
+    source = list(attrs.get("source_emotions") or [])
+    n = attrs.get("n_shuffles")
+    if not source or n is None:
+        raise ValueError("not a shuffled-label store: attributes source_emotions / n_shuffles are missing")
+    sets = [[shuffled_name(e, k) for e in source] for k in range(int(n))]
+    missing = [r for s in sets for r in s if r not in names]
+    if missing:
+        raise ValueError(f"shuffled-label store lacks rows {missing[:3]} (of {len(missing)})")
+    return sets
+
+
+def shuffle_labels(emotion: np.ndarray, topic: np.ndarray, n_shuffles: int, seed: int) -> np.ndarray:
+    """``(n_shuffles, n)`` emotion labels permuted among the stories of each topic: every
+    emotion keeps its number of stories in every topic (same counts, same topic balance), and
+    under the null "activations do not depend on the emotion label" each shuffle's groups are
+    distributed exactly as the real ones. Shuffle ``k`` is the same for every seed-``seed`` call."""
+    from .diagnostics import permute_within
+
+    emotion = np.asarray(emotion)
+    topic = np.asarray(topic)
+    out = np.empty((int(n_shuffles), emotion.size), dtype=emotion.dtype)
+    for k in range(int(n_shuffles)):
+        out[k] = permute_within(emotion, topic, np.random.default_rng([int(seed), k]))
+    return out
+
+
+def _story_labels(emotions: list[str], emotion_shards: dict[str, str | Path],
+                  story_shards: dict[str, str | Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Each activation row's emotion index and topic index, in shard order (ids only, no
+    activations read)."""
+    from .diagnostics import read_story_topics
+
+    emo, top = [], []
+    for e_idx, emotion in enumerate(emotions):
+        ids = list(open_shard(emotion_shards[emotion]).attrs["ids"])
+        topics_of = read_story_topics(story_shards[emotion])
+        missing = [i for i in ids if i not in topics_of]
+        if missing:
+            raise ValueError(f"activation shard {emotion_shards[emotion]} holds stories missing from "
+                             f"{story_shards[emotion]} (e.g. {missing[:3]}): rebuild it")
+        emo += [e_idx] * len(ids)
+        top += [topics_of[i] for i in ids]
+    return np.asarray(emo, dtype=np.int64), np.asarray(top, dtype=np.int64)
+
+
+def build_shuffled_store(
+    emotion_shards: dict[str, str | Path],
+    story_shards: dict[str, str | Path],
+    neutral_shard: str | Path,
+    out: str | Path,
+    *,
+    n_shuffles: int,
+    seed: int,
+    denoise_variance: float,
+    provenance: dict[str, Any],
+) -> dict[str, Any]:
+    """Shuffled-label vectors: ``n_shuffles`` stores' worth of pseudo-emotion vectors, built
+    exactly as the real ones (``emotion_vectors``: emotion mean − mean over emotions, the same
+    neutral PCs projected out, the same residual norm) from the same story activations with the
+    emotion labels permuted within topic (:func:`shuffle_labels`).
+
+    The store ``out`` has the vector-store layout; its rows are :func:`shuffled_name` ``(e, k)``
+    for every shuffle ``k`` and run emotion ``e`` (:func:`shuffled_sets`). Memory: the sums
+    ``(n_shuffles, E, L, d)`` float64 plus one shard's activations. Returns a summary.
+    """
+    if n_shuffles < 1:
+        raise ValueError(f"n_shuffles must be at least 1, got {n_shuffles}")
+    emotions = list(emotion_shards)
+    missing = [e for e in emotions if e not in story_shards]
+    if missing:
+        raise ValueError(f"no story shard for emotions {missing}")
+    neutral = open_shard(neutral_shard)
+    reference = (str(neutral_shard), dict(neutral.attrs))
+    layers = list(neutral.attrs["layers"])
+    for emotion in emotions:
+        check_same_origin(reference, (str(emotion_shards[emotion]), dict(open_shard(emotion_shards[emotion]).attrs)))
+    emo, top = _story_labels(emotions, emotion_shards, story_shards)
+    labels = shuffle_labels(emo, top, n_shuffles, seed)  # (K, n)
+    E, K = len(emotions), int(n_shuffles)
+    sums = None
+    counts = np.zeros((K, E), dtype=np.int64)
+    norm_sum, norm_n, start = 0.0, 0, 0
+    for emotion in emotions:
+        shard = open_shard(emotion_shards[emotion])
+        acts = np.asarray(shard["activations"][:], dtype=np.float64)  # (n, L, d)
+        n = acts.shape[0]
+        if sums is None:
+            sums = np.zeros((K, E, *acts.shape[1:]), dtype=np.float64)
+        for k in range(K):
+            lab = labels[k, start:start + n]
+            np.add.at(sums[k], lab, acts)
+            counts[k] += np.bincount(lab, minlength=E)
+        tn = np.asarray(shard["token_norm"][:], dtype=np.float64)
+        norm_sum = norm_sum + tn.sum(axis=0)
+        norm_n += tn.shape[0]
+        start += n
+    if sums is None or start != emo.size:
+        raise ValueError("the activation shards changed while they were read")
+    if np.any(counts == 0):
+        raise ValueError("an emotion has no stories: shuffled-label vectors need every emotion")
+    means = sums / counts[:, :, None, None]  # (K, E, L, d)
+    neutral_acts = np.asarray(neutral["activations"][:], dtype=np.float64)
+    L, d = means.shape[2], means.shape[3]
+    raw_all = np.zeros((K * E, L, d), dtype=np.float32)
+    den_all = np.zeros((K * E, L, d), dtype=np.float32)
+    k_removed = np.zeros(L, dtype=np.int64)
+    for li in range(L):
+        pcs = neutral_components(neutral_acts[:, li], denoise_variance)
+        k_removed[li] = pcs.k
+        for k in range(K):
+            raw = means[k, :, li] - means[k, :, li].mean(axis=0, keepdims=True)
+            raw_all[k * E:(k + 1) * E, li] = raw
+            den_all[k * E:(k + 1) * E, li] = project_out(raw, pcs.components)
+    names = [shuffled_name(e, k) for k in range(K) for e in emotions]
+    write_store(
+        out, emotions=names, layers=layers, raw=raw_all, denoised=den_all,
+        residual_norm=(norm_sum / max(norm_n, 1)).astype(np.float32),
+        n_neutral_pcs_removed=k_removed, n_stories=counts.reshape(-1),
+        attrs={
+            "layer_convention": neutral.attrs["layer_convention"],
+            "num_hidden_layers": neutral.attrs.get("num_hidden_layers"),
+            "pool_start": neutral.attrs["pool_start"],
+            "denoise_variance": denoise_variance,
+            "n_neutral": int(neutral_acts.shape[0]),
+            "source_emotions": emotions,
+            "n_shuffles": K,
+            "shuffle_seed": int(seed),
+            "shuffled_within": "topic",
+            "definition": ("shuffled-label vectors: the run's emotion vectors rebuilt with the stories' "
+                           "emotion labels permuted within topic (same counts per emotion and topic), "
+                           "n_shuffles times; rows '<emotion>@shuffle<k>'; same neutral denoising and "
+                           "residual norm as the real store"),
+            "provenance": dict(provenance, subject_model=neutral.attrs["model"]),
+        },
+    )
+    return {"n_shuffles": K, "n_emotions": E, "n_stories": int(emo.size), "layers": layers,
+            "share_relabelled": float(np.mean(labels != emo[None, :]))}

@@ -95,4 +95,38 @@ rule vectors:
         "../scripts/vectors.py"
 
 
-VECTOR_OUTPUTS = [f"{RESULTS}/vectors/vectors.zarr", f"{RESULTS}/vectors/vectors.tsv"]
+rule shuffled_vectors:
+    """Shuffled-label vectors: the emotion vectors rebuilt from the same activations with the
+    emotion labels permuted within topic (vectors.n_shuffles times), the matched null of every
+    emotion-specific claim (emotion_vectors.vectors.build_shuffled_store)."""
+    input:
+        emotions=[emotion_shard(s) for s in EMOTIONS],
+        stories=[story_shard(s) for s in EMOTIONS],
+        neutral=NEUTRAL_SHARD,
+    output:
+        store=directory(f"{RESULTS}/vectors/shuffled.zarr"),
+        summary=f"{RESULTS}/vectors/shuffled.json",
+    params:
+        emotions=list(EMOTIONS.values()),
+        denoise_variance=config["vectors"]["denoise_variance"],
+        n_shuffles=config["vectors"]["n_shuffles"],
+        seed=config["vectors"]["shuffle_seed"],
+    conda:
+        "../../envs/activations.yaml"
+    log:
+        f"{LOGS}/shuffled_vectors.log",
+    benchmark:
+        f"{BENCH}/shuffled_vectors.tsv"
+    threads: 1
+    resources:
+        mem_mb=8000,
+    script:
+        "../scripts/shuffled_vectors.py"
+
+
+VECTOR_OUTPUTS = [
+    f"{RESULTS}/vectors/vectors.zarr",
+    f"{RESULTS}/vectors/vectors.tsv",
+    f"{RESULTS}/vectors/shuffled.zarr",
+    f"{RESULTS}/vectors/shuffled.json",
+]
