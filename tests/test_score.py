@@ -128,6 +128,31 @@ def test_scores_match_numpy(tiny_run, baseline, pool):
     assert meta["n_scored"] == len(good) and meta["n_rows"] == len(TEXTS)
 
 
+def test_extra_basis_projections_and_valence_check(tiny_run):
+    """Extra directions (the shuffled-label vectors in the workflow) are projected raw, beside
+    unchanged scores; the metadata says whether the valence direction is valence (random
+    vectors: it is not) and the check's settings reach it."""
+    rng = np.random.default_rng(5)
+    d = tiny_run["model"].config.hidden_size
+    extra = rng.standard_normal((7, d))
+    kw = dict(layer=3, model=tiny_run["model"], tokenizer=tiny_run["tok"], batch_size=2)
+    plain = score_texts(tiny_run["store"], TEXTS, **kw)
+    df = score_texts(tiny_run["store"], TEXTS, extra_basis=extra,
+                     valence_check={"min_r": 0.3, "n_bootstrap": 50, "seed": 1}, **kw)
+    pd.testing.assert_frame_equal(df[EMOTIONS + ["valence"]], plain[EMOTIONS + ["valence"]])
+    good = [i for i, t in enumerate(TEXTS) if isinstance(t, str) and t.strip()]
+    res = extract_pooled(tiny_run["model"], tiny_run["tok"], [TEXTS[i] for i in good], None, [3],
+                         pool_start=1, batch_size=3)
+    got = df.attrs["extra_projections"]
+    assert got.shape == (len(TEXTS), 7) and np.isnan(got[[1, 5]]).all()
+    np.testing.assert_allclose(got[good], res.pooled[:, 0, :].astype(np.float64) @ extra.T, rtol=1e-5, atol=1e-4)
+    check = df.attrs["scoring"]["valence_direction"]["check"]
+    assert check["n_rated"] == 5 and check["min_r"] == 0.3 and check["n_bootstrap"] == 50
+    assert check["is_valence"] in (True, False) and check["note"]
+    with pytest.raises(ScoreError, match="extra_basis"):
+        score_texts(tiny_run["store"], TEXTS, extra_basis=extra[:, :3], **kw)
+
+
 def test_pool_from_k_and_truncation(tiny_run):
     long = " ".join(["word"] * 80) + " tail"
     texts = ["short one", long, "a somewhat longer sentence with quite a few more words in it"]
@@ -285,6 +310,19 @@ def test_lexicon_and_labelled_check():
     assert r["scorers"]["valence_on_lexicon_rated"]["n"] == 3
     assert 0 <= r["scorers"]["vader"]["auroc"] <= 1
     assert r["emotions_auroc"] == {"happy": 1.0}
+    # Mann-Whitney p beside every AUROC, and every scorer on the same texts (the lexicon's rated
+    # subset), with the paired differences.
+    assert r["scorers"]["valence"]["p_mannwhitney"] == pytest.approx(1 / 6)  # exact: 1 of C(4,2)
+    same = r["same_texts"]
+    assert same["n"] == 3 and set(same["scorers"]) == {"valence", "lexicon", "vader"}
+    assert all(sc["n"] == 3 for sc in same["scorers"].values())
+    assert same["valence_minus_lexicon"]["difference"] == 0.0
+    # The shuffled valence directions' AUROCs and their Monte-Carlo p.
+    nv = np.array([[0.0, 1.0, 0.0, 0.0, 0.0, 0.0], [1.0, -1.0, 0.5, 2.0, 0.0, 0.0]])
+    r2 = labelled_check(df, "label", "pos", "neg", n_boot=50, norms=norms, null_valence=nv)
+    assert r2["shuffled_auroc"] == [0.25, 1.0] and r2["p_shuffled"] == pytest.approx(2 / 3)
+    with pytest.raises(ScoreError, match="null_valence"):
+        labelled_check(df, "label", "pos", "neg", n_boot=50, norms=norms, null_valence=nv[:, :3])
     with pytest.raises(ScoreError, match="both"):
         labelled_check(df, "label", "pos", ["pos", "neg"])
 

@@ -290,6 +290,8 @@ def score_texts(
     model_info: Mapping[str, Any] | None = None,
     progress_every: float = 30.0,
     reader: Any = None,
+    extra_basis: np.ndarray | None = None,
+    valence_check: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Score ``texts`` on the store's emotion vectors and valence direction (module docstring).
 
@@ -314,11 +316,20 @@ def score_texts(
         keep_text: add a ``text`` column (the text as scored).
         model_info: what to record about a caller-given model (default: its class and path).
         progress_every: seconds between progress log lines.
+        extra_basis: ``(m, d)`` further directions to project every text on (e.g. the
+            shuffled-label vectors, the null of the real-text claims); their raw projections
+            ``x . w`` (no baseline, no scaling; NaN for unscored rows) are returned as
+            ``df.attrs["extra_projections"]`` ``(n, m)`` and are not written by
+            :func:`write_scores`.
+        valence_check: settings of the check that the valence direction is valence for this
+            run (``readout.check_valence_direction``: ``min_r``, ``n_bootstrap``, ``seed``);
+            its result is in the metadata (``valence_direction.check``) and a warning is logged
+            when it fails.
 
     Returns:
         The rows in input order (see the module docstring), ``df.attrs["scoring"]`` = metadata.
     """
-    from emotion_vectors.readout import store_valence_direction
+    from emotion_vectors.readout import check_valence_direction, store_valence_direction
 
     started = time.perf_counter()
     st = _open(store)
@@ -349,7 +360,16 @@ def score_texts(
     li = st.layers.index(layer)
     units = np.asarray(st.array(f"{kind}_unit")[:, li, :], dtype=np.float64)  # (E, d)
     direction = store_valence_direction(st, layer, kind=f"{kind}_unit")
+    vcheck = check_valence_direction(units, emotions, direction, **dict(valence_check or {}))
+    if not vcheck["is_valence"]:
+        log.warning("%s", vcheck["note"])
     basis = np.vstack([units, direction.direction[None, :]])  # (E+1, d)
+    n_main = basis.shape[0]
+    if extra_basis is not None:
+        extra = np.asarray(extra_basis, dtype=np.float64)
+        if extra.ndim != 2 or extra.shape[1] != basis.shape[1]:
+            raise ScoreError(f"extra_basis must be (m, {basis.shape[1]}), got shape {extra.shape}")
+        basis = np.vstack([basis, extra])
     if base_vec is not None:
         if base_vec.shape[0] != basis.shape[1]:
             raise ScoreError(f"neutral activations have width {base_vec.shape[0]}, the vectors "
@@ -413,14 +433,16 @@ def score_texts(
         reasons[good[j]] = "too_short_for_pool"
     tokens = summary.tokens
     scored = np.flatnonzero(np.isfinite(proj[:, 0]))
+    extra_proj = proj[:, n_main:]
+    proj = proj[:, :n_main]
 
     # Baseline, raw projections and z-scores.
     if baseline == "corpus":
-        base_proj = proj[scored].mean(axis=0) if len(scored) else np.full(basis.shape[0], np.nan)
+        base_proj = proj[scored].mean(axis=0) if len(scored) else np.full(n_main, np.nan)
     else:
-        base_proj = base_vec @ basis.T
+        base_proj = base_vec @ basis[:n_main].T
     raw = proj - base_proj
-    sd = proj[scored].std(axis=0) if len(scored) else np.full(basis.shape[0], np.nan)
+    sd = proj[scored].std(axis=0) if len(scored) else np.full(n_main, np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(sd > 0, raw / np.where(sd > 0, sd, 1.0), np.nan)
 
@@ -465,7 +487,8 @@ def score_texts(
                               "pleasant": list(direction.pleasant),
                               "unpleasant": list(direction.unpleasant),
                               "anchor_gap": direction.anchor_gap,
-                              "fitted_on": "the store's vectors only (anchors fix the sign)"},
+                              "fitted_on": "the store's vectors only (anchors fix the sign)",
+                              "check": vcheck},
         "model": info,
         "model_matches_store": matches,
         "store_subject_model": _store_subject(st) or None,
@@ -485,6 +508,8 @@ def score_texts(
         "read_by": reader.via,
     }
     df.attrs["scoring"] = meta
+    if extra_basis is not None:
+        df.attrs["extra_projections"] = extra_proj
     log.info("scored %d of %d rows in %.1f s (%.1f texts/s); skipped %s; truncated %d",
              len(scored), n, seconds, meta["texts_per_second"] or 0,
              {r: v["count"] for r, v in meta["skipped"].items()} or "none", meta["n_truncated"])
@@ -676,9 +701,11 @@ def labelled_check(
     score_column: str = "valence",
     text_column: str = "text",
     norms: pd.DataFrame | None = None,
+    null_valence: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Does valence separate labelled positive from negative texts? AUROC with a bootstrap 95%
-    interval, beside two baselines on the same texts.
+    interval and a one-sided Mann-Whitney p (``p_mannwhitney``: positives above negatives,
+    labels exchangeable under the null), beside two baselines on the same texts.
 
     Rows: those whose label is in ``positive`` or ``negative`` and that were scored (finite
     ``score_column``); other labels and unscored rows are counted, not used. Scorers:
@@ -689,9 +716,19 @@ def labelled_check(
       that same subset is reported as ``valence_on_lexicon_rated`` for a like-for-like figure;
     - ``vader``: VADER compound (``steer_eval.vader_scores``).
 
+    ``same_texts``: every scorer on the texts where all of them are finite (the lexicon's rated
+    subset), with the paired differences ``valence - vader`` and ``valence - lexicon`` (the
+    same bootstrap resamples for both scorers): the like-for-like comparison.
+
+    ``null_valence`` ``(K, n_rows)``: each text's score on the valence direction of each
+    shuffle's shuffled-label vectors (rows as ``scores_df``'s); adds their AUROCs
+    (``shuffled_auroc``) and ``p_shuffled = mc_p`` of the readout's AUROC against them.
+
     ``emotions=True`` adds the point AUROC of every emotion column (no interval). AUROC 0.5 =
     chance; above = the score is higher for positive texts.
     """
+    from emotion_vectors.text_checks import aurocs_many, mannwhitney_auroc, paired_auroc_difference
+
     pos = {positive} if isinstance(positive, str) else set(positive)
     neg = {negative} if isinstance(negative, str) else set(negative)
     if pos & neg:
@@ -717,8 +754,9 @@ def labelled_check(
         "interval": "stratified percentile bootstrap, 95%",
         "scorers": {},
     }
-    result["scorers"]["valence"] = bootstrap_auroc(y, sub[score_column].to_numpy(float),
-                                                   n_boot=n_boot, seed=seed)
+    val = sub[score_column].to_numpy(float)
+    per_scorer = {"valence": val}
+    result["scorers"]["valence"] = bootstrap_auroc(y, val, n_boot=n_boot, seed=seed)
     texts = sub[text_column].tolist() if text_column in sub.columns else None
     if lexicon:
         from emotion_vectors.analysis.norms import CITATION
@@ -730,11 +768,41 @@ def labelled_check(
         result["scorers"]["lexicon"] = r
         rated = np.isfinite(lex)
         result["scorers"]["valence_on_lexicon_rated"] = bootstrap_auroc(
-            y[rated], sub[score_column].to_numpy(float)[rated], n_boot=n_boot, seed=seed)
+            y[rated], val[rated], n_boot=n_boot, seed=seed)
+        per_scorer["lexicon"] = lex
     if vader:
         from emotion_vectors.steer_eval import vader_scores
 
-        result["scorers"]["vader"] = bootstrap_auroc(y, vader_scores(texts), n_boot=n_boot, seed=seed)
+        vad = vader_scores(texts)
+        result["scorers"]["vader"] = bootstrap_auroc(y, vad, n_boot=n_boot, seed=seed)
+        per_scorer["vader"] = vad
+    for name, sc in per_scorer.items():
+        result["scorers"][name]["p_mannwhitney"] = mannwhitney_auroc(y, sc)["p_mannwhitney"]
+    common = np.all([np.isfinite(v) for v in per_scorer.values()], axis=0)
+    same: dict[str, Any] = {"n": int(common.sum()), "n_positive": int(y[common].sum()),
+                            "n_negative": int((~y[common]).sum()),
+                            "rows": "texts where every scorer is finite (the lexicon needs a rated word)",
+                            "scorers": {}}
+    for name, sc in per_scorer.items():
+        same["scorers"][name] = {**bootstrap_auroc(y[common], sc[common], n_boot=n_boot, seed=seed),
+                                 "p_mannwhitney": mannwhitney_auroc(y[common], sc[common])["p_mannwhitney"]}
+    for other in ("vader", "lexicon"):
+        if other in per_scorer:
+            same[f"valence_minus_{other}"] = paired_auroc_difference(
+                y[common], val[common], per_scorer[other][common], n_boot=n_boot, seed=seed)
+    result["same_texts"] = same
+    if null_valence is not None:
+        from emotion_vectors.claims import mc_p
+
+        nv = np.asarray(null_valence, dtype=float)
+        if nv.ndim != 2 or nv.shape[1] != len(scores_df):
+            raise ScoreError(f"null_valence must be (K, {len(scores_df)}), got shape {nv.shape}")
+        na = aurocs_many(y, nv[:, use])
+        auc = result["scorers"]["valence"]["auroc"]
+        result["n_shuffles"] = int(nv.shape[0])
+        result["shuffled_auroc"] = [_num(v) for v in na]
+        result["shuffled_auroc_p95"] = _num(np.nanquantile(na, 0.95)) if np.isfinite(na).any() else None
+        result["p_shuffled"] = mc_p(auc, na) if auc is not None else None
     if emotions:
         from sklearn.metrics import roc_auc_score
 

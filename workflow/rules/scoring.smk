@@ -10,6 +10,15 @@ for _name in SCORING["labelled"]:
     if _name not in CORPORA:
         logger.warning(f"scoring.labelled.{_name}: no such corpus in scoring.corpora; not checked")
 LABELLED = {k: v for k, v in SCORING["labelled"].items() if k in CORPORA}
+for _name in SCORING["emotion_labelled"]:
+    if _name not in CORPORA:
+        logger.warning(f"scoring.emotion_labelled.{_name}: no such corpus in scoring.corpora; not checked")
+EMOTION_LABELLED = {k: v for k, v in SCORING["emotion_labelled"].items() if k in CORPORA}
+if EMOTION_LABELLED:  # a bad label map stops the run now, naming the emotion or category
+    from emotion_vectors.text_checks import check_label_map
+
+    for _name, _spec in EMOTION_LABELLED.items():
+        check_label_map(_spec.get("labels") or SCORING["emotion_labels"])
 
 
 wildcard_constraints:
@@ -58,18 +67,24 @@ rule corpus:
 
 rule score_corpus:
     """Every text of a corpus projected on each emotion's unit vector and on the valence
-    direction, at one layer (one row per text, in corpus order; metadata in the sidecar)."""
+    direction, at one layer (one row per text, in corpus order; metadata in the sidecar, with
+    the check that the valence direction is valence for this run); and on every shuffled-label
+    vector and each shuffle's valence direction (the claims' null, <corpus>.shuffled.npz)."""
     input:
         model_input(SUBJECT),
         vectors=f"{RESULTS}/vectors/vectors.zarr",
+        shuffled=f"{RESULTS}/vectors/shuffled.zarr",
         neutral=NEUTRAL_SHARD,
         corpus=f"{RESULTS}/corpora/{{corpus}}.jsonl",
     output:
         scores=f"{RESULTS}/scores/{{corpus}}.parquet",
         meta=f"{RESULTS}/scores/{{corpus}}.parquet.json",
+        shuffled=f"{RESULTS}/scores/{{corpus}}.shuffled.npz",
     params:
-        settings={k: SCORING[k] for k in ("layer", "pool", "baseline", "max_tokens", "batch_size")},
-        label_column=lambda wc: LABELLED.get(wc.corpus, {}).get("label_column", "label"),
+        settings={k: SCORING[k] for k in ("layer", "pool", "baseline", "max_tokens", "batch_size",
+                                          "valence_check")},
+        label_column=lambda wc: (LABELLED.get(wc.corpus) or EMOTION_LABELLED.get(wc.corpus) or {}).get(
+            "label_column", "label"),
         server=EXTRACT_PARAMS,  # texts are read by the run's subject-model server (one model load)
     conda:
         "../../envs/activations.yaml"
@@ -94,6 +109,7 @@ rule corpus_report:
         neutral=NEUTRAL_SHARD,
         scores=f"{RESULTS}/scores/{{corpus}}.parquet",
         meta=f"{RESULTS}/scores/{{corpus}}.parquet.json",
+        shuffled=f"{RESULTS}/scores/{{corpus}}.shuffled.npz",
     output:
         ranking=report(
             f"{SCORING_DIR}/{{corpus}}/ranking.tsv",
@@ -120,11 +136,22 @@ rule corpus_report:
             subcategory="{corpus}",
         ),
         labelled=f"{SCORING_DIR}/{{corpus}}/labelled_check.json",
+        ranking_null=f"{SCORING_DIR}/{{corpus}}/ranking_null.tsv",
+        emotion_tsv=report(
+            f"{SCORING_DIR}/{{corpus}}/emotion_check.tsv",
+            caption="../report/scoring_emotion_check.rst",
+            category="Real text",
+            subcategory="{corpus}",
+        ),
+        emotion_json=f"{SCORING_DIR}/{{corpus}}/emotion_check.json",
         summary=f"{SCORING_DIR}/{{corpus}}/summary.json",
     params:
         # not the corpora: adding a corpus does not rerun the others' reports
-        settings={k: v for k, v in SCORING.items() if k not in ("corpora", "labelled")},
+        settings={k: v for k, v in SCORING.items()
+                  if k not in ("corpora", "labelled", "emotion_labelled", "emotion_labels")},
         labelled=lambda wc: LABELLED.get(wc.corpus),
+        emotion_labelled=lambda wc: EMOTION_LABELLED.get(wc.corpus),
+        emotion_labels=lambda wc: SCORING["emotion_labels"] if wc.corpus in EMOTION_LABELLED else None,
         server=EXTRACT_PARAMS,  # the token view is read by the run's subject-model server
     conda:
         "../../envs/activations.yaml"
@@ -142,10 +169,13 @@ rule corpus_report:
 
 rule corpora_comparison:
     """Where the corpora's emotion rankings differ (Spearman between their mean-score vectors,
-    per-emotion ranks) and the labelled checks side by side."""
+    tested against the shuffled-label vectors; per-emotion ranks), the labelled checks side by
+    side, and the stage's claims (claims.json: emotion_vectors.text_checks)."""
     input:
         rankings=expand(f"{SCORING_DIR}/{{corpus}}/ranking.tsv", corpus=list(CORPORA)),
+        ranking_null=expand(f"{SCORING_DIR}/{{corpus}}/ranking_null.tsv", corpus=list(CORPORA)),
         labelled=expand(f"{SCORING_DIR}/{{corpus}}/labelled_check.json", corpus=list(CORPORA)),
+        emotion=expand(f"{SCORING_DIR}/{{corpus}}/emotion_check.json", corpus=list(CORPORA)),
     output:
         spearman=report(
             f"{SCORING_DIR}/corpora_spearman.tsv",
@@ -164,8 +194,11 @@ rule corpora_comparison:
             category="Real text",
         ),
         labelled_json=f"{SCORING_DIR}/labelled_check.json",
+        claims=f"{SCORING_DIR}/claims.json",
     params:
         corpora=list(CORPORA),
+        n_boot=SCORING["n_boot"],
+        seed=SCORING["seed"],
     conda:
         "../../envs/activations.yaml"
     log:

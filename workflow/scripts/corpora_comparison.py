@@ -1,6 +1,8 @@
 """Snakemake script of rule `corpora_comparison`: where the corpora's emotion rankings differ
-(Spearman correlation between their mean-score vectors; per-emotion ranks) and the labelled
-checks side by side."""
+(Spearman correlation between their mean-score vectors; per-emotion ranks), the labelled
+checks side by side, and the stage's claims (claims.json, emotion_vectors.text_checks):
+the corpora agreement against the shuffled-label vectors, each labelled corpus's valence AUROC,
+each emotion-labelled corpus's emotion AUROCs."""
 
 import itertools
 import json
@@ -9,8 +11,10 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+from emotion_vectors.claims import write_claims
 from emotion_vectors.generate import write_json_atomic
 from emotion_vectors.jobs import start_job
+from emotion_vectors.text_checks import agreement_claims, corpora_agreement, emotion_claims, valence_auroc_claim
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 log = start_job(smk)
@@ -26,17 +30,38 @@ table["rank_range"] = table[rank_cols].max(axis=1) - table[rank_cols].min(axis=1
 table = table.sort_values(["rank_range", f"rank_{corpora[0]}"], ascending=[False, True])
 table.reset_index().to_csv(smk.output.ranks, sep="\t", index=False, float_format="%.6g")
 
+# The agreement test: the same Spearman with each shuffle's shuffled-label vectors (same offset
+# from the neutral dialogues, no emotion labels) is its null.
+null_paths = list(getattr(smk.input, "ranking_null", []) or [])
+null_means = None
+if len(null_paths) == len(corpora):
+    null_means = {}
+    for c, pth in zip(corpora, null_paths):
+        nt = pd.read_csv(pth, sep="\t")
+        if nt.empty:
+            null_means = None
+            break
+        null_means[c] = nt.pivot(index="shuffle", columns="emotion", values="mean").reindex(columns=emotions).to_numpy(float)
+real_means = {c: table[f"mean_{c}"].to_numpy(float) for c in corpora}
+agreement = corpora_agreement(real_means, null_means, n_boot=int(smk.params.n_boot), seed=int(smk.params.seed))
+by_pair = {(pr["corpus_a"], pr["corpus_b"]): pr for pr in agreement["pairs"]}
+
 pairs = []
 for a, b in itertools.combinations(corpora, 2):
     x, y = table[f"mean_{a}"].to_numpy(float), table[f"mean_{b}"].to_numpy(float)
     rho, p = spearmanr(x, y) if len(emotions) > 2 else (np.nan, np.nan)
     diff = (table[f"rank_{a}"] - table[f"rank_{b}"]).abs().sort_values(ascending=False, kind="stable")
     most = [f"{e} ({int(table.at[e, f'rank_{a}'])} vs {int(table.at[e, f'rank_{b}'])})" for e in diff.index[:5]]
-    pairs.append({"corpus_a": a, "corpus_b": b, "spearman": float(rho), "p": float(p),
+    ag = by_pair[(a, b)]
+    pairs.append({"corpus_a": a, "corpus_b": b, "spearman": float(rho), "ci_low": ag["ci_low"],
+                  "ci_high": ag["ci_high"], "p_naive": float(p), "null_median": ag.get("null_median"),
+                  "n_shuffles": agreement["family"]["n_shuffles"], "p_shuffled": ag["p_shuffled"],
                   "n_emotions": len(emotions), "mean_abs_rank_difference": float(diff.mean()),
                   "most_different": "; ".join(most)})
-    log.info("%s vs %s: Spearman %.3f (p %.2g); most different %s", a, b, rho, p, most[:3])
-pd.DataFrame(pairs, columns=["corpus_a", "corpus_b", "spearman", "p", "n_emotions",
+    log.info("%s vs %s: Spearman %.3f (naive p %.2g, shuffled-label median %s, p vs shuffles %s); "
+             "most different %s", a, b, rho, p, ag.get("null_median"), ag["p_shuffled"], most[:3])
+pd.DataFrame(pairs, columns=["corpus_a", "corpus_b", "spearman", "ci_low", "ci_high", "p_naive",
+                             "null_median", "n_shuffles", "p_shuffled", "n_emotions",
                              "mean_abs_rank_difference", "most_different"]).to_csv(
     smk.output.spearman, sep="\t", index=False, float_format="%.6g")
 
@@ -83,14 +108,48 @@ for c, p in zip(corpora, smk.input.labelled):
     if not chk.get("labelled"):
         continue
     checks[c] = chk
-    row = {"corpus": c, "n_positive": chk["n_positive"], "n_negative": chk["n_negative"]}
+    vchk = chk.get("valence_direction_check") or {}
+    row = {"corpus": c, "n_positive": chk["n_positive"], "n_negative": chk["n_negative"],
+           "pc1_is_valence": vchk.get("is_valence"), "pc1_valence_r": vchk.get("r"),
+           "pc1_valence_ci_low": vchk.get("ci_low"), "pc1_valence_ci_high": vchk.get("ci_high"),
+           "valence_p_mannwhitney": (chk["scorers"].get("valence") or {}).get("p_mannwhitney"),
+           "valence_p_shuffled": chk.get("p_shuffled")}
     for name in ("valence", "lexicon", "vader", "valence_on_lexicon_rated"):
         sc = chk["scorers"].get(name) or {}
         ci = sc.get("ci95") or [None, None]
         row |= {f"{name}_auroc": sc.get("auroc"), f"{name}_ci_low": ci[0], f"{name}_ci_high": ci[1],
                 f"{name}_n": sc.get("n")}
+    same = chk.get("same_texts") or {}
+    row["same_texts_n"] = same.get("n")
+    for name in ("valence", "lexicon", "vader"):
+        sc = (same.get("scorers") or {}).get(name) or {}
+        ci = sc.get("ci95") or [None, None]
+        row |= {f"same_{name}_auroc": sc.get("auroc"), f"same_{name}_ci_low": ci[0], f"same_{name}_ci_high": ci[1]}
+    for other in ("vader", "lexicon"):
+        d = same.get(f"valence_minus_{other}") or {}
+        ci = d.get("ci95") or [None, None]
+        row |= {f"same_valence_minus_{other}": d.get("difference"), f"same_valence_minus_{other}_ci_low": ci[0],
+                f"same_valence_minus_{other}_ci_high": ci[1]}
     rows.append(row)
-cols = ["corpus", "n_positive", "n_negative"] + [f"{n}_{k}" for n in ("valence", "lexicon", "vader", "valence_on_lexicon_rated")
-                                                 for k in ("auroc", "ci_low", "ci_high", "n")]
+cols = (["corpus", "n_positive", "n_negative", "pc1_is_valence", "pc1_valence_r", "pc1_valence_ci_low",
+         "pc1_valence_ci_high", "valence_p_mannwhitney", "valence_p_shuffled"]
+        + [f"{n}_{k}" for n in ("valence", "lexicon", "vader", "valence_on_lexicon_rated")
+           for k in ("auroc", "ci_low", "ci_high", "n")]
+        + ["same_texts_n"] + [f"same_{n}_{k}" for n in ("valence", "lexicon", "vader") for k in ("auroc", "ci_low", "ci_high")]
+        + [f"same_valence_minus_{o}{k}" for o in ("vader", "lexicon") for k in ("", "_ci_low", "_ci_high")])
 pd.DataFrame(rows, columns=cols).to_csv(smk.output.labelled, sep="\t", index=False, float_format="%.6g")
 write_json_atomic(checks, smk.output.labelled_json)
+
+# The stage's claims.
+claims = agreement_claims(agreement, figure=str(smk.output.figure))
+for c in checks:
+    claims.append(valence_auroc_claim(c, checks[c], figure=str(smk.output.labelled)))
+for c, pth in zip(corpora, list(getattr(smk.input, "emotion", []) or [])):
+    echk = json.loads(open(pth, encoding="utf-8").read())
+    if echk.get("labelled"):
+        claims += emotion_claims(c, echk, figure=pth.replace(".json", ".tsv"))
+if getattr(smk.output, "claims", None):
+    write_claims(claims, smk.output.claims)
+for cl in claims:
+    log.info("claim %s: %s (statistic %s, p %s, adjusted %s)%s", cl.id, cl.verdict, cl.statistic, cl.p,
+             cl.p_adjusted, f"; {cl.note}" if cl.note else "")

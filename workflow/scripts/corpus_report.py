@@ -8,7 +8,14 @@
 - top_texts.tsv: the highest-scoring texts per emotion.
 - highlights.html: the top texts of a few emotions, each token coloured by its own
   ``(h_t . u_e - n . u_e) / sd``: the text's score is the mean of these over its pooled tokens.
-- labelled_check.json: emotion_vectors.score.labelled_check for a labelled corpus.
+- labelled_check.json: emotion_vectors.score.labelled_check for a labelled corpus (with the
+  Mann-Whitney p, every scorer on the same texts, the PC1-is-valence check and, with the
+  shuffled-label vectors, the AUROCs of each shuffle's valence direction).
+- ranking_null.tsv: the ranking's means for each shuffle's shuffled-label vectors (the null of
+  the corpora agreement, emotion_vectors.text_checks).
+- emotion_check.json / .tsv: for a corpus labelled with emotions (scoring.emotion_labelled),
+  per mapped emotion the AUROC of its score for its label vs the rest, the NRC lexicon's, and
+  the shuffled-label vectors' (emotion_vectors.text_checks.emotion_label_check).
 
 The token view is read by the run's subject-model server (a ``tokens`` request; started if none
 is up), so no job of the scoring loads the subject itself.
@@ -155,6 +162,38 @@ with open(smk.output.highlights, "w", encoding="utf-8") as fh:
 log.info("highlights: %d texts of %s; largest |mean of pooled token values - score| %.2g",
          len(items), hl_emotions, max_gap)
 
+# The shuffled-label vectors' projections (score_corpus), if the run has them.
+from emotion_vectors.text_checks import emotion_label_check, shuffled_means
+from emotion_vectors.vectors import shuffled_name
+
+null = None
+null_path = getattr(smk.input, "shuffled", None)
+if null_path:
+    with np.load(null_path) as z:
+        K = int(z["n_shuffles"])
+        if K > 0:
+            null = {"K": K, "names": [str(x) for x in z["names"]], "P": np.asarray(z["projections"], float),
+                    "NP": np.asarray(z["neutral_projections"], float)}
+    if null is not None and null["P"].shape[0] != len(df):
+        raise SystemExit(f"{null_path} has {null['P'].shape[0]} rows, the scores {len(df)}: rerun score_corpus")
+
+
+def null_cols(name):
+    """Columns of ``name``'s shuffled counterpart in each shuffle (``valence`` included)."""
+    col = {n: i for i, n in enumerate(null["names"])}
+    return [col[f"valence@shuffle{k}" if name == "valence" else shuffled_name(name, k)] for k in range(null["K"])]
+
+
+null_rows = []
+if null is not None:
+    for e in emotions:
+        cols = null_cols(e)
+        m = shuffled_means(null["P"][scored][:, cols].T, null["NP"][cols])
+        null_rows += [{"shuffle": k, "emotion": e, "mean": float(v)} for k, v in enumerate(m)]
+if getattr(smk.output, "ranking_null", None):
+    pd.DataFrame(null_rows, columns=["shuffle", "emotion", "mean"]).to_csv(
+        smk.output.ranking_null, sep="\t", index=False, float_format="%.6g")
+
 # Labelled check.
 spec = smk.params.labelled
 if spec:
@@ -162,14 +201,40 @@ if spec:
         raise SystemExit(f"scoring.labelled.{corpus}: the scores have no label column "
                          f"({spec['label_column']!r} is not in the corpus)")
     check = labelled_check(df, "label", spec["positive"], spec["negative"], n_boot=int(s["n_boot"]),
-                           seed=int(s["seed"]))
-    check = {"corpus": corpus, "labelled": True, **check}
+                           seed=int(s["seed"]),
+                           null_valence=None if null is None else null["P"][:, null_cols("valence")].T)
+    check = {"corpus": corpus, "labelled": True, **check,
+             "valence_direction_check": (meta.get("valence_direction") or {}).get("check")}
     v = check["scorers"]["valence"]
     log.info("labelled check: valence AUROC %s %s; lexicon %s; vader %s", v["auroc"], v["ci95"],
              check["scorers"]["lexicon"]["auroc"], check["scorers"]["vader"]["auroc"])
 else:
     check = {"corpus": corpus, "labelled": False}
 write_json_atomic(check, smk.output.labelled)
+
+# Emotion-labelled check.
+espec = getattr(smk.params, "emotion_labelled", None)
+ecols = ["emotion", "label", "n_positive", "n_negative", "auroc", "ci_low", "ci_high", "p_mannwhitney",
+         "p_mannwhitney_holm", "nrc_category", "nrc_auroc", "n_shuffles", "shuffled_auroc_mean",
+         "shuffled_auroc_p95", "p_shuffled", "p_shuffled_holm", "skipped"]
+if espec:
+    if "label" not in df.columns:
+        raise SystemExit(f"scoring.emotion_labelled.{corpus}: the scores have no label column")
+    label_map = espec.get("labels") or smk.params.emotion_labels
+    echeck = emotion_label_check(
+        df, label_map, label_column="label", separator=espec.get("separator"),
+        null_scores=None if null is None else {e: null["P"][:, null_cols(e)].T for e in emotions},
+        min_positive=int(espec.get("min_positive", 5)), n_boot=int(s["n_boot"]), seed=int(s["seed"]))
+    echeck = {"corpus": corpus, "labelled": True, **echeck}
+    fam = echeck["family"]
+    log.info("emotion-label check: %d emotions tested, mean AUROC %s %s (p vs shuffles %s); NRC mean %s",
+             fam["n_emotions"], fam["mean_auroc"], fam["ci95"], fam.get("p_shuffled"), fam.get("nrc_mean_auroc"))
+else:
+    echeck = {"corpus": corpus, "labelled": False, "rows": []}
+if getattr(smk.output, "emotion_tsv", None):
+    pd.DataFrame(echeck["rows"], columns=ecols).to_csv(smk.output.emotion_tsv, sep="\t", index=False,
+                                                       float_format="%.6g")
+    write_json_atomic(echeck, smk.output.emotion_json)
 
 valence = ref.loc[scored, "valence"].to_numpy(float)
 write_json_atomic({
