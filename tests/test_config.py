@@ -235,3 +235,39 @@ def test_snakemake_stops_on_a_layer_the_subject_does_not_have():
     text = out.stdout + out.stderr
     assert "Invalid configuration: config key scoring.layer: 7 is not a stored layer" in text
     assert "Building DAG" not in text
+
+
+def test_a_key_given_twice_is_an_error_naming_both_lines(tmp_path):
+    cfg = tmp_path / "dup.yaml"
+    cfg.write_text("run: x\nsteering:\n  dose_response:\n    samples: 2\n  dose_response:\n    samples: 5\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml.*'dose_response' is given twice \(first on line 3, again on line 5\)"):
+        assemble_config([cfg])
+    # YAML merge keys are not duplicates; the same key in two different mappings is fine
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("a: &x {n: 1}\nb:\n  <<: *x\n  m: 2\nc: {n: 3}\n")
+    assert assemble_config([ok]) == {"a": {"n": 1}, "b": {"n": 1, "m": 2}, "c": {"n": 3}}
+    out = subprocess.run([str(REPO_ROOT / ".venv" / "bin" / "snakemake"), "-n", "--configfile", str(cfg)],
+                         cwd=REPO_ROOT, capture_output=True, text=True)
+    assert out.returncode != 0 and "is given twice" in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("name, changed", [
+    ("negative-control.yaml", {"run", "prompts_dir"}),
+    ("fresh-seed.yaml", {"run", "stories", "neutral"}),
+])
+def test_control_overlays_change_only_what_they_say(name, changed):
+    """The controls are the default miniature with one thing changed: as overlays on
+    config/config.yaml they validate, and differ from the default only in their own keys."""
+    overlay = REPO_ROOT / "config" / "controls" / name
+    merged = validate_config(assemble_config([REPO_ROOT / "config" / "config.yaml", overlay]), base_dir=REPO_ROOT)
+    default = validate_config(assemble_config([REPO_ROOT / "config" / "config.yaml"]), base_dir=REPO_ROOT)
+    assert {k for k in merged if merged[k] != default[k]} == changed
+    assert merged["run"] != default["run"]
+    if name == "negative-control.yaml":
+        story = yaml.safe_load((REPO_ROOT / merged["prompts_dir"] / "story.yaml").read_text())
+        assert not any("{emotion}" in str(v) for v in story.values())  # no emotion by construction
+        default_story = yaml.safe_load((REPO_ROOT / default["prompts_dir"] / "story.yaml").read_text())
+        assert story["system"] == default_story["system"]
+    else:
+        assert merged["stories"]["seed"] != default["stories"]["seed"]
+        assert {k for k in merged["stories"] if merged["stories"][k] != default["stories"][k]} == {"seed"}

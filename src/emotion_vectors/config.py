@@ -118,13 +118,50 @@ def merge_config(base: dict[str, Any], update: dict[str, Any], *, _path: tuple[s
     return out
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML mapping that gives one key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key given twice in one mapping (plain YAML keeps the
+    last one silently, so a setting written twice would lose its first value unnoticed)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # "<<: *anchor" merges are allowed
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            first = seen.get(key)
+        except TypeError:
+            continue  # unhashable keys are refused by the constructor below
+        if first is not None:
+            raise DuplicateKeyError(f"key {key!r} is given twice (first on line {first + 1}, again on "
+                                    f"line {key_node.start_mark.line + 1}); keep one")
+        seen[key] = key_node.start_mark.line
+    loader.flatten_mapping(node)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def load_yaml_unique(text: str) -> Any:
+    """``yaml.safe_load`` that raises ``yaml.YAMLError`` on a duplicate key (naming both lines)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """One YAML config file as a mapping (errors name the file)."""
+    """One YAML config file as a mapping (errors name the file; a key given twice is an error)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml_unique(path.read_text(encoding="utf-8"))
+    except DuplicateKeyError as err:
+        raise ConfigError(f"config file {path}: {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
     if raw is None:
