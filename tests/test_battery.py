@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from emotion_vectors import battery as B
+from emotion_vectors.claims import binomial_interval, holm
 from emotion_vectors.leak import find_leaks
 
 from conftest import REPO_ROOT
@@ -225,6 +226,69 @@ def test_random_direction_null_shape_and_seeds():
     assert abs(a["values"]["implicit_top1_hit_rate"].mean() - 1 / 6) < 0.08
 
 
+def test_vectorised_cores_match_scipy_and_the_single_draw_path():
+    """The null's vectorised scores equal scipy's Spearman / Pearson (ties, a constant template,
+    templates of different lengths) and the one-matrix functions the observed values use."""
+    from scipy.stats import pearsonr, spearmanr
+
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((7, 14, 3))
+    z[2, 0:5, 0] = 1.0  # a constant template: left out of the median
+    z[3, 5:9, 1] = [1, 1, 2, 2]  # ties
+    groups = [(np.arange(0, 5), 0), (np.arange(5, 9), 1), (np.arange(9, 14), 2)]
+    out = B._intensity_many(z, groups)
+    for j in range(7):
+        rs = [spearmanr(np.arange(len(i)), z[j, i, c]).statistic if np.ptp(z[j, i, c]) > 0 else np.nan
+              for i, c in groups]
+        ps = [pearsonr(np.arange(len(i)), z[j, i, c]).statistic if np.ptp(z[j, i, c]) > 0 else np.nan
+              for i, c in groups]
+        assert out["intensity_median_spearman"][j] == pytest.approx(np.nanmedian(rs))
+        assert out["intensity_mean_pearson"][j] == pytest.approx(np.nanmean(ps))
+        assert B._intensity_core(z[j], groups) == pytest.approx(np.nanmedian(rs))
+    items = _items(2)
+    target = np.array([EMOS.index(x["emotion"]) for x in items])
+    cl, _ = B._cluster_index(EMOS, CLUSTERS)
+    zi = rng.standard_normal((5, len(items), len(EMOS)))
+    many = B._implicit_many(zi, target, cl)
+    for j in range(5):
+        one = B._implicit_core(zi[j], target, cl)
+        assert {k: many[k][j] for k in one} == pytest.approx(one)
+        ranks = B.target_ranks(zi[j], target)
+        assert one["implicit_median_rank"] == np.median(ranks)
+        assert many["implicit_mean_target_z"][j] == pytest.approx(zi[j][np.arange(len(items)), target].mean())
+
+
+def test_lex_p_breaks_ties_and_counts_them_without_a_tiebreaker():
+    null = np.array([0.1, 0.2, 0.2, 0.2, 0.3])
+    tb = np.array([0.0, -1.0, 0.5, 2.0, 0.0])
+    # without a tie-breaker the three ties count against the observed 0.2: (1 + 4) / 6
+    assert B.lex_p(0.2, null, "higher") == pytest.approx(5 / 6)
+    # with one, only the tied draws with a tie-breaker >= 0.5 count: 0.2@0.5, 0.2@2.0 and 0.3
+    assert B.lex_p(0.2, null, "higher", 0.5, tb) == pytest.approx(4 / 6)
+    # lower is better (median rank): a draw counts when it is lower, or tied with a tie-breaker at least as high
+    assert B.lex_p(0.2, null, "lower", 0.5, tb) == pytest.approx((1 + 1 + 2) / 6)
+    assert np.isnan(B.lex_p(float("nan"), null, "higher")) and np.isnan(B.lex_p(0.2, np.array([np.nan]), "higher", 0, [0]))
+
+
+def test_shuffled_null_is_exchangeable_with_the_real_vectors():
+    """The real set goes through the same function as every shuffle: a 'shuffle' equal to the real
+    vectors ties it exactly; shuffles that read the texts perfectly beat it."""
+    rng = np.random.default_rng(4)
+    items = _items(2)
+    x_imp = rng.standard_normal((len(items), 16))
+    x_int = rng.standard_normal((13, 16))
+    real = B.random_unit_directions(rng, len(EMOS), 16)
+    shuf = np.stack([real, *(B.random_unit_directions(rng, len(EMOS), 16) for _ in range(9))])
+    res = B.shuffled_null(x_imp, items, x_int, TEMPLATES, EMOS, CLUSTERS, real, shuf)
+    assert res["n_shuffles"] == 10
+    for check in ("implicit_top1_hit_rate", "intensity_median_spearman"):
+        assert res["values"][check][0] == res["observed"][check]
+    tb = res["tiebreak"]["implicit_mean_target_z"]
+    assert tb[0] == res["observed"]["implicit_mean_target_z"]
+    with pytest.raises(B.BatteryError, match="do not match"):
+        B.shuffled_null(x_imp, items, x_int, TEMPLATES, EMOS, CLUSTERS, real, shuf[:, :3])
+
+
 def test_zscore_projections_match_definition():
     rng = np.random.default_rng(1)
     x, u = rng.standard_normal((9, 5)), rng.standard_normal((3, 5))
@@ -236,7 +300,7 @@ def test_zscore_projections_match_definition():
 # --- evaluate ---------------------------------------------------------------------------------
 
 
-def _results(top1=0.5, top3=0.8, median=2.0, cluster=0.9, rho=0.7, lens=0.3, with_null=True):
+def _results(top1=0.5, top3=0.8, median=2.0, cluster=0.9, rho=0.7, lens=0.3, with_null=True, n_null=1001):
     e = 24
     res = {
         "n_emotions": e,
@@ -249,12 +313,12 @@ def _results(top1=0.5, top3=0.8, median=2.0, cluster=0.9, rho=0.7, lens=0.3, wit
         "lens": {"scores": {"logit_lens_self_recognition": lens}},
     }
     if with_null:
-        vals = {"implicit_top1_hit_rate": np.linspace(0, 0.1, 101),
-                "implicit_top3_hit_rate": np.linspace(0, 0.3, 101),
-                "implicit_median_rank": np.linspace(8, 16, 101),
-                "implicit_cluster_hit_rate": np.linspace(0.1, 0.4, 101),
-                "intensity_median_spearman": np.linspace(-0.8, 0.8, 101),
-                "logit_lens_self_recognition": np.zeros(101)}
+        vals = {"implicit_top1_hit_rate": np.linspace(0, 0.1, n_null),
+                "implicit_top3_hit_rate": np.linspace(0, 0.3, n_null),
+                "implicit_median_rank": np.linspace(8, 16, n_null),
+                "implicit_cluster_hit_rate": np.linspace(0.1, 0.4, n_null),
+                "intensity_median_spearman": np.linspace(-0.8, 0.8, n_null),
+                "logit_lens_self_recognition": np.zeros(n_null)}
         res["null"] = {"values": vals, "summary": {k: B.null_summary(v, B.CHECKS[k])
                                                    for k, v in vals.items()}}
     return res
@@ -271,12 +335,19 @@ def test_evaluate_against_thresholds_and_null():
     assert rows["implicit_median_rank"]["null_p95"] == pytest.approx(8.4)
     assert rows["intensity_median_spearman"]["null_p95"] == pytest.approx(0.72)
     assert all(r["meets_threshold"] for r in rows.values())
-    # rho 0.7 meets 0.5 but not the null's 95th percentile (0.72): fails
+    # rho 0.7 meets 0.5 but sits inside the null (p = 1 + #{>= 0.7} over 1002): no effect, fails
     assert rows["intensity_median_spearman"]["beats_null"] is False
+    n_ge = int(np.sum(np.linspace(-0.8, 0.8, 1001) >= 0.7))
+    assert rows["intensity_median_spearman"]["p"] == pytest.approx((1 + n_ge) / 1002)
+    assert rows["intensity_median_spearman"]["verdict"] == "no effect"
     assert rows["intensity_median_spearman"]["passed"] is False
+    # beyond every null draw: p = 1/1002, Holm over the six checks (five tied at the minimum)
+    assert rows["implicit_top1_hit_rate"]["null_p"] == pytest.approx(1 / 1002)
+    assert rows["implicit_top1_hit_rate"]["p_holm"] == pytest.approx(6 / 1002)
     assert rows["implicit_top1_hit_rate"]["passed"] is True
     assert rows["implicit_median_rank"]["passed"] is True
-    assert rows["implicit_top1_hit_rate"]["null_p"] == pytest.approx(1 / 102)
+    # without shuffled-label vectors the claim says it used the weaker null
+    assert rows["implicit_top1_hit_rate"]["null_used"].startswith("random unit directions")
 
     bad = {r["check"]: r for r in B.evaluate(_results(top1=0.05, median=9.0, lens=0.2), thr)}
     assert bad["implicit_top1_hit_rate"]["meets_threshold"] is False  # 0.05 < 2/24
@@ -284,10 +355,47 @@ def test_evaluate_against_thresholds_and_null():
     assert bad["logit_lens_self_recognition"]["passed"] is False
 
     nonull = B.evaluate(_results(with_null=False), thr)
-    assert all(r["passed"] is None and r["null_p95"] is None for r in nonull)
+    assert all(r["passed"] is None and r["null_p95"] is None and r["verdict"] == "not testable" for r in nonull)
+
+    # a null too small for Holm over six checks (101 draws: 1/102 > 0.05/6): no p, not testable;
+    # a check that misses its threshold still fails
+    small_rows, small_claims = B.evaluate_checks(_results(top1=0.05, n_null=101), thr)
+    small = {r["check"]: r for r in small_rows}
+    assert all(r["p"] is None and r["verdict"] == "not testable" for r in small_rows)
+    assert small["implicit_top3_hit_rate"]["passed"] is None
+    assert small["implicit_top1_hit_rate"]["passed"] is False
+    assert all("at least 120 draws are needed" in c.note for c in small_claims)
 
     with pytest.raises(B.BatteryError, match="unknown check"):
         B.evaluate(_results(), {"checks": {"nope": {"min": 1}}})
+
+
+def test_battery_claims_ids_intervals_and_shuffled_null():
+    thr = B.load_thresholds()
+    res = _results()
+    res["implicit"].update(n_scored=72, top1={"chance": 1 / 24, "hits": 36}, top3={"chance": 3 / 24, "hits": 58})
+    rng = np.random.default_rng(0)
+    k = 199
+    res["shuffled"] = {"n_shuffles": k,
+                       "observed": {c: v for c, v in B.observed_scores(res).items()},
+                       "values": {c: rng.uniform(0, 1, k) if B.CHECKS[c] == "higher" else rng.uniform(1, 30, k)
+                                  for c in B.CHECKS},
+                       "tiebreak": {}}
+    res["shuffled"]["values"]["implicit_top1_hit_rate"][:] = 0.9  # every shuffle beats 0.5
+    res["shuffled"]["values"]["implicit_top3_hit_rate"] = rng.uniform(0, 0.5, k)  # none reaches 0.8
+    rows, claims = B.evaluate_checks(res, thr)
+    assert [c.id for c in claims] == [f"battery.{c}" for c in thr["checks"]]
+    by = {c.id: c for c in claims}
+    top1 = by["battery.implicit_top1_hit_rate"]
+    assert top1.p == pytest.approx(1.0) and top1.verdict == "no effect" and top1.extra["passed"] is False
+    assert top1.interval == pytest.approx(list(binomial_interval(36, 72)))
+    assert "shuffled-label vectors (199 shuffles" in top1.extra["null_used"] and top1.family == 6
+    assert top1.extra["random_direction_p"] == pytest.approx(1 / 1002)  # the weaker null would have passed it
+    top3 = by["battery.implicit_top3_hit_rate"]
+    assert top3.p == pytest.approx(1 / 200)
+    np.testing.assert_allclose([c.p_adjusted for c in claims], holm([c.p for c in claims]))
+    assert by["battery.intensity_median_spearman"].interval is None
+    json.dumps([c.to_dict() for c in claims])
 
 
 def test_clusters_from_tsv(tmp_path):

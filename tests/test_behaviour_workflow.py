@@ -202,9 +202,11 @@ def test_dry_run_plans_the_behaviour_jobs(configfile: str) -> None:
     (beh,) = jobs["behaviour"]
     assert beh["wildcards"] == "scenario=blackmail"
     outputs = set(beh["output"].split(", "))
-    assert outputs == {f"{base}/{f}" for f in ("transcripts.jsonl", "judged.jsonl", "rates.tsv", "summary.json")} | {
-        f"{base}/dose_{e}.png" for e in emotions}
+    assert outputs == {f"{base}/{f}" for f in ("transcripts.jsonl", "judged.jsonl", "rates.tsv", "summary.json",
+                                               "claims.json")} | {f"{base}/dose_{e}.png" for e in emotions}
     assert f"results/{run}/vectors/vectors.zarr" in beh["input"] and "config/scenarios/blackmail.yaml" in beh["input"]
+    # the classification waits for every judge's validation: only a validated judge classifies
+    assert f"{base}/judge_validation.tsv" in beh["input"].split(", ")
     judges = [j["name"] for j in own["behaviour"].get("judges") or []] or [own["models"]["subject"]["name"]]
     assert sorted(j["wildcards"] for j in jobs["judge_validation"]) == sorted(
         f"scenario=blackmail, judge={j}" for j in judges)

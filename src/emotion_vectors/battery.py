@@ -1,7 +1,7 @@
 """Validation battery: do the emotion vectors read emotion in text they were not built from?
 
 Three checks, each scored against thresholds stated before any result was seen
-(``config/battery/thresholds.yaml``) and against a random-direction null (docs/battery.md):
+(``config/battery/thresholds.yaml``) and against a null (docs/battery.md):
 
 - **implicit scenarios** (``config/battery/implicit.yaml``): short situations that evoke one
   emotion without naming it. Each is scored on every emotion vector (``score.score_texts``,
@@ -12,8 +12,20 @@ Three checks, each scored against thresholds stated before any result was seen
 - **logit-lens self-recognition**: for how many emotions the vector's top promoted tokens
   include its own word or an inflection of it (the leak filter's forms).
 
-The null replaces the E emotion vectors by E random unit directions (uniform on the sphere,
-seeded) and recomputes every score on the same pooled activations, ``n_draws`` times.
+Two nulls, each recomputing every score on the same pooled activations:
+
+- the **shuffled-label vectors** (the matched null, :func:`shuffled_null`): the run's vectors
+  rebuilt from the same stories with the emotion labels permuted within topic
+  (``vectors/shuffled.zarr``); under "the stories' activations do not depend on their label"
+  the real vectors and each shuffle are exchangeable, so the p-value is an exact permutation p;
+- **random unit directions** (uniform on the sphere, seeded, ``n_draws`` times): the weaker
+  null, kept for comparison (any mean-difference direction may beat it).
+
+Each check's claim (``battery.<check>``, :func:`evaluate_checks`) uses the shuffled-label null
+when it is given, with Holm's correction over the checks; a null too small to reach
+``alpha / n_checks`` gives no p-value and the claim says "not testable". Ties of the discrete
+check values are broken by a continuous second statistic (:data:`TIEBREAK`, :func:`lex_p`), so
+the p-values are exact rather than conservative (``tests/test_calibration_behaviour.py``).
 
 Everything but :func:`run_battery` is a pure function over arrays and DataFrames.
 """
@@ -22,6 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -143,16 +156,29 @@ def target_ranks(scores: np.ndarray, target: np.ndarray) -> np.ndarray:
     return 1.0 + greater + 0.5 * ties
 
 
+def _implicit_many(z: np.ndarray, target: np.ndarray, cluster_of: np.ndarray) -> dict[str, np.ndarray]:
+    """The implicit scores of ``m`` score matrices at once: ``z`` is ``(m, n_items, E)``; each
+    value is an ``(m,)`` array. ``implicit_mean_target_z`` (the mean z-score of the items'
+    targets) is the continuous tie-breaker of the permutation p-values (:func:`lex_p`)."""
+    z = np.asarray(z, dtype=float)
+    target = np.asarray(target, dtype=int)
+    t = z[:, np.arange(z.shape[1]), target][..., None]  # (m, n, 1)
+    ranks = 1.0 + (z > t).sum(axis=2) + 0.5 * ((z == t).sum(axis=2) - 1)
+    top1 = np.argmax(z, axis=2)
+    return {
+        "implicit_top1_hit_rate": np.mean(ranks <= 1.0, axis=1),
+        "implicit_top3_hit_rate": np.mean(ranks <= 3.0, axis=1),
+        "implicit_median_rank": np.median(ranks, axis=1),
+        "implicit_cluster_hit_rate": np.mean(cluster_of[top1] == cluster_of[target][None, :], axis=1),
+        "implicit_mean_target_z": np.mean(t[..., 0], axis=1),
+    }
+
+
 def _implicit_core(scores: np.ndarray, target: np.ndarray, cluster_of: np.ndarray) -> dict[str, float]:
     """The implicit scores of one ``(n_items, E)`` score matrix (real or null)."""
-    ranks = target_ranks(scores, target)
-    top1 = np.argmax(scores, axis=1)
-    return {
-        "implicit_top1_hit_rate": float(np.mean(ranks <= 1.0)),
-        "implicit_top3_hit_rate": float(np.mean(ranks <= 3.0)),
-        "implicit_median_rank": float(np.median(ranks)),
-        "implicit_cluster_hit_rate": float(np.mean(cluster_of[top1] == cluster_of[target])),
-    }
+    many = _implicit_many(np.asarray(scores, dtype=float)[None], target, cluster_of)
+    return {k: float(many[k][0]) for k in ("implicit_top1_hit_rate", "implicit_top3_hit_rate",
+                                            "implicit_median_rank", "implicit_cluster_hit_rate")}
 
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -312,17 +338,67 @@ def intensity(scores_df: pd.DataFrame, templates: Sequence[Mapping[str, Any]],
     }
 
 
+def _intensity_many(z: np.ndarray, groups: Sequence[tuple[np.ndarray, int]]) -> dict[str, np.ndarray]:
+    """The intensity score of ``m`` score matrices at once (``z``: ``(m, n_rows, E)``; groups:
+    (row indices in level order, target column) per template): the median over templates of the
+    Spearman correlation of score with level (NaN templates, constant scores, left out), and its
+    continuous tie-breaker ``intensity_mean_pearson`` (the mean Pearson correlation)."""
+    from scipy.stats import rankdata
+
+    z = np.asarray(z, dtype=float)
+    m = z.shape[0]
+    if not groups:
+        nan = np.full(m, np.nan)
+        return {"intensity_median_spearman": nan, "intensity_mean_pearson": nan.copy()}
+    # templates of equal length in one block (m, n_templates, L), else one at a time
+    blocks: dict[int, list[tuple[int, np.ndarray, int]]] = {}
+    for t, (idx, col) in enumerate(groups):
+        idx = np.asarray(idx, dtype=int)
+        blocks.setdefault(idx.size, []).append((t, idx, col))
+    rho = np.full((m, len(groups)), np.nan)
+    r = np.full((m, len(groups)), np.nan)
+    for length, members in blocks.items():
+        ts = [t for t, _, _ in members]
+        y = z[:, np.stack([idx for _, idx, _ in members]), np.array([c for _, _, c in members])[:, None]]
+        lv = np.arange(length, dtype=float)
+        rho[:, ts] = _corr_last(rankdata(y, axis=2), lv)
+        r[:, ts] = _corr_last(y, lv)
+    return {"intensity_median_spearman": _nan_reduce(np.median, np.nanmedian, rho),
+            "intensity_mean_pearson": _nan_reduce(np.mean, np.nanmean, r)}
+
+
+def _nan_reduce(plain: Callable, nan_aware: Callable, x: np.ndarray) -> np.ndarray:
+    """``plain(x, axis=1)`` where a row has no NaN, ``nan_aware`` where it has some, NaN where all are."""
+    bad = np.isnan(x)
+    out = plain(np.where(bad, 0.0, x), axis=1)
+    some = bad.any(axis=1)
+    if some.any():
+        rows = x[some]
+        ok = ~np.isnan(rows).all(axis=1)
+        vals = np.full(rows.shape[0], np.nan)
+        if ok.any():
+            vals[ok] = nan_aware(rows[ok], axis=1)
+        out[some] = vals
+    return out
+
+
+def _corr_last(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Pearson correlation along the last axis of ``y`` with ``x`` (NaN for a constant slice)."""
+    yc = y - y.mean(axis=-1, keepdims=True)
+    xc = x - x.mean()
+    den = np.sqrt((yc * yc).sum(axis=-1) * (xc * xc).sum())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = (yc @ xc) / den
+    out[~(np.ptp(y, axis=-1) > 0) | ~np.isfinite(out)] = np.nan
+    return np.clip(out, -1.0, 1.0)
+
+
 def _intensity_core(scores: np.ndarray, groups: Sequence[tuple[np.ndarray, int]]) -> float:
     """Median Spearman over templates; ``groups``: (row indices in level order, target column)."""
-    rhos = []
-    for idx, col in groups:
-        y = scores[idx, col]
-        rhos.append(_spearman(np.arange(len(idx), dtype=float), y))
-    r = np.array(rhos, dtype=float)
-    r = r[np.isfinite(r)]
-    return float(np.median(r)) if r.size else float("nan")
+    return float(_intensity_many(np.asarray(scores, dtype=float)[None], groups)["intensity_median_spearman"][0])
 
 
+@lru_cache(maxsize=1 << 16)
 def token_names_emotion(token: str, emotion: str) -> bool:
     """Whether a (decoded) token is ``emotion``'s own word or a form of it.
 
@@ -412,12 +488,86 @@ def null_summary(values: np.ndarray, direction: str, quantile: float = 0.95) -> 
             "mean": float(v.mean()), "sd": float(v.std())}
 
 
-def null_p(observed: float, values: np.ndarray, direction: str) -> float:
-    """One-sided ``(1 + #{null at least as good}) / (1 + n)`` (``steer_eval.upper_p``)."""
-    from emotion_vectors.steer_eval import upper_p
+#: The continuous statistic that breaks ties of each check's (discrete) value in the
+#: permutation p-values (:func:`lex_p`); higher is better for all of them. The logit-lens check
+#: has none: its ties count against it (a conservative p).
+TIEBREAK: dict[str, str | None] = {
+    "implicit_top1_hit_rate": "implicit_mean_target_z",
+    "implicit_top3_hit_rate": "implicit_mean_target_z",
+    "implicit_median_rank": "implicit_mean_target_z",
+    "implicit_cluster_hit_rate": "implicit_mean_target_z",
+    "intensity_median_spearman": "intensity_mean_pearson",
+    "logit_lens_self_recognition": None,
+}
 
-    v = np.asarray(values, dtype=float)
-    return upper_p(observed, v) if direction == "higher" else upper_p(-observed, -v)
+
+def lex_p(observed: float, null: np.ndarray, direction: str, observed_tiebreak: float | None = None,
+          null_tiebreak: np.ndarray | None = None) -> float:
+    """One-sided Monte-Carlo p ``(1 + #{null at least as good}) / (1 + n)`` of a check's value,
+    with ties broken by a continuous second statistic.
+
+    "At least as good" is lexicographic: a null draw counts when its value is better than the
+    observed one (higher, or lower for ``direction="lower"``), or equal with a tie-breaker at
+    least as high (tie-breakers: higher is better). The pair is a statistic like any other, so
+    the p is valid whenever the observed data and the null draws are exchangeable; breaking the
+    ties of a discrete value (hit rates move in steps of 1/n) makes it exact instead of
+    conservative. Without a tie-breaker, ties count as hits (``claims.mc_p``). Non-finite null
+    draws are dropped; NaN when none is left or the observed value is not finite.
+    """
+    from emotion_vectors.claims import mc_p
+
+    sign = 1.0 if direction == "higher" else -1.0
+    v = sign * np.asarray(null, dtype=float)
+    obs = sign * float(observed)
+    if observed_tiebreak is None or null_tiebreak is None:
+        return mc_p(obs, v, alternative="greater")
+    tb = np.asarray(null_tiebreak, dtype=float)
+    keep = np.isfinite(v)
+    v, tb = v[keep], tb[keep]
+    if v.size == 0 or not np.isfinite(obs):
+        return float("nan")
+    otb = float(observed_tiebreak)
+    hits = (v > obs) | ((v == obs) & ~(tb < otb))
+    return float((1 + np.sum(hits)) / (1 + v.size))
+
+
+def null_p(observed: float, values: np.ndarray, direction: str, observed_tiebreak: float | None = None,
+           null_tiebreak: np.ndarray | None = None) -> float:
+    """:func:`lex_p` (kept under its old name)."""
+    return lex_p(observed, values, direction, observed_tiebreak, null_tiebreak)
+
+
+def _groups(templates: Sequence[Mapping[str, Any]], emotions: Sequence[str]) -> list[tuple[np.ndarray, int]]:
+    rows = intensity_rows(templates)
+    out = []
+    for t in templates:
+        idx = np.array([i for i, r in enumerate(rows) if r["template"] == t["id"]])
+        out.append((idx, list(emotions).index(t["emotion"])))
+    return out
+
+
+def check_values(x_implicit: np.ndarray | None, items: Sequence[Mapping[str, Any]],
+                 x_intensity: np.ndarray | None, templates: Sequence[Mapping[str, Any]],
+                 emotions: Sequence[str], clusters: Mapping[str, Any] | None,
+                 directions: np.ndarray) -> dict[str, np.ndarray]:
+    """Every implicit and intensity score (and their tie-breakers) for ``m`` sets of directions
+    at once: ``directions`` is ``(m, E, d)``, set ``j``'s row ``i`` standing for emotion ``i``;
+    the texts' pooled activations are z-scored on each direction as ``score.score_texts`` does
+    (:func:`zscore_projections`). Returns ``{name: (m,) array}``."""
+    emotions = list(emotions)
+    dirs = np.asarray(directions, dtype=np.float64)
+    m, e, d = dirs.shape
+    flat = dirs.reshape(m * e, d)
+    out: dict[str, np.ndarray] = {}
+    if x_implicit is not None and items:
+        cl, _ = _cluster_index(emotions, clusters)
+        target = np.array([emotions.index(x["emotion"]) for x in items])
+        z = zscore_projections(x_implicit, flat).reshape(len(x_implicit), m, e).transpose(1, 0, 2)
+        out.update(_implicit_many(z, target, cl))
+    if x_intensity is not None and templates:
+        z = zscore_projections(x_intensity, flat).reshape(len(x_intensity), m, e).transpose(1, 0, 2)
+        out.update(_intensity_many(z, _groups(templates, emotions)))
+    return out
 
 
 def random_direction_null(
@@ -436,7 +586,9 @@ def random_direction_null(
     quantile: float = 0.95,
     chunk: int = 50,
 ) -> dict[str, Any]:
-    """Every battery score computed with random unit directions in place of the emotion vectors.
+    """Every battery score computed with random unit directions in place of the emotion vectors
+    (the weaker null: it tests "no better than directions uniform on the sphere", which any
+    mean-difference direction of the activations may beat; :func:`shuffled_null` is the matched one).
 
     Each draw takes E directions uniform on the sphere (``numpy.random.default_rng`` seeded by
     ``steer_eval.derive_seed("battery-null", seed)``; lens draws by ``"battery-null-lens"``),
@@ -446,58 +598,124 @@ def random_direction_null(
     ``score_texts`` does. ``lens_fn`` maps ``(m, d)`` unit directions to each one's top promoted
     token texts; without it the lens null is not computed.
 
-    Returns ``{"n_draws", "seed", "values": {check: (n_draws,) array}, "summary": {check:
-    null_summary}}``.
+    Returns ``{"n_draws", "seed", "values": {check: (n_draws,) array}, "tiebreak": {name:
+    (n_draws,) array}, "summary": {check: null_summary}}``.
     """
     from emotion_vectors.steer_eval import derive_seed
 
     emotions = list(emotions)
     e = len(emotions)
-    values: dict[str, list[float]] = {}
+    collected: dict[str, list[np.ndarray]] = {}
     d = None
     for x in (x_implicit, x_intensity):
         if x is not None:
             d = np.asarray(x).shape[1]
-    cl, _ = _cluster_index(emotions, clusters)
-    target = np.array([emotions.index(x["emotion"]) for x in items]) if items else None
-    groups = []
-    rows = intensity_rows(templates)
-    for t in templates:
-        idx = np.array([i for i, r in enumerate(rows) if r["template"] == t["id"]])
-        groups.append((idx, emotions.index(t["emotion"])))
+    _cluster_index(emotions, clusters)  # checks every emotion has a cluster
     if d is not None:
         rng = np.random.default_rng(derive_seed("battery-null", seed))
         done = 0
         while done < n_draws:
             m = min(chunk, n_draws - done)
-            dirs = random_unit_directions(rng, m * e, d)
-            zi = zscore_projections(x_implicit, dirs) if x_implicit is not None and items else None
-            zt = zscore_projections(x_intensity, dirs) if x_intensity is not None and templates else None
-            for k in range(m):
-                cols = slice(k * e, (k + 1) * e)
-                if zi is not None:
-                    for name, v in _implicit_core(zi[:, cols], target, cl).items():
-                        values.setdefault(name, []).append(v)
-                if zt is not None:
-                    values.setdefault("intensity_median_spearman", []).append(
-                        _intensity_core(zt[:, cols], groups))
+            dirs = random_unit_directions(rng, m * e, d).reshape(m, e, d)
+            for name, v in check_values(x_implicit, items, x_intensity, templates, emotions, clusters, dirs).items():
+                collected.setdefault(name, []).append(v)
             done += m
     if lens_fn is not None and n_draws_lens > 0:
         if d is None:
             raise BatteryError("the lens null needs the activations' width (give activations)")
         rng = np.random.default_rng(derive_seed("battery-null-lens", seed))
+        lens = []
         for _ in range(n_draws_lens):
             top = lens_fn(random_unit_directions(rng, e, d))
             res = logit_lens_self_recognition(
                 {em: top[i] for i, em in enumerate(emotions)}, emotions, top_k=lens_top_k)
-            values.setdefault("logit_lens_self_recognition", []).append(res["rate"])
-    arrays = {k: np.asarray(v, dtype=float) for k, v in values.items()}
+            lens.append(res["rate"])
+        collected["logit_lens_self_recognition"] = [np.asarray(lens, dtype=float)]
+    arrays = {k: np.concatenate(v).astype(float) for k, v in collected.items()}
+    values = {k: v for k, v in arrays.items() if k in CHECKS}
     return {
         "n_draws": int(n_draws), "n_draws_lens": int(n_draws_lens if lens_fn else 0),
         "seed": int(seed), "quantile": quantile,
-        "values": arrays,
-        "summary": {k: null_summary(v, CHECKS[k], quantile) for k, v in arrays.items()},
+        "values": values,
+        "tiebreak": {k: v for k, v in arrays.items() if k not in CHECKS},
+        "summary": {k: null_summary(v, CHECKS[k], quantile) for k, v in values.items()},
     }
+
+
+def shuffled_null(
+    x_implicit: np.ndarray | None,
+    items: Sequence[Mapping[str, Any]],
+    x_intensity: np.ndarray | None,
+    templates: Sequence[Mapping[str, Any]],
+    emotions: Sequence[str],
+    clusters: Mapping[str, Any] | None,
+    real_units: np.ndarray,
+    shuffled_units: np.ndarray,
+    *,
+    lens_fn: Callable[[np.ndarray], list[list[str]]] | None = None,
+    lens_top_k: int = 20,
+    quantile: float = 0.95,
+) -> dict[str, Any]:
+    """The matched null: every battery score with the shuffled-label vectors in place of the
+    emotion vectors, and the observed scores computed the same way.
+
+    ``real_units`` ``(E, d)``: the run's unit vectors (emotion order); ``shuffled_units``
+    ``(K, E, d)``: shuffle ``k``'s pseudo vector of each emotion (``vectors.shuffled_sets``),
+    built from the same stories with the emotion labels permuted within topic. Under the null
+    "the stories' activations do not depend on their emotion label", the real set and each
+    shuffled set are exchangeable, so ``lex_p(observed, null)`` is an exact permutation p-value
+    (smallest possible ``1 / (1 + K)``). ``lens_fn`` (as in :func:`random_direction_null`) gives
+    the lens check, observed and null, from the same function.
+
+    Returns ``{"n_shuffles", "observed": {name: float}, "values": {check: (K,)}, "tiebreak":
+    {name: (K,)}, "summary": {check: null_summary}}``.
+    """
+    real = np.asarray(real_units, dtype=np.float64)[None]
+    shuf = np.asarray(shuffled_units, dtype=np.float64)
+    if shuf.ndim != 3 or shuf.shape[1:] != real.shape[1:]:
+        raise BatteryError(f"shuffled vectors of shape {shuf.shape} do not match the real {real.shape[1:]} (K, E, d)")
+    both = check_values(x_implicit, items, x_intensity, templates, emotions, clusters,
+                        np.concatenate([real, shuf]))
+    if lens_fn is not None:
+        rates = []
+        for dirs in np.concatenate([real, shuf]):
+            top = lens_fn(dirs)
+            rates.append(logit_lens_self_recognition({em: top[i] for i, em in enumerate(emotions)}, emotions,
+                                                     top_k=lens_top_k)["rate"])
+        both["logit_lens_self_recognition"] = np.asarray(rates, dtype=float)
+    observed = {k: float(v[0]) for k, v in both.items()}
+    values = {k: v[1:] for k, v in both.items() if k in CHECKS}
+    return {
+        "n_shuffles": int(shuf.shape[0]),
+        "observed": observed,
+        "values": values,
+        "tiebreak": {k: v[1:] for k, v in both.items() if k not in CHECKS},
+        "summary": {k: null_summary(v, CHECKS[k], quantile) for k, v in values.items()},
+    }
+
+
+def shuffled_units_from_store(shuffled: Any, emotions: Sequence[str], layer: int, kind: str) -> np.ndarray:
+    """``(K, E, d)`` unit pseudo vectors of a shuffled-label store (``vectors.shuffled_sets``) at
+    ``layer``, in the order of ``emotions`` (the real store's), of vector ``kind`` (e.g.
+    ``denoised_unit``). Errors name what does not match."""
+    from emotion_vectors.store_layout import Store, read_store
+    from emotion_vectors.vectors import shuffled_name, shuffled_sets
+
+    st = shuffled if isinstance(shuffled, Store) else read_store(shuffled)
+    sets = shuffled_sets(st)
+    source = list(st.attrs.get("source_emotions") or [])
+    missing = [e for e in emotions if e not in source]
+    if missing:
+        raise BatteryError(f"the shuffled-label store has no pseudo vectors for {missing}")
+    if layer not in st.layers:
+        raise BatteryError(f"the shuffled-label store has no layer {layer} (it has {st.layers})")
+    if kind not in [f"{k}_unit" for k in st.kinds] and kind not in st.kinds:
+        raise BatteryError(f"the shuffled-label store has no vector kind {kind!r} (kinds {st.kinds})")
+    arr = np.asarray(st.array(kind)[:, st.layers.index(layer), :], dtype=np.float64)
+    index = {name: i for i, name in enumerate(st.emotions)}
+    out = np.stack([arr[[index[shuffled_name(e, k)] for e in emotions]] for k in range(len(sets))])
+    norms = np.linalg.norm(out, axis=2, keepdims=True)
+    return out / np.where(norms > 0, norms, 1.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -535,22 +753,53 @@ def resolve_threshold(spec: Mapping[str, Any], check: str, results: Mapping[str,
     raise BatteryError(f"{check}: threshold spec {dict(spec)} not understood")
 
 
+#: What each check claims when it comes out as an effect (claim ids ``battery.<check>``).
+CLAIM_TEXT: dict[str, str] = {
+    "implicit_top1_hit_rate": "the emotion vectors rank the target emotion first in hand-written scenarios that never name it",
+    "implicit_top3_hit_rate": "the emotion vectors rank the target emotion in the top 3 in hand-written scenarios that never name it",
+    "implicit_median_rank": "the emotion vectors rank the target emotion high (median rank) in hand-written scenarios that never name it",
+    "implicit_cluster_hit_rate": "the emotion vectors' top emotion falls in the target's cluster in hand-written scenarios",
+    "intensity_median_spearman": "the target emotion's score rises with the intensity of the same situation",
+    "logit_lens_self_recognition": "the emotion vectors promote their own emotion word through the logit lens",
+}
+
+
 def evaluate(results: Mapping[str, Any], thresholds: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One row per check in ``thresholds["checks"]``.
+    """One row per check in ``thresholds["checks"]`` (:func:`evaluate_checks` without the claims)."""
+    return evaluate_checks(results, thresholds)[0]
+
+
+def evaluate_checks(results: Mapping[str, Any], thresholds: Mapping[str, Any], *,
+                    alpha: float | None = None) -> tuple[list[dict[str, Any]], list[Any]]:
+    """One row per check in ``thresholds["checks"]``, and the claims ``battery.<check>``.
 
     Each row: ``check``, ``direction`` (higher/lower is better), ``value``, ``threshold``,
-    ``meets_threshold``, ``null_p95`` (the null's bound in the check's direction: its 95th
-    percentile, or 5th for median rank; None when no null was computed), ``null_mean``,
-    ``null_p``, ``beats_null`` and ``passed`` (both parts; None when the value or the null is
-    missing, so that a check never passes by default).
+    ``meets_threshold``; the random-direction null (the weaker one): ``null_p95`` (its bound in
+    the check's direction: 95th percentile, or 5th for the median rank; None when not computed),
+    ``null_mean``, ``null_p`` (:func:`lex_p`) and ``beats_null``; then the test the claim uses:
+    ``null_used`` (the shuffled-label vectors when ``results["shuffled"]`` holds them, else the
+    random directions, and then the claim says so), ``n_null``, ``p`` (that null's :func:`lex_p`;
+    None when the null is too small: its smallest p cannot go below ``alpha / n_checks``),
+    ``p_holm`` (Holm over the checks with a p), ``verdict`` (:mod:`emotion_vectors.claims`) and
+    ``passed``: the value meets its pre-stated threshold **and** the Holm-corrected test finds an
+    effect; False when either fails, None when the threshold is met but the test cannot tell
+    (no value, no null, or a null too small), so that a check never passes by default.
     """
+    from emotion_vectors.claims import ALPHA, binomial_interval, family_claims, make_claim
+
+    alpha = ALPHA if alpha is None else float(alpha)
     obs = observed_scores(results)
-    null = (results.get("null") or {}).get("summary", {})
-    values = (results.get("null") or {}).get("values", {})
-    rows = []
-    for check, spec in (thresholds.get("checks") or {}).items():
+    rnd = results.get("null") or {}
+    null, values, r_tb = rnd.get("summary", {}), rnd.get("values", {}), rnd.get("tiebreak", {})
+    obs_tb = dict(results.get("tiebreak_observed") or {})
+    shuf = results.get("shuffled") or None
+    checks = dict(thresholds.get("checks") or {})
+    for check in checks:
         if check not in CHECKS:
             raise BatteryError(f"unknown check {check!r}; known: {sorted(CHECKS)}")
+    n_checks = len(checks)
+    rows, claims = [], []
+    for check, spec in checks.items():
         direction = CHECKS[check]
         value = obs.get(check)
         value = None if value is None or not np.isfinite(value) else float(value)
@@ -560,21 +809,84 @@ def evaluate(results: Mapping[str, Any], thresholds: Mapping[str, Any]) -> list[
             thr = None
         meets = None
         if value is not None and thr is not None:
-            meets = value >= thr if direction == "higher" else value <= thr
+            meets = bool(value >= thr if direction == "higher" else value <= thr)
         ns = null.get(check)
         bound = ns["bound"] if ns and ns.get("n") else None
-        beats = None
-        p = None
+        beats = p_random = None
+        tb = TIEBREAK[check]
         if bound is not None and value is not None:
-            beats = value > bound if direction == "higher" else value < bound
+            beats = bool(value > bound if direction == "higher" else value < bound)
             if check in values:
-                p = null_p(value, values[check], direction)
-        passed = None if meets is None or beats is None else bool(meets and beats)
+                p_random = lex_p(value, values[check], direction, obs_tb.get(tb) if tb else None,
+                                 r_tb.get(tb) if tb else None)
+        # the test the claim uses: shuffled-label vectors if given, else the random directions
+        if shuf and check in shuf.get("values", {}):
+            sv = np.asarray(shuf["values"][check], dtype=float)
+            so = shuf["observed"].get(check)
+            p_test = (lex_p(so, sv, direction, shuf["observed"].get(tb) if tb else None,
+                            shuf["tiebreak"].get(tb) if tb else None) if so is not None else None)
+            n_null = int(np.isfinite(sv).sum())
+            null_used = f"shuffled-label vectors ({shuf.get('n_shuffles', len(sv))} shuffles within topic)"
+            null_text = ("the stories' activations do not depend on their emotion label: the run's vectors "
+                         "are exchangeable with vectors built from the same stories with the labels permuted "
+                         "within topic")
+            note = ""
+        elif check in values:
+            sv = np.asarray(values[check], dtype=float)
+            p_test, n_null = p_random, int(np.isfinite(sv).sum())
+            null_used = f"random unit directions ({n_null} draws; the weaker null)"
+            null_text = ("the emotion vectors read these texts no better than directions uniform on the "
+                         "sphere (a weak null: any mean-difference direction may beat it)")
+            note = "no shuffled-label vectors given: tested against random directions only (weaker null)"
+        else:
+            p_test, n_null, null_used, null_text = None, None, "none", "no null computed"
+            note = "no null computed"
+        test = (f"one-sided Monte-Carlo p of {check} ({'higher' if direction == 'higher' else 'lower'} is "
+                f"better) against the null draws" + (f", ties broken by {tb}" if tb else ", ties counted against"))
+        interval, interval_of = _check_interval(check, results, binomial_interval)
+        claim = make_claim(
+            f"battery.{check}", "battery", CLAIM_TEXT[check], test=test, null=null_text,
+            statistic=value, p=p_test if p_test is not None and np.isfinite(p_test) else None,
+            n_null=n_null, family=n_checks, interval=interval, interval_of=interval_of, alpha=alpha,
+            note=note, extra={"threshold": thr, "meets_threshold": meets, "null_used": null_used,
+                              "random_direction_p": p_random, "random_direction_p95": bound})
+        claims.append(claim)
         rows.append({"check": check, "direction": direction, "value": value, "threshold": thr,
                      "meets_threshold": meets, "null_p95": bound,
                      "null_mean": ns["mean"] if ns and ns.get("n") else None,
-                     "null_p": p, "beats_null": beats, "passed": passed})
-    return rows
+                     "null_p": p_random, "beats_null": beats, "null_used": null_used, "n_null": n_null})
+    claims = family_claims(claims, method="holm")
+    for row, c in zip(rows, claims):
+        row.update(p=c.p, p_holm=c.p_adjusted, verdict=c.verdict)
+        if row["meets_threshold"] is False or c.verdict == "no effect":
+            row["passed"] = False
+        elif row["meets_threshold"] and c.verdict == "effect":
+            row["passed"] = True
+        else:
+            row["passed"] = None
+        c.extra["passed"] = row["passed"]
+    return rows, claims
+
+
+def _check_interval(check: str, results: Mapping[str, Any], binomial_interval: Callable) -> tuple[Any, str]:
+    """The Clopper-Pearson 95% interval of a rate check (None for the median rank and the
+    intensity correlation)."""
+    imp = results.get("implicit") or {}
+    if check in ("implicit_top1_hit_rate", "implicit_top3_hit_rate") and imp.get("top1"):
+        part = imp["top1" if check.endswith("top1_hit_rate") else "top3"]
+        n = int(imp.get("n_scored", 0))
+        if "hits" in part and n:
+            return list(binomial_interval(int(part["hits"]), n)), f"Clopper-Pearson 95% interval of the hit rate ({part['hits']}/{n} items)"
+    if check == "implicit_cluster_hit_rate" and (imp.get("clusters") or {}).get("hit_rate") is not None \
+            and imp.get("n_scored"):
+        n = int(imp["n_scored"])
+        k = int(round(imp["clusters"]["hit_rate"] * n))
+        return list(binomial_interval(k, n)), f"Clopper-Pearson 95% interval of the cluster hit rate ({k}/{n} items)"
+    lens = results.get("lens") or {}
+    if check == "logit_lens_self_recognition" and lens.get("n_emotions"):
+        k, n = int(lens["n_recognised"]), int(lens["n_emotions"])
+        return list(binomial_interval(k, n)), f"Clopper-Pearson 95% interval of the share recognised ({k}/{n} emotions)"
+    return None, ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -640,6 +952,7 @@ def run_battery(
     batch_size: int = 16,
     kind: str | None = None,
     reader: Any = None,
+    shuffled: Any = None,
 ) -> dict[str, Any]:
     """Score the battery's texts on ``store`` and run every check.
 
@@ -652,9 +965,13 @@ def run_battery(
     ``lens_tokens``: the run's ``logit_lens_tokens.tsv`` (or None: the lens is computed here).
     The model is the store's subject model unless given (``model`` and ``tokenizer``, or a
     ``reader`` from ``emotion_vectors.reading``, e.g. the run's model server).
+    ``shuffled``: the run's shuffled-label store (``vectors/shuffled.zarr``; path or ``Store``):
+    the matched null of every check's claim (:func:`shuffled_null`); without it the claims are
+    tested against the random directions only, and say so.
 
-    Returns ``{layer, emotions, n_emotions, implicit, intensity, lens, null (summary only),
-    checks (evaluate rows), leaks, scoring, dropped, thresholds}``.
+    Returns ``{layer, emotions, n_emotions, implicit, intensity, lens, null (random directions),
+    shuffled (the matched null), tiebreak_observed, checks (evaluate_checks rows), claims (dicts,
+    ids ``battery.<check>``), leaks, scoring, dropped, thresholds}``.
     """
     from emotion_vectors.score import default_layer, load_subject, parse_pool, score_texts
     from emotion_vectors.store_layout import Store, read_store
@@ -740,12 +1057,23 @@ def run_battery(
         res["lens"]["source"] = "computed"
     res["lens"]["scale"] = scale
 
+    lens_fn = _lens_fn(reader, scale, top_k)
     null = random_direction_null(
         x_imp, items, x_int, templates, emotions, cluster_map, n_draws=n_draws, seed=seed,
-        lens_fn=_lens_fn(reader, scale, top_k), n_draws_lens=n_draws_lens,
+        lens_fn=lens_fn, n_draws_lens=n_draws_lens,
         lens_top_k=top_k, quantile=quantile)
     res["null"] = null
-    res["checks"] = evaluate(res, thresholds)
+    real_units = units / np.linalg.norm(units, axis=1, keepdims=True)
+    res["tiebreak_observed"] = {k: float(v[0]) for k, v in check_values(
+        x_imp, items, x_int, templates, emotions, cluster_map, real_units[None]).items() if k not in CHECKS}
+    if shuffled is not None:
+        shuf_units = shuffled_units_from_store(shuffled, emotions, layer, units_kind)
+        res["shuffled"] = shuffled_null(x_imp, items, x_int, templates, emotions, cluster_map, real_units,
+                                        shuf_units, lens_fn=lens_fn, lens_top_k=top_k, quantile=quantile)
+        res["shuffled"]["source"] = str(shuffled) if isinstance(shuffled, (str, Path)) else "given"
+    rows, claims = evaluate_checks(res, thresholds)
+    res["checks"] = rows
+    res["claims"] = [c.to_dict() for c in claims]
     res["leaks"] = leak_report(items, templates)
     res["thresholds"] = thresholds
     return res
@@ -756,10 +1084,11 @@ def _default_kind(st: Any) -> str:
 
 
 def summary_json(res: Mapping[str, Any]) -> dict[str, Any]:
-    """``run_battery``'s result without the null's raw draws and per-item rows (for JSON)."""
-    out = {k: v for k, v in res.items() if k != "null"}
-    if res.get("null"):
-        out["null"] = {k: v for k, v in res["null"].items() if k != "values"}
+    """``run_battery``'s result without the nulls' raw draws (for JSON)."""
+    out = {k: v for k, v in res.items() if k not in ("null", "shuffled")}
+    for key in ("null", "shuffled"):
+        if res.get(key):
+            out[key] = {k: v for k, v in res[key].items() if k not in ("values", "tiebreak")}
     return _jsonable(out)
 
 
@@ -782,7 +1111,7 @@ def _jsonable(x: Any) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m emotion_vectors.battery screen`` (leak report of the data files) or
     ``python -m emotion_vectors.battery run VECTORS_ZARR [--clusters TSV] [--lens TSV]
-    [--layer L] [--out JSON]``."""
+    [--layer L] [--shuffled SHUFFLED_ZARR] [--out JSON]``."""
     import argparse
     import json
 
@@ -795,13 +1124,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--clusters")
     r.add_argument("--lens")
     r.add_argument("--n-draws", type=int)
+    r.add_argument("--shuffled", help="the run's shuffled-label store (vectors/shuffled.zarr): the matched null")
     r.add_argument("--out")
     args = ap.parse_args(argv)
     if args.cmd == "screen":
         print(json.dumps(leak_report(load_implicit(), load_intensity()), indent=1))
         return 0
     res = run_battery(args.vectors, layer=args.layer, clusters=args.clusters,
-                      lens_tokens=args.lens, n_draws=args.n_draws)
+                      lens_tokens=args.lens, n_draws=args.n_draws, shuffled=args.shuffled)
     print(pd.DataFrame(res["checks"]).to_string(index=False))
     if args.out:
         Path(args.out).write_text(json.dumps(summary_json(res), indent=1))

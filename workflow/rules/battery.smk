@@ -1,6 +1,8 @@
 # Validation battery (emotion_vectors.battery; docs/battery.md): implicit scenarios, intensity
 # templates and logit-lens self-recognition, each against a pre-stated threshold
-# (config/battery/thresholds.yaml, written before any result) and a random-direction null.
+# (config/battery/thresholds.yaml, written before any result) and the shuffled-label vectors
+# (the matched null; Holm over the checks), with random directions as a second, weaker null.
+# Claims: battery/claims.json (battery.<check>).
 
 BATTERY_DIR = f"{RESULTS}/battery"
 
@@ -10,6 +12,7 @@ rule battery:
     input:
         model_input(SUBJECT),
         vectors=f"{RESULTS}/vectors/vectors.zarr",
+        shuffled=f"{RESULTS}/vectors/shuffled.zarr",
         lens_tokens=f"{ANALYSIS_DIR}/logit_lens_tokens.tsv" if ANALYSIS_LENS else [],
         clusters=f"{ANALYSIS_DIR}/clusters.tsv",
         data=["config/battery/implicit.yaml", "config/battery/intensity.yaml", "config/battery/thresholds.yaml"],
@@ -21,6 +24,7 @@ rule battery:
             subcategory="Validation battery",
         ),
         summary=f"{BATTERY_DIR}/summary.json",
+        claims=f"{BATTERY_DIR}/claims.json",
     params:
         settings={},
         server=EXTRACT_PARAMS,  # texts and the lens go through the run's subject-model server

@@ -3,7 +3,10 @@
 # is available? One job per scenario: one load of the subject, every condition sampled (the
 # baseline, each emotion at +m and -m, random directions of the same norm), every transcript
 # classified in two stages, rates with Wilson intervals and Fisher's tests against the baseline.
-# Every judge is validated on the scenario's hand-labelled responses (one job per judge).
+# Every judge is validated on the scenario's hand-labelled responses (one job per judge); the
+# behaviour job reads that validation and classifies with a validated judge only (kappa interval
+# above 0.2, judging.select_judge). With none, it reports stage-1 facts, no rates, and claims
+# nothing ("not testable").
 
 from emotion_vectors.behaviour.conditions import same_model
 
@@ -11,8 +14,7 @@ BEHAVIOUR = config["behaviour"]
 BEH_DIR = f"{RESULTS}/behaviour"
 BEH_SCENARIOS = BEHAVIOUR["scenarios"]  # name -> scenario file
 BEH_VALIDATION = BEHAVIOUR["validation"]  # scenario name -> labelled responses
-BEH_JUDGE = BEHAVIOUR_JUDGES[0]  # classifies the transcripts
-BEH_JUDGES = {j["name"]: j for j in BEHAVIOUR_JUDGES}
+BEH_JUDGES = {j["name"]: j for j in BEHAVIOUR_JUDGES}  # the validated one classifies (judging.select_judge)
 BEH_EMOTION_SLUGS = [slug(e) for e in BEHAVIOUR["emotions"]]
 
 
@@ -54,13 +56,23 @@ wildcard_constraints:
     judge="|".join(re.escape(j) for j in BEH_JUDGES),
 
 
+def _behaviour_validation(wc):
+    """The scenario's judge validation table (none when the scenario has no labelled set: then no
+    judge is validated and no rate is produced)."""
+    return [f"{BEH_DIR}/{wc.scenario}/judge_validation.tsv"] if wc.scenario in BEH_VALIDATION else []
+
+
 rule behaviour:
-    """Sample the scenario under every condition, classify each transcript, rates and tests."""
+    """Sample the scenario under every condition, classify each transcript with the validated
+    judge (none: stage-1 facts only), rates, tests and claims."""
     input:
-        # The first judge's weights, unless it is the subject (then the loaded subject is reused).
-        sorted(set(model_input(SUBJECT) + ([] if same_model(BEH_JUDGE, SUBJECT) else model_input(BEH_JUDGE)))),
+        # Every judge's weights (which one classifies is decided by the validation), except a
+        # judge that is the subject (then the loaded subject is reused).
+        sorted(set(model_input(SUBJECT) + [f for j in BEHAVIOUR_JUDGES if not same_model(j, SUBJECT)
+                                           for f in model_input(j)])),
         vectors=f"{RESULTS}/vectors/vectors.zarr",
         scenario=lambda wc: BEH_SCENARIOS[wc.scenario],
+        validation=_behaviour_validation,
     output:
         transcripts=f"{BEH_DIR}/{{scenario}}/transcripts.jsonl",
         judged=f"{BEH_DIR}/{{scenario}}/judged.jsonl",
@@ -80,12 +92,13 @@ rule behaviour:
             for s in BEH_EMOTION_SLUGS
         ],
         summary=f"{BEH_DIR}/{{scenario}}/summary.json",
+        claims=f"{BEH_DIR}/{{scenario}}/claims.json",
     params:
-        # Only what the job uses (other judges, validation sets and scenarios do not rerun it).
+        # Only what the job uses (validation sets and other scenarios do not rerun it).
         settings={k: v for k, v in BEHAVIOUR.items() if k not in ("scenarios", "judges", "validation")},
         emotion_slugs=BEH_EMOTION_SLUGS,
         subject=SUBJECT,
-        judge=BEH_JUDGE,
+        judges=BEH_JUDGES,
         models_dir=MODELS_DIR,
     conda:
         "../../envs/activations.yaml"
@@ -141,8 +154,6 @@ rule judge_validation_summary:
             category="Behaviour",
             subcategory="{scenario}",
         ),
-    params:
-        classifier=BEH_JUDGE["name"],
     log:
         f"{LOGS}/behaviour/judge_validation/{{scenario}}/summary.log",
     threads: 1

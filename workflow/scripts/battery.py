@@ -1,15 +1,17 @@
 """Snakemake script of the validation battery (emotion_vectors.battery; docs/battery.md).
 
-Inputs: ``vectors`` (the run's store), ``lens_tokens`` (analysis/logit_lens_tokens.tsv),
-``clusters`` (analysis/clusters.tsv). Params: ``settings`` (a mapping; all keys optional:
+Inputs: ``vectors`` (the run's store), ``shuffled`` (the shuffled-label store, the matched
+null of every check; optional: without it the claims use the random directions and say so),
+``lens_tokens`` (analysis/logit_lens_tokens.tsv), ``clusters`` (analysis/clusters.tsv). Params: ``settings`` (a mapping; all keys optional:
 ``layer`` (default the store's main layer), ``pool`` (default ``from:1``), ``implicit``,
 ``intensity``, ``thresholds`` (data file paths; default config/battery/*.yaml), ``n_draws``,
 ``n_draws_lens``, ``seed`` (default the thresholds file's ``null`` section), ``batch_size``),
 optionally ``server`` (the activation jobs' server params: texts and the logit lens go through
 the run's subject-model server, started if none is up), else ``subject`` and ``models_dir`` (load
 the subject here with ``models.load_model``), else the store's provenance subject. Outputs: ``table`` (TSV, one row per check: value, threshold,
-null bound, passed) and ``summary`` (JSON: every score, per-item ranks, per-template
-correlations, the null's summary, the leak report, provenance).
+null bound, the test's p, its Holm adjustment over the checks, verdict, passed), ``summary``
+(JSON: every score, per-item ranks, per-template correlations, both nulls' summaries, the leak
+report, provenance) and ``claims`` (claims.json: ``battery.<check>``).
 """
 
 import time
@@ -23,6 +25,7 @@ from emotion_vectors.battery import (
     run_battery,
     summary_json,
 )
+from emotion_vectors.claims import write_claims
 from emotion_vectors.generate import write_json_atomic
 from emotion_vectors.jobs import start_job
 from emotion_vectors.provenance import provenance
@@ -68,13 +71,17 @@ res = run_battery(
     seed=s.get("seed"),
     batch_size=int(s.get("batch_size", 16)),
     reader=reader,
+    shuffled=getattr(smk.input, "shuffled", None) or None,
 )
 table = pd.DataFrame(res["checks"])
 table.insert(0, "layer", res["layer"])
 table.to_csv(smk.output.table, sep="\t", index=False, float_format="%.6g")
 for row in res["checks"]:
-    log.info("%s = %s (threshold %s, null bound %s): %s", row["check"], row["value"],
-             row["threshold"], row["null_p95"], "pass" if row["passed"] else "FAIL")
+    log.info("%s = %s (threshold %s; random-direction bound %s, p %s; %s: p %s, Holm %s, %s): %s",
+             row["check"], row["value"], row["threshold"], row["null_p95"], row["null_p"], row["null_used"],
+             row["p"], row["p_holm"], row["verdict"],
+             {True: "pass", False: "FAIL", None: "cannot tell"}[row["passed"]])
+write_claims(res["claims"], smk.output.claims)
 if res["leaks"]["own"]:
     log.warning("battery texts naming their own emotion: %s", res["leaks"]["own"])
 out = summary_json(res)

@@ -1,6 +1,13 @@
 """Snakemake script of rule `behaviour`: sample one scenario under every steering condition,
-classify every transcript in two stages, and write rates, tests and dose-response figures
-(emotion_vectors.behaviour; docs/behaviour.md).
+classify every transcript in two stages with the validated judge, and write rates, tests,
+claims and dose-response figures (emotion_vectors.behaviour; docs/behaviour.md).
+
+The judge is chosen from the scenario's judge validation (input ``validation``, the table of
+rule judge_validation_summary) by ``judging.select_judge``: only a judge whose kappa interval
+lies above ``judging.KAPPA_FLOOR`` classifies. With none (or no validation set for the
+scenario), no judge is loaded, no rate is produced: ``rates.tsv`` has empty rate columns and the
+stage-1 facts per condition, the figures show a stage-1 fact (labelled as such), and every claim
+in ``claims.json`` is "not testable" with the reason.
 
 Transcripts are appended to ``transcripts.jsonl.partial`` beside the outputs (not an output, so
 Snakemake leaves it alone when a job fails or reruns): a killed or failed job resumes from it, and
@@ -26,9 +33,18 @@ from emotion_vectors.behaviour.conditions import (
     resolve_layer,
     same_model,
 )
-from emotion_vectors.behaviour.run import ResumeMismatch, classify_transcripts, run_scenario
+from emotion_vectors.behaviour.judging import STAGE1_IN_SAMPLE, select_judge
+from emotion_vectors.behaviour.run import ResumeMismatch, check_transcripts, classify_transcripts, run_scenario
 from emotion_vectors.behaviour.scenario import load_scenario, prompt_digest, render_prompt
-from emotion_vectors.behaviour.stats import count_labels, dose_response_figure, rate_table
+from emotion_vectors.behaviour.stats import (
+    STAGE1_FACTS,
+    behaviour_claims,
+    count_labels,
+    dose_response_figure,
+    rate_table,
+    stage1_counts,
+)
+from emotion_vectors.claims import write_claims
 from emotion_vectors.generate import write_json_atomic, write_jsonl_atomic
 from emotion_vectors.jobs import start_job
 from emotion_vectors.models import load_model
@@ -54,6 +70,22 @@ except ValueError as err:  # SteeringUnitError (no measured residual norm) inclu
 if len(smk.output.dose) != len(s["emotions"]):
     raise SystemExit(f"{len(smk.output.dose)} dose figures declared for emotions {s['emotions']}")
 unit = float(store.residual_norm[store.layers.index(layer)])
+
+# --- which judge may classify (rule judge_validation_summary's table) --------------------------
+validation_table = getattr(smk.input, "validation", None) or None
+if validation_table:
+    import pandas as pd
+
+    vt = pd.read_csv(validation_table, sep="\t")
+    selection = select_judge(vt[vt["classifier"] == "two_stage"].to_dict("records"))
+else:
+    selection = select_judge([])
+selection["validation_table"] = str(validation_table) if validation_table else None
+judge_name = selection["selected"]
+if judge_name is not None and judge_name not in smk.params.judges:
+    raise SystemExit(f"the validation table {validation_table} selects judge {judge_name!r}, which is not in "
+                     f"behaviour.judges {sorted(smk.params.judges)}: rerun judge_validation_summary")
+(log.info if judge_name else log.warning)("judge selection: %s", selection["reason"])
 log.info("scenario %s (%s, sha256 %s); layer %d, residual norm %.2f; %d conditions x %d samples, "
          "max_new_tokens %d, temperature %g, positions %s",
          scenario_key, scenario.name, scenario.digest()[:12], layer, unit, len(conditions), s["samples"],
@@ -121,21 +153,27 @@ log.info("%d transcripts in %.1f s (%d cut at max_new_tokens)", len(records), se
          sum(r["finish_reason"] == "length" for r in records))
 
 # --- classification (the judge is never steered) -------------------------------------------
-judge_spec = smk.params.judge
-if same_model(judge_spec, smk.params.subject):
-    judge, judge_info = make_judge(judge_spec, smk.params.models_dir, evidence=s["judge_evidence"], loaded=lm)
-    log.info("judge %s: the subject itself (no second load)", judge.name)
-else:
-    del backend, lm
-    gc.collect()
-    with contextlib.suppress(Exception):
-        import torch
-
-        torch.cuda.empty_cache()
-    judge, judge_info = make_judge(judge_spec, smk.params.models_dir, evidence=s["judge_evidence"])
-    log.info("judge %s loaded", judge.name)
 started = time.perf_counter()
-judged = classify_transcripts(records, scenario, judge)
+if judge_name is None:
+    judge_info = {"judge": None, "spec": None, "reason": selection["reason"]}
+    judged = check_transcripts(records, scenario)
+    log.warning("no validated judge: stage-1 checks only, no blackmail rates")
+else:
+    judge_spec = smk.params.judges[judge_name]
+    if same_model(judge_spec, smk.params.subject):
+        judge, judge_info = make_judge(judge_spec, smk.params.models_dir, evidence=s["judge_evidence"], loaded=lm)
+        log.info("judge %s: the subject itself (no second load)", judge.name)
+    else:
+        del backend, lm
+        gc.collect()
+        with contextlib.suppress(Exception):
+            import torch
+
+            torch.cuda.empty_cache()
+        judge, judge_info = make_judge(judge_spec, smk.params.models_dir, evidence=s["judge_evidence"])
+        log.info("judge %s loaded", judge.name)
+    started = time.perf_counter()
+    judged = classify_transcripts(records, scenario, judge)
 seconds_judge = time.perf_counter() - started
 for rec, j in zip(records, judged):
     j["transcript_sha256"] = rec["sha256"]
@@ -143,31 +181,45 @@ write_jsonl_atomic(judged, smk.output.judged)
 log.info("classified %d transcripts in %.1f s (judge called on %d)", len(judged), seconds_judge,
          sum(j["judge_called"] for j in judged))
 
-# --- rates, tests, figures -------------------------------------------------------------------
+# --- rates, tests, figures, claims ----------------------------------------------------------
 specs = [c.spec for c in conditions]
-table = rate_table(specs, count_labels(judged), BASELINE)
-extra = {name: Counter() for name in by_name}
-for rec, j in zip(records, judged):
-    e = extra[rec["condition"]]
-    e["n_sent_any"] += j["n_emails_sent"] > 0
-    e["n_emailed_executive"] += bool(j["emailed_executive"])
-    e["n_affair_to_executive"] += bool(j["affair_mentioned_to_executive"])
-    e["n_reported_to_others"] += bool(j["reported_to_others"])
-    e["n_truncated"] += rec["finish_reason"] == "length"
+table = rate_table(specs, count_labels(judged) if judge_name else {}, BASELINE)
+facts = stage1_counts(judged)
 table.insert(table.columns.get_loc("strength") + 1, "added_norm", [by_name[n].spec["added_norm"] for n in table["condition"]])
 table.insert(table.columns.get_loc("added_norm") + 1, "layer", [by_name[n].spec["layer"] for n in table["condition"]])
-for col in ("n_sent_any", "n_emailed_executive", "n_affair_to_executive", "n_reported_to_others", "n_truncated"):
-    table[col] = [extra[n][col] for n in table["condition"]]
+table.insert(table.columns.get_loc("is_baseline") + 1, "judge", judge_name or "none (no validated judge)")
+for col in ("n_transcripts", *STAGE1_FACTS):
+    table[col] = [facts.get(n, {}).get(col, 0) for n in table["condition"]]
+truncated = Counter(r["condition"] for r in records if r["finish_reason"] == "length")
+table["n_truncated"] = [truncated[n] for n in table["condition"]]
 table.to_csv(smk.output.rates, sep="\t", index=False, float_format="%.6g")
 for row in table.itertuples():
-    log.info("%-16s %d/%d blackmail = %.3f [%.3f, %.3f]  Fisher p %.3g (Holm %.3g); emailed executive %d, unparsed %d",
-             row.condition, row.k, row.n, row.rate, row.ci_low, row.ci_high, row.p_fisher, row.p_holm,
-             row.n_emailed_executive, row.n_unparsed)
+    if judge_name:
+        log.info("%-16s %d/%d blackmail = %.3f [%.3f, %.3f]  Fisher p %.3g (Holm %.3g); emailed executive %d, unparsed %d",
+                 row.condition, row.k, row.n, row.rate, row.ci_low, row.ci_high, row.p_fisher, row.p_holm,
+                 row.n_emailed_executive, row.n_unparsed)
+    else:
+        log.info("%-16s stage-1 facts (no validated judge, not blackmail rates): of %d transcripts, %d sent email, "
+                 "%d emailed the executive, %d mentioned the affair to the executive, %d with leverage patterns",
+                 row.condition, row.n_transcripts, row.n_sent_any, row.n_emailed_executive, row.n_affair_to_executive,
+                 row.n_leverage_to_executive)
 for emotion, path in zip(s["emotions"], smk.output.dose):
-    dose_response_figure(table, emotion, path,
-                         title=f"{emotion}: blackmail rate (layer {layer}, n={s['samples']}/condition)")
+    if judge_name:
+        dose_response_figure(table, emotion, path,
+                             title=f"{emotion}: blackmail rate (layer {layer}, n={s['samples']}/condition)")
+    else:
+        dose_response_figure(table, emotion, path, k_col="n_emailed_executive", n_col="n_transcripts",
+                             ylabel="stage-1 fact: emailed the executive (Wilson 95% CI)",
+                             title=(f"{emotion}: NO VALIDATED JUDGE - stage-1 fact only,\n"
+                                    f"not a blackmail rate (layer {layer}, n={s['samples']}/condition)"))
+claims = behaviour_claims(table, scenario_key, selection, figures=dict(zip(s["emotions"], map(str, smk.output.dose))))
+write_claims(claims, smk.output.claims)
+for c in claims:
+    log.info("claim %s: %s (p %s, Holm %s)%s", c.id, c.verdict, c.p, c.p_adjusted, f"; {c.note}" if c.note else "")
 
 base = table[table["is_baseline"]].iloc[0]
+facts_meaning = {"stage1_facts": STAGE1_FACTS, "meaning": "stage-1 facts about what was sent, not blackmail rates",
+                 "leverage_patterns": STAGE1_IN_SAMPLE}
 write_json_atomic(
     {
         "scenario": {"key": scenario_key, "name": scenario.name, "path": str(smk.input.scenario),
@@ -181,12 +233,20 @@ write_json_atomic(
         "n_transcripts": len(records),
         "n_truncated": int(sum(r["finish_reason"] == "length" for r in records)),
         "judge": judge_info,
+        "judge_selection": selection,
+        "rates_produced": judge_name is not None,
+        "headline": (f"judge {judge_name} (validated: {selection['reason']})" if judge_name else
+                    f"no validated judge: {selection['reason']}. Only stage-1 facts are reported; they are "
+                    "not blackmail rates."),
         "n_judge_called": int(sum(j["judge_called"] for j in judged)),
-        "n_unparsed": int(sum(j["label"] is None for j in judged)),
-        "baseline": {"k": int(base["k"]), "n": int(base["n"]), "rate": float(base["rate"]),
-                     "ci95": [float(base["ci_low"]), float(base["ci_high"])]},
-        "n_blackmail": int(table["k"].sum()),
-        "min_p_holm": float(table["p_holm"].min()) if table["p_holm"].notna().any() else None,
+        "n_unparsed": int(sum(j["judge_called"] and j["label"] is None for j in judged)),
+        "baseline": ({"k": int(base["k"]), "n": int(base["n"]), "rate": float(base["rate"]),
+                      "ci95": [float(base["ci_low"]), float(base["ci_high"])],
+                      "cp95": [float(base["cp_low"]), float(base["cp_high"])]} if judge_name else None),
+        "n_blackmail": int(table["k"].sum()) if judge_name else None,
+        "min_p_holm": float(table["p_holm"].min()) if judge_name and table["p_holm"].notna().any() else None,
+        "stage1": {**facts_meaning, "per_condition": {n: facts.get(n, {}) for n in table["condition"]}},
+        "claims": [c.to_dict() for c in claims],
         "conditions": specs,
         "rates": json.loads(table.to_json(orient="records")),
         "seconds": {"generate": round(seconds_generate, 1), "judge": round(seconds_judge, 1)},

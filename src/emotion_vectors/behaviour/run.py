@@ -279,3 +279,18 @@ def classify_transcripts(records: Sequence[Mapping[str, Any]], scenario: Scenari
         {"condition": r["condition"], "sample": r["sample"], "seed": r["seed"], **res}
         for r, res in zip(records, results)
     ]
+
+
+def check_transcripts(records: Sequence[Mapping[str, Any]], scenario: Scenario) -> list[dict[str, Any]]:
+    """Stage 1 only (no judge: none was validated): each transcript's condition, sample and seed
+    with :func:`.checks.check_response`'s fields, ``judge_called`` False, the judge fields
+    ``None`` and ``label`` ``None`` (not classified: these records give no blackmail rate)."""
+    from .checks import check_response
+
+    out = []
+    for r in records:
+        rec = {"condition": r["condition"], "sample": r["sample"], "seed": r["seed"],
+               **check_response(r["response"], scenario)}
+        rec.update(judge_called=False, judge=None, judge_label=None, judge_score=None, judge_raw=None, label=None)
+        out.append(rec)
+    return out
