@@ -32,6 +32,7 @@ from emotion_vectors.steer import (
     call_positions,
     random_steers,
     steering,
+    steering_rows,
     steers_from_store,
 )
 from emotion_vectors.store_layout import read_store, write_store
@@ -468,6 +469,115 @@ def test_steering_rejects_bad_arguments(tiny_gemma4_text: Any) -> None:
         with steering(model, [ok], positions="generated"):
             model(input_ids=ids)
             model(input_ids=ids.repeat(2, 1))
+
+
+# --------------------------------------------------------------------------- one direction per row
+
+
+def row_steers(model: Any, tok: Any, layer: int) -> list[list[Steer]]:
+    """Three rows: two different directions and strengths, and a row with no active steer."""
+    unit = unit_norm_of(model, tok, layer)
+    d = hidden_size(model)
+    return [[Steer(layer, random_direction(d, 20), 2.0, unit)],
+            [Steer(layer, random_direction(d, 21), -1.5, unit), Steer(layer + 1, random_direction(d, 22), 1.0, unit)],
+            [Steer(layer, random_direction(d, 23), 0.0, unit)]]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_steering_rows_batch_equals_each_row_alone(tiny_gemma4_text: Any, policy: Any) -> None:
+    """A left-padded batch whose rows carry different steers gives each row the tokens it gets
+    alone under ``steering`` with its own steers (the third row, strength 0: unsteered)."""
+    model, tok = tiny_gemma4_text
+    layer, n_new = 2, 6
+    rows = row_steers(model, tok, layer)
+    enc = encode(tok, PROMPTS)
+    width = enc["input_ids"].shape[1]
+    with steering_rows(model, rows, positions=policy):
+        batched = greedy(model, tok, enc, n_new)[:, width:]
+    with steering_rows(model, rows, positions=policy):
+        uncached = greedy(model, tok, enc, n_new, use_cache=False)[:, width:]
+    assert torch.equal(batched, uncached)  # cached = uncached
+    alone = []
+    for row, prompt in enumerate(PROMPTS):
+        one = encode(tok, [prompt])
+        with steering(model, rows[row], positions=policy):
+            alone.append(greedy(model, tok, one, n_new)[:, one["input_ids"].shape[1]:])
+        assert torch.equal(batched[row : row + 1], alone[-1]), (row, prompt)
+    plain = greedy(model, tok, enc, n_new)[:, width:]
+    assert torch.equal(batched[2], plain[2])  # the strength-0 row is the unsteered row
+    assert not torch.equal(batched[0], plain[0]) and not torch.equal(batched[1], plain[1])
+
+
+@pytest.mark.parametrize("fixture", TINY_MODEL_FIXTURES)
+def test_steering_rows_same_with_and_without_cache(request: Any, fixture: str) -> None:
+    model, tok = request.getfixturevalue(fixture)
+    rows = row_steers(model, tok, 2)[:2]
+    enc = encode(tok, PROMPTS[:2])
+    with steering_rows(model, rows, positions="all"):
+        cached = greedy(model, tok, enc, 5)
+    with steering_rows(model, rows, positions="all"):
+        uncached = greedy(model, tok, enc, 5, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
+def test_steering_rows_adds_each_rows_vector_and_leaves_inactive_rows_exact(tiny_gemma4_text: Any) -> None:
+    model, tok = tiny_gemma4_text
+    layer, later = 2, 4
+    rows = row_steers(model, tok, layer)
+    enc = encode(tok, PROMPTS)
+    real = enc["attention_mask"].bool()
+    with recording(model, [layer, layer + 1, later]) as plain:
+        base = model(**enc).logits
+    with steering_rows(model, rows), recording(model, [layer, layer + 1, later]) as steered:
+        out = model(**enc).logits
+    for r, steers in enumerate(rows):
+        for lay in (layer, layer + 1):
+            want = sum((s.vector for s in steers if s.layer == lay and s.strength), np.zeros(hidden_size(model)))
+            diff = (steered[0][lay][r] - plain[0][lay][r])[real[r]]
+            if lay == layer:  # only this row's own vector is added at its block
+                assert torch.allclose(diff, torch.as_tensor(want, dtype=torch.float32).expand_as(diff),
+                                      rtol=1e-4, atol=1e-3), (r, lay)
+        # padding is never steered, at any block
+        assert torch.equal(steered[0][layer][r][~real[r]], plain[0][layer][r][~real[r]])
+    for lay in (layer, layer + 1, later):  # the inactive row: bit-identical at every block
+        assert torch.equal(steered[0][lay][2], plain[0][lay][2])
+    assert torch.equal(out[2], base[2]) and not torch.allclose(out[0], base[0])
+    # the same steer in every row is bit-identical to steering() with it
+    same = [rows[0]] * 3
+    with steering_rows(model, same):
+        a = model(**enc).logits
+    with steering(model, rows[0]):
+        b = model(**enc).logits
+    assert torch.equal(a, b)
+
+
+def test_steering_rows_strength_zero_registers_nothing_and_checks_batch(tiny_gemma4_text: Any) -> None:
+    model, tok = tiny_gemma4_text
+    enc = encode(tok, PROMPTS[:2])
+    base = model(**enc).logits
+    n_hooks = hook_counts(model)
+    unit = unit_norm_of(model, tok, 2)
+    zero = [[Steer(2, random_direction(hidden_size(model), 30), 0.0, unit)], []]
+    with steering_rows(model, zero):
+        assert hook_counts(model) == n_hooks
+        assert torch.equal(model(**enc).logits, base)
+    rows = row_steers(model, tok, 2)
+    with pytest.raises(SteeringPositionError, match="3 rows of steers.*batch of 2"):
+        with steering_rows(model, rows):
+            model(**enc)
+    assert hook_counts(model) == n_hooks
+    with pytest.raises(ValueError, match="one entry"):
+        with steering_rows(model, []):
+            pass
+    with pytest.raises(TypeError, match="Steer objects"):
+        with steering_rows(model, [[np.ones(4)]]):
+            pass
+    with pytest.raises(ValueError, match="different widths"):
+        with steering_rows(model, [[Steer(1, np.ones(8), 1.0, 1.0)], rows[0]]):
+            pass
+    with pytest.raises(ValueError, match="positions"):
+        with steering_rows(model, rows, positions="first"):
+            pass
 
 
 # --------------------------------------------------------------------------- the vector store

@@ -39,6 +39,18 @@ Policies (``positions``):
 Padding positions (attention mask 0) are never steered. Positions that are not steered keep
 their exact values (``torch.where``, not a multiply by a 0/1 mask).
 
+One direction per sequence
+--------------------------
+:func:`steering_rows` adds a DIFFERENT set of steers to each row of the batch (row ``i`` of every
+forward call gets the sum of ``rows[i]``), so that many directions (an emotion's vector, its
+shuffled-label and random nulls, several strengths) are evaluated in one forward pass. The token
+policy, padding and KV-cache rules are those above, row by row; a row whose steers all have
+strength 0 (or none) is not touched at all (its states are bit-identical to the same batch
+without steering), and with no active row no hook is registered. Every forward call inside the
+context must have exactly ``len(rows)`` rows (a call with another batch size is refused, never
+guessed: e.g. ``generate(num_return_sequences=k)`` or a cache repeated for candidates needs its
+rows listed in that order).
+
 What transformers passes (5.24, checked for Llama/SmolLM2, Gemma 3 and Gemma 4 text and its
 multimodal wrapper): ``generate()`` calls ``model.forward`` with keyword arguments only:
 ``input_ids``, ``position_ids`` (already counted from each row's first real token), ``cache``
@@ -351,18 +363,26 @@ class _SteeringHooks:
     """The state of one ``steering`` context: per-call token selection and the block hooks."""
 
     def __init__(self, model: torch.nn.Module, per_layer: dict[int, np.ndarray],
-                 positions: Positions, prompt_length: int | None) -> None:
+                 positions: Positions, prompt_length: int | None,
+                 row_active: dict[int, np.ndarray] | None = None) -> None:
         self.model = model
+        # (d,) per layer (every row alike), or (n_rows, d) with ``row_active`` (n_rows,) per layer
         self.per_layer = per_layer
+        self.row_active = row_active
+        self.n_rows = None if row_active is None else int(next(iter(row_active.values())).shape[0])
         self.positions = positions
         self.prompt_length = prompt_length
         self.first_prompt: torch.Tensor | None = None  # (b,) real tokens in the first call
         self.select: torch.Tensor | None = None  # (b, T) bool, the current call's steered tokens
         self.any_selected = False
-        self._cast: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+        self._cast: dict[tuple, torch.Tensor] = {}
 
     def pre_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         pos, real = call_positions(args, kwargs)
+        if self.n_rows is not None and pos.shape[0] != self.n_rows:
+            raise SteeringPositionError(
+                f"steering_rows was given {self.n_rows} rows of steers but the model is called with "
+                f"a batch of {pos.shape[0]}: call it with one row per entry of rows, in order")
         if self.positions == "all":
             select = real
         elif self.positions == "generated":
@@ -394,6 +414,12 @@ class _SteeringHooks:
             self._cast[key] = torch.as_tensor(self.per_layer[layer]).to(device=like.device, dtype=like.dtype)
         return self._cast[key]
 
+    def _rows(self, layer: int, device: torch.device) -> torch.Tensor:
+        key = ("rows", layer, device)
+        if key not in self._cast:
+            self._cast[key] = torch.as_tensor(self.row_active[layer]).to(device=device)
+        return self._cast[key]
+
     def block_hook(self, layer: int):
         def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
             if self.select is None:
@@ -408,10 +434,14 @@ class _SteeringHooks:
                     f"block {layer} output has shape {tuple(hidden.shape)} but the call's tokens "
                     f"are {tuple(self.select.shape)}")
             delta = self._delta(layer, hidden)
-            if delta.shape[0] != hidden.shape[-1]:
-                raise ValueError(f"steer at layer {layer} has d={delta.shape[0]} but the "
+            if delta.shape[-1] != hidden.shape[-1]:
+                raise ValueError(f"steer at layer {layer} has d={delta.shape[-1]} but the "
                                  f"residual stream has d={hidden.shape[-1]}")
-            sel = self.select.to(hidden.device).unsqueeze(-1)
+            select = self.select.to(hidden.device)
+            if delta.dim() == 2:  # one vector per row; inactive rows are left exactly as they are
+                select = select & self._rows(layer, hidden.device).unsqueeze(-1)
+                delta = delta.unsqueeze(1)
+            sel = select.unsqueeze(-1)
             steered = torch.where(sel, hidden + delta, hidden)
             return _replace_hidden(output, steered)
 
@@ -428,6 +458,58 @@ def _replace_hidden(output: Any, hidden: torch.Tensor) -> Any:
         return [hidden] + list(output[1:])
     output.hidden_states = hidden
     return output
+
+
+def _checked_policy(positions: Any, prompt_length: Any) -> tuple[Positions, int | None]:
+    if not (positions in ("all", "generated") or (
+            isinstance(positions, (int, np.integer)) and not isinstance(positions, bool)
+            and positions >= 0)):
+        raise ValueError(f"positions must be 'all', 'generated' or an int >= 0, got {positions!r}")
+    if prompt_length is not None:
+        if positions != "generated":
+            raise ValueError("prompt_length is only used with positions='generated'")
+        if isinstance(prompt_length, bool) or not isinstance(prompt_length, (int, np.integer)) \
+                or prompt_length < 0:
+            raise ValueError(f"prompt_length must be an int >= 0, got {prompt_length!r}")
+        prompt_length = int(prompt_length)
+    if not isinstance(positions, str):
+        positions = int(positions)
+    return positions, prompt_length
+
+
+def _checked_steers(model: torch.nn.Module, steers: Sequence[Any]) -> list[Steer]:
+    """The active steers (strength != 0) after checking types, layers and widths."""
+    bad = [s for s in steers if not isinstance(s, Steer)]
+    if bad:
+        raise TypeError(f"steers must be Steer objects, got {type(bad[0]).__name__}")
+    active = [s for s in steers if s.strength != 0]
+    if not active:
+        return active
+    n_blocks = len(decoder_layers(model))
+    outside = sorted({s.layer for s in active if s.layer >= n_blocks})
+    if outside:
+        raise LayerIndexError(f"steer layers {outside} are outside 0..{n_blocks - 1}: the model "
+                              f"has {n_blocks} decoder blocks (layer i = output of block i)")
+    widths = {s.direction.shape[0] for s in active}
+    if len(widths) > 1:
+        raise ValueError(f"steers have different widths d: {sorted(widths)}")
+    return active
+
+
+@contextlib.contextmanager
+def _hooked(model: torch.nn.Module, state: _SteeringHooks) -> Iterator[None]:
+    blocks = decoder_layers(model)
+    handles = []
+    try:
+        handles.append(model.register_forward_pre_hook(state.pre_forward, with_kwargs=True))
+        handles.append(model.register_forward_hook(state.post_forward, with_kwargs=True,
+                                                   always_call=True))
+        for layer in sorted(state.per_layer):
+            handles.append(blocks[layer].register_forward_hook(state.block_hook(layer)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @contextlib.contextmanager
@@ -453,50 +535,63 @@ def steering(
 
     Hooks are removed on exit, also when the block raises.
     """
-    if not (positions in ("all", "generated") or (
-            isinstance(positions, (int, np.integer)) and not isinstance(positions, bool)
-            and positions >= 0)):
-        raise ValueError(f"positions must be 'all', 'generated' or an int >= 0, got {positions!r}")
-    if prompt_length is not None:
-        if positions != "generated":
-            raise ValueError("prompt_length is only used with positions='generated'")
-        if isinstance(prompt_length, bool) or not isinstance(prompt_length, (int, np.integer)) \
-                or prompt_length < 0:
-            raise ValueError(f"prompt_length must be an int >= 0, got {prompt_length!r}")
-        prompt_length = int(prompt_length)
-    if not isinstance(positions, str):
-        positions = int(positions)
-    steers = list(steers)
-    bad = [s for s in steers if not isinstance(s, Steer)]
-    if bad:
-        raise TypeError(f"steers must be Steer objects, got {type(bad[0]).__name__}")
-    active = [s for s in steers if s.strength != 0]
+    positions, prompt_length = _checked_policy(positions, prompt_length)
+    active = _checked_steers(model, list(steers))
     if not active:
         yield
         return
-    blocks = decoder_layers(model)
-    outside = sorted({s.layer for s in active if s.layer >= len(blocks)})
-    if outside:
-        raise LayerIndexError(f"steer layers {outside} are outside 0..{len(blocks) - 1}: the model "
-                              f"has {len(blocks)} decoder blocks (layer i = output of block i)")
-    widths = {s.direction.shape[0] for s in active}
-    if len(widths) > 1:
-        raise ValueError(f"steers have different widths d: {sorted(widths)}")
     per_layer: dict[int, np.ndarray] = {}
     for s in active:
         per_layer[s.layer] = per_layer.get(s.layer, 0.0) + s.vector
-    state = _SteeringHooks(model, per_layer, positions, prompt_length)
-    handles = []
-    try:
-        handles.append(model.register_forward_pre_hook(state.pre_forward, with_kwargs=True))
-        handles.append(model.register_forward_hook(state.post_forward, with_kwargs=True,
-                                                   always_call=True))
-        for layer in sorted(per_layer):
-            handles.append(blocks[layer].register_forward_hook(state.block_hook(layer)))
+    with _hooked(model, _SteeringHooks(model, per_layer, positions, prompt_length)):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
+
+
+@contextlib.contextmanager
+def steering_rows(
+    model: torch.nn.Module,
+    rows: Sequence[Sequence[Steer]],
+    *,
+    positions: Positions = "all",
+    prompt_length: int | None = None,
+) -> Iterator[None]:
+    """Add a different set of steers to each row of the batch (one direction per sequence).
+
+    Row ``i`` of every forward call inside the block gets the sum of ``rows[i]``'s steers, with
+    the token policy of :func:`steering` applied row by row (absolute positions, padding never
+    steered, the same with and without the KV cache). A row with no steer of non-zero strength is
+    left bit-identical to the same batch without steering; if no row has one, no hook is
+    registered at all. Every forward call must have exactly ``len(rows)`` rows
+    (:class:`SteeringPositionError` otherwise).
+
+    Args:
+        model: as for :func:`steering`.
+        rows: for each row of the batch, its :class:`Steer` s (possibly none).
+        positions, prompt_length: as for :func:`steering` (``prompt_length`` for every row).
+    """
+    positions, prompt_length = _checked_policy(positions, prompt_length)
+    rows = [list(r) for r in rows]
+    if not rows:
+        raise ValueError("steering_rows needs one entry (a list of steers, possibly empty) per row")
+    active_rows = [_checked_steers(model, r) for r in rows]
+    everything = [s for r in active_rows for s in r]
+    if not everything:
+        yield
+        return
+    _checked_steers(model, everything)  # one width for all rows
+    d = everything[0].direction.shape[0]
+    per_layer: dict[int, np.ndarray] = {}
+    row_active: dict[int, np.ndarray] = {}
+    for i, r in enumerate(active_rows):
+        for s in r:
+            if s.layer not in per_layer:
+                per_layer[s.layer] = np.zeros((len(rows), d))
+                row_active[s.layer] = np.zeros(len(rows), dtype=bool)
+            per_layer[s.layer][i] += s.vector
+            row_active[s.layer][i] = True
+    state = _SteeringHooks(model, per_layer, positions, prompt_length, row_active=row_active)
+    with _hooked(model, state):
+        yield
 
 
 __all__ = [
@@ -506,5 +601,6 @@ __all__ = [
     "call_positions",
     "random_steers",
     "steering",
+    "steering_rows",
     "steers_from_store",
 ]
