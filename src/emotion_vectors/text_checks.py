@@ -283,8 +283,8 @@ def emotion_label_check(
             mw = mannwhitney_auroc(y, s)
             from emotion_vectors.score import bootstrap_auroc
 
-            bs = bootstrap_auroc(y, s, n_boot=n_boot, seed=seed)
-            row.update(auroc=mw["auroc"], ci_low=bs["ci95"][0], ci_high=bs["ci95"][1],
+            ci = bootstrap_auroc(y, s, n_boot=n_boot, seed=seed)["ci95"] if n_boot else [None, None]
+            row.update(auroc=mw["auroc"], ci_low=ci[0], ci_high=ci[1],
                        p_mannwhitney=mw["p_mannwhitney"], skipped=None)
             if nrc is not None:
                 nm = mannwhitney_auroc(y, nrc)
@@ -371,9 +371,9 @@ def corpora_agreement(real: Mapping[str, np.ndarray], null: Mapping[str, np.ndar
     naive scipy p that ignores the shared offset, the K null values and ``p_shuffled``) and
     ``family``: the mean Spearman over pairs with its own null (one exact test).
     """
-    from scipy.stats import spearmanr
+    from scipy.stats import rankdata
 
-    from emotion_vectors.analysis.stats import correlate
+    from emotion_vectors.analysis.stats import _rowwise_pearson, correlate
 
     corpora = list(real)
     pairs = []
@@ -392,8 +392,10 @@ def corpora_agreement(real: Mapping[str, np.ndarray], null: Mapping[str, np.ndar
                                   "p_naive": _num(c.p), "p_shuffled": None, "null": None}
             if K is not None:
                 na, nb = np.asarray(null[a], float), np.asarray(null[b], float)
-                nulls = np.array([spearmanr(na[k], nb[k]).statistic if np.isfinite(na[k]).all()
-                                  and np.isfinite(nb[k]).all() else np.nan for k in range(K)], float)
+                ok = np.isfinite(na).all(axis=1) & np.isfinite(nb).all(axis=1)
+                nulls = np.full(K, np.nan)
+                if ok.any():  # Spearman = Pearson of the ranks, row by row
+                    nulls[ok] = _rowwise_pearson(rankdata(na[ok], axis=1), rankdata(nb[ok], axis=1))
                 pr.update(null=[_num(v) for v in nulls], p_shuffled=mc_p(c.r, nulls),
                           null_median=_num(np.nanmedian(nulls)) if np.isfinite(nulls).any() else None)
             pairs.append(pr)
