@@ -440,7 +440,25 @@ def test_run_battery_on_a_tiny_real_store(default_model, tmp_path):
     store = write_store(tmp_path / "v.zarr", emotions=list(BUILD), layers=[layer], raw=vecs,
                         denoised=None, residual_norm=None, n_neutral_pcs_removed=None,
                         n_stories=None)
-    res = B.run_battery(store, model, tok, n_draws=30, n_draws_lens=2, batch_size=16)
+    # a shuffled-label store in the layout of vectors/shuffled.zarr: the build texts' labels
+    # permuted (3 shuffles), the same mean-difference construction
+    from emotion_vectors.vectors import shuffled_name
+
+    acts = {e: extract_pooled(model, tok, t, None, [layer], pool_start=1, batch_size=8).pooled[:, 0, :]
+            .astype(np.float64) for e, t in BUILD.items()}
+    pooled = np.concatenate([acts[e] for e in BUILD])
+    labels = np.repeat(np.arange(len(BUILD)), 2)
+    rows, names = [], []
+    for k in range(3):
+        lab = np.random.default_rng(k).permutation(labels)
+        m = np.stack([pooled[lab == i].mean(0) for i in range(len(BUILD))])
+        rows.append(m - m.mean(0))
+        names += [shuffled_name(e, k) for e in BUILD]
+    shuffled = write_store(tmp_path / "shuffled.zarr", emotions=names, layers=[layer],
+                           raw=np.concatenate(rows)[:, None, :], denoised=None, residual_norm=None,
+                           n_neutral_pcs_removed=None, n_stories=None,
+                           attrs={"source_emotions": list(BUILD), "n_shuffles": 3})
+    res = B.run_battery(store, model, tok, n_draws=30, n_draws_lens=2, batch_size=16, shuffled=shuffled)
     assert res["layer"] == layer and res["n_emotions"] == 4
     imp = res["implicit"]
     assert imp["n_items"] == 12 and imp["n_scored"] == 12  # 3 items for each of the 4
@@ -456,4 +474,13 @@ def test_run_battery_on_a_tiny_real_store(default_model, tmp_path):
     checks = {r["check"]: r for r in res["checks"]}
     assert set(checks) == set(B.load_thresholds()["checks"])
     assert all(r["null_p95"] is not None for r in checks.values())
-    json.dumps(B.summary_json(res))
+    # the claims use the shuffled-label null; 3 shuffles cannot reach 0.05/6: not testable, and say so
+    assert res["shuffled"]["n_shuffles"] == 3 and res["shuffled"]["values"]["implicit_top1_hit_rate"].shape == (3,)
+    assert [c["id"] for c in res["claims"]] == [f"battery.{c}" for c in checks]
+    for c in res["claims"]:
+        assert c["verdict"] == "not testable" and c["p"] is None and "at least 120 draws" in c["note"]
+        assert c["extra"]["null_used"].startswith("shuffled-label vectors (3 shuffles")
+    assert all(r["passed"] in (None, False) for r in checks.values())
+    summary = B.summary_json(res)
+    assert "values" not in summary["shuffled"] and "values" not in summary["null"]
+    json.dumps(summary)
