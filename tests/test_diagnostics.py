@@ -28,6 +28,19 @@ from emotion_vectors.diagnostics import (
 )
 
 
+@pytest.fixture(autouse=True)
+def one_blas_thread():
+    """Small dense problems: BLAS threads only contend (the rule runs with one thread too).
+    sklearn's and scipy's own BLAS/OpenMP are loaded first: the limit applies to loaded ones only."""
+    import scipy.optimize  # noqa: F401
+    import sklearn.decomposition  # noqa: F401
+    import sklearn.linear_model  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
 def design(n_emotions: int, n_topics: int, per_cell: int) -> tuple[np.ndarray, np.ndarray]:
     """Balanced emotion x topic labels."""
     emotion = np.repeat(np.arange(n_emotions), n_topics * per_cell)
@@ -84,7 +97,7 @@ def test_separable_corpus_is_found_and_inseparable_is_not():
     same = rng.normal(size=(len(emotion), d))  # every emotion from one distribution
     rows, extra = separability(
         corpus_of([separable, same], emotion, topic),
-        nc_permutations=99, probe_permutations=19, probe_max_dim=16, seed=1, log=lambda m: None,
+        nc_permutations=99, probe_permutations=49, probe_folds=3, probe_max_dim=8, seed=1, log=lambda m: None,
     )
     by = {(r["layer"], r["method"]): r for r in rows}
     for method in ("nearest_centroid", "logistic_probe"):
@@ -98,7 +111,27 @@ def test_separable_corpus_is_found_and_inseparable_is_not():
         assert abs(good["null_mean"] - 1 / 6) < 0.06 and good["null_p95"] < 0.35
         assert extra[method]["best_layer"] == 0
     assert extra["nearest_centroid"]["p_perm_max_layer"] == pytest.approx(0.01)
+    assert extra["logistic_probe"]["p_perm_max_layer"] == pytest.approx(0.02)
+    assert extra["logistic_probe"]["n_permutations"] == 49
 
+
+def test_probe_folds_do_not_depend_on_the_labels():
+    """The probe's folds are stratified on the topic, so the true labelling and every shuffled
+    one are scored on the same folds (the permutation null is exchangeable with the observed)."""
+    from emotion_vectors.diagnostics import _Probe, probe_folds_of
+
+    rng = np.random.default_rng(0)
+    emotion, topic = design(6, 3, 4)
+    x = rng.normal(size=(len(emotion), 20))
+    a = _Probe(x, emotion, folds=4, C=1.0, max_dim=8, seed=3, strata=topic)
+    b = _Probe(x, permute_within(emotion, topic, rng), folds=4, C=1.0, max_dim=8, seed=3, strata=topic)
+    for (tr_a, te_a, za, _), (tr_b, te_b, zb, _) in zip(a.folds, b.folds):
+        assert (te_a == te_b).all() and np.array_equal(za, zb)
+        assert np.bincount(topic[te_a]).tolist() == [6, 6, 6]  # each fold balanced over topics
+    folds = probe_folds_of(len(emotion), topic, 4, 3)
+    assert sorted(np.concatenate([te for _, te in folds]).tolist()) == list(range(len(emotion)))
+    one_topic = probe_folds_of(10, np.zeros(10), 5, 0)
+    assert len(one_topic) == 5 and all(len(te) == 2 for _, te in one_topic)
 
 def test_variance_shares_recover_planted_effects():
     rng = np.random.default_rng(1)
@@ -116,8 +149,13 @@ def test_variance_shares_recover_planted_effects():
     assert raw["emotion"]["share"] == pytest.approx(3.0 / total, abs=0.02)
     assert raw["topic"]["share"] == pytest.approx(1.0 / total, abs=0.02)
     assert raw["emotion"]["p_perm"] < 0.05 and raw["topic"]["p_perm"] < 0.05
-    # No interaction planted: the interaction share is its chance level.
-    assert raw["interaction"]["share"] == pytest.approx(raw["interaction"]["chance_expected"], abs=0.01)
+    # No interaction planted: the interaction share is its chance level, which holds with main
+    # effects (df / df_within of the within-cell variance; df / (n - 1) would not).
+    assert raw["interaction"]["share"] == pytest.approx(raw["interaction"]["chance_expected"], abs=0.005)
+    within = 1 - raw["emotion x topic"]["share"]
+    assert raw["interaction"]["chance_expected"] == pytest.approx(12 / (800 - 20) * within)
+    assert abs(raw["interaction"]["adjusted_share"]) < 0.01 and raw["interaction"]["p_perm"] > 0.05
+    assert raw["interaction"]["permuted_within"] == "topic"
     # Emotions are shuffled within topics: chance = (G - 1) / (n - T) * (1 - topic share), balanced design.
     assert raw["emotion"]["chance_expected"] == pytest.approx(3 / 795 * (1 - raw["topic"]["share"]))
     assert raw["emotion"]["permuted_within"] == "topic" and raw["topic"]["permuted_within"] == "emotion"
@@ -137,7 +175,15 @@ def test_variance_share_of_labels_that_carry_nothing_is_its_chance():
     assert raw["emotion"]["null_mean"] == pytest.approx(chance, abs=0.01)  # the exact expectation
     assert raw["emotion"]["share"] == pytest.approx(chance, abs=0.05)  # positive by chance alone
     assert abs(raw["emotion"]["adjusted_share"]) < 0.06 and raw["emotion"]["p_perm"] > 0.05
-    assert raw["emotion x topic"]["chance_expected"] == pytest.approx(71 / 143)
+    # Cells: emotions shuffled within topics, so the topic's share stays in every shuffle.
+    t_share = raw["topic"]["share"]
+    assert raw["emotion x topic"]["chance_expected"] == pytest.approx(t_share + 3 * 23 / 141 * (1 - t_share))
+    assert raw["emotion x topic"]["null_mean"] == pytest.approx(raw["emotion x topic"]["chance_expected"], abs=0.01)
+    # Interaction: df = 23 x 2, 72 within-cell df; its shuffled share has the same expectation.
+    assert raw["interaction"]["n_groups"] == 46
+    assert raw["interaction"]["chance_expected"] == pytest.approx(46 / 72 * (1 - raw["emotion x topic"]["share"]))
+    assert raw["interaction"]["null_mean"] == pytest.approx(raw["interaction"]["chance_expected"], abs=0.02)
+    assert raw["interaction"]["p_perm"] > 0.05 and raw["emotion x topic"]["p_perm"] > 0.05
     xc = x - x.mean(0)
     assert between_share(xc, np.arange(len(x)), float((xc**2).sum())) == pytest.approx(1.0)
 
@@ -187,14 +233,17 @@ def test_stratified_subsample_spreads_over_topics():
     assert (stratified_subsample(topics, None, rng) == np.arange(60)).all()
 
 
-def write_shards(tmp_path, per_emotion: dict[str, int], layers=(2, 5), d=8, seed=0):
-    """Activation shards (as shards.write_shard leaves them) and story shards with topics."""
+def write_shards(tmp_path, per_emotion: dict[str, int], layers=(2, 5), d=8, seed=0, effect=0.0):
+    """Activation shards (as shards.write_shard leaves them) and story shards with topics;
+    ``effect`` adds an emotion mean of that size (per dimension) at the first layer."""
     rng = np.random.default_rng(seed)
     act_paths, story_paths = {}, {}
     for e, n in per_emotion.items():
         ids = [f"{e}-t{k % 3:03d}-s{k // 3:02d}" for k in range(n)]
+        acts = rng.normal(size=(n, len(layers), d))
+        acts[:, 0, :] += effect * rng.normal(size=d)
         g = zarr.open_group(str(tmp_path / f"{e}.zarr"), mode="w")
-        g.create_array("activations", data=rng.normal(size=(n, len(layers), d)).astype(np.float32), chunks=(4, len(layers), d))
+        g.create_array("activations", data=acts.astype(np.float32), chunks=(4, len(layers), d))
         g.attrs.update({"ids": ids, "layers": list(layers), "complete": True})
         stories = [{"id": i, "topic_index": k % 3, "text": "x"} for k, i in enumerate(ids)]
         (tmp_path / f"{e}.json").write_text(json.dumps({"emotion": e, "stories": stories[::-1]}))
@@ -232,7 +281,7 @@ def test_figure_and_headline(tmp_path):
     emotion, topic = design(4, 2, 4)
     x = rng.normal(size=(4, 20))[emotion] * 3 + rng.normal(size=(32, 20))
     c = corpus_of([x, rng.normal(size=(32, 20))], emotion, topic)
-    sep, extra = separability(c, nc_permutations=49, probe_permutations=3, seed=0, log=lambda m: None)
+    sep, extra = separability(c, nc_permutations=99, probe_permutations=3, seed=0, log=lambda m: None)
     var = variance_shares(c, n_permutations=20)
     separability_figure(sep, var, tmp_path / "sep.png", title="test")
     assert (tmp_path / "sep.png").stat().st_size > 10_000
@@ -241,6 +290,10 @@ def test_figure_and_headline(tmp_path):
     h = headline(sep, extra, var, recog)
     assert h["separability"]["nearest_centroid"]["best_layer"] == 0
     assert h["separability"]["nearest_centroid"]["ratio_to_chance"] > 3
+    # The probe's 3 permutations cannot reject: not testable, out of the family; the nearest
+    # centroid (p 0.01) and the judge (p 0.6) are corrected together.
+    assert h["separability"]["logistic_probe"]["verdict"] == "not testable"
+    assert h["family"]["m"] == 2 and h["separability"]["nearest_centroid"]["p_holm"] == pytest.approx(0.02)
     assert h["separable"] is True and h["recognisable"] is False
     assert h["variance_shares"]["emotion"]["share"] > h["variance_shares"]["topic"]["share"]
     assert "judge does not recognise" in h["verdict"]
@@ -269,15 +322,20 @@ def run_script(name: str, smk, monkeypatch) -> None:
     runpy.run_path(str(REPO_ROOT / "workflow" / "scripts" / name), init_globals={"snakemake": smk})
 
 
-def test_separability_and_summary_scripts(tmp_path, monkeypatch):
+def run_diagnostics(tmp_path, monkeypatch, *, effect: float, p_binom: float, seed: int = 0) -> tuple[dict, list[dict]]:
+    """The rules' scripts (separability, then diagnostics_summary) on 3 emotions x 6 stories with
+    an emotion effect of ``effect`` at the first layer; the judge's table is given."""
     import pandas as pd
     from types import SimpleNamespace
 
-    acts, stories = write_shards(tmp_path, {"calm": 6, "happy": 6, "sad": 6})
+    from emotion_vectors.claims import read_claims
+
+    acts, stories = write_shards(tmp_path, {"calm": 6, "happy": 6, "sad": 6}, effect=effect, seed=seed)
     out = tmp_path / "diagnostics"
     out.mkdir()
-    settings = {"max_per_emotion": 60, "nc_permutations": 19, "probe_permutations": 2, "probe_folds": 3,
-                "probe_C": 1.0, "probe_max_dim": 4, "variance_permutations": 9, "seed": 0}
+    # Enough permutations that the smallest p (1/200, 1/100) is below Holm's first threshold 0.05/3.
+    settings = {"max_per_emotion": 60, "nc_permutations": 199, "probe_permutations": 99, "probe_folds": 3,
+                "probe_C": 1.0, "probe_max_dim": 4, "variance_permutations": 99, "seed": 0}
     smk = SimpleNamespace(
         input=_Files(emotions=list(map(str, acts.values())), stories=list(map(str, stories.values()))),
         output=_Files(table=str(out / "separability.tsv"), variance=str(out / "variance_shares.tsv"),
@@ -290,27 +348,112 @@ def test_separability_and_summary_scripts(tmp_path, monkeypatch):
     assert list(sep.columns) == SEPARABILITY_COLUMNS
     assert len(sep) == 4 and set(sep["method"]) == {"nearest_centroid", "logistic_probe"}
     assert (sep["n_stories"] == 18).all() and (sep["n_emotions"] == 3).all()
+    assert set(sep["n_permutations"]) == {199, 99}
     var = pd.read_csv(out / "variance_shares.tsv", sep="\t")
     assert len(var) == 2 * 2 * 4 and (out / "separability.png").exists()
     meta = json.loads((out / "separability.json").read_text())
     assert meta["n_stories"] == 18 and meta["layers"] == [2, 5] and "provenance" in meta
+    assert set(meta["variance_max_layer"]["raw"]) == {"emotion", "topic", "emotion x topic", "interaction"}
 
     recog = [{"emotion": e, "n": 6, "correct": 2, "share": 1 / 3, "ci_low": 0.1, "ci_high": 0.7, "chance": 0.25,
-              "ratio_to_chance": 4 / 3, "p_binom": 0.4} for e in ("calm", "happy", "sad", "(all)")]
+              "ratio_to_chance": 4 / 3, "p_binom": 0.4, "auc": 0.5, "p_auc": 0.5} for e in ("calm", "happy", "sad")]
+    recog.append({"emotion": "(all)", "n": 18, "correct": 6, "share": 1 / 3, "ci_low": 0.16, "ci_high": 0.56,
+                  "chance": 0.25, "ratio_to_chance": 4 / 3, "p_binom": p_binom, "auc": 0.5, "p_auc": 0.5})
     pd.DataFrame(recog).to_csv(out / "recognisability.tsv", sep="\t", index=False)
     (out / "recognisability.json").write_text(json.dumps({"judge": {"name": "j", "path": "p"}}))
     smk = SimpleNamespace(
         input=SimpleNamespace(separability=str(out / "separability.tsv"), separability_meta=str(out / "separability.json"),
                               variance=str(out / "variance_shares.tsv"), recognisability=str(out / "recognisability.tsv"),
                               recognisability_meta=str(out / "recognisability.json")),
-        output=[str(out / "summary.json")], threads=1, config={"run": "test"}, rule="diagnostics_summary", log=[],
+        output=SimpleNamespace(summary=str(out / "summary.json"), claims=str(out / "claims.json")),
+        threads=1, config={"run": "test"}, rule="diagnostics_summary", log=[],
     )
     run_script("diagnostics_summary.py", smk, monkeypatch)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["run"] == "test" and summary["recognisable"] is False and summary["judge"]["name"] == "j"
+    assert summary["run"] == "test" and summary["judge"]["name"] == "j"
     assert set(summary["separability"]) == {"nearest_centroid", "logistic_probe"}
-    assert summary["separable"] is False  # random activations, and 19 permutations cannot give p < 0.05
+    return summary, read_claims(out / "claims.json")
+
+
+IDS = {"diagnostics.verdict", "diagnostics.separability.nearest_centroid", "diagnostics.separability.logistic_probe",
+       "diagnostics.recognisability", "diagnostics.recognisability.per_emotion", "diagnostics.variance.emotion",
+       "diagnostics.variance.interaction"}
+
+
+def test_scripts_claim_nothing_on_activations_without_emotion(tmp_path, monkeypatch):
+    # Each of these tests rejects 5% of the time on such data (tests/test_calibration_diagnostics.py);
+    # seed 1 is one of the corpora on which none does by chance, so any "effect" here is a bug.
+    summary, claims = run_diagnostics(tmp_path, monkeypatch, effect=0.0, p_binom=0.4, seed=1)
+    by = {c["id"]: c for c in claims}
+    assert set(by) == IDS
+    assert summary["separable"] is False and summary["recognisable"] is False
     assert "neither" in summary["verdict"]
+    for c in claims:  # every test can reject, and none does
+        assert c["verdict"] == "no effect", c
+    fam = [by[i] for i in ("diagnostics.separability.nearest_centroid", "diagnostics.separability.logistic_probe",
+                           "diagnostics.recognisability")]
+    assert all(c["family"] == 3 and c["correction"] == "Holm over 3 tests" for c in fam)
+    assert by["diagnostics.verdict"]["p_adjusted"] == min(c["p_adjusted"] for c in fam)
+
+
+def test_scripts_claim_an_effect_on_separable_activations(tmp_path, monkeypatch):
+    summary, claims = run_diagnostics(tmp_path, monkeypatch, effect=2.0, p_binom=0.03)
+    by = {c["id"]: c for c in claims}
+    nc = by["diagnostics.separability.nearest_centroid"]
+    assert nc["verdict"] == "effect" and nc["p"] == pytest.approx(1 / 200)
+    assert nc["p_adjusted"] == pytest.approx(3 / 200) and nc["extra"]["best_layer"] == 2
+    assert nc["interval"][0] <= nc["statistic"] <= nc["interval"][1] and nc["n_null"] == 199
+    assert by["diagnostics.separability.logistic_probe"]["verdict"] == "effect"
+    # Holm step-down: 3 x 0.005, 2 x 0.01, then the judge's 0.03 at its own level.
+    rec = by["diagnostics.recognisability"]
+    assert rec["p"] == pytest.approx(0.03) and rec["p_adjusted"] == pytest.approx(0.03)
+    assert rec["verdict"] == "effect" and summary["recognisable"] is True
+    assert by["diagnostics.separability.logistic_probe"]["p"] == pytest.approx(0.01)
+    assert by["diagnostics.separability.logistic_probe"]["p_adjusted"] == pytest.approx(0.02)
+    assert by["diagnostics.verdict"]["p_adjusted"] == pytest.approx(0.015)
+    assert "the corpus carries its emotions" in summary["verdict"]
+    assert summary["separable"] is True and by["diagnostics.verdict"]["verdict"] == "effect"
+    assert by["diagnostics.variance.emotion"]["verdict"] == "effect"
+    assert by["diagnostics.variance.emotion"]["extra"]["best_layer"] == 2
+
+
+def test_verdict_follows_the_holm_corrected_p():
+    """Two separability tests at p 0.03 and 0.04 pass one by one, but not after Holm over the
+    three tests of the verdict (0.09, 0.09); the summary and the claims say the same."""
+    from emotion_vectors.diagnostics import diagnostics_claims
+
+    def sep_rows(p_nc, p_probe):
+        rows = []
+        for m, p in (("nearest_centroid", p_nc), ("logistic_probe", p_probe)):
+            rows.append({"layer": 4, "method": m, "accuracy": 0.3, "ci_low": 0.2, "ci_high": 0.4, "chance": 0.25,
+                         "null_mean": 0.25, "null_p95": 0.29, "p_perm": p, "n_permutations": 999})
+        extra = {"nearest_centroid": {"best_layer": 4, "p_perm_max_layer": p_nc},
+                 "logistic_probe": {"best_layer": 4, "p_perm_max_layer": p_probe}}
+        return rows, extra
+
+    recog = [{"emotion": "(all)", "n": 100, "correct": 25, "share": 0.25, "ci_low": 0.17, "ci_high": 0.34,
+              "chance": 0.25, "p_binom": 0.5}]
+    rows, extra = sep_rows(0.03, 0.04)
+    h = headline(rows, extra, [], recog)
+    assert h["separable"] is False and "neither" in h["verdict"]
+    assert h["separability"]["nearest_centroid"]["p_holm"] == pytest.approx(0.09)
+    assert h["separability"]["logistic_probe"]["p_holm"] == pytest.approx(0.09)
+    assert h["family"]["p_family"] == pytest.approx(0.09) and h["family"]["verdict"] == "no effect"
+    rows, extra = sep_rows(0.01, 0.04)  # Holm: 0.03, then 0.08
+    h = headline(rows, extra, [], recog)
+    assert h["separable"] is True and h["separability"]["logistic_probe"]["verdict"] == "no effect"
+    claims = {c.id: c for c in diagnostics_claims(json.loads(json.dumps(h)))}
+    assert claims["diagnostics.verdict"].verdict == "effect"
+    assert claims["diagnostics.verdict"].p_adjusted == pytest.approx(0.03)
+    assert claims["diagnostics.separability.logistic_probe"].verdict == "no effect"
+    # A null too small for Holm's first threshold gives no p-value and is not testable.
+    rows, extra = sep_rows(0.04, 0.04)
+    for r in rows:
+        r["n_permutations"] = 29  # smallest p 1/30 > 0.05 / 2 (two tests without the judge)
+    h = headline(rows, extra, [], None)
+    assert h["separable"] is False and not h["separability_testable"] and h["verdict"].startswith("not testable")
+    claims = {c.id: c for c in diagnostics_claims(h)}
+    assert claims["diagnostics.verdict"].verdict == "not testable" and claims["diagnostics.verdict"].p is None
 
 
 def test_tiny_uneven_corpus_runs(tmp_path):

@@ -83,7 +83,8 @@ rule recognisability:
 
 
 rule diagnostics_summary:
-    """The headline numbers: best-layer separability and recognisability against chance."""
+    """The headline numbers (best-layer separability and recognisability against chance, the
+    variance shares) and their claims: the verdict's tests Holm-corrected together."""
     input:
         separability=f"{DIAG_DIR}/separability.tsv",
         separability_meta=f"{DIAG_DIR}/separability.json",
@@ -91,11 +92,12 @@ rule diagnostics_summary:
         recognisability=f"{DIAG_DIR}/recognisability.tsv",
         recognisability_meta=f"{DIAG_DIR}/recognisability.json",
     output:
-        report(
+        summary=report(
             f"{DIAG_DIR}/summary.json",
             caption="../report/diagnostics_summary.rst",
             category="Corpus diagnostics",
         ),
+        claims=f"{DIAG_DIR}/claims.json",
     conda:
         "../../envs/analysis.yaml"
     log:

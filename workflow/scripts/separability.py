@@ -6,15 +6,23 @@ import time
 from pathlib import Path
 
 import pandas as pd
+
+# Loaded before threadpool_limits, which limits only the BLAS/OpenMP libraries already loaded:
+# scipy's own OpenBLAS and sklearn's OpenMP would otherwise run unlimited (4-6x slower when the
+# cores are shared).
+import scipy.optimize  # noqa: F401
+import sklearn.decomposition  # noqa: F401
+import sklearn.linear_model  # noqa: F401
 from threadpoolctl import threadpool_limits
 
 from emotion_vectors.diagnostics import (
     SEPARABILITY_COLUMNS,
     VARIANCE_COLUMNS,
+    _finite_or_none,
     load_corpus,
     separability,
     separability_figure,
-    variance_shares,
+    variance_analysis,
 )
 from emotion_vectors.jobs import start_job
 from emotion_vectors.provenance import provenance
@@ -44,7 +52,8 @@ with threadpool_limits(limits=max(1, int(smk.threads))):
         seed=int(s["seed"]),
         log=log.info,
     )
-    var_rows = variance_shares(corpus, n_permutations=int(s["variance_permutations"]), seed=int(s["seed"]))
+    sep_seconds = time.perf_counter() - started
+    var_rows, var_extra = variance_analysis(corpus, n_permutations=int(s["variance_permutations"]), seed=int(s["seed"]))
 pd.DataFrame(sep_rows, columns=SEPARABILITY_COLUMNS).to_csv(smk.output.table, sep="\t", index=False, float_format="%.6g")
 pd.DataFrame(var_rows, columns=VARIANCE_COLUMNS).to_csv(smk.output.variance, sep="\t", index=False, float_format="%.6g")
 separability_figure(sep_rows, var_rows, smk.output.figure, title=f"run {smk.config['run']}: {n} stories, {len(corpus.emotions)} emotions")
@@ -55,8 +64,10 @@ meta = {
     "hidden_size": d,
     "layers": corpus.layers,
     "max_layer_test": sep_extra,
+    "variance_max_layer": var_extra,
     "seconds": round(time.perf_counter() - started, 2),
+    "seconds_separability": round(sep_seconds, 2),
     "provenance": provenance(stage="separability", config_section=s),
 }
-Path(smk.output.meta).write_text(json.dumps(meta, indent=1))
+Path(smk.output.meta).write_text(json.dumps(_finite_or_none(meta), indent=1))
 log.info("separability done in %.1f s: %s", meta["seconds"], sep_extra)
