@@ -25,6 +25,7 @@ include: "workflow/rules/steering.smk"
 include: "workflow/rules/behaviour.smk"
 include: "workflow/rules/scoring.smk"
 include: "workflow/rules/battery.smk"
+include: "workflow/rules/findings.smk"
 
 
 rule all:

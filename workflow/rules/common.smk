@@ -95,4 +95,5 @@ def all_targets():
         *BEHAVIOUR_OUTPUTS,
         *SCORING_OUTPUTS,
         *BATTERY_OUTPUTS,
+        *FINDINGS_OUTPUTS,
     ]

@@ -1,0 +1,238 @@
+"""The run's findings: every claim of every evidence step in one table, beside a control run's.
+
+The evidence steps write ``claims.json`` (:mod:`emotion_vectors.claims`); the ``findings`` rule
+gathers them, adds the geometry's claims (read from the analysis tables by
+:func:`analysis_claims`), and writes ``findings/findings.tsv``, ``findings.md`` and
+``findings.html`` — the report's first page. When a control run (the negative control:
+``config/controls/negative-control.yaml``) has its own ``findings.tsv``, each claim is shown
+beside the control's verdict for the same claim id; a claim that finds an effect on the
+negative control is flagged, because a check that passes on stories with no emotion measures
+the setup, not emotion.
+
+    python -m emotion_vectors.findings results/default results/negative-control   # the README table
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .claims import EFFECT, NO_EFFECT, NOT_TESTABLE, Claim, make_claim, read_claims
+
+COLUMNS = ["stage", "id", "claim", "test", "null", "statistic", "interval", "interval_of", "p",
+           "p_adjusted", "correction", "n_null", "verdict", "note", "figure", "source"]
+#: The order of the stages on the findings page (the DAG's order).
+STAGE_ORDER = ("corpus", "diagnostics", "geometry", "analysis", "steering", "behaviour", "scoring",
+               "reading", "battery")
+
+
+def analysis_claims(rating_correlations: str | Path | pd.DataFrame, *, main_layer: int | None,
+                    figure: str | None = None) -> list[Claim]:
+    """The geometry's headline claims from ``analysis/rating_correlations.tsv``: PC1 follows
+    human valence and PC2 human arousal at the main layer (Pearson on the covered words; p
+    adjusted by Holm over the whole table, as the analysis reports it; bootstrap interval with
+    emotions resampled and the PCA refitted)."""
+    df = rating_correlations if isinstance(rating_correlations, pd.DataFrame) else pd.read_csv(rating_correlations, sep="\t")
+    if df.empty:
+        return []
+    layers = sorted(df["layer"].unique())
+    layer = main_layer if main_layer in layers else layers[-1]
+    out = []
+    for pc, rating in ((1, "valence"), (2, "arousal")):
+        sel = df[(df["layer"] == layer) & (df["pc"] == pc) & (df["rating"] == rating)
+                 & (df["method"] == "pearson") & (df["words"] == df["words"].iloc[0])]
+        if sel.empty:
+            continue
+        r = sel.iloc[0]
+        family = int(df["p"].notna().sum())
+        out.append(make_claim(
+            f"geometry.pc{pc}_{rating}", "geometry",
+            f"PC{pc} of the emotion vectors follows human {rating} ratings (layer {layer})",
+            test=f"Pearson correlation of PC{pc} scores with Warriner et al. {rating} over {int(r['n'])} rated emotion words; two-sided t test",
+            null=f"PC{pc} scores independent of the {rating} ratings",
+            statistic=float(r["r"]), p=float(r["p"]), p_adjusted=float(r["p_holm"]),
+            correction=f"Holm over the {family} tests of rating_correlations.tsv", family=family,
+            interval=[float(r["ci_low"]), float(r["ci_high"])],
+            interval_of="r, 95% percentile bootstrap (emotions resampled, PCA refitted)",
+            figure=figure,
+        ))
+    return out
+
+
+def collect(paths: Iterable[str | Path], extra: Sequence[Claim] = ()) -> pd.DataFrame:
+    """All claims of the given ``claims.json`` files (and ``extra``) as one table, in the DAG's
+    stage order; a claim id given twice is an error (ids name claims across runs)."""
+    rows = []
+    for path in paths:
+        for c in read_claims(path):
+            rows.append(dict(c, source=str(path)))
+    rows += [dict(c.to_dict(), source="analysis/rating_correlations.tsv") for c in extra]
+    df = pd.DataFrame(rows, columns=COLUMNS) if rows else pd.DataFrame(columns=COLUMNS)
+    dup = df["id"][df["id"].duplicated()].tolist()
+    if dup:
+        raise ValueError(f"claim ids given twice: {sorted(set(dup))}")
+    order = {s: i for i, s in enumerate(STAGE_ORDER)}
+    df["_o"] = df["stage"].map(lambda s: order.get(s, len(order)))
+    return df.sort_values(["_o"], kind="stable").drop(columns="_o").reset_index(drop=True)
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", keep_default_na=False, na_values=[""])
+
+
+def write_table(df: pd.DataFrame, path: str | Path) -> None:
+    out = df.copy()
+    out["interval"] = out["interval"].map(_interval_text)
+    out.to_csv(path, sep="\t", index=False, float_format="%.6g")
+
+
+def _interval_text(iv: Any) -> str:
+    if isinstance(iv, str):
+        return iv
+    if iv is None or (isinstance(iv, float) and math.isnan(iv)) or len(iv) != 2 or any(v is None for v in iv):
+        return ""
+    return f"[{_num(iv[0])}, {_num(iv[1])}]"
+
+
+def _num(v: Any) -> str:
+    if v is None or v == "" or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e4):
+        return f"{x:.2g}"
+    return f"{x:.3g}"
+
+
+def _p(v: Any) -> str:
+    return "no p (see note)" if v is None or v == "" or (isinstance(v, float) and math.isnan(v)) else _num(v)
+
+
+def compare(df: pd.DataFrame, control: pd.DataFrame | None) -> pd.DataFrame:
+    """``df`` with the control run's statistic, adjusted p and verdict for the same claim ids,
+    and ``control_flag``: "EFFECT ON THE CONTROL" where the control finds an effect."""
+    out = df.copy()
+    if control is None or control.empty:
+        return out
+    c = control.set_index("id")
+    out["control_statistic"] = out["id"].map(c["statistic"]) if "statistic" in c else None
+    out["control_p_adjusted"] = out["id"].map(c["p_adjusted"])
+    out["control_verdict"] = out["id"].map(c["verdict"]).fillna("not run")
+    out["control_flag"] = out["control_verdict"].map(lambda v: "EFFECT ON THE CONTROL" if v == EFFECT else "")
+    return out
+
+
+def to_markdown(df: pd.DataFrame, *, control_name: str | None = None) -> str:
+    """One row per claim: claim, test / null, statistic [interval], corrected p, verdict (and
+    the control's verdict)."""
+    has_control = "control_verdict" in df
+    head = ["claim", "test (null)", "statistic [interval]", "p (corrected)", "verdict"]
+    if has_control:
+        head += [f"{control_name or 'control'}: statistic, p, verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in df.iterrows():
+        stat = _num(r["statistic"]) + (f" {_interval_text(r['interval'])}" if _interval_text(r["interval"]) else "")
+        cells = [f"**{r['id']}**: {r['claim']}", f"{r['test']} (null: {r['null']})", stat,
+                 f"{_p(r['p_adjusted'])} ({r['correction']})", _verdict_text(r)]
+        if has_control:
+            cells.append(f"{_num(r.get('control_statistic'))}, {_p(r['control_p_adjusted'])}, {r['control_verdict']}"
+                         + (" ⚠ effect on the control" if r.get("control_flag") else ""))
+        lines.append("| " + " | ".join(str(c).replace("|", "/").replace("\n", " ") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _text(v: Any) -> str:
+    """A cell as text: missing (None, NaN) as empty."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return str(v)
+
+
+def _verdict_text(r: pd.Series) -> str:
+    v = str(r["verdict"])
+    note = _text(r.get("note"))
+    if v == NOT_TESTABLE and note:
+        return f"{v}: {note}"
+    return v
+
+
+def summary_counts(df: pd.DataFrame) -> dict[str, int]:
+    return {v: int((df["verdict"] == v).sum()) for v in (EFFECT, NO_EFFECT, NOT_TESTABLE)}
+
+
+def to_html(df: pd.DataFrame, *, run: str, control_name: str | None = None) -> str:
+    """The report's findings page: counts, then the table (effects first within each stage)."""
+    counts = summary_counts(df)
+    has_control = "control_verdict" in df
+    colour = {EFFECT: "#d9f2d9", NO_EFFECT: "#f2f2f2", NOT_TESTABLE: "#fff2cc"}
+    rows = []
+    for _, r in df.iterrows():
+        fig = f"<br><small>figure: {html.escape(_text(r.get('figure')))}</small>" if _text(r.get("figure")) else ""
+        ctrl = ""
+        if has_control:
+            flag = ' style="background:#f4cccc"' if r.get("control_flag") else ""
+            ctrl = (f"<td{flag}>{html.escape(_num(r.get('control_statistic')))}; p {html.escape(_p(r['control_p_adjusted']))}; "
+                    f"<b>{html.escape(str(r['control_verdict']))}</b></td>")
+        rows.append(
+            f"<tr><td>{html.escape(str(r['stage']))}</td>"
+            f"<td><b>{html.escape(str(r['id']))}</b><br>{html.escape(str(r['claim']))}{fig}</td>"
+            f"<td>{html.escape(str(r['test']))}<br><i>null:</i> {html.escape(str(r['null']))}</td>"
+            f"<td>{html.escape(_num(r['statistic']))} {html.escape(_interval_text(r['interval']))}"
+            f"<br><small>{html.escape(_text(r['interval_of']))}</small></td>"
+            f"<td>{html.escape(_p(r['p_adjusted']))}<br><small>{html.escape(str(r['correction']))}</small></td>"
+            f"<td style=\"background:{colour.get(r['verdict'], '#fff')}\"><b>{html.escape(str(r['verdict']))}</b>"
+            f"<br><small>{html.escape(_text(r['note']))}</small></td>{ctrl}</tr>"
+        )
+    ctrl_head = f"<th>{html.escape(control_name or 'control')}</th>" if has_control else ""
+    flagged = int((df["control_flag"] == "EFFECT ON THE CONTROL").sum()) if has_control else 0
+    control_line = ""
+    if has_control:
+        control_line = (f"<p>Beside each claim: the same claim on the negative control "
+                        f"(<code>{html.escape(control_name or '')}</code>: stories written without the emotion). "
+                        + (f"<b>{flagged} claim(s) find an effect on the control: they measure the setup, not emotion.</b>"
+                           if flagged else "No claim finds an effect on the control.") + "</p>")
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>findings</title>"
+        "<style>body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px;vertical-align:top}</style></head><body>"
+        f"<h2>Findings of run {html.escape(run)}</h2>"
+        f"<p>{counts[EFFECT]} effect(s), {counts[NO_EFFECT]} without effect, {counts[NOT_TESTABLE]} not testable. "
+        "Each claim names its test, its null, its p-value after correction for its family and its interval; "
+        "a claim is an effect only when its corrected p is below its α (0.05). "
+        "“Not testable” means the test could not reject at all (e.g. a Monte-Carlo null with too few draws) "
+        "or its precondition failed; the note says which.</p>"
+        f"{control_line}"
+        "<table><tr><th>stage</th><th>claim</th><th>test and null</th><th>statistic [interval]</th>"
+        f"<th>p (corrected)</th><th>verdict</th>{ctrl_head}</tr>{''.join(rows)}</table></body></html>"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m emotion_vectors.findings RUN_DIR [CONTROL_RUN_DIR]``: the markdown table of a
+    run's findings (beside a control run's), from their ``findings/findings.tsv``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or len(args) > 2 or args[0] in ("-h", "--help"):
+        print(main.__doc__)
+        return 2
+    tables = []
+    for a in args:
+        path = Path(a) / "findings" / "findings.tsv"
+        if not path.exists():
+            print(f"{path} does not exist: run the workflow's findings rule for that run first", file=sys.stderr)
+            return 1
+        tables.append(read_table(path))
+    df = compare(tables[0], tables[1] if len(tables) > 1 else None)
+    print(to_markdown(df, control_name=Path(args[1]).name if len(args) > 1 else None), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
