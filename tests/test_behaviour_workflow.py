@@ -232,3 +232,124 @@ def test_workflow_refuses_duplicate_judges_before_any_job(tmp_path: Path) -> Non
                          text=True)
     assert out.returncode != 0
     assert "behaviour.judges: names must be unique" in out.stdout + out.stderr
+
+
+# --------------------------------------------------------------------------------------------- the scripts
+
+
+class _Files(list):
+    """A stand-in for Snakemake's input/output objects: a list with named attributes."""
+
+    def __init__(self, **named: Any) -> None:
+        super().__init__(v for vals in named.values() for v in (vals if isinstance(vals, list) else [vals]))
+        for key, value in named.items():
+            setattr(self, key, value)
+
+
+def _run_script(name: str, smk: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+    import runpy
+
+    from emotion_vectors import jobs
+
+    monkeypatch.setattr(jobs, "start_job", lambda smk_, **kw: logging.getLogger(f"test.{smk_.rule}"))
+    runpy.run_path(str(REPO / "workflow" / "scripts" / name), init_globals={"snakemake": smk})
+
+
+def _validation_tsv(path: Path, rows: list[dict]) -> str:
+    import pandas as pd
+
+    pd.DataFrame([{"classifier": "two_stage", "accuracy": 0.5, **r} for r in rows]
+                 + [{"classifier": "stage1:emailed_executive", "judge_config": "", "accuracy": 0.77, "kappa": 0.56,
+                     "kappa_ci_low": 0.35, "kappa_ci_high": 0.75}]).to_csv(path, sep="\t", index=False)
+    return str(path)
+
+
+@pytest.mark.parametrize("validated", [False, True])
+def test_behaviour_script_classifies_only_with_a_validated_judge(tmp_path: Path, tiny_llama: Any,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 validated: bool) -> None:
+    """Rule behaviour's script on a tiny model: with no validated judge it loads none, writes
+    stage-1 facts and no rates, and claims nothing; with one (here the subject itself), the
+    transcripts are classified and the rates and tests are filled in."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from emotion_vectors.claims import read_claims
+
+    model, tok = tiny_llama
+    model_dir = tmp_path / "tiny"
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    small_store(tmp_path / "v.zarr", d=model.config.hidden_size, residual_norm=np.array([1.0, 1.0, 1.0]),
+                attrs={"num_hidden_layers": 5})
+    subject = {"name": "tiny", "path": str(model_dir), "dtype": "float32", "device": "cpu"}
+    gate = {"judge_config": "tiny", "kappa": 0.9, "kappa_ci_low": 0.6 if validated else 0.1, "kappa_ci_high": 1.0,
+            "judge_kappa": 0.8, "judge_kappa_ci_low": 0.5, "judge_kappa_ci_high": 1.0}
+    out = tmp_path / "behaviour" / "blackmail"
+    out.mkdir(parents=True)
+    settings = {"emotions": ["fear"], "magnitudes": [4.0], "random_directions": 1, "samples": 1, "batch_size": 1,
+                "max_new_tokens": 4, "temperature": 1.0, "layer": 2, "positions": "all", "judge_evidence": "sent",
+                "seed": 0}
+    smk = SimpleNamespace(
+        input=_Files(vectors=str(tmp_path / "v.zarr"), scenario=str(REPO / "config" / "scenarios" / "blackmail.yaml"),
+                     validation=_validation_tsv(tmp_path / "judge_validation.tsv", [gate])),
+        output=_Files(transcripts=str(out / "transcripts.jsonl"), judged=str(out / "judged.jsonl"),
+                      rates=str(out / "rates.tsv"), dose=[str(out / "dose_fear.png")],
+                      summary=str(out / "summary.json"), claims=str(out / "claims.json")),
+        params=SimpleNamespace(settings=settings, emotion_slugs=["fear"], subject=subject, judges={"tiny": subject},
+                               models_dir=str(tmp_path)),
+        wildcards=SimpleNamespace(scenario="blackmail"), threads=1, rule="behaviour", log=[],
+        resources=SimpleNamespace(gpu=0),
+    )
+    _run_script("behaviour.py", smk, monkeypatch)
+    rates = pd.read_csv(out / "rates.tsv", sep="\t")
+    summary = json.loads((out / "summary.json").read_text())
+    claims = read_claims(out / "claims.json")
+    judged = [json.loads(x) for x in (out / "judged.jsonl").read_text().splitlines()]
+    assert rates["condition"].tolist() == ["baseline", "fear+4", "fear-4", "random0+4"]
+    assert (rates["n_transcripts"] == 1).all() and {"n_emailed_executive", "n_leverage_to_executive"} <= set(rates)
+    assert [c["id"] for c in claims] == ["behaviour.blackmail.emotion_steering"] + [
+        f"behaviour.blackmail.{n}" for n in ("fear+4", "fear-4", "random0+4")]
+    assert all(c["verdict"] == "not testable" and c["p"] is None for c in claims)  # 1 sample: nothing testable
+    assert summary["claims"] == claims and (out / "dose_fear.png").stat().st_size > 1000
+    if not validated:
+        assert summary["rates_produced"] is False and summary["judge_selection"]["selected"] is None
+        assert summary["headline"].startswith("no validated judge") and summary["baseline"] is None
+        assert (rates["judge"] == "none (no validated judge)").all()
+        assert (rates["n"] == 0).all() and rates["rate"].isna().all() and rates["p_fisher"].isna().all()
+        assert all(j["label"] is None and not j["judge_called"] for j in judged)
+        assert all("no validated judge" in c["note"] for c in claims)
+        assert claims[1]["extra"]["stage1_facts"]["condition"]["n_transcripts"] == 1
+    else:
+        assert summary["rates_produced"] is True and summary["judge_selection"]["selected"] == "tiny"
+        assert (rates["judge"] == "tiny").all() and (rates["n"] + rates["n_unparsed"] == 1).all()
+        assert rates["rate"].notna().all() and rates.loc[1:, "p_fisher"].notna().all()
+        assert all(j["label"] is not None for j in judged)
+        assert "cannot give p below" in claims[1]["note"]
+
+
+def test_judge_validation_summary_marks_the_validated_judge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pandas as pd
+
+    from types import SimpleNamespace
+
+    rows = {"small": {"kappa": 0.0, "kappa_ci_low": 0.0, "kappa_ci_high": 0.0, "judge_kappa": 0.0,
+                      "judge_kappa_ci_low": 0.0, "judge_kappa_ci_high": 0.0},
+            "yes": {"kappa": 0.56, "kappa_ci_low": 0.36, "kappa_ci_high": 0.75, "judge_kappa": 0.0,
+                    "judge_kappa_ci_low": 0.0, "judge_kappa_ci_high": 0.0},
+            "big": {"kappa": 0.8, "kappa_ci_low": 0.6, "kappa_ci_high": 0.95, "judge_kappa": 0.7,
+                    "judge_kappa_ci_low": 0.45, "judge_kappa_ci_high": 0.9}}
+    paths = []
+    for name, r in rows.items():
+        paths.append(_validation_tsv(tmp_path / f"{name}.tsv", [{"judge_config": name, **r}]))
+    smk = SimpleNamespace(input=_Files(rows=paths), output=_Files(table=str(tmp_path / "summary.tsv")),
+                          log=[str(tmp_path / "summary.log")], rule="judge_validation_summary")
+    _run_script("judge_validation.py", smk, monkeypatch)
+    table = pd.read_csv(tmp_path / "summary.tsv", sep="\t")
+    two = table[table["classifier"] == "two_stage"].set_index("judge_config")
+    assert two["validated"].to_dict() == {"small": False, "yes": False, "big": True}
+    assert two["classifies_transcripts"].to_dict() == {"small": False, "yes": False, "big": True}
+    stage1 = table[table["classifier"] != "two_stage"]
+    assert len(stage1) == 1 and stage1["in_sample"].all() and not stage1["validated"].any()
