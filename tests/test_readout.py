@@ -59,7 +59,7 @@ def test_too_few_rated_emotions_cannot_be_checked():
     names = ["happy", "sad", "calm", "afraid"]
     v = np.random.default_rng(0).standard_normal((4, 8))
     res = check_valence_direction(v, names, valence_direction(v, names, 1))
-    assert res["is_valence"] is False and res["r"] is None and "only 4" in res["note"]
+    assert res["is_valence"] is False and res["r"] is None and "4 of the run's 4 emotions" in res["note"]
 
 
 def test_store_valence_check(tmp_path):

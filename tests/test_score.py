@@ -412,3 +412,35 @@ def test_written_text_with_carriage_returns_reads_back_row_for_row(tmp_path, ext
     back, meta = score_mod.read_scores(out)
     assert list(back["text"]) == list(df["text"]) and list(back["row"]) == [0, 1, 2]
     assert back["valence"].tolist() == [0.5, -1.0, 2.0] and meta["k"] == 1
+
+
+@pytest.mark.slow
+def test_real_model_reads_the_labelled_fixture(default_model, tmp_path):
+    """The emotion-label check end to end on the real model: vectors from a few happy, sad and
+    afraid sentences read the hand-written labelled fixture (tests/data/emotion_labelled.tsv):
+    each emotion's score separates its label from the rest."""
+    from emotion_vectors.corpora import load_file
+    from emotion_vectors.text_checks import emotion_label_check
+
+    model, tok = default_model
+    layer = 19
+    sets = {"happy": HAPPY, "sad": SAD, "afraid": AFRAID}
+    means = {}
+    for emo, texts in sets.items():
+        res = extract_pooled(model, tok, texts, None, [layer], pool_start=1, batch_size=8)
+        means[emo] = res.pooled[:, 0, :].astype(np.float64).mean(0)
+    grand = np.mean(list(means.values()), axis=0)
+    vecs = np.stack([means[e] - grand for e in sets])[:, None, :]
+    store = write_store(tmp_path / "v.zarr", emotions=list(sets), layers=[layer], raw=vecs,
+                        denoised=None, residual_norm=None, n_neutral_pcs_removed=None, n_stories=None)
+    recs = load_file(REPO_ROOT / "tests" / "data" / "emotion_labelled.tsv", "text", label_column="labels")
+    df = score_texts(store, [r["text"] for r in recs], labels=[r["label"] for r in recs],
+                     model=model, tokenizer=tok)
+    chk = emotion_label_check(df, {"joy": {"emotions": ["happy"], "nrc": "joy"},
+                                   "sadness": {"emotions": ["sad"], "nrc": "sadness"},
+                                   "fear": {"emotions": ["afraid"], "nrc": "fear"}},
+                              separator=",", n_boot=200)
+    rows = {r["emotion"]: r for r in chk["rows"]}
+    assert [rows[e]["n_positive"] for e in ("happy", "sad", "afraid")] == [12, 12, 12]
+    assert all(r["auroc"] > 0.7 for r in rows.values()), rows
+    assert chk["family"]["mean_auroc"] > 0.8 and rows["afraid"]["nrc_auroc"] > 0.5

@@ -169,8 +169,9 @@ def check_valence_direction(
            "rule": f"valence when the interval lies above 0 and r >= {min_r}"}
     if rated < 5:
         return {**out, "is_valence": False,
-                "note": f"only {rated} of the run's {len(emotions)} emotions have a human valence "
-                        "rating: the direction cannot be checked, so it is not read as valence"}
+                "note": f"{rated} of the run's {len(emotions)} emotions have a human valence rating "
+                        "(at least 5 are needed): the direction cannot be checked, so it is not read "
+                        "as valence"}
     norms_ = np.linalg.norm(v, axis=1, keepdims=True)
     u = np.where(norms_ > 0, v / np.where(norms_ > 0, norms_, 1.0), 0.0)
     centred = u - u.mean(axis=0)

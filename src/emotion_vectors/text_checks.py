@@ -433,7 +433,7 @@ def agreement_claims(result: Mapping[str, Any], *, figure: str | None = None) ->
                            "label-free vectors do", test=AGREEMENT_TEST, null=AGREEMENT_NULL,
                            statistic=None, p=None,
                            note="fewer than two corpora: nothing to compare")]
-    note = base_note if K is not None else base_note + "; no shuffled-label vectors: nothing to test against"
+    note = (base_note if K is not None else base_note + "; no shuffled-label vectors: nothing to test against") + "."
     one = len(pairs) == 1
     fam_claim = make_claim(
         "scoring.corpora_agreement", STAGE,
@@ -505,6 +505,7 @@ def emotion_claims(corpus: str, check: Mapping[str, Any], *, figure: str | None 
          if fam.get("nrc_mean_auroc") is not None else "")) if x)
     if not tested:
         fam_note = "no mapped emotion has enough labelled texts"
+    fam_note = fam_note + "." if fam_note else fam_note
     out = [make_claim(
         f"scoring.{corpus}.emotion_auroc", STAGE,
         f"the emotion vectors score {corpus}' texts labelled with their emotion above the rest, "
@@ -526,7 +527,7 @@ def emotion_claims(corpus: str, check: Mapping[str, Any], *, figure: str | None 
                if r.get("nrc_auroc") is not None else "no NRC category for this label")
         note = "; ".join(x for x in (no_null, nrc, f"Mann-Whitney p {r['p_mannwhitney']:.3g} "
                                      f"(Holm {r.get('p_mannwhitney_holm', float('nan')):.3g}) against "
-                                     "exchangeable labels, not emotion-specific") if x)
+                                     "exchangeable labels, not emotion-specific") if x) + "."
         out.append(make_claim(
             f"scoring.{corpus}.emotion_auroc.{r['emotion']}", STAGE,
             f"the {r['emotion']} vector scores texts labelled {r['label']!r} above the rest, beyond "

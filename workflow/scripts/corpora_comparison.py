@@ -42,7 +42,7 @@ if len(null_paths) == len(corpora):
             null_means = None
             break
         null_means[c] = nt.pivot(index="shuffle", columns="emotion", values="mean").reindex(columns=emotions).to_numpy(float)
-real_means = {c: table[f"mean_{c}"].to_numpy(float) for c in corpora}
+real_means = {c: table[f"mean_{c}"].reindex(emotions).to_numpy(float) for c in corpora}  # null's order
 agreement = corpora_agreement(real_means, null_means, n_boot=int(smk.params.n_boot), seed=int(smk.params.seed))
 by_pair = {(pr["corpus_a"], pr["corpus_b"]): pr for pr in agreement["pairs"]}
 
