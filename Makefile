@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= 2
 
-.PHONY: install run test test-fast dryrun report bench lint clean faults
+.PHONY: install run test test-fast dryrun report bench lint clean faults controls
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ install: $(STAMP)
 
 run: install  ## install, then run the whole workflow on the default config
 	$(BIN)/snakemake --cores $(CORES)
+
+controls: install  ## the negative control (no emotion in the stories: must claim nothing) and the default's corpus on fresh seeds
+	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml config/controls/negative-control.yaml
+	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml config/controls/fresh-seed.yaml \
+	    results/fresh-seed/diagnostics/summary.json
+	# the default's findings again, now beside the negative control's
+	$(BIN)/snakemake --cores $(CORES) --forcerun findings results/default/findings/findings.html
 
 test: install  ## install, then run the test suite (unit + real-model integration)
 	$(BIN)/python -m pytest -q -rs

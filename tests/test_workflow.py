@@ -220,17 +220,17 @@ def test_changing_one_emotion_reruns_only_its_dependents(tiny_run):
         jobs = pending()
     finally:
         story.write_text(original)
-    # The shard, the vectors and what is built on them (analysis, steering evidence, the
+    # The shard, the vectors (and the shuffled-label vectors) and what is built on them (analysis, steering evidence, the
     # behaviour experiment, the real-text scores and their reports, the validation battery), and the corpus
     # diagnostics that read every story (recognisability) and activation shard
-    # (separability); nothing else (the judge validation reads neither, the corpus sample
+    # (separability), and the findings that gather their claims; nothing else (the judge validation reads neither, the corpus sample
     # does not depend on the vectors).
     assert jobs == sorted(
-        [("activations", "emotion=calm"), ("vectors", ""), ("analyze", ""), ("separability", ""),
-         ("recognisability", ""), ("diagnostics_summary", ""), ("steering_eval", ""),
+        [("activations", "emotion=calm"), ("vectors", ""), ("shuffled_vectors", ""), ("analyze", ""),
+         ("separability", ""), ("recognisability", ""), ("diagnostics_summary", ""), ("steering_eval", ""),
          ("behaviour", "scenario=blackmail"), ("score_corpus", "corpus=tweets"),
          ("corpus_report", "corpus=tweets"), ("corpora_comparison", ""), ("battery", ""),
-         ("all", "")]
+         ("findings", ""), ("all", "")]
     ), jobs
 
 
@@ -272,3 +272,35 @@ def test_report(tiny_run, tmp_path):
     html = report.read_text(errors="replace")
     assert report.stat().st_size > 10_000 and "pc_scatter" in html
     assert "Real text" in html  # the scoring outputs' report category
+    # the first page opens on the findings table, generated from the run's outputs
+    from emotion_vectors.findings import read_table
+
+    findings = read_table(tiny_run / "findings" / "findings.tsv")
+    assert f"Run <strong>{RUN}</strong> makes {len(findings)} claims" in html
+    assert html.index("makes ") < html.index("About this run")
+    for claim_id in findings["id"]:
+        assert claim_id in html
+
+
+def test_findings_gather_every_steps_claims(tiny_run):
+    """One table of claims from every evidence step, each with a test, a null and a verdict;
+    the control run (the negative control by default) is named even when it has not run."""
+    from emotion_vectors.claims import VERDICTS
+    from emotion_vectors.findings import read_table
+
+    df = read_table(tiny_run / "findings" / "findings.tsv")
+    stages = set(df["stage"])
+    assert {"diagnostics", "geometry", "steering", "behaviour", "battery"} <= stages, stages
+    assert any(i.startswith("scoring.") for i in df["id"]), sorted(df["id"])
+    assert df["id"].is_unique and set(df["verdict"]) <= set(VERDICTS)
+    assert df["test"].str.len().min() > 0 and df["null"].str.len().min() > 0
+    # an effect is claimed only with a p below alpha after correction
+    effects = df[df["verdict"] == "effect"]
+    assert (effects["p_adjusted"].astype(float) < 0.05).all()
+    # no p-value where the test cannot reject: those claims say why
+    nt = df[df["verdict"] == "not testable"]
+    assert nt["note"].fillna("").str.len().min() > 0 if len(nt) else True
+    html = (tiny_run / "findings" / "findings.html").read_text()
+    assert "Findings of run" in html and all(i in html for i in df["id"])
+    log = (tiny_run / "logs" / "findings.log").read_text()
+    assert "control run negative-control has no findings yet" in log
