@@ -129,8 +129,12 @@ def test_steering_and_behaviour_are_reported(tiny_run):
     assert len(gens) == (1 + 4 + 2) * 2 and all(-1 <= g["vader"] <= 1 for g in gens)
     rates = pd.read_csv(tiny_run / "behaviour" / "blackmail" / "rates.tsv", sep="\t")
     # baseline, calm at +-0.1, one random direction at 0.1: one sample each
-    assert len(rates) == 4 and (rates["n"] + rates["n_unparsed"] == 1).all()
-    assert ((rates["ci_low"] <= rates["rate"]) & (rates["rate"] <= rates["ci_high"])).all()
+    # neither small judge is validated (kappa interval reaching 0.2): no rates, stage-1 facts only,
+    # and every behaviour claim is "not testable" with that reason
+    assert len(rates) == 4 and (rates["n_transcripts"] == 1).all()
+    assert (rates["judge"] == "none (no validated judge)").all() and rates["rate"].isna().all()
+    claims = json.loads((tiny_run / "behaviour" / "blackmail" / "claims.json").read_text())["claims"]
+    assert claims and all(c["verdict"] == "not testable" and "validated judge" in c["note"] for c in claims)
     transcripts = (tiny_run / "behaviour" / "blackmail" / "transcripts.jsonl").read_text().splitlines()
     assert len(transcripts) == 4
 
