@@ -118,6 +118,13 @@ def test_recognisability_table_counts_and_tests():
     assert rows["(all)"]["n"] == 18 and rows["(all)"]["correct"] == 12
     assert rows["(all)"]["ci_low"] < 12 / 18 < rows["(all)"]["ci_high"]
     assert rows["(all)"]["ratio_to_chance"] == pytest.approx((12 / 18) / 0.25)
+    # The per-emotion tests are a family: Holm and BH over the two emotions.
+    p_sad = rows["sad"]["p_binom"]
+    assert rows["calm"]["p_binom_holm"] == pytest.approx(2 * 0.25**10)
+    assert rows["sad"]["p_binom_holm"] == pytest.approx(p_sad)  # the larger p, second step of Holm
+    assert rows["calm"]["p_binom_bh"] == pytest.approx(2 * 0.25**10) and rows["sad"]["p_binom_bh"] == pytest.approx(p_sad)
+    assert np.isnan(rows["(all)"]["p_binom_holm"]) and np.isnan(rows["(all)"]["p_auc_bh"])
+    assert set(judge_mod.RECOGNISABILITY_COLUMNS) <= set(rows["calm"])
 
 
 def test_word_bias_is_taken_out_by_centring_and_auc():
@@ -137,6 +144,7 @@ def test_word_bias_is_taken_out_by_centring_and_auc():
     assert rows["(all)"]["share_centred"] > 0.9  # the signal, once the preference is removed
     for e in emotions:
         assert rows[e]["auc"] > 0.9 and rows[e]["p_auc"] < 1e-6
+        assert rows[e]["p_auc"] <= rows[e]["p_auc_bh"] <= rows[e]["p_auc_holm"] <= 4 * rows[e]["p_auc"]
     assert rows["(all)"]["auc"] > 0.9 and rows["(all)"]["p_auc"] == pytest.approx(0.5**4)
 
 
@@ -181,7 +189,7 @@ def test_recognisability_resumes_from_per_emotion_checkpoints(tiny_llama, tmp_pa
     resumed, table = recognisability(model, tok, shards, settings, checkpoint_dir=ckpt, log=lambda m: None)
     assert calls == ["happy"]  # the finished emotions came from their checkpoints
     assert json.dumps(resumed, sort_keys=True) == json.dumps(whole, sort_keys=True)
-    assert table == whole_table
+    assert json.dumps(table, sort_keys=True) == json.dumps(whole_table, sort_keys=True)  # NaN-safe
 
     # A changed setting or changed stories are not taken from the checkpoint.
     calls.clear()

@@ -499,9 +499,11 @@ def separability(
     probe_C: float = 1.0,
     probe_max_dim: int = 64,
     seed: int = 0,
+    methods: Sequence[str] = METHODS,
     log: Callable[[str], None] = logging.getLogger(__name__).info,
 ) -> tuple[list[dict], dict]:
-    """Cross-validated accuracy of telling the stories' emotions apart, per layer and method.
+    """Cross-validated accuracy of telling the stories' emotions apart, per layer and method
+    (``methods``: both by default; the calibration tests run one at a time).
 
     Returns:
         ``(rows, extra)``: one row per layer and method with ``SEPARABILITY_COLUMNS``, and
@@ -519,49 +521,67 @@ def separability(
     def perms(k: int) -> np.ndarray:
         return np.vstack([labels[None, :], permute_within_many(labels, corpus.topic, k, rng)])
 
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"separability methods {unknown} are not among {list(METHODS)}")
     lab_nc = perms(nc_permutations)  # row 0: the true labels
     lab_probe = perms(probe_permutations)
     rows: list[dict] = []
-    stats = {m: [] for m in METHODS}
+    stats: dict[str, list[np.ndarray]] = {m: [] for m in methods}
     probe_ok = int(np.bincount(labels)[np.unique(labels)].min()) >= 2
     for li, layer in enumerate(corpus.layers):
         x = corpus.activations[:, li, :]
-        acc, stat = _NearestCentroid(x).statistics(lab_nc, n_classes)
-        rows.append(_score_row(layer, "nearest_centroid", float(acc[0]), permutation_p(stat[0], stat[1:]), n, chance,
-                               acc[1:], present))
-        stats["nearest_centroid"].append(stat)
-        if probe_ok:
-            probe = _Probe(x, labels, folds=probe_folds, C=probe_C, max_dim=probe_max_dim, seed=seed, strata=corpus.topic)
-            acc_p, stat_p = probe.statistics(lab_probe)
-        else:
-            acc_p = stat_p = np.full(len(lab_probe), np.nan)
-        null_p = acc_p[1:] if probe_ok else np.zeros(0)
-        p_probe = permutation_p(stat_p[0], stat_p[1:]) if probe_ok else float("nan")
-        rows.append(_score_row(layer, "logistic_probe", float(acc_p[0]), p_probe, n, chance, null_p, present))
-        stats["logistic_probe"].append(stat_p)
-        log(
-            f"layer {layer}: nearest centroid {acc[0]:.3f} (null {rows[-2]['null_mean']:.3f}, "
-            f"p {rows[-2]['p_perm']:.3g}); probe {acc_p[0]:.3f} (null {rows[-1]['null_mean']:.3f}, "
-            f"p {rows[-1]['p_perm']:.3g}); chance {chance:.3f}"
-        )
+        said = []
+        if "nearest_centroid" in methods:
+            acc, stat = _NearestCentroid(x).statistics(lab_nc, n_classes)
+            rows.append(_score_row(layer, "nearest_centroid", float(acc[0]), permutation_p(stat[0], stat[1:]), n,
+                                   chance, acc[1:], present))
+            stats["nearest_centroid"].append(stat)
+            said.append(f"nearest centroid {acc[0]:.3f} (null {rows[-1]['null_mean']:.3f}, p {rows[-1]['p_perm']:.3g})")
+        if "logistic_probe" in methods:
+            if probe_ok:
+                probe = _Probe(x, labels, folds=probe_folds, C=probe_C, max_dim=probe_max_dim, seed=seed,
+                               strata=corpus.topic)
+                acc_p, stat_p = probe.statistics(lab_probe)
+                p_probe = permutation_p(stat_p[0], stat_p[1:])
+            else:
+                acc_p = stat_p = np.full(len(lab_probe), np.nan)
+                p_probe = float("nan")
+            rows.append(_score_row(layer, "logistic_probe", float(acc_p[0]), p_probe, n, chance,
+                                   acc_p[1:] if probe_ok else np.zeros(0), present))
+            stats["logistic_probe"].append(stat_p)
+            said.append(f"probe {acc_p[0]:.3f} (null {rows[-1]['null_mean']:.3f}, p {rows[-1]['p_perm']:.3g})")
+        log(f"layer {layer}: " + "; ".join(said) + f"; chance {chance:.3f}")
     extra: dict[str, Any] = {}
-    for m in METHODS:
+    for m in methods:
         s = np.stack(stats[m]) if stats[m] else np.zeros((0, 1))  # (layers, 1 + P)
-        n_perm = s.shape[1] - 1
-        if not s.size or not np.isfinite(s[:, 0]).any():
+        best, p_max = layer_max_p(s)
+        if best is None:
             extra[m] = {"best_layer": None, "best_accuracy": float("nan"), "p_perm_max_layer": float("nan"),
                         "n_permutations": 0}
             continue
-        best = int(np.nanargmax(s[:, 0]))
         best_row = [r for r in rows if r["method"] == m][best]
-        null_max = np.max(s[:, 1:], axis=0)
         extra[m] = {
             "best_layer": int(corpus.layers[best]),
             "best_accuracy": float(best_row["accuracy"]),
-            "p_perm_max_layer": permutation_p(float(s[best, 0]), null_max),
-            "n_permutations": int(n_perm),
+            "p_perm_max_layer": p_max,
+            "n_permutations": int(s.shape[1] - 1),
         }
     return rows, extra
+
+
+def layer_max_p(stats: np.ndarray) -> tuple[int | None, float]:
+    """The layer-max permutation test of a ``(layers, 1 + P)`` table of statistics (column 0:
+    the observed labelling, then one column per permutation, the same permutations at every
+    layer): the best layer's index and ``p = (1 + #{max over layers of a permutation >=
+    observed max}) / (1 + P)``, exact whatever the dependence between layers. ``(None, nan)``
+    when no layer has a finite statistic."""
+    stats = np.asarray(stats, dtype=float)
+    if stats.ndim != 2 or not stats.size or not np.isfinite(stats[:, 0]).any():
+        return None, float("nan")
+    best = int(np.nanargmax(stats[:, 0]))
+    null_max = np.max(stats[:, 1:], axis=0) if stats.shape[1] > 1 else np.zeros(0)
+    return best, permutation_p(float(stats[best, 0]), null_max)
 
 
 # --------------------------------------------------------------------------------------------
@@ -768,11 +788,10 @@ def variance_analysis(
     extra: dict[str, dict[str, Any]] = {s: {} for s in SCALES}
     for (scale, name), per_layer in adjusted.items():
         a = np.stack(per_layer)  # (layers, 1 + P)
-        if not np.isfinite(a[:, 0]).any():
+        best, p_max = layer_max_p(a)
+        if best is None:
             continue
-        best = int(np.nanargmax(a[:, 0]))
         row = found[(scale, name)][best]
-        null_max = np.max(a[:, 1:], axis=0) if a.shape[1] > 1 else np.zeros(0)
         ci = (  # the claims' interval: the emotion and the interaction, raw scale
             _half_sample_interval(_scaled(corpus.activations[:, best, :])[scale], emotion, topic, name,
                                   n_interval_draws, np.random.default_rng([seed, best, len(name)]))
@@ -790,7 +809,7 @@ def variance_analysis(
             "null_mean": row["null_mean"],
             "null_p95": row["null_p95"],
             "p_perm": row["p_perm"],
-            "p_perm_max_layer": permutation_p(float(a[best, 0]), null_max),
+            "p_perm_max_layer": p_max,
             "n_permutations": int(a.shape[1] - 1),
             "permuted_within": row["permuted_within"],
         }

@@ -56,6 +56,7 @@ SCORINGS = ("calibrated_sum", "calibrated_mean", "sum", "mean")
 RECOGNISABILITY_COLUMNS = [
     "emotion", "n", "correct", "share", "ci_low", "ci_high", "chance", "ratio_to_chance", "p_binom",
     *(f"share_{s}" for s in SCORINGS), "share_centred", "auc", "p_auc",
+    "p_binom_holm", "p_binom_bh", "p_auc_holm", "p_auc_bh",
 ]
 DEFAULTS: dict[str, Any] = {
     "options": 4,
@@ -456,7 +457,17 @@ def recognisability_table(records: Sequence[Mapping[str, Any]], emotions: Sequen
     with a Wilson 95% interval, chance ``1/k`` and a one-sided binomial test against chance;
     the share under each scoring (``share_<scoring>``); and the word-bias-free views of
     ``word_bias_corrected``: ``share_centred`` and ``auc`` / ``p_auc`` (overall: the mean AUC
-    over emotions and a sign test of how many emotions have AUC > 0.5)."""
+    over emotions and a sign test of how many emotions have AUC > 0.5). The per-emotion p-values
+    are a family: ``p_binom_holm``, ``p_binom_bh``, ``p_auc_holm``, ``p_auc_bh`` are adjusted
+    over the emotions (NaN in the ``(all)`` row).
+
+    What each test is valid for (``tests/test_calibration_diagnostics.py`` simulates them):
+    the overall binomial test is valid when every emotion has as many stories — then, for any
+    judge whose choice does not depend on the story's emotion, each story's target is equally
+    likely to be any of its candidates, so it is correct with probability ``1/k`` even if the
+    judge prefers some words. The per-emotion binomial test is not: a judge that prefers a word
+    after every story "recognises" that word's stories. The per-emotion AUC test compares one
+    word's scores across stories, so a constant preference cancels out."""
     from scipy.stats import binomtest
 
     centred, auc = word_bias_corrected(records, scoring)
@@ -492,8 +503,25 @@ def recognisability_table(records: Sequence[Mapping[str, Any]], emotions: Sequen
         return out
 
     rows = [row(e, [r for r in records if r["emotion"] == e]) for e in emotions]
-    rows.append(row("(all)", list(records), overall=True))
+    _correct_family(rows)
+    overall_row = row("(all)", list(records), overall=True)
+    overall_row.update({f"{t}_{c}": float("nan") for t in ("p_binom", "p_auc") for c in ("holm", "bh")})
+    rows.append(overall_row)
     return rows
+
+
+def _correct_family(rows: list[dict]) -> None:
+    """Holm (family-wise) and Benjamini-Hochberg (false discovery rate) adjusted p-values of the
+    per-emotion tests, over the emotions (``p_binom_holm`` ... ``p_auc_bh``), in place. The
+    per-emotion binomial test is not a test of the stories: a judge that prefers a word after
+    every story passes it for that word's stories; the AUC test is (see ``word_bias_corrected``)."""
+    from .claims import bh, holm
+
+    for test in ("p_binom", "p_auc"):
+        p = np.array([r[test] for r in rows], dtype=float)
+        for name, adjusted in (("holm", holm(p)), ("bh", bh(p))):
+            for r, a in zip(rows, adjusted):
+                r[f"{test}_{name}"] = float(a)
 
 
 def _digest(obj: Any) -> str:
