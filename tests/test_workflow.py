@@ -122,11 +122,21 @@ def test_steering_and_behaviour_are_reported(tiny_run):
     assert steer["layer"] == 19  # the main layer of SmolLM2's 30 blocks, a stored layer here
     cont = steer["continuation"]
     assert cont["n_emotions"] == 3 and cont["strengths"] == [-0.1, 0.0, 0.1] and cont["n_random"] == 2
+    assert cont["n_shuffled"] == 3 and cont["n_directions_scored"] == 3 * 2 + 3 * 3 + 2
     rows = pd.read_csv(tiny_run / "steering" / "continuation.tsv", sep="\t")
     assert sorted(rows["emotion"]) == ["afraid", "calm", "happy"] and rows["slope"].notna().all()
     gens = [json.loads(x) for x in (tiny_run / "steering" / "generations.jsonl").read_text().splitlines()]
-    # baseline + 2 emotions x 2 strengths + 1 random direction x 2 strengths; 2 samples each
-    assert len(gens) == (1 + 4 + 2) * 2 and all(-1 <= g["vader"] <= 1 for g in gens)
+    # baseline (2 samples) + (2 emotions + 2 shuffles x 2 pseudo vectors + 1 random direction)
+    # x 2 strengths x 2 samples
+    assert len(gens) == 2 + (2 + 4 + 1) * 2 * 2 and all(-1 <= g["vader"] <= 1 for g in gens)
+    assert sum(g["kind"] == "shuffled" for g in gens) == 4 * 2 * 2
+    steer_claims = {c["id"]: c for c in json.loads((tiny_run / "steering" / "claims.json").read_text())["claims"]}
+    assert set(steer_claims) == {"steering.continuation.specificity", "steering.continuation.shuffled",
+                                 "steering.continuation.random", "steering.dose.shuffled",
+                                 "steering.dose.happy.shuffled", "steering.dose.afraid.shuffled"}
+    # 3 and 2 shuffles cannot reach p < 0.05: those claims say so instead of giving a p
+    for cid in ("steering.continuation.shuffled", "steering.dose.shuffled", "steering.dose.happy.shuffled"):
+        assert steer_claims[cid]["verdict"] == "not testable" and steer_claims[cid]["p"] is None
     rates = pd.read_csv(tiny_run / "behaviour" / "blackmail" / "rates.tsv", sep="\t")
     # baseline, calm at +-0.1, one random direction at 0.1: one sample each
     # neither small judge is validated (kappa interval reaching 0.2): no rates, stage-1 facts only,

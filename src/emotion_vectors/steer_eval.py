@@ -915,7 +915,7 @@ def continuation_claims(summary: dict, per_emotion: Sequence[dict], *, figure: s
             statistic=spec["statistic"], p=spec["p"], n_null=spec["n_null"], figure=figure,
             note=(f"own vector the top raiser of its word for {summary['n_top1_vector']}/{n_e} emotions "
                   f"(median rank {summary['median_vector_rank']:g} of {n_e}); per emotion (exact p = rank/{n_e}, "
-                  f"Holm) {spec['n_surviving_holm']}/{n_e} survive"),
+                  f"Holm) {spec['n_surviving_holm']}/{n_e} survive."),
             extra={"n_top1_vector": summary["n_top1_vector"], "median_vector_rank": summary["median_vector_rank"],
                    "n_top1_specific": summary["n_top1_specific"],
                    "median_specificity_rank": summary["median_specificity_rank"],
@@ -934,7 +934,7 @@ def continuation_claims(summary: dict, per_emotion: Sequence[dict], *, figure: s
                   "on their emotion label"),
             statistic=shuf["statistic"], p=shuf["p"], n_null=shuf["n_null"], figure=figure,
             note=(f"per emotion (Monte-Carlo p over {shuf['n_null']} shuffles, Holm over {n_e}): "
-                  f"{shuf['n_surviving_holm']}/{n_e} survive"),
+                  f"{shuf['n_surviving_holm']}/{n_e} survive."),
             extra={"per_emotion": per("shuffled"), "n_surviving_holm": shuf["n_surviving_holm"]}))
     else:
         claims.append(make_claim(
@@ -955,7 +955,7 @@ def continuation_claims(summary: dict, per_emotion: Sequence[dict], *, figure: s
         n_null=rand["n_null"] if summary["n_random"] else None, figure=figure,
         note=(f"per emotion (Monte-Carlo p over {summary['n_random']} random directions, Holm over {n_e}): "
               f"{rand['n_surviving_holm']}/{n_e} survive"
-              + ("" if summary["n_random"] else "; no random directions were drawn")),
+              + ("." if summary["n_random"] else "; no random directions were drawn.")),
         extra={"per_emotion": per("random"), "n_surviving_holm": rand["n_surviving_holm"]}))
     return claims
 
@@ -992,7 +992,7 @@ def dose_claims(summary: dict, *, figure: str | None = None) -> list[Claim]:
         null=null, statistic=t["statistic"], p=t["p"] if k else None, n_null=k if k else None,
         interval=t.get("interval"), interval_of=f"of the statistic: {interval_of}", figure=figure,
         note=("" if k else "no shuffled-label vectors were given; ")
-        + f"per emotion (Holm over {n_e}): {t['n_surviving_holm']}/{n_e} survive",
+        + f"per emotion (Holm over {n_e}): {t['n_surviving_holm']}/{n_e} survive.",
     )
     claims = [fam]
     rows = {r["emotion"]: r for r in summary["slopes"]}
@@ -1010,7 +1010,7 @@ def dose_claims(summary: dict, *, figure: str | None = None) -> list[Claim]:
             family=n_e, n_null=k if k else None,
             interval=[r["vader_slope_lo"], r["vader_slope_hi"]], interval_of=f"of the slope: {interval_of}",
             figure=figure,
-            note=f"unmasked VADER slope {r['vader_unmasked_slope']:.3g} (descriptive)",
+            note=f"unmasked VADER slope {r['vader_unmasked_slope']:.3g} (descriptive).",
         ))
     return claims
 

@@ -1,17 +1,21 @@
 # Steering evidence (emotion_vectors.steer_eval): does adding an emotion's vector to the residual
 # stream move the subject's output towards that emotion? A continuation test (the emotion's own
-# word) and a dose-response of free generations scored by VADER and the run's valence readout,
-# each against random directions of the same norm. One job, one load of the subject.
+# word) against the other emotions' vectors, the shuffled-label vectors and random directions (a
+# weak null), and a dose-response of free generations scored by VADER with the emotion words
+# masked, against the shuffled-label pseudo vectors. Many directions per forward pass; one job,
+# one load of the subject. Its claims go to steering/claims.json.
 
 STEER_DIR = f"{RESULTS}/steering"
 STEERING = config["steering"]
 
 
 rule steering_eval:
-    """Continuation test and dose-response of steered generation, with a random-direction null."""
+    """Continuation test and dose-response of steered generation against shuffled-label, other-emotion
+    and random-direction nulls; their claims."""
     input:
         model_input(SUBJECT),
         vectors=f"{RESULTS}/vectors/vectors.zarr",
+        shuffled=f"{RESULTS}/vectors/shuffled.zarr",
     output:
         continuation=report(
             f"{STEER_DIR}/continuation.tsv",
@@ -37,6 +41,7 @@ rule steering_eval:
             category="Steering",
         ),
         summary=f"{STEER_DIR}/summary.json",
+        claims=f"{STEER_DIR}/claims.json",
     params:
         settings=STEERING,
         emotions=list(EMOTIONS.values()),
