@@ -416,6 +416,21 @@ def test_scripts_claim_an_effect_on_separable_activations(tmp_path, monkeypatch)
     assert by["diagnostics.variance.emotion"]["verdict"] == "effect"
     assert by["diagnostics.variance.emotion"]["extra"]["best_layer"] == 2
 
+    # The README's table of several runs, side by side (a run without outputs says so).
+    import importlib.util
+
+    from emotion_vectors.config import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("diagnostics_table", REPO_ROOT / "scripts" / "diagnostics_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    text = mod.table([tmp_path.name, "never-ran"], tmp_path.parent)
+    lines = text.splitlines()
+    assert lines[0] == f"| claim | {tmp_path.name} | never-ran |" and len(lines) == 2 + len(mod.ROWS) + 1
+    nc_line = next(x for x in lines if x.startswith("| nearest centroid"))
+    assert "p 0.005, adj. 0.015; **effect**" in nc_line and "block 2" in nc_line and "(no diagnostics" in nc_line
+    assert "**effect**: family p 0.015 (Holm over 3 tests)" in text
+
 
 def test_verdict_follows_the_holm_corrected_p():
     """Two separability tests at p 0.03 and 0.04 pass one by one, but not after Holm over the
