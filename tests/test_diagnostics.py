@@ -488,3 +488,24 @@ def test_tiny_uneven_corpus_runs(tmp_path):
     h = headline(rows, extra, var)
     separability_figure(rows, var, tmp_path / "f.png")
     json.dumps(h)
+
+
+def test_many_labellings_at_once_match_one_at_a_time():
+    """The vectorised paths (shares and nearest-centroid predictions of many labellings, the
+    within-stratum shuffles) agree with the one-labelling versions."""
+    from emotion_vectors.diagnostics import _NearestCentroid, between_shares, permute_within_many
+
+    rng = np.random.default_rng(8)
+    emotion, topic = design(5, 3, 3)
+    perms = permute_within_many(emotion, topic, 30, rng)
+    for s in range(3):  # each row shuffles within topics
+        assert sorted(perms[:, topic == s].ravel()) == sorted(np.tile(emotion[topic == s], 30))
+    assert len({tuple(p) for p in perms}) > 25
+    for d in (40, 7):
+        x = rng.normal(size=(len(emotion), d))
+        xc = x - x.mean(0)
+        total = float((xc**2).sum())
+        many = between_shares(xc, perms, total)
+        assert np.allclose(many, [between_share(xc, p, total) for p in perms])
+        pred, _ = _NearestCentroid(x).predict_many(perms, 5)
+        assert (pred == np.stack([nearest_centroid_loo(x, p) for p in perms])).all()

@@ -604,6 +604,8 @@ def between_shares(xc: np.ndarray, labels: np.ndarray, total_ss: float) -> np.nd
     inv = inv.reshape(labels.shape)
     n_groups = int(inv.max()) + 1
     p_all, n = inv.shape
+    if n * n_groups > 4_000_000:  # full scale (e.g. 17,100 cells of 10,260 stories): one labelling at a time
+        return np.array([between_share(xc, lab, total_ss) for lab in inv])
     chunk = max(1, int(4_000_000 // max(1, n * n_groups)))
     out = np.empty(p_all)
     rows = np.arange(n)

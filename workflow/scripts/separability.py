@@ -24,6 +24,7 @@ from emotion_vectors.diagnostics import (
     separability_figure,
     variance_analysis,
 )
+from emotion_vectors.claims import draws_needed
 from emotion_vectors.jobs import start_job
 from emotion_vectors.provenance import provenance
 
@@ -32,6 +33,12 @@ log = start_job(smk)
 p = smk.params
 s = dict(p.settings)
 started = time.perf_counter()
+need = draws_needed(0.05, 3)  # the verdict Holm-corrects three tests
+for key in ("nc_permutations", "probe_permutations"):
+    if int(s[key]) < need:
+        log.warning("diagnostics.separability.%s = %s: its smallest p, 1/%d, cannot go below 0.05/3 (Holm over "
+                    "the verdict's three tests): its claim will be 'not testable'; use at least %d",
+                    key, s[key], int(s[key]) + 1, need)
 with threadpool_limits(limits=max(1, int(smk.threads))):
     corpus = load_corpus(
         dict(zip(p.emotions, smk.input.emotions)),
