@@ -488,6 +488,15 @@ def test_tiny_uneven_corpus_runs(tmp_path):
     h = headline(rows, extra, var)
     separability_figure(rows, var, tmp_path / "f.png")
     json.dumps(h)
+    # Every claim id is there in every run, "not testable" where nothing could be tested.
+    from emotion_vectors.diagnostics import diagnostics_claims
+
+    claims = {c.id: c for c in diagnostics_claims(h)}
+    assert set(claims) == IDS
+    for cid in ("diagnostics.separability.logistic_probe", "diagnostics.recognisability",
+                "diagnostics.recognisability.per_emotion"):
+        assert claims[cid].verdict == "not testable" and claims[cid].p is None and claims[cid].note
+    assert h["recognisable"] is None
 
 
 def test_many_labellings_at_once_match_one_at_a_time():

@@ -995,9 +995,10 @@ def headline(
         if c is None:
             continue
         family[name] = {"p": c.p, "p_holm": c.p_adjusted, "verdict": c.verdict, "note": c.note}
-        target = out["recognisability"] if name == "recognisability" else out["separability"][name]
-        target["p_holm"] = c.p_adjusted
-        target["verdict"] = c.verdict
+        target = out["recognisability"] if name == "recognisability" else out["separability"].get(name)
+        if target is not None:
+            target["p_holm"] = c.p_adjusted
+            target["verdict"] = c.verdict
     verdict_claim = by_id[CLAIM_IDS["verdict"]]
     out["family"] = {
         "tests": family,
@@ -1006,10 +1007,10 @@ def headline(
         "p_family": verdict_claim.p_adjusted,
         "verdict": verdict_claim.verdict,
     }
-    sep_verdicts = [family[m]["verdict"] for m in METHODS if m in family]
+    sep_verdicts = [family[m]["verdict"] for m in METHODS if m in family and m in out["separability"]]
     out["separable"] = any(v == "effect" for v in sep_verdicts)
     out["separability_testable"] = any(v != "not testable" for v in sep_verdicts)
-    out["recognisable"] = (family["recognisability"]["verdict"] == "effect") if "recognisability" in family else None
+    out["recognisable"] = (family["recognisability"]["verdict"] == "effect") if out["recognisability"] else None
     for factor in ("emotion", "interaction"):
         c = by_id.get(CLAIM_IDS[factor])
         if c is not None and factor in out["variance_shares"]:
@@ -1078,6 +1079,10 @@ def diagnostics_claims(summary: Mapping[str, Any]) -> list[Any]:
     }
     for m in METHODS:
         if m not in sep:
+            fam.append(make_claim(CLAIM_IDS[m], "diagnostics", texts[m], test="layer-max permutation test",
+                                  null="emotion labels shuffled within topics", statistic=None, p=None, alpha=alpha,
+                                  figure=FIGURE, note="not testable: no finite accuracy (a class with fewer than 2 "
+                                  "stories, or the method was not run)"))
             continue
         s = sep[m]
         n_perm = int(s.get("n_permutations") or 0)
@@ -1096,11 +1101,16 @@ def diagnostics_claims(summary: Mapping[str, Any]) -> list[Any]:
             extra={k: s.get(k) for k in ("best_layer", "chance", "ratio_to_chance", "null_mean", "null_p95", "p_perm",
                                          "layers_above_null_p95", "n_layers")},
         ))
-    if rec:
+    rec_text = ("a judge model recovers the stories' emotions above chance (multiple choice among the target and "
+                "random other emotions of the run)")
+    if not rec:
+        fam.append(make_claim(CLAIM_IDS["recognisability"], "diagnostics", rec_text,
+                              test="one-sided exact binomial test against chance", null="the judge's choice does not "
+                              "depend on the story's emotion", statistic=None, p=None, alpha=alpha,
+                              note="not testable: no recognisability table"))
+    else:
         fam.append(make_claim(
-            CLAIM_IDS["recognisability"], "diagnostics",
-            "a judge model recovers the stories' emotions above chance (multiple choice among the target and "
-            "random other emotions of the run)",
+            CLAIM_IDS["recognisability"], "diagnostics", rec_text,
             test="one-sided exact binomial test of the stories judged correctly against chance (1 / options)",
             null=("the judge's choice does not depend on the story's emotion: each story correct with probability "
                   "1 / options (exact for a corpus with as many stories per emotion, whatever the judge prefers)"),
@@ -1151,8 +1161,12 @@ def diagnostics_claims(summary: Mapping[str, Any]) -> list[Any]:
                         "close to nominal (simulated)"),
     }
     for factor in ("emotion", "interaction"):
-        v = var.get(factor)
-        if not v or "p_perm_max_layer" not in v:
+        v = var.get(factor) or {}
+        if v.get("p_perm_max_layer") is None:
+            out.append(make_claim(CLAIM_IDS[factor], "diagnostics", var_text[factor], test=var_test[factor],
+                                  null=var_null[factor], statistic=_num(v.get("adjusted_share")), p=None, alpha=alpha,
+                                  figure=FIGURE, note="not testable: no layer-max test (too few stories per cell, "
+                                  "or no permutations)"))
             continue
         n_perm = int(v.get("n_permutations") or 0)
         out.append(make_claim(
@@ -1166,18 +1180,21 @@ def diagnostics_claims(summary: Mapping[str, Any]) -> list[Any]:
             extra={k: v.get(k) for k in ("best_layer", "share", "chance_expected", "null_mean", "null_p95", "p_perm",
                                          "statistic", "statistic_name")},
         ))
-    per = (rec or {}).get("per_emotion")
-    if per and per.get("p_auc", {}).get("n_tested"):
+    per = (rec or {}).get("per_emotion") or {}
+    per_text = ("for at least one emotion, the judge scores the emotion's word higher after that emotion's stories "
+                "than after other emotions' stories")
+    per_test = ("per emotion, one-sided Mann-Whitney test of the word's (calibrated) score after its own stories "
+                "against after other stories it was offered for (AUC); the family's smallest Holm-adjusted p")
+    per_null = "the stories carry nothing about their emotion (a word's score does not depend on the story's label)"
+    if not (per.get("p_auc") or {}).get("n_tested"):
+        out.append(make_claim(CLAIM_IDS["per_emotion"], "diagnostics", per_text, test=per_test, null=per_null,
+                              statistic=None, p=None, alpha=alpha, note="not testable: no per-emotion AUC test"))
+    else:
         a = per["p_auc"]
         m = int(a["n_tested"])
         p_min = _num(a.get("min_p_holm"))
         out.append(make_claim(
-            CLAIM_IDS["per_emotion"], "diagnostics",
-            "for at least one emotion, the judge scores the emotion's word higher after that emotion's stories "
-            "than after other emotions' stories",
-            test=("per emotion, one-sided Mann-Whitney test of the word's (calibrated) score after its own stories "
-                  "against after other stories it was offered for (AUC); the family's smallest Holm-adjusted p"),
-            null="the stories carry nothing about their emotion (a word's score does not depend on the story's label)",
+            CLAIM_IDS["per_emotion"], "diagnostics", per_text, test=per_test, null=per_null,
             statistic=float(a["n_holm"]), p=p_min, p_adjusted=p_min, correction=f"Holm over {m} emotions", family=m,
             interval=[_num(x) for x in per.get("mean_auc_ci", [None, None])],
             interval_of="mean AUC over emotions, t 95% interval (0.5 = nothing)",
