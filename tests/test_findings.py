@@ -20,7 +20,17 @@ from emotion_vectors.claims import (
     rejection_band,
     write_claims,
 )
-from emotion_vectors.findings import analysis_claims, collect, compare, main, read_table, to_html, to_markdown, write_table
+from emotion_vectors.findings import (
+    analysis_claims,
+    collect,
+    compare,
+    main,
+    read_table,
+    run_wide,
+    to_html,
+    to_markdown,
+    write_table,
+)
 
 
 def test_monte_carlo_p_and_its_floor():
@@ -106,8 +116,8 @@ def test_collect_compare_and_render(tmp_path):
     back = read_table(tmp_path / "run.tsv")
     assert back.loc[back["id"] == "steering.a", "interval"].item() == "[1, 2]"
     control = back.copy()
-    control.loc[control["id"] == "steering.a", "verdict"] = EFFECT  # a check that passes on the control
-    control.loc[control["id"] != "steering.a", "verdict"] = NO_EFFECT
+    control["verdict"] = np.where(control["id"] == "steering.a", EFFECT, NO_EFFECT)  # a check that passes on the control
+    control = run_wide(control.assign(p_adjusted=np.where(control["id"] == "steering.a", 0.001, 0.5)))
     shown = compare(back, control.drop(index=control.index[control["id"] == "geometry.pc2_arousal"]))
     assert shown.set_index("id").loc["steering.a", "control_flag"] == "EFFECT ON THE CONTROL"
     assert shown.set_index("id").loc["geometry.pc2_arousal", "control_verdict"] == "not run"
@@ -138,3 +148,21 @@ def test_cli_prints_the_table_beside_the_control(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| **steering.a**: a |" in out and out.rstrip().endswith("0.4, no effect |")
     assert main([str(tmp_path / "missing")]) == 1
+
+
+def test_run_wide_holm_keeps_a_run_without_emotion_from_claiming_anything():
+    """Thirty claims whose nulls all hold (uniform p's): with each judged in its own family the
+    run claims something most of the time; run-wide Holm keeps that at or below alpha."""
+    rng = np.random.default_rng(1)
+    n_runs, m = 2000, 30
+    any_family = any_run = 0
+    for _ in range(n_runs):
+        p = rng.uniform(size=m)
+        df = pd.DataFrame({"p_adjusted": p, "verdict": np.where(p < 0.05, EFFECT, NO_EFFECT)})
+        any_family += (df["verdict"] == EFFECT).any()
+        any_run += (run_wide(df)["run_verdict"] == EFFECT).any()
+    assert any_family / n_runs > 0.7  # 1 - 0.95^30 = 0.79
+    assert any_run / n_runs <= rejection_band(n_runs)[1]
+    df = run_wide(pd.DataFrame({"p_adjusted": [1e-5, 0.04, 0.03, None], "verdict": [EFFECT, EFFECT, EFFECT, NOT_TESTABLE]}))
+    assert list(df["run_verdict"]) == [EFFECT, NO_EFFECT, NO_EFFECT, NOT_TESTABLE]
+    np.testing.assert_allclose(df["p_run"][:3], [3e-5, 0.06, 0.06])

@@ -23,10 +23,13 @@ from typing import Any
 
 import pandas as pd
 
-from .claims import EFFECT, NO_EFFECT, NOT_TESTABLE, Claim, make_claim, read_claims
+import numpy as np
+
+from .claims import ALPHA, EFFECT, NO_EFFECT, NOT_TESTABLE, Claim, holm, make_claim, read_claims
 
 COLUMNS = ["stage", "id", "claim", "test", "null", "statistic", "interval", "interval_of", "p",
-           "p_adjusted", "correction", "n_null", "verdict", "note", "figure", "source"]
+           "p_adjusted", "correction", "n_null", "verdict", "p_run", "run_verdict", "note", "figure",
+           "source"]
 #: The order of the stages on the findings page (the DAG's order).
 STAGE_ORDER = ("corpus", "diagnostics", "geometry", "analysis", "steering", "behaviour", "scoring",
                "reading", "battery")
@@ -79,7 +82,22 @@ def collect(paths: Iterable[str | Path], extra: Sequence[Claim] = ()) -> pd.Data
         raise ValueError(f"claim ids given twice: {sorted(set(dup))}")
     order = {s: i for i, s in enumerate(STAGE_ORDER)}
     df["_o"] = df["stage"].map(lambda s: order.get(s, len(order)))
-    return df.sort_values(["_o"], kind="stable").drop(columns="_o").reset_index(drop=True)
+    return run_wide(df.sort_values(["_o"], kind="stable").drop(columns="_o").reset_index(drop=True))
+
+
+def run_wide(df: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
+    """``p_run`` and ``run_verdict``: Holm over every claim of the run that has a p (its p
+    corrected within its own family). Each family's corrected p is a valid p-value, so Holm over
+    them bounds the chance that *any* claim of the run is a false effect by ``alpha``: a run on
+    stories without emotion (the negative control) then claims nothing with probability at least
+    1 - alpha, however many claims the run makes. Claims without a p stay not testable."""
+    out = df.copy()
+    p = pd.to_numeric(out["p_adjusted"], errors="coerce").to_numpy(dtype=float)
+    adj = holm(p)
+    out["p_run"] = adj
+    out["run_verdict"] = [NOT_TESTABLE if v == NOT_TESTABLE or not np.isfinite(a) else (EFFECT if a < alpha else NO_EFFECT)
+                          for v, a in zip(out["verdict"], adj)]
+    return out
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -125,7 +143,7 @@ def compare(df: pd.DataFrame, control: pd.DataFrame | None) -> pd.DataFrame:
     c = control.set_index("id")
     out["control_statistic"] = out["id"].map(c["statistic"]) if "statistic" in c else None
     out["control_p_adjusted"] = out["id"].map(c["p_adjusted"])
-    out["control_verdict"] = out["id"].map(c["verdict"]).fillna("not run")
+    out["control_verdict"] = out["id"].map(c["run_verdict"] if "run_verdict" in c else c["verdict"]).fillna("not run")
     out["control_flag"] = out["control_verdict"].map(lambda v: "EFFECT ON THE CONTROL" if v == EFFECT else "")
     return out
 
@@ -134,14 +152,14 @@ def to_markdown(df: pd.DataFrame, *, control_name: str | None = None) -> str:
     """One row per claim: claim, test / null, statistic [interval], corrected p, verdict (and
     the control's verdict)."""
     has_control = "control_verdict" in df
-    head = ["claim", "test (null)", "statistic [interval]", "p (corrected)", "verdict"]
+    head = ["claim", "test (null)", "statistic [interval]", "p (family-corrected; run-wide)", "verdict (run-wide)"]
     if has_control:
         head += [f"{control_name or 'control'}: statistic, p, verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in df.iterrows():
         stat = _num(r["statistic"]) + (f" {_interval_text(r['interval'])}" if _interval_text(r["interval"]) else "")
         cells = [f"**{r['id']}**: {r['claim']}", f"{r['test']} (null: {r['null']})", stat,
-                 f"{_p(r['p_adjusted'])} ({r['correction']})", _verdict_text(r)]
+                 f"{_p(r['p_adjusted'])} ({r['correction']}); {_p(r.get('p_run'))}", _verdict_text(r)]
         if has_control:
             cells.append(f"{_num(r.get('control_statistic'))}, {_p(r['control_p_adjusted'])}, {r['control_verdict']}"
                          + (" ⚠ effect on the control" if r.get("control_flag") else ""))
@@ -157,15 +175,19 @@ def _text(v: Any) -> str:
 
 
 def _verdict_text(r: pd.Series) -> str:
-    v = str(r["verdict"])
+    v = _text(r.get("run_verdict")) or str(r["verdict"])
+    if v != str(r["verdict"]):
+        v = f"{v} (in its family: {r['verdict']})"
     note = _text(r.get("note"))
-    if v == NOT_TESTABLE and note:
+    if v.startswith(NOT_TESTABLE) and note:
         return f"{v}: {note}"
     return v
 
 
 def summary_counts(df: pd.DataFrame) -> dict[str, int]:
-    return {v: int((df["verdict"] == v).sum()) for v in (EFFECT, NO_EFFECT, NOT_TESTABLE)}
+    """Claims per run-wide verdict."""
+    col = "run_verdict" if "run_verdict" in df else "verdict"
+    return {v: int((df[col] == v).sum()) for v in (EFFECT, NO_EFFECT, NOT_TESTABLE)}
 
 
 def to_html(df: pd.DataFrame, *, run: str, control_name: str | None = None) -> str:
@@ -187,8 +209,9 @@ def to_html(df: pd.DataFrame, *, run: str, control_name: str | None = None) -> s
             f"<td>{html.escape(str(r['test']))}<br><i>null:</i> {html.escape(str(r['null']))}</td>"
             f"<td>{html.escape(_num(r['statistic']))} {html.escape(_interval_text(r['interval']))}"
             f"<br><small>{html.escape(_text(r['interval_of']))}</small></td>"
-            f"<td>{html.escape(_p(r['p_adjusted']))}<br><small>{html.escape(str(r['correction']))}</small></td>"
-            f"<td style=\"background:{colour.get(r['verdict'], '#fff')}\"><b>{html.escape(str(r['verdict']))}</b>"
+            f"<td>{html.escape(_p(r['p_adjusted']))}<br><small>{html.escape(str(r['correction']))}</small>"
+            f"<br>run-wide: {html.escape(_p(r.get('p_run')))}</td>"
+            f"<td style=\"background:{colour.get(_text(r.get('run_verdict')) or r['verdict'], '#fff')}\"><b>{html.escape(_verdict_text(r).split(':')[0])}</b>"
             f"<br><small>{html.escape(_text(r['note']))}</small></td>{ctrl}</tr>"
         )
     ctrl_head = f"<th>{html.escape(control_name or 'control')}</th>" if has_control else ""
@@ -206,12 +229,13 @@ def to_html(df: pd.DataFrame, *, run: str, control_name: str | None = None) -> s
         f"<h2>Findings of run {html.escape(run)}</h2>"
         f"<p>{counts[EFFECT]} effect(s), {counts[NO_EFFECT]} without effect, {counts[NOT_TESTABLE]} not testable. "
         "Each claim names its test, its null, its p-value after correction for its family and its interval; "
-        "a claim is an effect only when its corrected p is below its α (0.05). "
+        "the verdict is run-wide: Holm over every claim of the run that has a p, so that a run on stories "
+        "without emotion claims nothing with probability at least 95%. "
         "“Not testable” means the test could not reject at all (e.g. a Monte-Carlo null with too few draws) "
         "or its precondition failed; the note says which.</p>"
         f"{control_line}"
         "<table><tr><th>stage</th><th>claim</th><th>test and null</th><th>statistic [interval]</th>"
-        f"<th>p (corrected)</th><th>verdict</th>{ctrl_head}</tr>{''.join(rows)}</table></body></html>"
+        f"<th>p (family-corrected; run-wide)</th><th>verdict (run-wide)</th>{ctrl_head}</tr>{''.join(rows)}</table></body></html>"
     )
 
 
