@@ -72,7 +72,9 @@ if len(smk.output.dose) != len(s["emotions"]):
 unit = float(store.residual_norm[store.layers.index(layer)])
 
 # --- which judge may classify (rule judge_validation_summary's table) --------------------------
-validation_table = getattr(smk.input, "validation", None) or None
+# the rule's input function gives a list: one table, or none for a scenario without a labelled set
+_validation = getattr(smk.input, "validation", None)
+validation_table = (str(_validation) if isinstance(_validation, str) else (str(_validation[0]) if _validation else None))
 if validation_table:
     import pandas as pd
 
