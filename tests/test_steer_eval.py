@@ -17,7 +17,7 @@ import pytest
 
 from emotion_vectors.claims import EFFECT, NOT_TESTABLE, VERDICTS
 from emotion_vectors.readout import ReadoutError, store_valence_direction, valence_direction
-from emotion_vectors.steer import Steer, random_steers, steering
+from emotion_vectors.steer import Steer, steering
 from emotion_vectors.steer_eval import (
     MASK_TOKEN,
     bootstrap_mean_ci,
@@ -39,7 +39,7 @@ from emotion_vectors.steer_eval import (
     vader_scores,
     word_logprobs,
 )
-from emotion_vectors.store_layout import read_store, write_store
+from emotion_vectors.store_layout import write_store
 
 
 # ------------------------------------------------------------------------------------------
@@ -260,10 +260,15 @@ def test_continuation_test_outputs_nulls_and_claims(tiny_llama, tmp_path):
     for row in res.per_emotion:
         assert 1 <= row["vector_rank"] <= 4 and 1 <= row["specificity_rank"] <= 4
         assert row["p_shuffled"] >= 1 / 4 and row["p_random"] >= 1 / 6
-    # own-word z of the real vector at the test strength is the row-z of its rise row
-    rise = np.array([[r["own_rise"] for r in res.per_strength if r["emotion"] == e and r["strength"] == 2.0][0]
-                     for e in WORDS])
-    assert rise.shape == (4,)
+    # the summary keeps the E x E rise matrix at the test strength: the tests recompute from it
+    rises = np.array(sm["rise_matrix"]["values"])
+    assert rises.shape == (4, 4) and sm["rise_matrix"]["order"] == WORDS
+    assert specificity_test(rises, n_permutations=99, seed=derive_seed("spec", 0))["p"] == t["specificity"]["p"]
+    np.testing.assert_allclose([r["own_z"] for r in res.per_emotion], np.diag(row_z(rises)))
+    # the tests read the rises at the test strength: the curve's last point
+    for row in res.per_emotion:
+        top = [r for r in res.per_strength if r["emotion"] == row["emotion"] and r["strength"] == 2.0]
+        assert row["rise_at_max"] == pytest.approx(top[0]["own_rise"])
     claims = continuation_claims(sm, res.per_emotion, figure="steering/continuation.png")
     ids = [c.id for c in claims]
     assert ids == ["steering.continuation.specificity", "steering.continuation.shuffled",

@@ -79,7 +79,7 @@ import numpy as np
 
 from emotion_vectors.claims import ALPHA, Claim, holm, make_claim, mc_p
 from emotion_vectors.judge import _input_device
-from emotion_vectors.steer import Steer, random_steers, steering, steering_rows, steers_from_store
+from emotion_vectors.steer import Steer, random_steers, steering_rows, steers_from_store
 
 Log = Callable[[str], None]
 
@@ -539,6 +539,8 @@ def continuation_test(
         "n_top1_vector": sum(1 for r in per_emotion if r["vector_rank"] == 1),
         "median_vector_rank": float(np.median([r["vector_rank"] for r in per_emotion])),
         "tests": tests,
+        "rise_matrix": {"rows": "emotions' vectors", "columns": "emotion words", "order": emotions,
+                        "strength": s_top, "values": rise_real.tolist()},
         "seconds": round(time.perf_counter() - started, 1),
     }
     log(f"continuation: own word the top riser under its vector for {summary['n_top1_specific']}/{n_e} "
