@@ -148,6 +148,10 @@ def test_cli_prints_the_table_beside_the_control(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| **steering.a**: a |" in out and out.rstrip().endswith("0.4, no effect |")
     assert main([str(tmp_path / "missing")]) == 1
+    assert main(["--compact", str(tmp_path / "default"), str(tmp_path / "negative-control")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "| claim | statistic [interval] | p (family) | p (run-wide) | verdict | negative-control |"
+    assert out[2] == "| `steering.a` | 1 | 0.001 | 0.001 | **effect** | no effect (0.4) |"
 
 
 def test_run_wide_holm_keeps_a_run_without_emotion_from_claiming_anything():

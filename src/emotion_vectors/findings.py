@@ -167,6 +167,26 @@ def to_markdown(df: pd.DataFrame, *, control_name: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def to_compact_markdown(df: pd.DataFrame, *, control_name: str | None = None) -> str:
+    """The README's form: one row per claim with its statistic and interval, family-corrected and
+    run-wide p and run-wide verdict (and the control's); the tests and nulls are in the full
+    table (``findings.md``) and ``docs/claims.md``."""
+    has_control = "control_verdict" in df
+    head = ["claim", "statistic [interval]", "p (family)", "p (run-wide)", "verdict"]
+    if has_control:
+        head.append(control_name or "control")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in df.iterrows():
+        stat = _num(r["statistic"]) + (f" {_interval_text(r['interval'])}" if _interval_text(r["interval"]) else "")
+        verdict = _text(r.get("run_verdict")) or str(r["verdict"])
+        cells = [f"`{r['id']}`", stat, _p(r["p_adjusted"]), _p(r.get("p_run")), f"**{verdict}**" if verdict == EFFECT else verdict]
+        if has_control:
+            cv = str(r["control_verdict"])
+            cells.append(f"**{cv}** ⚠" if cv == EFFECT else f"{cv} ({_p(r.get('control_p_adjusted'))})")
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _text(v: Any) -> str:
     """A cell as text: missing (None, NaN) as empty."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -240,9 +260,12 @@ def to_html(df: pd.DataFrame, *, run: str, control_name: str | None = None) -> s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m emotion_vectors.findings RUN_DIR [CONTROL_RUN_DIR]``: the markdown table of a
-    run's findings (beside a control run's), from their ``findings/findings.tsv``."""
+    """``python -m emotion_vectors.findings [--compact] RUN_DIR [CONTROL_RUN_DIR]``: the markdown
+    table of a run's findings (beside a control run's), from their ``findings/findings.tsv``;
+    ``--compact``: the README's short form."""
     args = list(sys.argv[1:] if argv is None else argv)
+    compact = "--compact" in args
+    args = [a for a in args if a != "--compact"]
     if not args or len(args) > 2 or args[0] in ("-h", "--help"):
         print(main.__doc__)
         return 2
@@ -254,7 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         tables.append(read_table(path))
     df = compare(tables[0], tables[1] if len(tables) > 1 else None)
-    print(to_markdown(df, control_name=Path(args[1]).name if len(args) > 1 else None), end="")
+    render = to_compact_markdown if compact else to_markdown
+    print(render(df, control_name=Path(args[1]).name if len(args) > 1 else None), end="")
     return 0
 
 
