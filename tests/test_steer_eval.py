@@ -362,6 +362,7 @@ def test_dose_claims_with_enough_shuffles():
                            "vader_unmasked_slope": 2.5} for i, e in enumerate(emotions)]}
     claims = dose_claims(summary)
     assert claims[0].verdict == EFFECT and claims[0].p == pytest.approx(1 / 21) and claims[0].interval == [1.5, 2.5]
+    assert "smallest 20 null draws allow" in claims[0].note
     assert all(c.verdict == NOT_TESTABLE and "80" in c.note for c in claims[1:])
 
 

@@ -891,6 +891,18 @@ def dose_response(
 # Claims
 
 
+def _at_floor(claim: Claim) -> Claim:
+    """A claim whose Monte-Carlo p is the smallest its null allows says so (more draws could
+    give a smaller p)."""
+    from emotion_vectors.claims import min_attainable_p
+
+    if claim.p is not None and claim.n_null and math.isclose(claim.p, min_attainable_p(claim.n_null)):
+        claim.note = (claim.note + " " if claim.note else "") + (
+            f"p = 1/{claim.n_null + 1} is the smallest {claim.n_null} null draws allow: the real statistic is "
+            "above every draw, and more draws could give a smaller p.")
+    return claim
+
+
 def continuation_claims(summary: dict, per_emotion: Sequence[dict], *, figure: str | None = None) -> list[Claim]:
     """The continuation test's claims: specificity (vs the other emotions' vectors), shuffled
     (vs shuffled-label vectors), random (vs random directions, a weak null)."""
@@ -959,7 +971,7 @@ def continuation_claims(summary: dict, per_emotion: Sequence[dict], *, figure: s
               f"{rand['n_surviving_holm']}/{n_e} survive"
               + ("." if summary["n_random"] else "; no random directions were drawn.")),
         extra={"per_emotion": per("random"), "n_surviving_holm": rand["n_surviving_holm"]}))
-    return claims
+    return [_at_floor(c) for c in claims]
 
 
 def dose_claims(summary: dict, *, figure: str | None = None) -> list[Claim]:
@@ -996,7 +1008,7 @@ def dose_claims(summary: dict, *, figure: str | None = None) -> list[Claim]:
         note=("" if k else "no shuffled-label vectors were given; ")
         + f"per emotion (Holm over {n_e}): {t['n_surviving_holm']}/{n_e} survive.",
     )
-    claims = [fam]
+    claims = [_at_floor(fam)]
     rows = {r["emotion"]: r for r in summary["slopes"]}
     for e in emotions:
         r = rows[e]
