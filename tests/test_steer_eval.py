@@ -338,7 +338,7 @@ def test_dose_response_rows_nulls_masking_and_claims(tiny_llama, tmp_path):
     assert [c.id for c in claims] == ["steering.dose.shuffled", "steering.dose.happy.shuffled",
                                       "steering.dose.sad.shuffled"]
     assert all(c.verdict == NOT_TESTABLE and c.p is None for c in claims)  # 2 shuffles cannot reject
-    assert "direction held fixed" in claims[1].interval_of
+    assert "direction held fixed" in claims[1].interval_of and "(2 per strength" in claims[1].interval_of
     # same seed, same generations
     again = dose_response(model, tok, real, emotions, **kwargs)
     assert [g.text for g in again.generations] == [g.text for g in res.generations]
@@ -356,6 +356,7 @@ def test_dose_claims_with_enough_shuffles():
     shuf = rng.normal(0, 0.1, (20, 4))
     fam = set_test(real * [1, 1, -1, -1], shuf * [1, 1, -1, -1])
     summary = {"emotions": emotions, "expected_signs": sgn, "strengths": [-0.2, 0.0, 0.2], "n_shuffled": 20,
+               "n_prompts": 2, "samples_per_prompt": 1,
                "tests": {"shuffled": {**fam, "interval": [1.5, 2.5], "n_surviving_holm": 0}},
                "slopes": [{"emotion": e, "vader_slope": real[i], "vader_slope_lo": 1.0, "vader_slope_hi": 3.0,
                            "p_shuffled": fam["p_emotion"][i], "p_shuffled_holm": fam["p_emotion_holm"][i],

@@ -985,9 +985,11 @@ def dose_claims(summary: dict, *, figure: str | None = None) -> list[Claim]:
     strengths = ", ".join(f"{s:g}" for s in summary["strengths"])
     metric = ("masked VADER (the compound score of each generation with every form of the run's emotion words "
               "masked)")
-    interval_of = ("95% percentile bootstrap over generations (resampled within each strength) with the steering "
-                   "direction held fixed: it covers the sampling of generations, not the uncertainty of the "
-                   "vector itself")
+    per_cell = summary["n_prompts"] * summary["samples_per_prompt"]
+    interval_of = (f"95% percentile bootstrap over generations ({per_cell} per strength, resampled within each "
+                   "strength) with the steering direction held fixed: it covers the sampling of generations, not "
+                   "the uncertainty of the vector itself" + ("; with so few generations per strength it is rough"
+                                                             if per_cell < 8 else ""))
     null = (f"{k} shuffled-label vector sets (the same stories, emotion labels permuted within topic, same "
             "counts, denoising and norm), each steered and sampled as the real vectors: exact when the stories' "
             "activations do not depend on their emotion label")
