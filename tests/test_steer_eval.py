@@ -15,6 +15,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import TINY_MODEL_FIXTURES
 from emotion_vectors.claims import EFFECT, NOT_TESTABLE, VERDICTS
 from emotion_vectors.readout import ReadoutError, store_valence_direction, valence_direction
 from emotion_vectors.steer import Steer, steering
@@ -223,11 +224,12 @@ def _unembedding_store(tmp_path, model, tokenizer, words, layer):
 WORDS = ["happy", "obstinate", "sad", "enraged"]  # two words of two tokens in SmolLM2's vocabulary
 
 
-def test_steered_word_logprobs_equal_one_direction_at_a_time(tiny_llama):
-    model, tok = tiny_llama
+@pytest.mark.parametrize("fixture", TINY_MODEL_FIXTURES)
+def test_steered_word_logprobs_equal_one_direction_at_a_time(request, fixture):
+    model, tok = request.getfixturevalue(fixture)
     assert [len(tok(" " + w, add_special_tokens=False)["input_ids"]) for w in WORDS] == [1, 2, 1, 2]
     prompts = ["She said that she felt", "In one word, he was"]
-    d = model.config.hidden_size
+    d = model.get_input_embeddings().weight.shape[1]
     rng = np.random.default_rng(0)
     rows = [[Steer(2, rng.standard_normal(d), s, 5.0)] for s in (1.0, -2.0, 3.0)] + [[]]
     rows.append([Steer(1, rng.standard_normal(d), 1.0, 5.0), Steer(3, rng.standard_normal(d), 2.0, 5.0)])
