@@ -92,8 +92,8 @@ def test_geometry_claims_come_from_the_main_layer_with_the_tables_holm(tmp_path)
     claims = analysis_claims(_rc_table(), main_layer=9)
     assert [c.id for c in claims] == ["geometry.pc1_valence", "geometry.pc2_arousal"]
     v = claims[0]
-    assert v.statistic == 0.8 and v.p_adjusted == 1e-3 and v.verdict == EFFECT and v.interval == [0.6000000000000001, 0.9]
-    assert v.family == 6 and "layer 9" in v.claim
+    assert v.statistic == 0.8 and v.p_adjusted == 1e-4 and v.verdict == EFFECT and v.interval == [0.6000000000000001, 0.9]
+    assert v.family == 1 and "layer 9" in v.claim and "Holm over all 6 tests of rating_correlations.tsv: 0.001" in v.correction
     assert analysis_claims(_rc_table(), main_layer=4)[0].verdict == NO_EFFECT
     assert analysis_claims(pd.DataFrame(), main_layer=4) == []
 
