@@ -122,6 +122,18 @@ def emotion_vectors(means: np.ndarray, neutral: np.ndarray, share: float) -> dic
     }
 
 
+def _extraction_attrs(neutral: Any, denoise_variance: float, n_neutral: int) -> dict[str, Any]:
+    """The store attributes that say how its vectors were read and denoised (from the neutral
+    shard, whose origin every emotion shard shares)."""
+    return {
+        "layer_convention": neutral.attrs["layer_convention"],
+        "num_hidden_layers": neutral.attrs.get("num_hidden_layers"),
+        "pool_start": neutral.attrs["pool_start"],
+        "denoise_variance": denoise_variance,
+        "n_neutral": n_neutral,
+    }
+
+
 def build_vector_store(
     emotion_shards: dict[str, str | Path],
     neutral_shard: str | Path,
@@ -194,11 +206,7 @@ def build_vector_store(
         n_neutral_pcs_removed=k_removed,
         n_stories=np.asarray(n_stories, dtype=np.int64),
         attrs={
-            "layer_convention": neutral.attrs["layer_convention"],
-            "num_hidden_layers": neutral.attrs.get("num_hidden_layers"),
-            "pool_start": neutral.attrs["pool_start"],
-            "denoise_variance": denoise_variance,
-            "n_neutral": int(neutral_acts.shape[0]),
+            **_extraction_attrs(neutral, denoise_variance, int(neutral_acts.shape[0])),
             "definition": "raw = emotion mean - mean over emotions; denoised = raw with the top neutral PCs (denoise_variance of neutral variance) projected out; *_unit = L2-normalised rows",
             "residual_norm_definition": "mean over emotion stories of the mean per-token L2 norm of the residual stream over the pooled window",
             "provenance": dict(provenance, subject_model=model),
@@ -343,11 +351,7 @@ def build_shuffled_store(
         residual_norm=(norm_sum / max(norm_n, 1)).astype(np.float32),
         n_neutral_pcs_removed=k_removed, n_stories=counts.reshape(-1),
         attrs={
-            "layer_convention": neutral.attrs["layer_convention"],
-            "num_hidden_layers": neutral.attrs.get("num_hidden_layers"),
-            "pool_start": neutral.attrs["pool_start"],
-            "denoise_variance": denoise_variance,
-            "n_neutral": int(neutral_acts.shape[0]),
+            **_extraction_attrs(neutral, denoise_variance, int(neutral_acts.shape[0])),
             "source_emotions": emotions,
             "n_shuffles": K,
             "shuffle_seed": int(seed),
