@@ -367,12 +367,9 @@ HELD_SAD = [
 ]
 
 
-@pytest.mark.slow
-def test_real_model_reads_happy_above_sad(default_model, tmp_path):
-    from sklearn.metrics import roc_auc_score
-
-    model, tok = default_model
-    layer = 19
+def _three_emotion_store(model, tok, path, layer):
+    """Raw vectors of happy, sad and afraid at ``layer`` from the few sentences above (each
+    emotion's mean pooled activation minus the mean over the three), as a vector store."""
     sets = {"happy": HAPPY, "sad": SAD, "afraid": AFRAID}
     means = {}
     for emo, texts in sets.items():
@@ -380,9 +377,17 @@ def test_real_model_reads_happy_above_sad(default_model, tmp_path):
         means[emo] = res.pooled[:, 0, :].astype(np.float64).mean(0)
     grand = np.mean(list(means.values()), axis=0)
     vecs = np.stack([means[e] - grand for e in sets])[:, None, :]
-    store = write_store(tmp_path / "v.zarr", emotions=list(sets), layers=[layer], raw=vecs,
-                        denoised=None, residual_norm=None, n_neutral_pcs_removed=None,
-                        n_stories=None)
+    return write_store(path / "v.zarr", emotions=list(sets), layers=[layer], raw=vecs,
+                       denoised=None, residual_norm=None, n_neutral_pcs_removed=None, n_stories=None)
+
+
+@pytest.mark.slow
+def test_real_model_reads_happy_above_sad(default_model, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    model, tok = default_model
+    layer = 19
+    store = _three_emotion_store(model, tok, tmp_path, layer)
     held = HELD_HAPPY + HELD_SAD
     df = score_texts(store, held, model=model, tokenizer=tok, labels=["pos"] * 4 + ["neg"] * 4)
     assert df.attrs["scoring"]["layer"] == layer and df.attrs["scoring"]["vector_kind"] == "raw_unit"
@@ -424,15 +429,7 @@ def test_real_model_reads_the_labelled_fixture(default_model, tmp_path):
 
     model, tok = default_model
     layer = 19
-    sets = {"happy": HAPPY, "sad": SAD, "afraid": AFRAID}
-    means = {}
-    for emo, texts in sets.items():
-        res = extract_pooled(model, tok, texts, None, [layer], pool_start=1, batch_size=8)
-        means[emo] = res.pooled[:, 0, :].astype(np.float64).mean(0)
-    grand = np.mean(list(means.values()), axis=0)
-    vecs = np.stack([means[e] - grand for e in sets])[:, None, :]
-    store = write_store(tmp_path / "v.zarr", emotions=list(sets), layers=[layer], raw=vecs,
-                        denoised=None, residual_norm=None, n_neutral_pcs_removed=None, n_stories=None)
+    store = _three_emotion_store(model, tok, tmp_path, layer)
     recs = load_file(REPO_ROOT / "tests" / "data" / "emotion_labelled.tsv", "text", label_column="labels")
     df = score_texts(store, [r["text"] for r in recs], labels=[r["label"] for r in recs],
                      model=model, tokenizer=tok)
