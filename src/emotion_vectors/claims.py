@@ -136,7 +136,7 @@ class Claim:
             raise ValueError(f"claim {self.id}: verdict must be one of {VERDICTS}, not {self.verdict!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return _json_safe(asdict(self))
+        return json_safe(asdict(self))
 
 
 def decide(p_adjusted: float | None, *, alpha: float = ALPHA, n_null: int | None = None,
@@ -198,7 +198,7 @@ def write_claims(claims: Iterable[Claim | dict], path: str | Path) -> None:
     """``claims.json``: a list of claim dicts (atomic write)."""
     from .generate import write_json_atomic
 
-    rows = [c.to_dict() if isinstance(c, Claim) else _json_safe(dict(c)) for c in claims]
+    rows = [c.to_dict() if isinstance(c, Claim) else json_safe(dict(c)) for c in claims]
     write_json_atomic({"claims": rows}, path)
 
 
@@ -212,12 +212,12 @@ def read_claims(path: str | Path) -> list[dict]:
     return rows
 
 
-def _json_safe(obj: Any) -> Any:
-    """NaN/inf as ``None``, numpy scalars as Python's, tuples as lists."""
+def json_safe(obj: Any) -> Any:
+    """The same structure as valid JSON: NaN/inf as ``None``, numpy scalars as Python's, tuples as lists."""
     if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, (bool, np.bool_)):
         return bool(obj)
     if isinstance(obj, np.integer):
@@ -227,6 +227,6 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-__all__ = ["ALPHA", "Claim", "EFFECT", "NOT_TESTABLE", "NO_EFFECT", "VERDICTS", "bh",
+__all__ = ["ALPHA", "Claim", "EFFECT", "NOT_TESTABLE", "NO_EFFECT", "VERDICTS", "bh", "json_safe",
            "binomial_interval", "decide", "draws_needed", "family_claims", "holm", "make_claim",
            "mc_p", "min_attainable_p", "read_claims", "rejection_band", "write_claims"]

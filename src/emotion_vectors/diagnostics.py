@@ -86,6 +86,7 @@ from typing import Any
 import numpy as np
 
 from .shards import open_shard
+from .claims import json_safe
 
 Z95 = 1.959963984540054
 METHODS = ("nearest_centroid", "logistic_probe")
@@ -1016,7 +1017,7 @@ def headline(
         if c is not None and factor in out["variance_shares"]:
             out["variance_shares"][factor]["verdict"] = c.verdict
     out["verdict"] = _verdict(out)
-    return _finite_or_none(out)
+    return json_safe(out)
 
 
 def _per_emotion(recog_rows: list[dict], alpha: float) -> dict:
@@ -1210,19 +1211,6 @@ def diagnostics_claims(summary: Mapping[str, Any]) -> list[Any]:
 
 def _fmt(v: Any) -> str:
     return f"{float(v):.3g}" if v is not None and np.isfinite(float(v)) else "n/a"
-
-
-def _finite_or_none(obj: Any) -> Any:
-    """The same structure with NaN and infinities as ``None`` (valid JSON) and numpy scalars as Python's."""
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    return obj
 
 
 def _verdict(h: dict) -> str:

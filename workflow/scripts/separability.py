@@ -18,13 +18,12 @@ from threadpoolctl import threadpool_limits
 from emotion_vectors.diagnostics import (
     SEPARABILITY_COLUMNS,
     VARIANCE_COLUMNS,
-    _finite_or_none,
     load_corpus,
     separability,
     separability_figure,
     variance_analysis,
 )
-from emotion_vectors.claims import draws_needed
+from emotion_vectors.claims import draws_needed, json_safe
 from emotion_vectors.jobs import start_job
 from emotion_vectors.provenance import provenance
 
@@ -76,5 +75,5 @@ meta = {
     "seconds_separability": round(sep_seconds, 2),
     "provenance": provenance(stage="separability", config_section=s),
 }
-Path(smk.output.meta).write_text(json.dumps(_finite_or_none(meta), indent=1))
+Path(smk.output.meta).write_text(json.dumps(json_safe(meta), indent=1))
 log.info("separability done in %.1f s: %s", meta["seconds"], sep_extra)

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..claims import json_safe
 from . import clustering, geometry, logit_lens, norms, plots, stats
 from .store import VectorSet, load_vectors
 
@@ -361,7 +362,7 @@ def analyze(
     )
     timings["total"] = time.perf_counter() - t_start
     summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
-    summary = _finite_or_none(summary)
+    summary = json_safe(summary)
     (out / FILES["summary"]).write_text(
         json.dumps(summary, indent=2, default=_json_default, allow_nan=False)
     )
@@ -374,19 +375,6 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def _finite_or_none(obj: Any) -> Any:
-    """Copy of a JSON-like structure with NaN/inf floats replaced by None (valid JSON)."""
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def _nan_to_none(x: float) -> float | None:
