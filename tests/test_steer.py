@@ -30,6 +30,7 @@ from emotion_vectors.steer import (
     SteeringPositionError,
     SteeringUnitError,
     call_positions,
+    generate_rows,
     random_steers,
     steering,
     steering_rows,
@@ -578,6 +579,85 @@ def test_steering_rows_strength_zero_registers_nothing_and_checks_batch(tiny_gem
     with pytest.raises(ValueError, match="positions"):
         with steering_rows(model, rows, positions="first"):
             pass
+
+
+# --------------------------------------------------------------------------- the shared prefix
+
+
+@pytest.mark.parametrize("fixture", TINY_MODEL_FIXTURES)
+def test_broadcast_call_equals_the_batch_of_identical_prompts(request: Any, fixture: str) -> None:
+    """One row run below the first steered block and repeated there gives every row the logits and
+    the KV cache that a batch of the same prompt, one row per entry, gives (up to the rounding of
+    batched products); the rows' steers still differ (the strength-0 row is the plain model)."""
+    model, tok = request.getfixturevalue(fixture)
+    rows = row_steers(model, tok, 2)
+    ids = torch.tensor([tok("She opened the letter and read it twice")["input_ids"]])
+    n = len(rows)
+    with torch.inference_mode():
+        with steering_rows(model, rows):
+            full = model(input_ids=ids.expand(n, -1), attention_mask=torch.ones((n, ids.shape[1]), dtype=torch.long),
+                         use_cache=True)
+        with steering_rows(model, rows, broadcast=True), recording(model, [1, 2]) as rec:
+            one = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+        plain = model(input_ids=ids).logits
+    assert rec[0][1].shape[0] == 1 and rec[0][2].shape[0] == n  # block 1 ran once, block 2 is repeated
+    assert one.logits.shape == full.logits.shape
+    assert torch.allclose(one.logits, full.logits, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(one.logits[2], plain[0], atol=1e-4, rtol=1e-4)  # the unsteered row
+    assert not torch.allclose(one.logits[0], one.logits[1], atol=1e-3)
+    cache_one = getattr(one, "cache", None) or one.past_key_values
+    cache_full = getattr(full, "cache", None) or full.past_key_values
+    for a, b in zip(cache_one.layers, cache_full.layers):
+        if getattr(b, "keys", None) is None or not b.is_initialized:
+            continue
+        assert a.keys.shape == b.keys.shape
+        assert torch.allclose(a.keys, b.keys, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("fixture", TINY_MODEL_FIXTURES)
+def test_generate_rows_equals_the_batch_and_each_row_alone(request: Any, fixture: str, policy: Any) -> None:
+    """generate_rows (the prompt's shared part once) gives each row the greedy tokens of the same
+    prompt generated alone under ``steering`` with that row's steers, with and without a cache."""
+    model, tok = request.getfixturevalue(fixture)
+    rows = row_steers(model, tok, 2)
+    enc = encode(tok, ["She opened the letter and"])
+    ids = enc["input_ids"][0]
+    got = generate_rows(model, ids, rows, positions=policy, max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                        pad_token_id=tok.pad_token_id)
+    assert got.shape == (3, 6)
+    for r, steers in enumerate(rows):
+        with steering(model, steers, positions=policy):
+            alone = greedy(model, tok, enc, 6, exact=True)[:, ids.shape[0]:]
+        assert torch.equal(got[r : r + 1], alone), (r, policy)
+    plain = greedy(model, tok, enc, 6, exact=True)[:, ids.shape[0]:]
+    assert torch.equal(got[2:3], plain) and not torch.equal(got[0:1], plain)
+
+
+def test_generate_rows_samples_like_the_plain_batch_and_broadcast_is_checked(tiny_llama: Any) -> None:
+    """Seeded sampling: the same tokens as ``generate`` on the batch of identical prompts with the
+    same seed; a call of another batch size is refused; with no active row the rows are the
+    unsteered model's, repeated."""
+    model, tok = tiny_llama
+    rows = row_steers(model, tok, 2)
+    enc = encode(tok, ["The old house"])
+    ids = enc["input_ids"][0]
+    kw = dict(max_new_tokens=5, min_new_tokens=5, do_sample=True, temperature=1.0, top_k=0,
+              pad_token_id=tok.pad_token_id)
+    got = generate_rows(model, ids, rows, seed=3, **kw)
+    batch = {k: v.expand(3, -1) for k, v in enc.items()}
+    torch.manual_seed(3)
+    with steering_rows(model, rows):
+        want = model.generate(**batch, **kw)[:, ids.shape[0]:]
+    assert torch.equal(got, want)
+    zero = [[], [], []]
+    same = generate_rows(model, ids, zero, max_new_tokens=4, min_new_tokens=4, do_sample=False,
+                         pad_token_id=tok.pad_token_id)
+    assert torch.equal(same[0], same[1]) and torch.equal(same[1], same[2])
+    two = {k: v.expand(2, -1) for k, v in enc.items()}
+    with pytest.raises(SteeringPositionError, match="3 rows of steers.*batch of 2.*one row"):
+        with steering_rows(model, rows, broadcast=True):
+            model(**two)
 
 
 # --------------------------------------------------------------------------- the vector store

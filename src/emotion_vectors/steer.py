@@ -51,6 +51,20 @@ context must have exactly ``len(rows)`` rows (a call with another batch size is 
 guessed: e.g. ``generate(num_return_sequences=k)`` or a cache repeated for candidates needs its
 rows listed in that order).
 
+The shared prefix, computed once
+------------------------------------
+Every row of a ``steering_rows`` batch that continues ONE prompt reads the same residual stream
+up to the first steered block: a steer added at block ``L`` changes nothing below it. With
+``broadcast=True`` a forward call of batch 1 is accepted: blocks ``0 .. L`` run once, and the
+output of block ``L`` is repeated to ``len(rows)`` rows before the rows' steers are added, so
+every block above ``L`` (and the logits) sees one row per entry of ``rows``; after the call the KV
+cache of blocks ``0 .. L`` is repeated to ``len(rows)`` rows, so that the next calls (a
+``generate()`` continuing from that cache, the further tokens of a multi-token word) run with
+one row per entry, as usual. :func:`generate_rows` does this for sampling: the prompt's shared
+part costs one row below the steered block instead of ``len(rows)``. Same numbers as the
+batch of ``len(rows)`` identical prompts, up to floating-point rounding of the batched matrix
+products (tested on tiny Llama, Gemma 3, Gemma 4 text and its multimodal wrapper).
+
 What transformers passes (5.24, checked for Llama/SmolLM2, Gemma 3 and Gemma 4 text and its
 multimodal wrapper): ``generate()`` calls ``model.forward`` with keyword arguments only:
 ``input_ids``, ``position_ids`` (already counted from each row's first real token), ``cache``
@@ -364,12 +378,18 @@ class _SteeringHooks:
 
     def __init__(self, model: torch.nn.Module, per_layer: dict[int, np.ndarray],
                  positions: Positions, prompt_length: int | None,
-                 row_active: dict[int, np.ndarray] | None = None) -> None:
+                 row_active: dict[int, np.ndarray] | None = None, broadcast: bool = False,
+                 n_rows: int | None = None, expand_layer: int | None = None) -> None:
         self.model = model
+        self.broadcast = broadcast and row_active is not None
+        self.expand_layer = expand_layer if expand_layer is not None else (min(per_layer) if per_layer else None)
+        self.expanding = False  # the current call has batch 1 and is repeated at ``expand_layer``
+        self.call_cache: Any = None
         # (d,) per layer (every row alike), or (n_rows, d) with ``row_active`` (n_rows,) per layer
         self.per_layer = per_layer
         self.row_active = row_active
-        self.n_rows = None if row_active is None else int(next(iter(row_active.values())).shape[0])
+        self.n_rows = n_rows if n_rows is not None else (
+            None if row_active is None else int(next(iter(row_active.values())).shape[0]))
         self.positions = positions
         self.prompt_length = prompt_length
         self.first_prompt: torch.Tensor | None = None  # (b,) real tokens in the first call
@@ -379,10 +399,15 @@ class _SteeringHooks:
 
     def pre_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         pos, real = call_positions(args, kwargs)
+        self.expanding = False
         if self.n_rows is not None and pos.shape[0] != self.n_rows:
-            raise SteeringPositionError(
-                f"steering_rows was given {self.n_rows} rows of steers but the model is called with "
-                f"a batch of {pos.shape[0]}: call it with one row per entry of rows, in order")
+            if not (self.broadcast and pos.shape[0] == 1):
+                raise SteeringPositionError(
+                    f"steering_rows was given {self.n_rows} rows of steers but the model is called with "
+                    f"a batch of {pos.shape[0]}: call it with one row per entry of rows, in order"
+                    + (" (or with one row, to be repeated at the steered block)" if self.broadcast else ""))
+            self.expanding = True
+            self.call_cache = kwargs.get("cache", kwargs.get("past_key_values"))
         if self.positions == "all":
             select = real
         elif self.positions == "generated":
@@ -391,6 +416,8 @@ class _SteeringHooks:
             else:
                 if self.first_prompt is None:
                     self.first_prompt = torch.where(real, pos + 1, 0).amax(-1)  # (b,)
+                elif self.first_prompt.shape[0] == 1 and self.broadcast:
+                    pass  # a prompt run once for every row: its length holds for each
                 elif self.first_prompt.shape[0] != pos.shape[0]:
                     raise SteeringPositionError(
                         f"positions='generated' took the prompt lengths from the first forward "
@@ -407,6 +434,14 @@ class _SteeringHooks:
     def post_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         self.select = None
         self.any_selected = False
+        if self.expanding:
+            self.expanding = False
+            cache = self.call_cache
+            if cache is None:
+                cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
+            self.call_cache = None
+            if cache is not None:
+                _repeat_cache_rows(cache, self.n_rows)
 
     def _delta(self, layer: int, like: torch.Tensor) -> torch.Tensor:
         key = (layer, like.dtype, like.device)
@@ -426,18 +461,25 @@ class _SteeringHooks:
                 raise SteeringPositionError(
                     f"decoder block {layer} ran outside a forward call of the model given to "
                     "steering(); call that model (not a submodule) while steering")
-            if not self.any_selected:
-                return None
             hidden = _block_hidden(output)
-            if tuple(hidden.shape[:2]) != tuple(self.select.shape):
+            select = self.select
+            if self.expanding:
+                if layer == self.expand_layer and hidden.shape[0] == 1:
+                    hidden = hidden.expand(self.n_rows, *hidden.shape[1:])
+                    if not self.any_selected or layer not in self.per_layer:
+                        return _replace_hidden(output, hidden.contiguous())
+                select = select.expand(self.n_rows, -1)
+            if not self.any_selected or layer not in self.per_layer:
+                return None
+            if tuple(hidden.shape[:2]) != tuple(select.shape):
                 raise SteeringPositionError(
                     f"block {layer} output has shape {tuple(hidden.shape)} but the call's tokens "
-                    f"are {tuple(self.select.shape)}")
+                    f"are {tuple(select.shape)}")
             delta = self._delta(layer, hidden)
             if delta.shape[-1] != hidden.shape[-1]:
                 raise ValueError(f"steer at layer {layer} has d={delta.shape[-1]} but the "
                                  f"residual stream has d={hidden.shape[-1]}")
-            select = self.select.to(hidden.device)
+            select = select.to(hidden.device)
             if delta.dim() == 2:  # one vector per row; inactive rows are left exactly as they are
                 select = select & self._rows(layer, hidden.device).unsqueeze(-1)
                 delta = delta.unsqueeze(1)
@@ -446,6 +488,26 @@ class _SteeringHooks:
             return _replace_hidden(output, steered)
 
         return hook
+
+
+def _repeat_cache_rows(cache: Any, n_rows: int) -> None:
+    """Repeat every cache layer that holds one row to ``n_rows`` rows (the blocks below the
+    steered one, run once by a broadcast call); layers already at ``n_rows`` are left alone."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        raise SteeringPositionError(
+            f"a broadcast call (batch 1 for {n_rows} rows) needs a KV cache with per-layer storage "
+            f"(transformers' DynamicCache), got {type(cache).__name__}")
+    for lay in layers:
+        keys = getattr(lay, "keys", None)
+        if not getattr(lay, "is_initialized", keys is not None) or not isinstance(keys, torch.Tensor) \
+                or keys.numel() == 0:
+            continue
+        if keys.shape[0] == 1 and n_rows > 1:
+            lay.batch_repeat_interleave(n_rows)
+        elif keys.shape[0] != n_rows:
+            raise SteeringPositionError(
+                f"a cache layer holds {keys.shape[0]} rows after a broadcast call for {n_rows} rows")
 
 
 def _replace_hidden(output: Any, hidden: torch.Tensor) -> Any:
@@ -504,7 +566,10 @@ def _hooked(model: torch.nn.Module, state: _SteeringHooks) -> Iterator[None]:
         handles.append(model.register_forward_pre_hook(state.pre_forward, with_kwargs=True))
         handles.append(model.register_forward_hook(state.post_forward, with_kwargs=True,
                                                    always_call=True))
-        for layer in sorted(state.per_layer):
+        hooked = set(state.per_layer)
+        if state.broadcast and state.expand_layer is not None:
+            hooked.add(state.expand_layer)
+        for layer in sorted(hooked):
             handles.append(blocks[layer].register_forward_hook(state.block_hook(layer)))
         yield
     finally:
@@ -554,6 +619,7 @@ def steering_rows(
     *,
     positions: Positions = "all",
     prompt_length: int | None = None,
+    broadcast: bool = False,
 ) -> Iterator[None]:
     """Add a different set of steers to each row of the batch (one direction per sequence).
 
@@ -568,6 +634,11 @@ def steering_rows(
         model: as for :func:`steering`.
         rows: for each row of the batch, its :class:`Steer` s (possibly none).
         positions, prompt_length: as for :func:`steering` (``prompt_length`` for every row).
+        broadcast: also accept a forward call of batch 1 (one prompt for every row): the blocks
+            below the first steered one run once, its output is repeated to ``len(rows)`` rows,
+            and the KV cache of the blocks below is repeated after the call (module docstring,
+            "The shared prefix"). With no active row, the call runs as one row up to the
+            last block and is repeated there.
     """
     positions, prompt_length = _checked_policy(positions, prompt_length)
     rows = [list(r) for r in rows]
@@ -576,6 +647,12 @@ def steering_rows(
     active_rows = [_checked_steers(model, r) for r in rows]
     everything = [s for r in active_rows for s in r]
     if not everything:
+        if broadcast and len(rows) > 1:  # nothing to add: one row all the way up, then repeated
+            state = _SteeringHooks(model, {}, positions, prompt_length, row_active={}, broadcast=True,
+                                   n_rows=len(rows), expand_layer=len(decoder_layers(model)) - 1)
+            with _hooked(model, state):
+                yield
+            return
         yield
         return
     _checked_steers(model, everything)  # one width for all rows
@@ -589,9 +666,64 @@ def steering_rows(
                 row_active[s.layer] = np.zeros(len(rows), dtype=bool)
             per_layer[s.layer][i] += s.vector
             row_active[s.layer][i] = True
-    state = _SteeringHooks(model, per_layer, positions, prompt_length, row_active=row_active)
+    state = _SteeringHooks(model, per_layer, positions, prompt_length, row_active=row_active,
+                           broadcast=broadcast)
     with _hooked(model, state):
         yield
+
+
+def generate_rows(
+    model: torch.nn.Module,
+    input_ids: Any,
+    rows: Sequence[Sequence[Steer]],
+    *,
+    positions: Positions = "all",
+    seed: int | None = None,
+    **generate_kwargs: Any,
+) -> torch.Tensor:
+    """One continuation of ONE prompt per entry of ``rows`` (row ``i`` steered by ``rows[i]``),
+    the prompt's shared part computed once.
+
+    The prompt's tokens but the last run as one row under ``steering_rows(..., broadcast=True)``
+    (blocks below the first steered one once, the rest once per row; module docstring, "The
+    shared prefix"); ``generate()`` then continues every row from that cache, in the same
+    steering context. ``positions="generated"`` steers the tokens after the prompt
+    (``prompt_length`` = the prompt's length). ``seed`` seeds torch before sampling.
+
+    Args:
+        input_ids: the prompt's token ids (a list or a ``(T,)`` / ``(1, T)`` tensor), no padding.
+        generate_kwargs: passed to ``model.generate`` (``max_new_tokens``, ``do_sample``, ...).
+
+    Returns:
+        ``(len(rows), n_new)``: the new tokens of each row.
+    """
+    from emotion_vectors.extract import _input_device
+
+    ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(1, -1).to(_input_device(model))
+    n, t = len(rows), int(ids.shape[1])
+    if t == 0:
+        raise ValueError("generate_rows needs a prompt of at least one token")
+    prompt_length = t if positions == "generated" else None
+    params = __import__("inspect").signature(model.forward).parameters
+    cache_arg = "cache" if "cache" in params else "past_key_values"
+    kwargs: dict[str, Any] = {}
+    with torch.inference_mode(), steering_rows(model, rows, positions=positions, prompt_length=prompt_length,
+                                               broadcast=True):
+        if t > 1:
+            head = ids[:, :-1]
+            out = model(input_ids=head, attention_mask=torch.ones_like(head), use_cache=True)
+            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+            if cache is None:
+                raise SteeringPositionError(f"{type(model).__name__} returned no KV cache for the shared prompt")
+            if n > 1:
+                _repeat_cache_rows(cache, n)  # no-op when the steering hooks did it
+            kwargs[cache_arg] = cache
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        out = model.generate(input_ids=ids.expand(n, -1), attention_mask=torch.ones((n, t), dtype=torch.long,
+                                                                                    device=ids.device),
+                             **kwargs, **generate_kwargs)
+    return out[:, t:]
 
 
 __all__ = [
@@ -599,6 +731,7 @@ __all__ = [
     "SteeringPositionError",
     "SteeringUnitError",
     "call_positions",
+    "generate_rows",
     "random_steers",
     "steering",
     "steering_rows",
