@@ -25,7 +25,11 @@ relative to A; for RSA this is the Mantel test). Under "B's geometry is unrelate
 the observed statistic and the permuted ones are exchangeable, so the Monte-Carlo p
 ``(1 + #{null >= observed}) / (1 + K)`` rejects at ``alpha`` at most ``alpha`` of the time
 (``tests/test_compare.py`` simulates it). One set of ``K`` permutations serves every measure of
-a comparison. The CKA heatmap gives each cell its own permutation p and a family-wise one (the
+a comparison. The two measures that move in steps break ties with a continuous secondary
+statistic fixed in advance (draws equal to the observed value count only when their secondary is
+at least the observed one), so their tests are exact rather than conservative: for the
+neighbour overlap, the mean cosine in B of each emotion with A's neighbours of it; for the
+cluster agreement, the Spearman correlation of the two trees' cophenetic distances. The CKA heatmap gives each cell its own permutation p and a family-wise one (the
 maximum over all cells in each permutation).
 
 **Views.** A comparison is computed on one or more *views* ``(xa, xb)``, its statistic being the
@@ -75,7 +79,8 @@ MEASURE_TEXT = {
                    "training half; mean over random halves"),
 }
 NULL_TEXT = ("B's emotion labels permuted relative to A's (rows of B permuted; the Mantel test for RSA); "
-             "Monte-Carlo p = (1 + #{null >= observed}) / (1 + K), one-sided")
+             "Monte-Carlo p = (1 + #{null >= observed}) / (1 + K), one-sided; neighbour and cluster agreement "
+             "break ties with a continuous secondary statistic fixed in advance")
 #: Rows of a split-half store (``split_vectors``): ``f"{emotion}{HALF_SEP}{h}"``, h in (0, 1).
 HALF_SEP = "@half"
 #: Fewest shared emotions a comparison accepts.
@@ -296,20 +301,22 @@ def permutations(n: int, n_permutations: int, seed: int) -> np.ndarray:
     return np.stack([rng.permutation(n) for _ in range(int(n_permutations))]) if n_permutations else np.zeros((0, n), int)
 
 
-class _RSA:
-    def __init__(self, views):
-        n = len(views[0][0])
+class _RankCorrelation:
+    """Spearman correlation of the upper triangles of two symmetric matrices per view, B's
+    relabelled by a permutation: a relabelling moves B's ranks, never changes them, so the
+    permuted triangle's ranks are a gather of B's rank matrix (their mean and norm unchanged)."""
+
+    def __init__(self, mats):
+        n = len(mats[0][0])
         self.i, self.j = _tri(n)
         self.a, self.rb = [], []
-        for xa, xb in views:
-            ra = sps.rankdata(cosine(xa)[self.i, self.j])
+        for ma, mb in mats:
+            ra = sps.rankdata(ma[self.i, self.j])
             ra = ra - ra.mean()
             nrm = np.linalg.norm(ra)
             self.a.append(ra / nrm if nrm > 0 else np.full_like(ra, np.nan))
-            # B's ranks as a symmetric matrix: a relabelling moves ranks, never changes them, so
-            # the permuted triangle's ranks are a gather (mean and norm unchanged)
             rb = np.zeros((n, n))
-            rb[self.i, self.j] = sps.rankdata(cosine(xb)[self.i, self.j])
+            rb[self.i, self.j] = sps.rankdata(mb[self.i, self.j])
             rb = rb + rb.T
             vals = rb[self.i, self.j]
             mean, nrm = vals.mean(), np.linalg.norm(vals - vals.mean())
@@ -321,6 +328,11 @@ class _RSA:
             b = rb[p[self.i], p[self.j]] - mean
             out.append(float(a @ b / nrm) if nrm > 0 else float("nan"))
         return out
+
+
+class _RSA(_RankCorrelation):
+    def __init__(self, views):
+        super().__init__([(cosine(xa), cosine(xb)) for xa, xb in views])
 
 
 class _CKA:
@@ -336,21 +348,47 @@ class _CKA:
 
 
 class _NN:
+    """Neighbour overlap; ties (it moves in steps of 1 / (n k)) are broken by a continuous
+    secondary statistic fixed in advance: the mean cosine, in B, of each emotion with A's
+    neighbours of it."""
+
     def __init__(self, views, k: int):
         self.k = k
-        self.pairs = [(neighbours(cosine(xa), k), neighbours(cosine(xb), k)) for xa, xb in views]
+        self.pairs = []
+        for xa, xb in views:
+            cb = cosine(xb)
+            self.pairs.append((neighbours(cosine(xa), k), neighbours(cb, k), cb))
 
     def __call__(self, p: np.ndarray) -> list[float]:
         n = len(p)
-        return [float((na & nb[np.ix_(p, p)]).sum() / (n * self.k)) for na, nb in self.pairs]
+        return [float((na & nb[np.ix_(p, p)]).sum() / (n * self.k)) for na, nb, _ in self.pairs]
+
+    def secondary(self, p: np.ndarray) -> list[float]:
+        n = len(p)
+        return [float(np.sum(na * cb[np.ix_(p, p)]) / (n * self.k)) for na, _, cb in self.pairs]
 
 
 class _ARI:
+    """Cluster agreement; ties (the index takes few values) are broken by a continuous secondary
+    statistic fixed in advance: the Spearman correlation of the two trees' cophenetic distances."""
+
     def __init__(self, views, k: int):
-        self.pairs = [(cluster_labels(xa, k), cluster_labels(xb, k)) for xa, xb in views]
+        from scipy.cluster.hierarchy import cophenet
+        from scipy.spatial.distance import squareform
+
+        self.pairs, mats = [], []
+        for xa, xb in views:
+            ta = clustering.linkage_tree(cosine(xa), "ward")
+            tb = clustering.linkage_tree(cosine(xb), "ward")
+            self.pairs.append((clustering.cut_tree(ta, k), clustering.cut_tree(tb, k)))
+            mats.append((squareform(cophenet(ta)), squareform(cophenet(tb))))
+        self.trees = _RankCorrelation(mats)
 
     def __call__(self, p: np.ndarray) -> list[float]:
         return [_ari(la, lb[p]) for la, lb in self.pairs]
+
+    def secondary(self, p: np.ndarray) -> list[float]:
+        return self.trees(p)
 
 
 class _Procrustes:
@@ -453,17 +491,34 @@ def permutation_tests(
             null = np.mean(score.batch(perms), axis=1)
         else:
             null = np.array([np.mean(score(p)) for p in perms], dtype=np.float64)
-        out[m] = _test(m, stat, per_view, null)
+        ties = None
+        if hasattr(score, "secondary"):
+            ties = (float(np.mean(score.secondary(ident))),
+                    np.array([np.mean(score.secondary(p)) for p in perms], dtype=np.float64))
+        out[m] = _test(m, stat, per_view, null, ties)
     return out
 
 
-def _test(measure: str, stat: float, per_view: list[float], null: np.ndarray) -> PermutationTest:
-    from emotion_vectors.claims import mc_p
-
-    finite = null[np.isfinite(null)]
+def _test(measure: str, stat: float, per_view: list[float], null: np.ndarray,
+          ties: tuple[float, np.ndarray] | None = None) -> PermutationTest:
+    """The Monte-Carlo p of ``stat`` against ``null``; with ``ties`` (a secondary statistic and its
+    null draws), draws equal to ``stat`` count only when their secondary is at least the
+    observed one (lexicographic order: the test is exact, not conservative, for a statistic
+    that moves in steps)."""
     # the statistic and the null rounded alike: a permutation that reproduces the observed
     # labelling (or an equivalent one) must count as ">=", not fall below by rounding
-    p = mc_p(round(stat, 12), np.round(finite, 12)) if finite.size else float("nan")
+    ok = np.isfinite(null)
+    finite = null[ok]
+    if not finite.size or not math.isfinite(stat):
+        p = float("nan")
+    else:
+        obs, drawn = round(stat, 12), np.round(finite, 12)
+        if ties is None:
+            hits = int(np.sum(drawn >= obs))
+        else:
+            sec_obs, sec_null = ties[0], np.asarray(ties[1])[ok]
+            hits = int(np.sum(drawn > obs) + np.sum((drawn == obs) & (np.round(sec_null, 12) >= round(sec_obs, 12))))
+        p = (1 + hits) / (1 + finite.size)
     return PermutationTest(
         measure=measure, statistic=stat, per_view=[float(v) for v in per_view], p=p,
         n_permutations=int(null.size),
