@@ -125,6 +125,27 @@ def test_make_backend_openai_spec_and_errors():
         OpenAIChatBackend("127.0.0.1:9", "m")
 
 
+def test_base_url_never_carries_a_credential_and_keys_stay_off_plain_networks(caplog):
+    """A credential in base_url is refused (it would reach provenance, logs and errors), and the
+    refusal does not repeat it; a key goes over plain http:// only to this machine."""
+    secret = "sk-ev-url-9f3Kq"
+    for url in (f"https://user:{secret}@api.example.org/v1", f"https://{secret}@api.example.org/v1",
+                f"https://api.example.org/v1?api_key={secret}", f"https://api.example.org/v1#{secret}"):
+        with pytest.raises(ValueError, match="user name or password|query string or fragment") as err:
+            make_backend({"backend": "openai", "base_url": url, "model": "m"})
+        assert secret not in str(err.value) and "***" in str(err.value) and "api.example.org" in str(err.value)
+    assert secret not in caplog.text
+    for url in ("http://api.example.org/v1", "http://10.1.2.3:8000/v1", "http://localhost.example.org/v1"):
+        with pytest.raises(ValueError, match="unencrypted"):
+            OpenAIChatBackend(url, "m", api_key_env="EV_TEST_KEY")
+        assert OpenAIChatBackend(url, "m").base_url == url.rstrip("/")  # no key: nothing to leak
+    for url in ("https://api.example.org/v1", "http://127.0.0.1:8000/v1", "http://127.8.9.10/v1",
+                "http://localhost:8000/v1", "http://[::1]:8000/v1"):
+        assert OpenAIChatBackend(url, "m", api_key_env="EV_TEST_KEY").base_url == url
+    with pytest.raises(ValueError, match="name a host"):
+        OpenAIChatBackend("http:///v1", "m")
+
+
 # --- HTTP client ----------------------------------------------------------------------------
 
 

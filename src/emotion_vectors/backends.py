@@ -40,7 +40,12 @@ backend the config chose. Two implementations:
   * the API key is read from the named environment variable at each call and never stored: it
     is not an attribute, not in ``repr``, not in :meth:`OpenAIChatBackend.describe`, not in log
     lines and not in error messages (which name the HTTP status and the URL; a server's error
-    body is scrubbed of the key).
+    body is scrubbed of the key);
+  * ``base_url`` may not carry a credential (``user:password@``, a query string or a fragment:
+    :func:`check_base_url`), since it is recorded in provenance and named in logs and errors
+    (the refusal names the URL with those parts replaced by ``***``); and a key is sent only
+    over ``https://`` or to a loopback address (``http://127.0.0.1``, ``localhost``, ``[::1]``),
+    never in clear text across a network.
 
 :func:`make_backend` builds either from a config mapping::
 
@@ -61,11 +66,13 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import hashlib
+import ipaddress
 import logging
 import os
 import random
 import threading
 import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -480,8 +487,7 @@ class OpenAIChatBackend:
         send_seed: bool = True,
         extra_body: Mapping[str, Any] | None = None,
     ):
-        if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, not {base_url!r}")
+        check_base_url(base_url, api_key_env)
         if int(max_concurrency) < 1:
             raise ValueError(f"max_concurrency must be >= 1, not {max_concurrency}")
         if int(max_retries) < 0 or float(backoff) < 0 or float(max_backoff) < 0:
@@ -785,6 +791,66 @@ class OpenAIChatBackend:
 
 def _scrub(text: str, key: str | None) -> str:
     return text.replace(key, "[key]") if key else text
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its user name, password, query and fragment replaced by ``***`` (for messages)."""
+    try:
+        parts = urllib.parse.urlsplit(str(url))
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = ("***@" if "@" in parts.netloc else "") + host + port
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "",
+                                    "***" if parts.fragment else ""))
+
+
+def is_loopback(host: str | None) -> bool:
+    """``localhost`` or a loopback IP address (127.0.0.0/8, ::1)."""
+    if not host:
+        return False
+    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(base_url: str, api_key_env: str | None = None) -> None:
+    """Refuse a ``base_url`` that would leak a credential.
+
+    It must be ``http://`` or ``https://`` with a host, and carry no user name or password
+    (``https://user:pw@host``), query string (``?key=...``) or fragment: those would be recorded
+    in provenance and named in logs and errors (a key belongs in the environment variable named
+    by ``api_key_env``). With a key (``api_key_env``), plain ``http://`` is accepted only to a
+    loopback host: the ``Authorization`` header would otherwise cross the network in clear text.
+    Messages name the URL with its secret parts replaced by ``***``.
+
+    Raises:
+        ValueError: any of these.
+    """
+    shown = redact_url(base_url)
+    try:
+        parts = urllib.parse.urlsplit(str(base_url))
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError as err:
+        raise ValueError(f"base_url {shown} is not a URL: {err}") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ValueError(f"base_url must start with http:// or https:// and name a host, not {shown!r}")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise ValueError(f"base_url {shown} carries a user name or password: put the key in an environment "
+                         "variable and name it in api_key_env (the URL is recorded in provenance and logs)")
+    if parts.query or parts.fragment:
+        raise ValueError(f"base_url {shown} carries a query string or fragment (a key?): give the server's base URL "
+                         "only, and the key through api_key_env")
+    if api_key_env and parts.scheme == "http" and not is_loopback(host):
+        raise ValueError(f"base_url {shown} is plain http:// to {host}, which is not this machine: the key in "
+                         f"${api_key_env} would cross the network unencrypted; use https:// (or a loopback address)")
 
 
 BACKENDS = ("hf", "openai")
