@@ -26,7 +26,9 @@ kept and their (condition, sample) pairs skipped; a line that does not (the trun
 a killed run) is dropped and reported, and the file is rewritten with the good lines before
 anything is appended. A kept line made with other settings (prompt, condition dict,
 ``max_new_tokens``, ``temperature`` or seed) stops the run with an error naming the file and
-the field: it would mix two experiments in one file.
+the field: it would mix two experiments in one file. Once the job has written every output,
+:func:`discard_resume_files` removes the resume file (and a ``.stale`` one moved aside), so that
+nothing of the run is left beside its outputs.
 """
 
 from __future__ import annotations
@@ -262,6 +264,22 @@ def run_scenario(
                         done += 1
                         say(f"{name} sample {i}: {comp.completion_tokens} tokens in {rec['seconds']:.1f} s ({done}/{total})")
     return [by_key[(c["name"], i)] for c in conditions for i in range(n_samples)]
+
+
+def discard_resume_files(out_jsonl: str | Path) -> list[Path]:
+    """Remove the resume files of a finished run: ``out_jsonl`` (the ``transcripts.jsonl.partial``
+    that :func:`run_scenario` appended to) and ``<out_jsonl>.stale`` (one made with other settings,
+    moved aside), so that only the outputs are left beside the outputs. Call it when the job has
+    written all its outputs: until then the partial is what a rerun resumes from. Returns the
+    files removed.
+    """
+    out = Path(out_jsonl)
+    removed = []
+    for path in (out, out.with_name(out.name + ".stale")):
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+            removed.append(path)
+    return removed
 
 
 def no_steering(condition: Mapping[str, Any]) -> ContextManager[None]:
