@@ -13,12 +13,15 @@ import contextlib
 import json
 import os
 import signal
+import socket
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from emotion_vectors import reading, serve_subject
 from emotion_vectors import score as score_mod
 from emotion_vectors.models import load_model
 from emotion_vectors.reading import LocalReader, ReadError, ServerReader, gather
@@ -74,6 +77,11 @@ def served(tmp_path_factory, tiny_llama, code_snapshot):
 
 def _scratch_files(handle: ServerHandle) -> list[str]:
     return sorted(p.name for p in handle.address.parent.iterdir() if p.suffix in (".npy", ".part"))
+
+
+def _answer(tag: str) -> str:
+    """A read answer's name as a client of this host and process makes it."""
+    return f"read-{socket.gethostname()}-{os.getpid()}-{tag}.npy"
 
 
 def test_server_reads_what_the_local_model_reads(served):
@@ -144,17 +152,19 @@ def test_bad_read_requests_are_refused_and_the_server_lives_on(served, tmp_path)
     good = {"kind": "read", "texts": ["a small test text here"], "layer": 1, "pool_start": 0, "max_tokens": 50,
             "batch_size": 2, "max_batch_tokens": None}
     outside_scratch = served["root"] / "elsewhere.npy"
-    with pytest.raises(ServiceError, match=r"must be a \.npy file in"):
+    with pytest.raises(ServiceError, match=r"must be a read-<host>-<pid>-<hex>\.npy file in"):
         _raw(handle, good | {"output": str(outside_scratch)})
+    with pytest.raises(ServiceError, match=r"must be a read-<host>-<pid>-<hex>\.npy file in"):
+        _raw(handle, good | {"output": str(handle.scratch_path("elsewhere.npy"))})
     with pytest.raises(ServiceError, match="outside the server's root"):
         _raw(handle, good | {"output": str(tmp_path / "x.npy")})
-    existing = handle.scratch_path("exists.npy")
+    existing = handle.scratch_path(_answer("e0e0"))
     existing.write_bytes(b"mine")
     with pytest.raises(ServiceError, match="refusing to overwrite"):
         _raw(handle, good | {"output": str(existing)})
     assert existing.read_bytes() == b"mine"
     existing.unlink()
-    out = str(handle.scratch_path("r.npy"))
+    out = str(handle.scratch_path(_answer("a0a0")))
     with pytest.raises(ServiceError, match="not a block"):
         _raw(handle, good | {"output": out, "layer": 5})
     with pytest.raises(ServiceError, match="list of strings"):
@@ -202,3 +212,75 @@ def test_token_view_through_the_server_equals_the_local_one(served):
     np.testing.assert_allclose(a.norms, b.norms, rtol=1e-5)
     with pytest.raises(ServiceError, match="tokens request"):
         remote.token_projections(TEXTS[0], np.zeros(48), 3)
+
+
+def test_request_bounds_are_clear_and_the_reader_splits_below_them(served, monkeypatch):
+    handle = served["handle"]
+    pid = handle.live()["pid"]
+    out = str(handle.scratch_path(_answer("b0b0")))
+    good = {"kind": "read", "layer": 1, "pool_start": 0, "max_tokens": 50, "batch_size": 2, "max_batch_tokens": None,
+            "output": out}
+    too_many = serve_subject.MAX_TEXTS_PER_REQUEST + 1
+    with pytest.raises(ServiceError, match=f"{too_many:,} texts in one request: at most"):
+        _raw(handle, good | {"texts": ["a"] * too_many})
+    with pytest.raises(ServiceError, match="directions must be a list of 1 to"):
+        _raw(handle, {"kind": "lens", "directions": [[0.0] * 48] * (serve_subject.MAX_LENS_DIRECTIONS + 1),
+                      "scale": 1.0, "top_k": 1})
+    with pytest.raises(ServiceError, match=r"shape \(m, 48\)"):
+        _raw(handle, {"kind": "lens", "directions": [[1.0] * 47], "scale": 1.0, "top_k": 1})
+    with pytest.raises(ServiceError, match="vector of 48 numbers"):
+        _raw(handle, {"kind": "tokens", "text": "a", "layer": 1, "vector": [1.0] * 3})
+    assert handle.live()["pid"] == pid and _scratch_files(handle) == []
+    # a long read is split into several requests; the caller sees one read, the same numbers
+    monkeypatch.setattr(reading, "READ_TEXTS_PER_REQUEST", 2)
+    monkeypatch.setattr(reading, "LENS_DIRECTIONS_PER_REQUEST", 2)
+    log = handle.log_file.read_text
+    before = log().count("request 'read'")
+    kw = dict(layer=3, pool_start=3, max_tokens=40, batch_size=2)
+    x_srv, s_srv = gather(ServerReader(handle), TEXTS, **kw)
+    x_loc, s_loc = gather(served["local"], TEXTS, **kw)
+    assert log().count("request 'read'") - before == 3  # 5 texts, 2 per request
+    assert s_srv.too_short == s_loc.too_short == [1] and list(s_srv.truncated) == [2]
+    assert s_srv.n_tokens.tolist() == s_loc.n_tokens.tolist() and s_srv.tokens == s_loc.tokens
+    np.testing.assert_allclose(x_srv, x_loc, rtol=1e-5, atol=1e-6)
+    dirs = np.random.default_rng(4).standard_normal((5, 48))
+    assert ServerReader(handle).top_tokens(dirs, 5.0, 3) == served["local"].top_tokens(dirs, 5.0, 3)
+    assert reading.request_spans(["x" * 10] * 5, max_texts=10, max_bytes=30) == [(0, 2), (2, 4), (4, 5)]
+    assert reading.request_spans(["x" * 100, "y"], max_bytes=30) == [(0, 1), (1, 2)]  # one long text alone
+    assert reading.request_spans([]) == [(0, 0)]
+
+
+def test_a_reads_part_file_refuses_symlinks_and_leftovers_are_swept(served, tmp_path):
+    handle = served["handle"]
+    pid = handle.live()["pid"]
+    scratch = handle.address.parent
+    victim = tmp_path / "victim.npy"
+    victim.write_bytes(b"keep")
+    answer = _answer("c0c0")
+    good = {"kind": "read", "texts": ["a small test text here"], "layer": 1, "pool_start": 0, "max_tokens": 50,
+            "batch_size": 2, "max_batch_tokens": None, "output": str(scratch / answer)}
+    (scratch / f"{answer}.{pid}.part").symlink_to(victim)
+    with pytest.raises(ServiceError, match=r"refusing to write .*\.part: a symlink"):
+        _raw(handle, good)
+    (scratch / f"{answer}.{pid}.part").unlink()
+    (scratch / answer).symlink_to(victim)
+    with pytest.raises(ServiceError, match="refusing to write .*: it is a symlink"):
+        _raw(handle, good)
+    (scratch / answer).unlink()
+    assert victim.read_bytes() == b"keep"
+    # what dead servers and clients of this host left is removed by the next read; a live one's stays
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname()
+    left = [f"read-{host}-{os.getpid()}-d1d1.npy.{dead.pid}.part",  # its server died mid-read
+            f"read-{host}-{dead.pid}-d2d2.npy"]  # its client died after the answer
+    kept = [f"read-{host}-{os.getpid()}-d3d3.npy.{os.getpid()}.part",  # a live "server" (this process)
+            f"read-{host}-{os.getpid()}-d4d4.npy",  # a live client's answer
+            f"read-otherhost-{dead.pid}-d5d5.npy"]  # another host's: its pids mean nothing here
+    for name in left + kept:
+        (scratch / name).write_bytes(b"x")
+    gather(ServerReader(handle), ["one more text to read here"], layer=1, pool_start=0, max_tokens=50)
+    assert not any((scratch / n).exists() for n in left) and all((scratch / n).exists() for n in kept)
+    for name in kept:
+        (scratch / name).unlink()
+    assert handle.live()["pid"] == pid and _scratch_files(handle) == []

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from emotion_vectors import service
-from emotion_vectors.serve_subject import extract_shard, identity_parts
+from emotion_vectors.serve_subject import extract_shard, identity_parts, spec_input
 from emotion_vectors.service import ServiceError, ensure_server, read_address, release_device, request
 from emotion_vectors.shards import open_shard
 
@@ -60,14 +60,15 @@ class Run:
         self.address = self.server_dir / f"{service.address_name(self.identity)}.json"
         self.log_file = self.server_dir / f"{self.address.stem}.log"
         self.command = service.python_command(
-            "emotion_vectors.serve_subject", str(self.address), "--subject", _json(spec), "--extraction", _json(SETTINGS),
+            "emotion_vectors.serve_subject", str(self.address),
             "--root", str(root), "--models-dir", str(root / "models"), "--threads", "1", "--idle-timeout", "120",
-            "--handshake-timeout", "1", "--expect-identity", self.identity,
+            "--handshake-timeout", "1", "--request-timeout", "2", "--expect-identity", self.identity,
         )
+        self.stdin = spec_input(spec, SETTINGS)
 
     def start(self) -> dict:
         service.private_dir(self.server_dir)
-        return ensure_server(self.address, self.command, log_file=self.log_file)
+        return ensure_server(self.address, self.command, log_file=self.log_file, stdin=self.stdin)
 
     def shard(self, name: str) -> Path:
         return self.root / "activations" / "emotions" / f"{name}.zarr"
@@ -84,6 +85,8 @@ class Run:
         return self.log_file.read_text()
 
     def stop(self) -> None:
+        if not self.log_file.exists():
+            return
         for pid in {int(line.split("pid ")[1].split()[0]) for line in self.log().splitlines() if "ready on" in line}:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
@@ -184,7 +187,7 @@ def test_bad_peers_never_stop_the_server(run):
     hung.close()
     run.extract("after-abuse")
     log = run.log()
-    assert "authentication failed" in log and "no handshake or request within 1 s" in log
+    assert "authentication failed" in log and "no handshake within 1 s" in log
     assert "exceeds the limit" in log and "not JSON" in log
 
 
@@ -204,7 +207,9 @@ def test_cancelled_client_never_gets_its_output(run):
     proc = subprocess.Popen([sys.executable, str(script)])
     partial = output.with_name("killed.zarr.partial")
     deadline = time.monotonic() + 30
-    while not partial.exists() and time.monotonic() < deadline and proc.poll() is None:
+    # the server fills the partial in its private work directory beside the output
+    while not list(output.parent.glob("killed.zarr.server-*/killed.zarr.partial")) and time.monotonic() < deadline \
+            and proc.poll() is None:
         time.sleep(0.02)
     assert proc.poll() is None, "the client finished before it could be killed (corpus too small?)"
     proc.send_signal(signal.SIGKILL)
@@ -212,8 +217,9 @@ def test_cancelled_client_never_gets_its_output(run):
     run.extract("after-kill")  # served after the killed request is over
     assert not output.exists()
     assert not list(output.parent.glob("killed.zarr.staged-*"))
+    assert not list(output.parent.glob("killed.zarr.server-*"))  # the work directory is gone
     assert "went away" in run.log() or "abandoned" in run.log()
-    assert partial.exists()  # kept for the rerun, which resumes from it
+    assert partial.is_dir()  # moved back beside the output for the rerun, which resumes from it
     summary = extract_shard(name="killed", texts=texts, ids=ids, output=output, subject=run.spec, extraction=SETTINGS,
                             models_dir=run.root / "models", root=run.root, server_dir=run.server_dir)
     assert summary["resumed_rows"] > 0 and open_shard(output)["activations"].shape[0] == 600
@@ -313,3 +319,96 @@ def test_a_server_still_loading_is_waited_for_not_started_twice(tmp_path):
     finally:
         os.close(held)
     os.close(service._hold_life_lock(address))  # released with its holder
+
+
+def test_every_shard_write_refuses_a_planted_symlink(run, tmp_path):
+    """A symlink planted where the server would write (the resumable partial, the final copy's
+    temporary name, the staging path) is refused, and nothing is written through it; one planted
+    inside a partial makes the server start that shard over, never follow it."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("keep")
+    pid = read_address(run.address)["pid"]
+    out = run.shard("planted")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in (".partial", ".tmp", ".staged-1"):
+        link = out.with_name(out.name + suffix)
+        link.symlink_to(victim, target_is_directory=True)
+        with pytest.raises(ServiceError, match=f"refusing to write .*{suffix}: it is a symlink"):
+            request(run.address, _extract_payload(run, out, staged=out.with_name(out.name + ".staged-1")))
+        assert sorted(os.listdir(victim)) == ["keep"] and not out.exists(), suffix
+        link.unlink()
+    partial = out.with_name(out.name + ".partial")
+    (partial / "activations").mkdir(parents=True)
+    (partial / "activations" / "c").symlink_to(victim, target_is_directory=True)
+    summary = run.extract("planted")
+    assert summary["resumed_rows"] == 0 and open_shard(out).attrs["complete"]
+    assert sorted(os.listdir(victim)) == ["keep"]
+    assert "holds symlinks" in run.log() and not partial.exists()
+    assert read_address(run.address)["pid"] == pid  # the same server refused and served
+
+
+def test_leftovers_of_dead_servers_and_jobs_are_removed(run):
+    """What a killed server or job leaves in a shard directory is cleaned by the next request
+    there: a dead server's work directory (its partial moved back for the resume) and a
+    partial beside a finished shard."""
+    done = run.shard("finished")
+    run.extract("finished")
+    stray_partial = done.with_name(done.name + ".partial")
+    stray_partial.mkdir()
+    (stray_partial / "zarr.json").write_text("{}")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    resumable = run.shard("resumable")
+    work = resumable.parent / f"{resumable.name}.server-{socket.gethostname()}-{dead.pid}-0123abcd"
+    (work / f"{resumable.name}.partial").mkdir(parents=True)
+    (work / f"{resumable.name}.tmp").mkdir()
+    alive_work = resumable.parent / f"other.zarr.server-{socket.gethostname()}-{os.getpid()}-0123abcd"
+    alive_work.mkdir()  # a live server's (this process stands in for it): left alone
+    run.extract("trigger")
+    assert not stray_partial.exists() and open_shard(done).attrs["complete"]
+    assert not work.exists() and resumable.with_name(resumable.name + ".partial").is_dir()
+    assert alive_work.is_dir()
+    alive_work.rmdir()
+    summary = run.extract("resumable")  # resumes (here: an empty partial, so it starts over) and cleans up
+    assert summary["n_kept"] == 6 and not resumable.with_name(resumable.name + ".partial").exists()
+    assert sorted(p.name for p in done.parent.iterdir() if not p.name.endswith(".zarr")) == []
+
+
+def test_no_settings_in_the_servers_argv(run):
+    info = read_address(run.address)
+    cmdline = Path(f"/proc/{info['pid']}/cmdline").read_bytes().decode()
+    assert "emotion_vectors.serve_subject" in cmdline and run.identity in cmdline
+    assert run.spec["path"] not in cmdline and "layer_step" not in cmdline and "storage_dtype" not in cmdline
+
+
+def test_the_identity_covers_the_prepared_weights(tmp_path, tiny_spec, code_snapshot):
+    """Weights rebuilt in place (a new directory renamed in, as prepare_model does) give a new
+    identity, so the next job starts a server on them instead of reusing an idle one on the old."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_spec["path"], model)
+    spec = {**tiny_spec, "path": str(model)}
+    r = Run(tmp_path / "run", spec)
+    (r.root / "models").mkdir(parents=True)
+    try:
+        first = r.extract("a")["server"]
+        assert first["identity"] == r.identity
+        assert identity_parts(spec, SETTINGS, r.root / "models", r.root) == identity_parts(spec, SETTINGS, r.root / "models", r.root)
+        rebuilt = tmp_path / "model.partial"
+        shutil.copytree(model, rebuilt)
+        shutil.rmtree(model)
+        rebuilt.rename(model)
+        again = r.extract("b")["server"]
+        assert again["identity"] != first["identity"] and again["pid"] != first["pid"]
+        assert service._pid_gone(first["pid"], None) is None  # the old one still idles, unused
+        weights = identity_parts(spec, SETTINGS, r.root / "models", r.root)["weights"]
+        assert weights["path"] == str(model) and weights["files"] >= 3
+    finally:
+        r.stop()
+        for log in r.server_dir.glob("*.log"):
+            for line in log.read_text().splitlines():
+                if "ready on" in line:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(line.split("pid ")[1].split()[0]), signal.SIGTERM)

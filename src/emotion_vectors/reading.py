@@ -14,7 +14,11 @@ on one direction), with one interface and the same numbers wherever the model li
   every scored corpus and the battery. The server writes the pooled activations of a ``read``
   request to a ``.npy`` file in its private directory (inside the run's results, mode 0700),
   answers with the token counts, truncations and skipped rows, and the client reads the file in
-  chunks and removes it: a request of any size never crosses the socket as JSON numbers.
+  chunks and removes it: a request of any size never crosses the socket as JSON numbers. A
+  server bounds what one request may carry (texts, bytes, lens directions), so the client
+  splits a long list of texts into several ``read`` requests (``READ_TEXTS_PER_REQUEST`` texts or
+  ``READ_BYTES_PER_REQUEST`` bytes of JSON each) and a large lens into several ``lens``
+  requests; the caller sees one read.
 
 :func:`read_texts` is the one implementation of a ``read`` (the local reader calls it in process;
 the server's handler calls it in the server): texts longer than ``max_tokens`` are cut at a
@@ -26,9 +30,11 @@ readers give bit-identical numbers (``tests/test_reading.py``).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +50,12 @@ BatchFn = Callable[[np.ndarray, np.ndarray], None]
 ProgressFn = Callable[[int, int, int], None]
 #: Rows per chunk when a client reads a server's ``.npy`` answer back.
 READ_CHUNK = 4096
+#: Most texts, and bytes of texts as JSON, a client puts in one ``read`` request (the server's
+#: bounds are ``serve_subject.MAX_TEXTS_PER_REQUEST`` and ``service.MAX_REQUEST_BYTES``).
+READ_TEXTS_PER_REQUEST = 20_000
+READ_BYTES_PER_REQUEST = 16 << 20
+#: Most directions a client puts in one ``lens`` request (``serve_subject.MAX_LENS_DIRECTIONS``).
+LENS_DIRECTIONS_PER_REQUEST = 256
 
 
 class ReadError(ValueError):
@@ -259,7 +271,36 @@ class ServerReader:
              progress: ProgressFn | None = None) -> ReadSummary:
         check_window(layer, pool_start, max_tokens)
         texts = list(texts)
-        out = self.server.scratch_path(f"read-{os.getpid()}-{secrets.token_hex(6)}.npy")
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise ReadError(f"texts {bad[:5]} are not strings")
+        parts = []
+        tokens_so_far = 0
+        for start, end in request_spans(texts):
+            def shifted(rows: np.ndarray, x: np.ndarray, start: int = start) -> None:
+                on_batch(rows + start, x)
+
+            def shifted_progress(done: int, total: int, tokens: int, start: int = start) -> None:
+                if progress is not None:
+                    progress(start + done, len(texts), tokens_so_far + tokens)
+
+            part = self._read_one(texts[start:end], layer=layer, pool_start=pool_start, max_tokens=max_tokens,
+                                  on_batch=shifted, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                                  progress=shifted_progress)
+            tokens_so_far += part.tokens
+            parts.append((start, part))
+        if len(parts) == 1:
+            return parts[0][1]
+        return ReadSummary(
+            np.concatenate([p.n_tokens for _, p in parts]) if parts else np.zeros(0, dtype=np.int64),
+            {start + i: t for start, p in parts for i, t in p.truncated.items()},
+            [start + i for start, p in parts for i in p.too_short],
+            sum(p.tokens for _, p in parts), sum(p.seconds for _, p in parts), self.via)
+
+    def _read_one(self, texts: list[str], *, layer: int, pool_start: int, max_tokens: int, on_batch: BatchFn,
+                  batch_size: int | None, max_batch_tokens: int | None, progress: ProgressFn | None) -> ReadSummary:
+        """One ``read`` request (texts within the request bounds)."""
+        out = self.server.scratch_path(f"read-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(6)}.npy")
         payload = {"kind": "read", "texts": texts, "layer": int(layer), "pool_start": int(pool_start),
                    "max_tokens": int(max_tokens), "batch_size": batch_size, "max_batch_tokens": max_batch_tokens,
                    "output": str(out)}
@@ -286,12 +327,18 @@ class ServerReader:
 
     def top_tokens(self, directions: np.ndarray, scale: float, top_k: int) -> list[list[str]]:
         directions = np.asarray(directions, dtype=np.float64)
-        answer = self.server.call({"kind": "lens", "directions": directions.tolist(), "scale": float(scale),
-                                   "top_k": int(top_k)}, start=self.start)
-        tokens = answer.get("tokens")
-        if not isinstance(tokens, list) or len(tokens) != len(directions):
-            raise ReadError("malformed lens answer from the model server")
-        return [[str(t) for t in row] for row in tokens]
+        if directions.ndim != 2:
+            raise ReadError(f"lens directions must be a (m, d) array, not shape {directions.shape}")
+        out: list[list[str]] = []
+        for s in range(0, len(directions), LENS_DIRECTIONS_PER_REQUEST):
+            part = directions[s:s + LENS_DIRECTIONS_PER_REQUEST]
+            answer = self.server.call({"kind": "lens", "directions": part.tolist(), "scale": float(scale),
+                                       "top_k": int(top_k)}, start=self.start)
+            tokens = answer.get("tokens")
+            if not isinstance(tokens, list) or len(tokens) != len(part):
+                raise ReadError("malformed lens answer from the model server")
+            out += [[str(t) for t in row] for row in tokens]
+        return out
 
     def token_projections(self, text: str, vector: np.ndarray, layer: int, *, max_tokens: int | None = None) -> Any:
         """``highlight.token_projections`` computed by the server (a ``tokens`` request)."""
@@ -322,6 +369,25 @@ def token_projections_from_json(data: dict[str, Any]) -> Any:
     return out
 
 
+def request_spans(texts: Sequence[str], max_texts: int | None = None,
+                  max_bytes: int | None = None) -> list[tuple[int, int]]:
+    """``[(start, end), ...]`` covering ``texts`` in order, each span at most ``max_texts`` texts
+    and (unless one text alone is longer) ``max_bytes`` bytes of texts as JSON (defaults:
+    ``READ_TEXTS_PER_REQUEST``, ``READ_BYTES_PER_REQUEST``)."""
+    max_texts = READ_TEXTS_PER_REQUEST if max_texts is None else max_texts
+    max_bytes = READ_BYTES_PER_REQUEST if max_bytes is None else max_bytes
+    spans, start, size = [], 0, 0
+    for i, text in enumerate(texts):
+        n = len(json.dumps(text)) + 2
+        if i > start and (i - start >= max_texts or size + n > max_bytes):
+            spans.append((start, i))
+            start, size = i, 0
+        size += n
+    if texts:
+        spans.append((start, len(texts)))
+    return spans or [(0, 0)]
+
+
 def gather(reader: Any, texts: Sequence[str], *, layer: int, pool_start: int, max_tokens: int = 2048,
            batch_size: int | None = 32, max_batch_tokens: int | None = 16384) -> tuple[np.ndarray, ReadSummary]:
     """All pooled activations of a (small) list of texts in memory: ``(n, d)`` float64, NaN rows
@@ -339,5 +405,5 @@ def gather(reader: Any, texts: Sequence[str], *, layer: int, pool_start: int, ma
 
 
 __all__ = ["LocalReader", "ReadError", "ReadSummary", "ServerReader", "check_window", "gather", "hidden_size",
-           "read_texts", "token_counts", "token_projections_from_json", "token_projections_to_json", "top_tokens",
+           "read_texts", "request_spans", "token_counts", "token_projections_from_json", "token_projections_to_json", "top_tokens",
            "truncate_text"]
