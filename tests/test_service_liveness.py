@@ -337,8 +337,8 @@ def test_a_trickling_client_holds_the_server_one_deadline_not_forever(standin):
         assert service.request(info, {"kind": "ping"})["pid"] == info["pid"]
         waited = time.monotonic() - started
         t.join()
-        assert waited < limit + 1.5, (authenticate, waited)
-        assert result["held"] < limit + 1.5, (authenticate, result)
+        assert waited < limit + 3, (authenticate, waited)  # the trickler would hold it 8 s
+        assert result["held"] < limit + 3, (authenticate, result)
     log = s.log()
     assert "no handshake within 1 s" in log and "request message was not complete within 2 s" in log
 

@@ -185,19 +185,21 @@ def sweep_shard_dir(d: DirFd) -> list[str]:
         m = _WORK_NAME.match(name)
         if m and m["host"] == host and int(m["pid"]) != os.getpid() and _pid_dead(int(m["pid"])):
             partial = f"{m['output']}.partial"
-            with contextlib.suppress(OSError, ServiceError), DirFd.open(d.path / name) as w:
-                st = w.lstat(partial)
-                if (st is not None and stat.S_ISDIR(st.st_mode) and m["output"] not in names
-                        and partial not in names and not w.symlinks_inside(partial)):
-                    w.rename(partial, partial, dst=d)
-                    names.add(partial)
-                    log.info("moved %s back from the work directory of dead server pid %s", partial, m["pid"])
-            d.remove(name)
-            removed.append(name)
+            with contextlib.suppress(OSError, ServiceError):
+                with DirFd.open(d.path / name) as w:
+                    st = w.lstat(partial)
+                    if (st is not None and stat.S_ISDIR(st.st_mode) and m["output"] not in names
+                            and partial not in names and not w.symlinks_inside(partial)):
+                        w.rename(partial, partial, dst=d)
+                        names.add(partial)
+                        log.info("moved %s back from the work directory of dead server pid %s", partial, m["pid"])
+                d.remove(name)
+                removed.append(name)
     for name in sorted(names):
         if name.endswith(".partial") and name[: -len(".partial")] in names:
-            d.remove(name)
-            removed.append(name)
+            with contextlib.suppress(OSError):  # its job may be removing it at this moment
+                d.remove(name)
+                removed.append(name)
     if removed:
         log.info("removed leftovers in %s: %s", d.path, removed)
     return removed

@@ -437,12 +437,13 @@ class DirFd:
             os.unlink(name, dir_fd=self.fd)
 
     def remove(self, name: str) -> None:
-        """Remove ``name`` whatever it is (a directory tree, a file, a symlink: not what it points to)."""
+        """Remove ``name`` whatever it is (a directory tree, a file, a symlink: not what it points
+        to); what another process removes meanwhile is no error."""
         st = self.lstat(name)
         if st is None:
             return
         if stat.S_ISDIR(st.st_mode):
-            shutil.rmtree(name, dir_fd=self.fd)
+            shutil.rmtree(name, dir_fd=self.fd, onerror=_gone_is_fine)
         else:
             self.unlink(name)
 
@@ -461,6 +462,11 @@ class DirFd:
         finally:
             os.close(top)
         return found
+
+
+def _gone_is_fine(function: Any, path: str, exc_info: Any) -> None:
+    if not isinstance(exc_info[1], FileNotFoundError):
+        raise exc_info[1]
 
 
 def write_private_json(path: str | Path, data: dict[str, Any]) -> None:
@@ -1035,7 +1041,7 @@ class Server:
         poller = select.poll()
         poller.register(self.listener.fileno(), select.POLLIN)
         while not self.stopping:
-            if not poller.poll(int(self.idle_timeout * 1000)):
+            if not poller.poll(min(int(self.idle_timeout * 1000), 2**31 - 1)):
                 log.info("idle for %.0f s: stopping", self.idle_timeout)
                 return
             try:
