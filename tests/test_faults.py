@@ -150,3 +150,37 @@ def test_error_line_picks_the_message():
     out = "Building DAG\nWorkflowError:\nInvalid configuration: config key stories.per_topic: -3 is less\n"
     assert faults.error_line(out).startswith("Invalid configuration: config key stories.per_topic")
     assert faults.error_line("WorkflowError:\nConfig file is not valid JSON or YAML.\n") == "Config file is not valid JSON or YAML."
+
+
+def test_server_fault_helpers(tmp_path):
+    """The model-server section's tools: the long request's corpus, and filling a listen queue
+    until the kernel answers EAGAIN (what thousands of waiting jobs do to a busy server)."""
+    import socket
+
+    texts, ids = faults.big_corpus(3)
+    assert len(texts) == len(set(ids)) == 36 and texts[0].startswith("Part 1. Note 1.")
+    path = str(tmp_path / "s.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(3)
+    held = faults.fill_listen_queue(path)
+    try:
+        assert 3 <= len(held) <= 5  # the kernel queues backlog (+1) connections
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            probe.connect(path)
+        probe.close()
+        conn, _ = listener.accept()  # one accepted: room for exactly one more
+        conn.close()
+        more = faults.fill_listen_queue(path)
+        assert len(more) == 1
+        held += more
+    finally:
+        for s in held:
+            s.close()
+        listener.close()
+    assert "server" in faults.SECTIONS
+    text = faults.details_markdown({"server": {"symlinks": [{"case": "<shard>.partial", "ok": True,
+                                                            "outside_unchanged": True, "result": "refusing to write x"}]}})
+    assert "### Model server" in text and "planted symlink, <shard>.partial: ok" in text

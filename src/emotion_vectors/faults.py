@@ -27,6 +27,20 @@
    with an error that says so and names the shard; finished shards on that filesystem must stay
    intact; after space is freed, both complete with the uninterrupted result.
 
+6. **The model server** (``service``, ``serve_subject``; ``--only server``), each server started as
+   the activation jobs start it and each job a real client process: a **busy server with a full
+   listen queue** (a 300-text request while ~4,097 connections wait and every new one gets
+   EAGAIN; six jobs arriving then must be served by the same server, bit-identical); **planted
+   symlinks** at every name the server or a job writes (shard ``.partial``, ``.tmp``, staging
+   path, inside a partial, the output itself, a read's ``.part`` and answer, a server's lock and
+   log file): refused or replaced, nothing outside the results changed; **the server SIGSTOPped**
+   while a job waits and while a job's request runs (the job fails within ``hung_after`` with an
+   error naming the stopped pid; after SIGCONT the rerun resumes); **the server SIGKILLed** mid
+   extraction and mid read (its work directory and ``.part`` are removed by the next server, the
+   partial resumed); a **trickling client** (a byte every 0.25 s, before and after
+   authenticating: dropped at the one deadline); a **squatted GPU lock directory** and an
+   unusable ``XDG_RUNTIME_DIR`` (another user's directories need root to make).
+
 It prints a table (fault, injected, survived, data lost, notes), writes it with the details to
 ``results/faults/faults.md`` (and ``details.json``), and exits 1 if any fault was not survived.
 Work files go to ``results/faults/work/``. Every child process runs torch with one thread, so
@@ -43,9 +57,11 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -300,10 +316,36 @@ def _child_stories(spec: dict[str, Any]) -> None:
         _emit(job["out"], result)
 
 
+def _child_server_job(spec: dict[str, Any]) -> None:
+    """Real jobs of the model server's clients: ``extract_shard`` as workflow/scripts/activations.py
+    calls it, or a ``ServerReader`` read as scoring does (the server is started if none is up)."""
+    import logging
+
+    import torch
+
+    torch.set_num_threads(1)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .reading import ServerReader, gather
+    from .serve_subject import extract_shard, subject_server
+
+    params = spec["server"]
+    for job in spec["jobs"]:
+        try:
+            if job["kind"] == "extract":
+                summary = extract_shard(name=job["name"], texts=job["texts"], ids=job["ids"], output=job["out"], **params)
+                _emit(job["key"], {"ok": True, "summary": summary})
+            else:
+                x, summary = gather(ServerReader(subject_server(**params)), job["texts"], layer=job["layer"], pool_start=0,
+                                    max_tokens=64)
+                _emit(job["key"], {"ok": True, "rows": int(np.isfinite(x).all(axis=1).sum()), "tokens": summary.tokens})
+        except Exception as err:  # noqa: BLE001 - reported to the parent
+            _emit(job["key"], {"ok": False, "error": f"{type(err).__name__}: {err}"})
+
+
 def child_main(spec_file: str) -> int:
     spec = json.loads(Path(spec_file).read_text())
     os.chdir(REPO_ROOT)
-    {"extract": _child_extract, "stories": _child_stories}[spec["mode"]](spec)
+    {"extract": _child_extract, "stories": _child_stories, "server_job": _child_server_job}[spec["mode"]](spec)
     return 0
 
 
@@ -947,6 +989,510 @@ class Battery:
                 f"error: {_short(story_err)}; {freed}: {story_note}; {time.monotonic() - t0:.0f} s for both",
             )
 
+    # ---- 6: the model server
+
+    def _server_params(self, root: Path) -> dict[str, Any]:
+        """What an activation job gives ``extract_shard`` / ``subject_server`` (workflow/rules/activations.smk)."""
+        return {"subject": self.model, "extraction": self.server_settings, "models_dir": str(MODELS_DIR),
+                "root": str(root), "server_dir": str(root / "activations" / ".server"), "idle_timeout": 600.0,
+                "threads": 1}
+
+    def _start_server(self, root: Path, **options: Any) -> Any:
+        from .serve_subject import subject_server
+
+        (root / "activations" / "emotions").mkdir(parents=True, exist_ok=True)
+        handle = subject_server(**self._server_params(root), **options)
+        handle.call({"kind": "ping"})
+        self._server_logs.add(handle.log_file)
+        return handle
+
+    @staticmethod
+    def _server_pid(handle: Any) -> int:
+        from .service import read_address
+
+        return int(read_address(handle.address)["pid"])
+
+    def _server_pids(self) -> list[int]:
+        return [int(line.split("pid ")[1].split()[0]) for log in sorted(self._server_logs) if log.exists()
+                for line in log.read_text(errors="replace").splitlines() if "ready on" in line]
+
+    def _stop_servers(self) -> None:
+        for pid in self._server_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGTERM)
+
+    def _spawn_jobs(self, root: Path, jobs: list[dict[str, Any]], env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:
+        """A real job in a child process (``extract_shard`` as workflow/scripts/activations.py calls it,
+        or a ``ServerReader`` read as scoring does), not waited for."""
+        self._n += 1
+        spec_file = self.work / "children" / f"{self._n:03d}-server_job.json"
+        spec_file.parent.mkdir(parents=True, exist_ok=True)
+        spec_file.write_text(json.dumps({"mode": "server_job", "server": self._server_params(root), "jobs": jobs}))
+        child_env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
+                         TOKENIZERS_PARALLELISM="false", **(env or {}))
+        child_env["PYTHONPATH"] = str(REPO_ROOT / "src") + os.pathsep + child_env.get("PYTHONPATH", "")
+        out = spec_file.with_suffix(".out")
+        with open(out, "wb") as fh:
+            proc = subprocess.Popen([sys.executable, "-m", "emotion_vectors.faults", "_child", str(spec_file)],
+                                    cwd=REPO_ROOT, env=child_env, stdout=fh, stderr=subprocess.STDOUT)
+        return proc, out
+
+    @staticmethod
+    def _job_results(proc: subprocess.Popen, out: Path, timeout: float = 900.0) -> dict[str, dict[str, Any]]:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        text = out.read_text(errors="replace")
+        results = {}
+        for line in text.splitlines():
+            if line.startswith("RESULT "):
+                res = json.loads(line[7:])
+                results[res.pop("key")] = res
+        return results or {"": {"ok": False, "error": f"no result (rc {proc.returncode}): {text[-800:]}"}}
+
+    def _extract_job(self, out: Path, texts: list[str] | None = None, ids: list[str] | None = None, name: str = ACT_NAME) -> dict[str, Any]:
+        if texts is None:
+            texts, ids = activation_corpus()
+        return {"kind": "extract", "key": str(out), "out": str(out), "name": name, "texts": texts, "ids": ids}
+
+    @staticmethod
+    def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> float:
+        start = time.monotonic()
+        while not predicate():
+            if time.monotonic() - start > timeout:
+                raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+            time.sleep(0.05)
+        return time.monotonic() - start
+
+    @staticmethod
+    def _work_rows(out: Path) -> int:
+        """Rows done in the partial the server fills in its work directory beside ``out``."""
+        for work in out.parent.glob(f"{out.name}.server-*"):
+            return len(done_rows(work / out.name))
+        return 0
+
+    def server_faults(self) -> None:
+        """Faults of the model server (``service``, ``serve_subject``) on the real default model,
+        each server started as the activation jobs start it and each job a real client process."""
+        self.server_settings = {**validated_default()["extraction"], **ACT_SETTINGS}
+        self._server_logs: set[Path] = set()
+        base = self.work / "server"
+        self.details["server"] = {}
+        try:
+            busy = base / "busy"
+            handle = self._start_server(busy)
+            emo = busy / "activations" / "emotions"
+            ref = emo / "ref.zarr"
+            res = self._job_results(*self._spawn_jobs(busy, [self._extract_job(ref)]))[str(ref)]
+            if not res.get("ok"):
+                raise RuntimeError(f"the reference shard through the server failed: {res.get('error')}")
+            big_ref = self.server_busy(busy, handle, ref)
+            self.server_symlinks(busy, handle)
+            self.server_stopped(busy, handle, ref, big_ref)
+            self.server_killed(busy, handle, big_ref)
+            self.server_trickle(base / "trickle")
+            self.server_squat(base / "squat")
+        finally:
+            self._stop_servers()
+
+    def server_busy(self, root: Path, handle: Any, ref: Path, n_jobs: int = 6) -> Path:
+        """The server serves a long request while its listen queue is full (every new connection
+        gets EAGAIN, as with thousands of waiting jobs); jobs arriving then must wait for it and all
+        be served by it. Returns the long request's shard (a reference for later faults)."""
+        import resource
+
+        from .service import read_address, stale_reason
+
+        t0 = time.monotonic()
+        emo = root / "activations" / "emotions"
+        info = read_address(handle.address)
+        pid = int(info["pid"])
+        big_texts, big_ids = big_corpus()
+        slow_out = emo / "slow.zarr"
+        seen = len(handle.log_file.read_text(errors="replace"))
+        slow = self._spawn_jobs(root, [self._extract_job(slow_out, big_texts, big_ids, name="big")])
+        self._wait(lambda: "request 'extract' (big)" in handle.log_file.read_text(errors="replace")[seen:], 300,
+                   "the long request")
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < 8192 <= hard or (soft < 8192 and hard == resource.RLIM_INFINITY):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (8192, hard))
+        fillers = fill_listen_queue(info["socket"])
+        full_at = time.monotonic()
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.setblocking(False)
+        try:
+            probe.connect(info["socket"])
+            eagain = False
+        except BlockingIOError:
+            eagain = True
+        finally:
+            probe.close()
+        jobs = [self._spawn_jobs(root, [self._extract_job(emo / f"job{i}.zarr")]) for i in range(n_jobs)]
+
+        def met_full_queue() -> int:
+            return sum("is busy (its queue of waiting connections is full)" in out.read_text(errors="replace")
+                       for _, out in jobs)
+
+        with contextlib.suppress(RuntimeError):
+            self._wait(lambda: met_full_queue() == n_jobs or any(p.poll() is not None for p, _ in jobs), 300,
+                       "the jobs to meet the full queue")
+        met = met_full_queue()
+        full_for = time.monotonic() - full_at
+        alive_while_full = stale_reason(read_address(handle.address), handle.address) is None and \
+            int(read_address(handle.address)["pid"]) == pid
+        for f in fillers:
+            f.close()
+        results = [self._job_results(p, out).get(str(emo / f"job{i}.zarr"), {}) for i, (p, out) in enumerate(jobs)]
+        slow_res = self._job_results(*slow).get(str(slow_out), {})
+        served = []
+        for i, r in enumerate(results):
+            same = r.get("ok") and (r.get("summary") or {}).get("server", {}).get("pid") == pid
+            lost, _ = self.compare_activations(emo / f"job{i}.zarr", ref)
+            served.append(bool(same and lost == 0))
+        one_server = self._server_pids() == [pid]
+        survived = sum(served) if (one_server and alive_while_full and slow_res.get("ok")) else 0
+        self.details["server"]["busy"] = {
+            "queued_connections": len(fillers), "eagain": eagain, "jobs": n_jobs, "jobs_met_full_queue": met,
+            "queue_full_for_s": round(full_for, 1), "server_pid": pid, "servers_started": self._server_pids(),
+            "alive_while_full": alive_while_full, "jobs_served_identical": served,
+            "long_request_ok": bool(slow_res.get("ok")), "errors": [r.get("error") for r in results if not r.get("ok")],
+            "seconds": round(time.monotonic() - t0, 1),
+        }
+        self.add(
+            "model server busy with a full listen queue", n_jobs, survived, f"{n_jobs - sum(served)} shards",
+            f"{len(fillers)} connections queued (EAGAIN {'seen' if eagain else 'NOT seen'}) while a 300-text request ran; "
+            f"{met}/{n_jobs} jobs met the full queue and waited {full_for:.0f} s; the server (pid {pid}) was never "
+            f"replaced ({len(self._server_pids())} start(s)); {sum(served)}/{n_jobs} shards bit-identical to the reference",
+        )
+        return slow_out
+
+    def server_symlinks(self, root: Path, handle: Any) -> None:
+        """A symlink planted where the server or a job writes (shard partial, temporary copy, staging
+        path, inside a partial, the output itself, a read's .part and answer, a server's lock and
+        log): refused, or replaced (never followed); nothing outside the results changes."""
+        from .serve_subject import extract_shard
+        from .service import ServiceError, ensure_server, request
+
+        victim = self.work / "server" / "victim"
+        victim.mkdir(parents=True, exist_ok=True)
+        (victim / "keep").write_text("keep")
+        emo = root / "activations" / "emotions"
+        scratch = handle.address.parent
+        pid = self._server_pid(handle)
+        texts, ids = activation_corpus()
+        params = self._server_params(root)
+        cases: list[dict[str, Any]] = []
+
+        def snapshot() -> dict[str, bytes]:
+            return {p.name: p.read_bytes() for p in victim.iterdir()}
+
+        def check(where: str, action: Callable[[], Any], *, refused: bool = True, after: Callable[[], bool] = lambda: True) -> None:
+            before = snapshot()
+            try:
+                action()
+                outcome = "completed"
+            except ServiceError as err:
+                outcome = str(err)
+            intact = snapshot() == before
+            ok = intact and (("symlink" in outcome) if refused else (outcome == "completed" and after()))
+            cases.append({"case": where, "ok": ok, "outside_unchanged": intact, "result": outcome})
+            self.log(f"planted symlink at {where}: {'ok' if ok else 'NOT OK'}: {_short(outcome, 200)}")
+
+        out = emo / "planted.zarr"
+        payload = {"kind": "extract", "name": "planted", "texts": texts, "ids": ids, "output": str(out),
+                   "staged": f"{out}.staged-1"}
+        for suffix in (".partial", ".tmp", ".staged-1"):
+            link = out.with_name(out.name + suffix)
+            link.symlink_to(victim, target_is_directory=True)
+            check(f"<shard>{suffix}", lambda: request(handle.address, payload))
+            link.unlink()
+        partial = out.with_name(out.name + ".partial")
+        (partial / "activations").mkdir(parents=True)
+        (partial / "activations" / "c").symlink_to(victim, target_is_directory=True)
+        check("inside <shard>.partial (resumed)", lambda: extract_shard(name="planted", texts=texts, ids=ids, output=out,
+                                                                        **params),
+              refused=False, after=lambda: out.is_dir() and not partial.exists())
+        linked = emo / "linked.zarr"
+        linked.symlink_to(victim, target_is_directory=True)
+        check("<shard> itself", lambda: extract_shard(name="linked", texts=texts, ids=ids, output=linked, **params))
+        linked.unlink()
+        answer = f"read-{socket.gethostname()}-{os.getpid()}-5a5a5a.npy"
+        read = {"kind": "read", "texts": texts[:2], "layer": 1, "pool_start": 0, "max_tokens": 64, "batch_size": 2,
+                "max_batch_tokens": None, "output": str(scratch / answer)}
+        for name in (f"{answer}.{pid}.part", answer):
+            (scratch / name).symlink_to(victim / "keep")
+            check(f"read {'answer .part' if name.endswith('.part') else 'answer'}", lambda: request(handle.address, read))
+            (scratch / name).unlink()
+        for name, log_name in (("h-planted.lock", "h-planted.log"), ("h-planted2.log", "h-planted2.log")):
+            (scratch / name).symlink_to(victim / name)
+            check(f"server {'lock' if name.endswith('.lock') else 'log'} file",
+                  lambda: ensure_server(scratch / f"{Path(name).stem}.json", ["true"], log_file=scratch / log_name, timeout=5))
+            (scratch / name).unlink()
+        survived = sum(c["ok"] for c in cases) if self._server_pid(handle) == pid else 0
+        self.details["server"]["symlinks"] = cases
+        self.add(
+            "planted symlinks where the server or a job writes", len(cases), survived,
+            f"{sum(not c['outside_unchanged'] for c in cases)} files outside the results",
+            "refused at the moment of opening: " + ", ".join(c["case"] for c in cases if c["ok"] and c["result"] != "completed")
+            + "; replaced or started over, never followed: " + ", ".join(c["case"] for c in cases if c["result"] == "completed")
+            + f"; the same server (pid {pid}) answered every request",
+        )
+
+    def server_stopped(self, root: Path, handle: Any, ref: Path, big_ref: Path, hung_after: float = 10.0) -> None:
+        """The server SIGSTOPped (a) before a job connects, (b) during a job's request: the job
+        fails within ``hung_after`` s with an error saying the server is stopped, no output
+        appears; after SIGCONT the rerun completes (b: resuming the rows already done)."""
+        t0 = time.monotonic()
+        emo = root / "activations" / "emotions"
+        env = {"EMOTION_VECTORS_SERVER_HUNG_AFTER": str(hung_after)}
+        pid = self._server_pid(handle)
+        records = []
+        # (a) the job waits in the queue of a stopped server
+        out_a = emo / "stopped-queued.zarr"
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            res = self._job_results(*self._spawn_jobs(root, [self._extract_job(out_a)], env)).get(str(out_a), {})
+            failed_in = time.monotonic() - started
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        clear = (not res.get("ok")) and "stopped (SIGSTOP?)" in str(res.get("error")) and f"pid {pid}" in str(res.get("error"))
+        published = out_a.exists()
+        self._job_results(*self._spawn_jobs(root, [self._extract_job(out_a)]))
+        lost, note = self.compare_activations(out_a, ref)
+        records.append({"case": "waiting in the queue", "error": res.get("error"), "failed_after_s": round(failed_in, 1),
+                        "published_while_stopped": published, "rerun": note,
+                        "ok": bool(clear and not published and lost == 0)})
+        # (b) stopped in the middle of the job's extraction
+        out_b = emo / "stopped-mid.zarr"
+        big_texts, big_ids = big_corpus()
+        seen = len(handle.log_file.read_text(errors="replace"))
+        proc, log = self._spawn_jobs(root, [self._extract_job(out_b, big_texts, big_ids, name="big")], env)
+        self._wait(lambda: self._work_rows(out_b) >= 20 or proc.poll() is not None, 600, "rows of the stopped request")
+        rows_at_stop = self._work_rows(out_b)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            res = self._job_results(proc, log).get(str(out_b), {})
+            published = out_b.exists()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        clear = (not res.get("ok")) and "stopped (SIGSTOP?)" in str(res.get("error"))
+        self._wait(lambda: "abandoned" in handle.log_file.read_text(errors="replace")[seen:], 120, "the abandoned request")
+        again = self._job_results(*self._spawn_jobs(root, [self._extract_job(out_b, big_texts, big_ids, name="big")])).get(str(out_b), {})
+        lost, note = self.compare_activations(out_b, big_ref)
+        resumed = (again.get("summary") or {}).get("resumed_rows", 0)
+        records.append({"case": "in the middle of its request", "error": res.get("error"), "rows_done_at_stop": rows_at_stop,
+                        "published_while_stopped": published, "rerun_resumed_rows": resumed, "rerun": note,
+                        "ok": bool(clear and not published and lost == 0 and resumed > 0)})
+        self.details["server"]["stopped"] = records
+        self.add(
+            "SIGSTOPped model server", 2, sum(r["ok"] for r in records), f"{lost} rows",
+            f"hung_after {hung_after:.0f} s: a waiting job failed after {records[0]['failed_after_s']:.0f} s "
+            f"(`{_short(records[0]['error'], 150)}`); a job stopped mid-request ({rows_at_stop} rows done) failed the same "
+            f"way with no output; after SIGCONT the reruns completed ({resumed} rows resumed), bit-identical; "
+            f"{time.monotonic() - t0:.0f} s",
+        )
+
+    def server_killed(self, root: Path, handle: Any, big_ref: Path) -> None:
+        """The server SIGKILLed (a) mid-extraction: its work directory is left beside the output;
+        the next job's server moves the partial back, resumes it and removes the directory;
+        (b) mid-read: its ``.part`` answer is left in the server directory; the next server removes
+        it. Nothing of either is left, and the reruns complete."""
+        from .service import read_address
+
+        t0 = time.monotonic()
+        emo = root / "activations" / "emotions"
+        scratch = handle.address.parent
+        big_texts, big_ids = big_corpus()
+        records = []
+        # (a) mid-extraction
+        out = emo / "killed.zarr"
+        pid = self._server_pid(handle)
+        proc, log = self._spawn_jobs(root, [self._extract_job(out, big_texts, big_ids, name="big")])
+        self._wait(lambda: self._work_rows(out) >= 20 or proc.poll() is not None, 600, "rows of the killed request")
+        rows = self._work_rows(out)
+        os.kill(pid, signal.SIGKILL)
+        res = self._job_results(proc, log).get(str(out), {})
+        left = sorted(p.name for p in emo.glob("killed.zarr.*"))
+        again = self._job_results(*self._spawn_jobs(root, [self._extract_job(out, big_texts, big_ids, name="big")])).get(str(out), {})
+        lost, note = self.compare_activations(out, big_ref)
+        resumed = (again.get("summary") or {}).get("resumed_rows", 0)
+        after = sorted(p.name for p in emo.glob("killed.zarr.*"))
+        records.append({"case": "mid-extraction", "rows_done": rows, "error": res.get("error"), "left_by_kill": left,
+                        "left_after_rerun": after, "rerun_resumed_rows": resumed, "rerun": note,
+                        "ok": bool(not res.get("ok") and any(".server-" in n for n in left) and not after
+                                   and lost == 0 and resumed > 0)})
+        # (b) mid-read
+        pid = self._server_pid(handle)
+        n_read = 3000
+        texts = [f"Reading {i}. " + t for i in range(n_read // 12) for t in activation_corpus()[0]]
+        read_job = {"kind": "read", "key": "read", "texts": texts, "layer": 2}
+        proc, log = self._spawn_jobs(root, [read_job])
+        self._wait(lambda: bool(list(scratch.glob("read-*.npy.*.part"))) or proc.poll() is not None, 600, "the read's .part")
+        time.sleep(0.5)
+        os.kill(pid, signal.SIGKILL)
+        res = self._job_results(proc, log).get("read", {})
+        parts = sorted(p.name for p in scratch.glob("read-*.part"))
+        again = self._job_results(*self._spawn_jobs(root, [{**read_job, "texts": texts[:24]}])).get("read", {})
+        new_pid = int(read_address(handle.address)["pid"])
+        remaining = sorted(p.name for p in scratch.glob("read-*"))
+        records.append({"case": "mid-read", "error": res.get("error"), "left_by_kill": parts, "left_after_next_start": remaining,
+                        "next_read_ok": bool(again.get("ok")), "new_server": new_pid != pid,
+                        "ok": bool(not res.get("ok") and parts and not remaining and again.get("ok") and new_pid != pid)})
+        self.details["server"]["killed"] = records
+        self.add(
+            "model server SIGKILLed mid-request: leftovers", 2, sum(r["ok"] for r in records), f"{lost} rows",
+            f"mid-extraction ({rows} rows done): left {left}; the next job's server moved the partial back, resumed "
+            f"{resumed} rows (bit-identical) and left nothing beside the output; mid-read: left {parts}, removed when "
+            f"the next server started; {time.monotonic() - t0:.0f} s",
+        )
+
+    def server_trickle(self, root: Path, handshake: float = 2.0, request_timeout: float = 4.0) -> None:
+        """A client sending its bytes one at a time, a little faster than any per-byte timeout,
+        (a) before authenticating and (b) after: dropped when the one deadline for the handshake
+        (b: for the request message) passes; a real job queued behind it waits no longer."""
+        from .serve_subject import extract_shard
+        from .service import read_address
+
+        handle = self._start_server(root, handshake_timeout=handshake, request_timeout=request_timeout)
+        info = read_address(handle.address)
+        key = bytes.fromhex(info["key"])
+        params = self._server_params(root)
+        emo = root / "activations" / "emotions"
+        texts, ids = activation_corpus()
+        started = time.monotonic()
+        extract_shard(name=ACT_NAME, texts=texts, ids=ids, output=emo / "base.zarr", **params)
+        base_s = time.monotonic() - started
+        records = []
+        for n, (authenticate, deadline) in enumerate(((False, handshake), (True, request_timeout))):
+            held: dict[str, float] = {}
+            t = threading.Thread(target=lambda a=authenticate: held.setdefault("s", trickle(info, key, a, 30.0)))
+            t.start()
+            time.sleep(0.3)
+            started = time.monotonic()
+            extract_shard(name=ACT_NAME, texts=texts, ids=ids, output=emo / f"trickle-{n}.zarr", **params)
+            job_s = time.monotonic() - started
+            t.join()
+            lost, note = self.compare_activations(emo / f"trickle-{n}.zarr", emo / "base.zarr")
+            ok = held["s"] <= deadline + 1.5 and job_s <= base_s + deadline + 3.0 and lost == 0
+            records.append({"case": "after authentication" if authenticate else "before authentication",
+                            "deadline_s": deadline, "held_s": round(held["s"], 1), "job_s": round(job_s, 1),
+                            "job_alone_s": round(base_s, 1), "ok": ok})
+        self.details["server"]["trickle"] = records
+        a, b = records
+        self.add(
+            "trickling client (a byte every 0.25 s)", 2, sum(r["ok"] for r in records), "0 shards",
+            f"dropped after {a['held_s']} s (handshake deadline {handshake:.0f} s) and {b['held_s']} s (request deadline "
+            f"{request_timeout:.0f} s), one deadline however the bytes come; a job behind it took "
+            f"{a['job_s']} s / {b['job_s']} s vs {base_s:.1f} s alone",
+        )
+
+    def server_squat(self, base: Path) -> None:
+        """Another user creates the GPU lock directory's old fixed name first, or XDG_RUNTIME_DIR is
+        missing or someone else's: a GPU job (``start_job`` with ``gpu=1``, two fake GPU ids) still
+        claims its device, in a directory of ours. Creating another user's directory needs root."""
+        from .service import DEVICE_LOCKS_ENV, PRIVATE_PREFIX
+
+        base.mkdir(parents=True, exist_ok=True)
+        tmp, cache = base / "tmp", base / "cache"
+        tmp.mkdir(exist_ok=True)
+        os.chmod(tmp, 0o1777)
+        root_user = os.getuid() == 0
+        old = tmp / f"{PRIVATE_PREFIX}{os.getuid()}-devices-{socket.gethostname()}"
+        variants: list[tuple[str, str | None]] = [("XDG_RUNTIME_DIR set but missing", str(base / "missing"))]
+        if root_user:
+            old.mkdir(mode=0o700, exist_ok=True)
+            os.chown(old, 65534, 65534)
+            theirs = base / "runtime-of-another-user"
+            theirs.mkdir(mode=0o700, exist_ok=True)
+            os.chown(theirs, 65534, 65534)
+            variants = [("old fixed path created first by another user (uid 65534), no XDG_RUNTIME_DIR", None),
+                        *variants, ("XDG_RUNTIME_DIR belongs to another user", str(theirs))]
+        job = ("import os, types\nfrom emotion_vectors.jobs import start_job\n"
+               "smk = types.SimpleNamespace(log=[], rule='gpu_job', threads=1, output=[], resources=types.SimpleNamespace(gpu=1))\n"
+               "start_job(smk)\nprint('claimed', os.environ['CUDA_VISIBLE_DEVICES'])\n")
+        records = []
+        for what, xdg in variants:
+            env = {k: v for k, v in os.environ.items() if k not in (DEVICE_LOCKS_ENV, "XDG_RUNTIME_DIR", "SLURM_JOB_ID",
+                                                                     "CUDA_VISIBLE_DEVICES")}
+            env.update(TMPDIR=str(tmp), XDG_CACHE_HOME=str(cache), EMOTION_VECTORS_GPUS="f0,f1", OMP_NUM_THREADS="1",
+                       PYTHONPATH=str(REPO_ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+            if xdg is not None:
+                env["XDG_RUNTIME_DIR"] = xdg
+            proc = subprocess.run([sys.executable, "-c", job], env=env, capture_output=True, text=True, timeout=300)
+            locks = [p for p in tmp.iterdir() if p.name.startswith(old.name + "-")]
+            ok = (proc.returncode == 0 and "claimed f0" in proc.stdout and "PermissionError" not in proc.stderr
+                  and len(locks) == 1 and locks[0].stat().st_uid == os.getuid() and (locks[0] / "f0.lock").exists())
+            warned = next((line.split(": ", 1)[-1] for line in proc.stderr.splitlines() if "XDG_RUNTIME_DIR" in line), "")
+            records.append({"case": what, "ok": ok, "rc": proc.returncode, "lock_dir": str(locks[0]) if locks else None,
+                            "said": warned, "stderr": _short(proc.stderr, 400) if not ok else ""})
+        self.details["server"]["squat"] = records
+        self.add(
+            "GPU lock directory squatted / XDG_RUNTIME_DIR unusable", len(records), sum(r["ok"] for r in records),
+            "0 jobs blocked" if all(r["ok"] for r in records) else f"{sum(not r['ok'] for r in records)} jobs blocked",
+            ("" if root_user else "not root: another user's directory could not be made, only the missing "
+             "XDG_RUNTIME_DIR was injected; ")
+            + "each GPU job claimed its device in a private directory whose name carries a tag from the user's "
+            "secret (the old fixed name left to its squatter)",
+        )
+
+
+
+# --------------------------------------------------------------------------- model server helpers
+
+
+def big_corpus(copies: int = 25) -> tuple[list[str], list[str]]:
+    """``copies`` x the 12 activation texts, each copy numbered (300 texts: a long request)."""
+    texts, ids = activation_corpus()
+    return ([f"Part {k + 1}. {t}" for k in range(copies) for t in texts],
+            [f"{i}-p{k:02d}" for k in range(copies) for i in ids])
+
+
+def fill_listen_queue(path: str, limit: int = 20000) -> list[socket.socket]:
+    """Connect to the Unix socket ``path`` without speaking until the kernel answers EAGAIN (its
+    listen queue is full); returns the connections (close them to let the queue drain)."""
+    held = []
+    for _ in range(limit):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect(path)
+        except BlockingIOError:
+            s.close()
+            return held
+        except OSError:
+            s.close()
+            for h in held:
+                h.close()
+            raise
+        held.append(s)
+    raise RuntimeError(f"the listen queue of {path} did not fill with {limit} connections")
+
+
+def trickle(info: dict[str, Any], key: bytes, authenticate: bool, seconds: float) -> float:
+    """Connect to a model server and send a request's bytes one every 0.25 s (after the handshake
+    if ``authenticate``); returns how long the server kept the connection (at most ``seconds``)."""
+    from .service import _HEADER, MAX_HANDSHAKE_BYTES, _mac, recv_message, send_message
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+        c.connect(info["socket"])
+        hello = recv_message(c, MAX_HANDSHAKE_BYTES)
+        if authenticate:
+            send_message(c, {"response": _mac(key, b"client", bytes.fromhex(hello["challenge"])),
+                             "challenge": os.urandom(32).hex()})
+            recv_message(c, MAX_HANDSHAKE_BYTES)
+        start = time.monotonic()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for b in _HEADER.pack(400) + b" " * 400:
+                c.sendall(bytes([b]))
+                time.sleep(0.25)
+                if time.monotonic() - start > seconds:
+                    break
+        return time.monotonic() - start
+
 
 def _short(text: str, n: int = 220) -> str:
     text = " ".join(str(text).split())
@@ -1150,6 +1696,21 @@ def details_markdown(details: dict[str, Any]) -> str:
         for r in details["configs"]:
             parts.append(f"| {r['n']} | {r['what']} | {r['mode']} | {r['rc']} | {_short(r['error'], 160).replace('|', '/')} | "
                          f"{'-' if r['accept'] else ('yes' if r['names_key'] else 'NO')} | {'yes' if r['jobs_started'] else 'no'} | {'yes' if r['ok'] else 'NO'} |")
+    server = details.get("server") or {}
+    if server:
+        parts.append("\n### Model server\n")
+        if "busy" in server:
+            b = server["busy"]
+            parts.append(f"- busy with a full listen queue: {b['queued_connections']} connections queued (EAGAIN seen: "
+                         f"{b['eagain']}); {b['jobs_met_full_queue']}/{b['jobs']} jobs met the full queue, which stayed full "
+                         f"{b['queue_full_for_s']} s; server starts {b['servers_started']}; shards bit-identical "
+                         f"{b['jobs_served_identical']}; {b['seconds']} s")
+        for key, title in (("symlinks", "planted symlink"), ("stopped", "SIGSTOP"), ("killed", "SIGKILL"),
+                           ("trickle", "trickling client"), ("squat", "GPU lock directory")):
+            for r in server.get(key, []):
+                rest = {k: v for k, v in r.items() if k not in ("case", "ok")}
+                parts.append(f"- {title}, {r['case']}: {'ok' if r['ok'] else 'NOT OK'}; "
+                             + "; ".join(f"{k}: {_short(v, 200)}" for k, v in rest.items() if v not in ("", None, [])))
     if "full_disk" in details:
         fd = details["full_disk"]
         parts += ["\n### Full disk\n", f"- method: {fd['method']}", f"- activation shard error: `{_short(fd['activation_error'], 400)}`",
@@ -1159,7 +1720,7 @@ def details_markdown(details: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-SECTIONS = ("kill-activations", "kill-stories", "corrupt", "configs", "disk")
+SECTIONS = ("kill-activations", "kill-stories", "corrupt", "configs", "disk", "server")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1188,13 +1749,13 @@ def main(argv: list[str] | None = None) -> int:
     b = Battery(args.seed, args.kills, work, disk=args.disk)
     ref_act = work / "activations" / "ref.zarr"
     ref_story = work / "stories" / "ref.json"
-    if "kill-activations" in only or {"corrupt", "disk"} & only:
+    if {"kill-activations", "corrupt", "disk"} & only:
         if "kill-activations" in only:
             b.kill_activations()
         else:
             ref_act.parent.mkdir(parents=True, exist_ok=True)
             b.run_child(b.extract_spec([ref_act]))
-    if "kill-stories" in only or {"corrupt", "disk"} & only:
+    if {"kill-stories", "corrupt", "disk"} & only:
         if "kill-stories" in only:
             b.kill_stories()
         else:
@@ -1206,12 +1767,15 @@ def main(argv: list[str] | None = None) -> int:
         b.configs()
     if "disk" in only:
         b.full_disk(ref_act, ref_story)
+    if "server" in only:
+        b.server_faults()
     elapsed = time.monotonic() - started
     text = table(b.rows)
     failed = [r for r in b.rows if r["survived"] < r["injected"]] or ([{"fault": "config controls"}] if not getattr(b, "config_controls_ok", True) else [])
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "faults.md").write_text(
-        f"# Fault battery\n\n`python -m emotion_vectors.faults --seed {args.seed} --kills {args.kills}` "
+        f"# Fault battery\n\n`python -m emotion_vectors.faults --seed {args.seed} --kills {args.kills}"
+        f"{'' if only == set(SECTIONS) else ' --only ' + ','.join(s for s in SECTIONS if s in only)}` "
         f"({time.strftime('%Y-%m-%d %H:%M')}, {elapsed / 60:.1f} min, model {b.model['name']}, CPU, 1 thread per job)\n\n"
         + text + "\n" + details_markdown(b.details) + "\n"
     )
