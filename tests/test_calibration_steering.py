@@ -154,3 +154,80 @@ def test_dose_response_shuffled_test_is_calibrated_where_a_test_against_zero_is_
 def test_signed_statistic_two_sided_where_no_sign():
     v = np.array([[1.0, -2.0, -3.0]])
     np.testing.assert_array_equal(_signed(v, [1, -1, 0]), [[1.0, 2.0, 3.0]])
+
+
+# ------------------------------------------------------------------------------------------
+# Steering against prompting (emotion_vectors.steering_scores)
+
+
+def _hm_like(rng, shape, zero_share=0.4, tie_break=True):
+    """Per-reply steering scores as the harmonic mean gives them: exactly 0 for a share of
+    replies (an axis at 0), else in (0, 1); with the tests' tie-break (TIE_BREAK x the mean of the
+    axes, continuous) added."""
+    from emotion_vectors.steering_scores import TIE_BREAK
+
+    hm = np.where(rng.random(shape) < zero_share, 0.0, rng.beta(2, 5, shape))
+    return hm + (TIE_BREAK * rng.random(shape) if tie_break else 0.0)
+
+
+def test_sign_flip_paired_test_is_calibrated_and_its_floor_is_as_stated():
+    """Steering vs prompting per emotion: 8 report pairs (4 prompts x 2 samples), the two methods'
+    replies exchangeable within each pair (prompts differ, in the same way for both). With the
+    tie-break the two-sided exact test rejects 12/256 of the time (its grid's largest p below
+    0.05); without it, the zero-scored pairs tie and the test is conservative (never above)."""
+    from emotion_vectors.steering_scores import sign_flip_floor, sign_flip_test
+
+    rng = np.random.default_rng(7)
+    n = 8
+    p, p_ties = [], []
+    for _ in range(N_SIMS):
+        prompt = np.repeat(rng.normal(0, 0.1, n // 2), 2)  # 4 prompts x 2 samples
+        a = _hm_like(rng, n) + prompt
+        b = _hm_like(rng, n) + prompt
+        p.append(sign_flip_test(a - b))
+        p_ties.append(sign_flip_test(_hm_like(rng, n, tie_break=False) - _hm_like(rng, n, tie_break=False)))
+    assert LO <= _rate(p) <= HI, _rate(p)
+    assert abs(_rate(p) - 12 / 256) < 0.02
+    assert _rate(p_ties) <= HI
+    assert sign_flip_floor(8) < ALPHA / 4  # one emotion of four can pass Holm with 8 pairs ...
+    assert sign_flip_floor(4) > ALPHA / 4  # ... not with 4 (the claims then say "not testable")
+
+
+def test_strength_chosen_on_one_half_reported_on_the_other_is_calibrated():
+    """The whole comparison under the global null (steering at every strength and prompting
+    alike): the strength with the best mean on the selection half (choose_strength), the
+    sign-flip test on the report half. Choosing on the same half would be biased: that is what
+    the split prevents (shown: choosing and testing on one half rejects far more often)."""
+    from emotion_vectors.steering_scores import choose_strength, sign_flip_test
+
+    rng = np.random.default_rng(8)
+    strengths = [0.1, 0.2, 0.4]
+    n = 8
+    p, p_same_half = [], []
+    for _ in range(N_SIMS):
+        sel = {s: _hm_like(rng, n) for s in strengths}
+        s_best = choose_strength(strengths, [sel[s] for s in strengths])
+        report_steer, report_prompt = _hm_like(rng, n), _hm_like(rng, n)
+        p.append(sign_flip_test(report_steer - report_prompt, alternative="greater"))
+        p_same_half.append(sign_flip_test(sel[s_best] - _hm_like(rng, n), alternative="greater"))
+    assert LO <= _rate(p) <= HI, _rate(p)
+    assert _rate(p_same_half) > HI  # the winner's curse the split avoids
+
+
+def test_controls_set_test_on_steering_scores_is_calibrated_with_ties_broken():
+    """The controls at the test strength: each direction's mean steering score over 2 replies
+    (zero-inflated), the real set and 19 shuffled sets exchangeable. Exact with the tie-break;
+    conservative (not above alpha) without it."""
+    rng = np.random.default_rng(9)
+    e, k = 4, 19
+    p, p_one, p_ties = [], [], []
+    for _ in range(N_SIMS):
+        scores = _hm_like(rng, (k + 1, e, 2), zero_share=0.6).mean(axis=-1)
+        res = set_test(scores[0], scores[1:])
+        p.append(res["p"])
+        p_one.append(res["p_emotion"][1])
+        tied = _hm_like(rng, (k + 1, e, 2), zero_share=0.6, tie_break=False).mean(axis=-1)
+        p_ties.append(set_test(tied[0], tied[1:])["p_emotion"][1])
+    assert LO <= _rate(p) <= HI, _rate(p)
+    assert LO <= _rate(p_one) <= HI, _rate(p_one)
+    assert _rate(p_ties) <= HI

@@ -115,7 +115,8 @@ def test_corpus_diagnostics_are_reported(tiny_run):
 
 
 def test_steering_and_behaviour_are_reported(tiny_run):
-    """Every run measures steering (continuation, dose-response) and the behaviour scenario."""
+    """Every run measures steering (continuation; steering against prompting with its controls and
+    the dose claims) and the behaviour scenario."""
     import pandas as pd
 
     steer = json.loads((tiny_run / "steering" / "summary.json").read_text())
@@ -126,16 +127,26 @@ def test_steering_and_behaviour_are_reported(tiny_run):
     rows = pd.read_csv(tiny_run / "steering" / "continuation.tsv", sep="\t")
     assert sorted(rows["emotion"]) == ["afraid", "calm", "happy"] and rows["slope"].notna().all()
     gens = [json.loads(x) for x in (tiny_run / "steering" / "generations.jsonl").read_text().splitlines()]
-    # baseline (2 samples) + (2 emotions + 2 shuffles x 2 pseudo vectors + 1 random direction)
-    # x 2 strengths x 2 samples
-    assert len(gens) == 2 + (2 + 4 + 1) * 2 * 2 and all(-1 <= g["vader"] <= 1 for g in gens)
-    assert sum(g["kind"] == "shuffled" for g in gens) == 4 * 2 * 2
+    # unsteered (2 prompts x 1 sample) + the sweep (1 selection prompt x 2 emotions x 1 strength) + the
+    # controls on 1 prompt (2 shuffles x 2 pseudo vectors + 1 random) + the report half (1 prompt x
+    # 2 emotions x steering, prompting, both)
+    assert len(gens) == 2 + 2 + (4 + 1) + 6 and all(-1 <= g["vader"] <= 1 for g in gens)
+    assert sum(g["method"] == "shuffled" for g in gens) == 4
+    assert all(0 <= g["fluency"] <= 1 and 0 <= g["relevance"] <= 1 for g in gens)
+    table = pd.read_csv(tiny_run / "steering" / "scores.tsv", sep="\t")
+    assert {"unsteered", "prompting", "steering", "both"} <= set(table["method"])
+    assert table["method"].str.startswith("continuation").sum() == 2  # the continuation test, one line each
     steer_claims = {c["id"]: c for c in json.loads((tiny_run / "steering" / "claims.json").read_text())["claims"]}
     assert set(steer_claims) == {"steering.continuation.specificity", "steering.continuation.shuffled",
                                  "steering.continuation.random", "steering.dose.shuffled",
-                                 "steering.dose.happy.shuffled", "steering.dose.afraid.shuffled"}
+                                 "steering.dose.happy.shuffled", "steering.dose.afraid.shuffled",
+                                 "steering.scores.steering_vs_prompting", "steering.scores.both_vs_prompting",
+                                 "steering.scores.shuffled", "steering.scores.random",
+                                 *(f"steering.scores.{e}.{m}" for e in ("happy", "afraid")
+                                   for m in ("steering_vs_prompting", "both_vs_prompting", "shuffled"))}
     # 3 and 2 shuffles cannot reach p < 0.05: those claims say so instead of giving a p
-    for cid in ("steering.continuation.shuffled", "steering.dose.shuffled", "steering.dose.happy.shuffled"):
+    for cid in ("steering.continuation.shuffled", "steering.dose.shuffled", "steering.dose.happy.shuffled",
+                "steering.scores.shuffled", "steering.scores.happy.steering_vs_prompting"):
         assert steer_claims[cid]["verdict"] == "not testable" and steer_claims[cid]["p"] is None
     rates = pd.read_csv(tiny_run / "behaviour" / "blackmail" / "rates.tsv", sep="\t")
     # baseline, calm at +-0.1, one random direction at 0.1: one sample each

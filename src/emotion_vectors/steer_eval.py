@@ -312,9 +312,10 @@ def steered_word_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], wo
     each prompt while row ``r``'s steers are added (``steer.steering_rows``: up to
     ``batch_size`` directions per forward pass, one per sequence).
 
-    Each prompt runs once per row (no padding: a batch holds one prompt under many directions),
-    keeping its KV cache; the words of more than one token then continue from that cache,
-    repeated once per such word, under the same row's steers. The same numbers as
+    Each prompt runs once per chunk of rows below the steered block and once per row above it
+    (no padding: a batch holds one prompt under many directions; ``steer.steering_rows`` with
+    ``broadcast=True``), keeping its KV cache; the words of more than one token then continue
+    from that cache, repeated once per such word, under the same row's steers. The same numbers as
     :func:`word_logprobs` inside ``steering(model, rows[r])`` (tested)."""
     import torch
 
@@ -356,10 +357,12 @@ def steered_word_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], wo
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
             b = len(chunk)
-            x = torch.tensor([ids] * b, dtype=torch.long, device=device)
+            # one row: the blocks below the steered one run once for the whole chunk
+            # (steering_rows(broadcast=True) repeats it there and repeats the cache after the call)
+            x = torch.tensor([ids], dtype=torch.long, device=device)
             mask = torch.ones_like(x)
             with torch.inference_mode():
-                with steering_rows(model, chunk, positions=positions):
+                with steering_rows(model, chunk, positions=positions, broadcast=True):
                     o = _forward(model, 1, input_ids=x, attention_mask=mask, use_cache=bool(n_multi))
                 first = torch.log_softmax(o.logits[:, -1, :].float(), dim=-1)
                 res = first[:, first_ids].double()  # (b, W)

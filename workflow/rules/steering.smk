@@ -1,21 +1,27 @@
-# Steering evidence (emotion_vectors.steer_eval): does adding an emotion's vector to the residual
-# stream move the subject's output towards that emotion? A continuation test (the emotion's own
-# word) against the other emotions' vectors, the shuffled-label vectors and random directions (a
-# weak null), and a dose-response of free generations scored by VADER with the emotion words
-# masked, against the shuffled-label pseudo vectors. Many directions per forward pass; one job,
-# one load of the subject. Its claims go to steering/claims.json.
+# Steering evidence (emotion_vectors.steer_eval, emotion_vectors.steering_scores): does adding an
+# emotion's vector to the residual stream move the subject's output towards that emotion, and does
+# it do what asking for the emotion does not? A continuation test (the emotion's own word) against
+# the other emotions' vectors, the shuffled-label vectors and random directions (a weak null);
+# steered, prompted and unsteered replies scored for concept (NRC lexicon, emotion words masked;
+# a validated judge where configured), fluency and relevance, strength chosen on one half of the
+# prompts and reported on the other, KL on the neutral dialogues, shuffled-label and random
+# controls, and the masked-VADER dose claims from the same replies. Many directions per forward
+# pass; one job, one load of the subject. Its claims go to steering/claims.json.
 
 STEER_DIR = f"{RESULTS}/steering"
 STEERING = config["steering"]
 
 
 rule steering_eval:
-    """Continuation test and dose-response of steered generation against shuffled-label, other-emotion
-    and random-direction nulls; their claims."""
+    """Continuation test against shuffled-label, other-emotion and random-direction nulls; steering
+    judged against prompting (concept, fluency, relevance; KL on the neutral dialogues; controls);
+    their claims."""
     input:
         model_input(SUBJECT),
         vectors=f"{RESULTS}/vectors/vectors.zarr",
         shuffled=f"{RESULTS}/vectors/shuffled.zarr",
+        neutral=NEUTRAL_DIALOGUES,
+        validation=STEERING["scores"]["validation"],
     output:
         continuation=report(
             f"{STEER_DIR}/continuation.tsv",
@@ -29,17 +35,28 @@ rule steering_eval:
             category="Steering",
         ),
         generations=f"{STEER_DIR}/generations.jsonl",
-        dose=f"{STEER_DIR}/dose_response.tsv",
+        scores=report(
+            f"{STEER_DIR}/scores.tsv",
+            caption="../report/steering_scores_table.rst",
+            category="Steering",
+        ),
+        methods_figure=report(
+            f"{STEER_DIR}/methods.png",
+            caption="../report/steering_methods.rst",
+            category="Steering",
+        ),
+        tradeoff=f"{STEER_DIR}/tradeoff.tsv",
+        tradeoff_figure=report(
+            f"{STEER_DIR}/tradeoff.png",
+            caption="../report/steering_tradeoff.rst",
+            category="Steering",
+        ),
         slopes=report(
             f"{STEER_DIR}/dose_slopes.tsv",
             caption="../report/steering_dose_slopes.rst",
             category="Steering",
         ),
-        dose_figure=report(
-            f"{STEER_DIR}/dose_response.png",
-            caption="../report/steering_dose_response.rst",
-            category="Steering",
-        ),
+        validation=f"{STEER_DIR}/concept_validation.tsv",
         summary=f"{STEER_DIR}/summary.json",
         claims=f"{STEER_DIR}/claims.json",
     params:

@@ -9,6 +9,10 @@ scenario), no judge is loaded, no rate is produced: ``rates.tsv`` has empty rate
 stage-1 facts per condition, the figures show a stage-1 fact (labelled as such), and every claim
 in ``claims.json`` is "not testable" with the reason.
 
+Every condition is sampled at once (emotion_vectors.behaviour.batched): rows of (condition,
+sample) in passes of ``batch_size``, one condition's steers per row, the scenario's prompt run once
+below the steered block.
+
 Transcripts are appended to ``transcripts.jsonl.partial`` beside the outputs (not an output, so
 Snakemake leaves it alone when a job fails or reruns): a killed or failed job resumes from it, and
 a rerun with more samples adds only the missing ones. A partial made with other settings (prompt,
@@ -34,7 +38,8 @@ from emotion_vectors.behaviour.conditions import (
     same_model,
 )
 from emotion_vectors.behaviour.judging import STAGE1_IN_SAMPLE, select_judge
-from emotion_vectors.behaviour.run import ResumeMismatch, check_transcripts, classify_transcripts, run_scenario
+from emotion_vectors.behaviour.batched import run_scenario_rows
+from emotion_vectors.behaviour.run import ResumeMismatch, check_transcripts, classify_transcripts
 from emotion_vectors.behaviour.scenario import load_scenario, prompt_digest, render_prompt
 from emotion_vectors.behaviour.stats import (
     STAGE1_FACTS,
@@ -49,7 +54,6 @@ from emotion_vectors.generate import write_json_atomic, write_jsonl_atomic
 from emotion_vectors.jobs import start_job
 from emotion_vectors.models import load_model
 from emotion_vectors.provenance import provenance
-from emotion_vectors.steer import steering
 from emotion_vectors.store_layout import read_store
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
@@ -113,17 +117,6 @@ by_name = {c.name: c for c in conditions}
 positions = s["positions"]
 
 
-def steer_for(condition):
-    """The condition's steering around all its samples (one prompt: with positions="generated"
-    the prompt length is given, so every generate() call in the context steers only its new tokens)."""
-    steers = by_name[condition["name"]].steers
-    if not steers:
-        return contextlib.nullcontext()
-    if positions == "generated":
-        return steering(lm.model, steers, positions="generated", prompt_length=n_prompt_tokens)
-    return steering(lm.model, steers, positions=positions)
-
-
 partial = Path(smk.output.transcripts + ".partial")
 started = time.perf_counter()
 
@@ -134,11 +127,14 @@ run_specs = [{**c.spec, "subject": f"{subject_info['name']}@{subject_info['revis
 
 
 def sample():
-    return run_scenario(
-        backend.generate_text, lm.tokenizer, scenario, run_specs, n_samples=s["samples"],
-        seed=s["seed"], steer_for=steer_for, out_jsonl=partial, max_new_tokens=s["max_new_tokens"],
-        temperature=s["temperature"], progress=log.info,
-        batch_size=s["batch_size"], generate_many=backend.generate_texts,
+    # Every condition at once: rows of (condition, sample) mixed in passes of batch_size, each row
+    # with its condition's steers (steer.steering_rows), the scenario's prompt run once below the
+    # steered block (steer.generate_rows); positions="generated" steers only the new tokens.
+    return run_scenario_rows(
+        lm.model, lm.tokenizer, scenario, run_specs, {c.name: list(c.steers) for c in conditions},
+        n_samples=s["samples"], seed=s["seed"], out_jsonl=partial, max_new_tokens=s["max_new_tokens"],
+        temperature=s["temperature"], progress=log.info, rows_per_pass=s["batch_size"], positions=positions,
+        top_p=backend.top_p, model_name=smk.params.subject["name"],
     )
 
 

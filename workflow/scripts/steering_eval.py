@@ -1,7 +1,12 @@
-"""Snakemake script of rule `steering_eval`: continuation test (against the other emotions'
-vectors, shuffled-label vectors and random directions) and dose-response of steered generation
-(masked VADER against shuffled-label pseudo vectors), with their claims (emotion_vectors.steer_eval)."""
+"""Snakemake script of rule `steering_eval`: the continuation test (against the other emotions'
+vectors, shuffled-label vectors and random directions) and steering judged against prompting
+(concept, fluency, relevance and their harmonic mean; strength chosen on one half of the prompts,
+reported on the other; KL on the neutral dialogues; shuffled-label and random controls; the
+masked-VADER dose claims from the same replies), with their claims
+(emotion_vectors.steer_eval, emotion_vectors.steering_scores; docs/steering.md)."""
 
+import json
+import os
 import time
 
 import pandas as pd
@@ -13,13 +18,18 @@ from emotion_vectors.jobs import start_job
 from emotion_vectors.models import load_model
 from emotion_vectors.provenance import provenance
 from emotion_vectors.readout import store_valence_direction
-from emotion_vectors.steer_eval import (
-    continuation_claims,
-    continuation_figure,
-    continuation_test,
-    dose_claims,
-    dose_response,
-    dose_response_figure,
+from emotion_vectors.steer_eval import continuation_claims, continuation_figure, continuation_test, dose_claims
+from emotion_vectors.steering_scores import (
+    ConceptJudge,
+    ScoresError,
+    concept_map,
+    lexicon_concept,
+    load_concept_validation,
+    methods_figure,
+    scores_claims,
+    steering_scores,
+    tradeoff_figure,
+    validate_concept_scorer,
 )
 from emotion_vectors.store_layout import read_store
 from emotion_vectors.vectors import shuffled_sets
@@ -27,16 +37,15 @@ from emotion_vectors.vectors import shuffled_sets
 smk = snakemake  # noqa: F821 - injected by Snakemake
 log = start_job(smk)
 s = dict(smk.params.settings)
-c, d = s["continuation"], s["dose_response"]
+c, sc = s["continuation"], s["scores"]
 store = read_store(smk.input.vectors)
 null_store = read_store(smk.input.shuffled)
 sets = shuffled_sets(null_store)
 # Everything checked before the model is loaded.
-missing = [e for e in d["emotions"] if e not in store.emotions]
+missing = [e for e in sc["emotions"] if e not in store.emotions]
 if missing:
-    raise SystemExit(f"steering.dose_response.emotions {missing} are not among the run's emotions "
-                     f"{store.emotions}")
-for key, section in (("continuation", c), ("dose_response", d)):
+    raise SystemExit(f"steering.scores.emotions {missing} are not among the run's emotions {store.emotions}")
+for key, section in (("continuation", c), ("scores", sc)):
     if section.get("n_shuffled") is not None and section["n_shuffled"] > len(sets):
         raise SystemExit(f"steering.{key}.n_shuffled = {section['n_shuffled']} but {smk.input.shuffled} holds "
                          f"{len(sets)} shuffles (vectors.n_shuffles): lower one or raise the other")
@@ -48,17 +57,63 @@ if layer not in store.layers:
     raise SystemExit(f"steering.layer {layer} is not a stored layer {store.layers}")
 if layer not in null_store.layers:
     raise SystemExit(f"steering.layer {layer} is not a layer of the shuffled-label store {null_store.layers}")
+try:
+    cats = concept_map(sc["emotions"], sc.get("concept_map"))
+    if float(sc["test_strength"]) not in [float(x) for x in sc["strengths"]]:
+        raise ScoresError(f"steering.scores.test_strength {sc['test_strength']} is not one of the strengths "
+                          f"{sc['strengths']}")
+    validation_items = load_concept_validation(sc["validation"])
+except (ScoresError, OSError) as err:
+    raise SystemExit(str(err)) from None
+neutral = json.loads(open(smk.input.neutral).read())
+neutral_texts = [d["text"] for d in neutral.get("dialogues", []) if d.get("text")][: sc["kl_texts"]]
+if not neutral_texts:
+    raise SystemExit(f"{smk.input.neutral} holds no dialogue text for the KL divergence")
 direction = store_valence_direction(store, layer, pleasant=s["readout"]["pleasant"],
                                     unpleasant=s["readout"]["unpleasant"])
 pleasant, unpleasant = set(s["readout"]["pleasant"]), set(s["readout"]["unpleasant"])
-signs = {e: (1 if e in pleasant else -1 if e in unpleasant else 0) for e in d["emotions"]}
-log.info("layer %d (residual norm %.1f); %d shuffled-label sets; valence readout (descriptive): PC1 explains "
-         "%.2f, anchors %s vs %s; expected signs %s",
-         layer, store.residual_norm[store.layers.index(layer)] if store.residual_norm is not None else float("nan"),
-         len(sets), direction.explained, direction.pleasant, direction.unpleasant, signs)
+signs = {e: (1 if e in pleasant else -1 if e in unpleasant else 0) for e in sc["emotions"]}
+log.info("layer %d (residual norm %.1f); %d shuffled-label sets; concept categories %s; expected signs %s; "
+         "load average %s", layer,
+         store.residual_norm[store.layers.index(layer)] if store.residual_norm is not None else float("nan"),
+         len(sets), cats, signs, " / ".join(f"{x:.2f}" for x in os.getloadavg()))
 lm = load_model(smk.params.subject, smk.params.models_dir)
 log.info("subject %s loaded in %.1f s", lm.info["name"], lm.info["load_seconds"])
 started = time.perf_counter()
+
+# ---- the concept scorer: the lexicon always; a judge where configured, once it passes ---------
+validation = [validate_concept_scorer(lambda texts, e: lexicon_concept(texts, cats[e], mask_words=[]),
+                                      validation_items, sc["emotions"], mask_words=store.emotions, threshold=0.5,
+                                      name="nrc-lexicon", seed=s["seed"])]
+judge = None
+judge_note = "no judge configured: the concept score is the NRC lexicon's (masked)"
+if sc.get("judge"):
+    from emotion_vectors.backends import HFChatBackend, make_backend
+    from emotion_vectors.behaviour.conditions import describe_judge, same_model
+
+    spec = dict(sc["judge"])
+    backend = (HFChatBackend(lm.model, lm.tokenizer, name=spec.get("name")) if same_model(spec, smk.params.subject)
+               else make_backend(spec, smk.params.models_dir))
+    candidate = ConceptJudge(backend, max_tokens=int(spec.get("max_tokens", 256)), seed=s["seed"])
+    res = validate_concept_scorer(candidate.score, validation_items, sc["emotions"], mask_words=store.emotions,
+                                  threshold=0.5, name=candidate.name, seed=s["seed"])
+    res["spec"] = describe_judge(spec)
+    validation.append(res)
+    if res["passed"]:
+        judge = candidate
+        judge_note = f"judge {candidate.name} validated ({res['reason']}): it scores the concept"
+    else:
+        judge_note = (f"judge {candidate.name} not validated ({res['reason']}): the concept score is the NRC "
+                      "lexicon's (masked)")
+for v in validation:
+    log.info("concept scorer %s on %d labelled pairs: accuracy %.2f, kappa %.2f [%.2f, %.2f], AUROC %.2f; %s",
+             v["scorer"], v["n_pairs"], v["accuracy"], v["kappa"], *v["kappa_ci95"], v["auroc"],
+             "passes" if v["passed"] else "does not pass")
+log.info("%s", judge_note)
+pd.DataFrame([{k: (json.dumps(x) if isinstance(x, (list, dict)) else x) for k, x in v.items()} for v in validation]
+             ).to_csv(smk.output.validation, sep="\t", index=False, float_format="%.4g")
+
+# ---- the continuation test ---------------------------------------------------------------
 cont = continuation_test(
     lm.model, lm.tokenizer, store, store.emotions, prompts=c["prompts"], strengths=c["strengths"], layer=layer,
     null_store=null_store, shuffle_sets=sets, n_shuffled=c["n_shuffled"], n_random=c["n_random"],
@@ -68,39 +123,58 @@ pd.DataFrame(cont.per_emotion).to_csv(smk.output.continuation, sep="\t", index=F
 pd.DataFrame(cont.per_strength).to_csv(smk.output.continuation_strengths, sep="\t", index=False, float_format="%.6g")
 continuation_figure(cont.per_strength, smk.output.continuation_figure, per_emotion=cont.per_emotion,
                     null_rows=cont.null_rows)
-dose = dose_response(
-    lm.model, lm.tokenizer, store, d["emotions"], prompts=d["prompts"], strengths=d["strengths"],
-    samples=d["samples"], max_new_tokens=d["max_new_tokens"], temperature=d["temperature"],
-    direction=direction, signs=signs, mask_words=store.emotions, layer=layer, null_store=null_store,
-    shuffle_sets=sets, n_shuffled=d["n_shuffled"], n_random=d["n_random"], n_permutations=s["n_permutations"],
-    seed=s["seed"], positions=s["positions"], batch_size=s["batch_size"], log=log.info)
-write_jsonl_atomic((g.__dict__ for g in dose.generations), smk.output.generations)
-pd.DataFrame(dose.curves).to_csv(smk.output.dose, sep="\t", index=False, float_format="%.6g")
-pd.DataFrame(dose.slopes).to_csv(smk.output.slopes, sep="\t", index=False, float_format="%.6g")
-dose_response_figure(dose.curves, smk.output.dose_figure)
-for row in dose.slopes:
-    log.info("dose-response %s: masked VADER slope %.3f [%.3f, %.3f] (generations resampled, direction fixed); "
-             "shuffled-label p %.3g (Holm %.3g); random p %.3g (weak null); unmasked slope %.3f",
-             row["emotion"], row["vader_slope"], row["vader_slope_lo"], row["vader_slope_hi"], row["p_shuffled"],
-             row["p_shuffled_holm"], row["p_random"], row["vader_unmasked_slope"])
+seconds_continuation = time.perf_counter() - started
+
+# ---- steering against prompting ------------------------------------------------------------
+res = steering_scores(
+    lm.model, lm.tokenizer, store, sc["emotions"], prompts=sc["prompts"], strengths=sc["strengths"],
+    test_strength=sc["test_strength"], samples=sc["samples"], max_new_tokens=sc["max_new_tokens"],
+    temperature=sc["temperature"], instruction=sc["instruction"], concept=sc.get("concept_map"),
+    mask_words=store.emotions, neutral_texts=neutral_texts, kl_tokens=sc["kl_tokens"], n_other=sc["n_other"],
+    controls_prompts=sc["controls_prompts"], signs=signs, layer=layer, null_store=null_store, shuffle_sets=sets,
+    n_shuffled=sc["n_shuffled"], n_random=sc["n_random"], n_permutations=s["n_permutations"], seed=s["seed"],
+    positions=s["positions"], batch_size=s["batch_size"], judge=judge, log=log.info)
+write_jsonl_atomic((g.record() for g in res.generations), smk.output.generations)
+# the continuation test, one line per emotion, with its corrected null
+cont_rows = [{"emotion": r["emotion"], "method": f"continuation (own word, {cont.summary['test_strength']:g})",
+              "strength": cont.summary["test_strength"], "n": cont.summary["n_shuffled"], "score": r["own_z"],
+              "p_vs_null": r["p_shuffled"], "p_vs_null_holm": r["p_shuffled_holm"],
+              "null": "shuffled-label vectors (own word's z within the vector's row)"}
+             for r in cont.per_emotion if r["emotion"] in sc["emotions"]]
+pd.DataFrame(res.table + cont_rows).to_csv(smk.output.scores, sep="\t", index=False, float_format="%.6g")
+pd.DataFrame(res.curves).to_csv(smk.output.tradeoff, sep="\t", index=False, float_format="%.6g")
+pd.DataFrame(res.dose["slopes"]).to_csv(smk.output.slopes, sep="\t", index=False, float_format="%.6g")
+tradeoff_figure(res.curves, smk.output.tradeoff_figure)
+methods_figure(res.table, smk.output.methods_figure)
+for row in res.table:
+    if row["method"] in ("prompting", "steering", "both"):
+        log.info("%-8s %-9s score %.3f [%.3f, %.3f] (concept %.3f, fluency %.3f, relevance %.3f) at %g%s", row["emotion"],
+                 row["method"], row["score"], row["score_lo"], row["score_hi"], row["concept"], row["fluency"],
+                 row["relevance"], row["strength"],
+                 f"; vs prompting {row['vs_prompting']:+.3f}, p {row['p_vs_prompting']:.3g} (Holm "
+                 f"{row['p_vs_prompting_holm']:.3g})" if "vs_prompting" in row else "")
+
 claims = (continuation_claims(cont.summary, cont.per_emotion, figure=str(smk.output.continuation_figure))
-          + dose_claims(dose.summary, figure=str(smk.output.dose_figure)))
+          + scores_claims(res.summary, figure=str(smk.output.methods_figure))
+          + dose_claims(res.dose, figure=str(smk.output.tradeoff_figure)))
 write_claims(claims, smk.output.claims)
 for cl in claims:
     log.info("claim %s: %s (p %s, adjusted %s, %s)", cl.id, cl.verdict, cl.p, cl.p_adjusted, cl.note)
+seconds = time.perf_counter() - started
+log.info("steering_eval: continuation %.0f s, scores %.0f s, %.0f s in all; load average %s", seconds_continuation,
+         res.summary["seconds"], seconds, " / ".join(f"{x:.2f}" for x in os.getloadavg()))
 write_json_atomic(
     {
         "layer": layer,
         "residual_norm": float(store.residual_norm[store.layers.index(layer)]) if store.residual_norm is not None else None,
         "n_shuffles_available": len(sets),
-        "valence_direction": {"layer": layer, "explained": direction.explained,
-                              "pleasant": list(direction.pleasant), "unpleasant": list(direction.unpleasant),
-                              "anchor_gap": direction.anchor_gap,
-                              "use": "descriptive only (PC1 of these same vectors): no claim is made from it"},
         "continuation": cont.summary,
-        "dose_response": dose.summary,
+        "scores": res.summary,
+        "dose_response": res.dose,
+        "concept_scorer": {"used": res.summary["concept_scorer"], "note": judge_note, "validation": validation},
         "claims": {cl.id: cl.verdict for cl in claims},
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": {"continuation": round(seconds_continuation, 1), "scores": res.summary["seconds"],
+                    "total": round(seconds, 1)},
         "provenance": provenance(stage="steering_eval", config_section=s, model_info=lm.info),
     },
     smk.output.summary,

@@ -14,6 +14,7 @@ BENCHMARKS = {
     "analysis": "analysis stage",
     "generate": "story generation",
     "backends": "story generation in process vs through transformers serve (stories/s, tokens/s)",
+    "steering": "many steering directions per forward pass vs one at a time (continuation, generation)",
 }
 
 
