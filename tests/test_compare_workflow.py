@@ -5,7 +5,8 @@ shard reruns only that subject's dependents; adding a subject reruns nothing tha
 
 Two tiny random models (Llama, 5 blocks, hidden 48; Gemma 3, 6 blocks, hidden 64) read stories
 written here in advance (the generator never runs), so the module takes minutes, not the real
-models' half hour. A third (Gemma 4 text, 6 blocks) is the subject that is added.
+models' half hour. A third (Gemma 4 text, 6 blocks) is the subject that is added. One core:
+the DAG, not concurrency, is under test here (tests/test_workflow.py runs two jobs at a time).
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def smk(configfile: Path, *args: str, check: bool = True) -> subprocess.Complete
 
 def pending(configfile: Path, subjects: list[str], *args: str) -> list[tuple[str, str]]:
     """(rule, wildcards) of the jobs a dry run of the comparison's targets lists."""
-    out = smk(configfile, "-n", "--nolock", *args, *targets(subjects))
+    out = smk(configfile, "-n", "--nolock", *targets(subjects), *args)  # options that take lists go last
     jobs = []
     for block in re.split(r"\n(?=(?:local)?rule \w+:)", out.stdout + out.stderr):
         m = re.match(r"(?:local)?rule (\w+):", block)
@@ -122,7 +123,7 @@ def setup(tmp_path_factory, code_snapshot, tiny_llama, tiny_gemma3, tiny_gemma4_
     for e in EMOTIONS:
         (RESULTS / "stories" / f"{e}.json").write_text(json.dumps(story_shard(e)))
     (RESULTS / "neutral" / "dialogues.json").write_text(json.dumps(neutral_corpus()))
-    run = smk(two, "--cores", "2", *targets([B]))
+    run = smk(two, "--cores", "1", *targets([B]))
     yield {"two": two, "three": three, "log": run.stdout + run.stderr, "models": models}
     from emotion_vectors.service import release_device
 
@@ -193,7 +194,7 @@ def test_rebuilding_one_subjects_shard_reruns_only_that_subjects_dependents(setu
         ("analyze_subject", f"subject={B}"),
         ("compare_pair", f"a={A}, b={B}"), ("compare_pair", f"a={B}, b=ref"), ("compare_summary", ""),
     ]), jobs
-    smk(setup["two"], "--cores", "2", *targets([B]))
+    smk(setup["two"], "--cores", "1", *targets([B]))
     # and the primary's shard of the same emotion: the primary's dependents, B's shards untouched
     jobs = pending(setup["two"], [B], "--forcerun", f"results/{RUN}/activations/emotions/calm.zarr")
     assert ("activations", "emotion=calm") in jobs and not any(r.endswith("_subject") for r, _ in jobs), jobs
@@ -212,9 +213,29 @@ def test_adding_a_subject_reruns_nothing_that_exists(setup):
     assert sorted(w for r, w in jobs if r == "compare_pair") == sorted([f"a={A}, b={C}", f"a={B}, b={C}", f"a={C}, b=ref"])
 
 
-def test_another_subject_waits_for_the_previous_one_and_claims_its_gpu(setup, tmp_path):
-    """On a GPU: each other subject's shards wait for the previous subject's vectors (one model
-    server at a time, each loaded once), go first when ready, and take the gpu resource."""
+def test_a_changed_story_reruns_that_emotion_in_every_subject(setup):
+    story = RESULTS / "stories" / "calm.json"
+    original = story.read_text()
+    shard = json.loads(original)
+    shard["stories"][0]["text"] += " She closed the gate."
+    story.write_text(json.dumps(shard))
+    try:
+        jobs = pending(setup["two"], [B])
+    finally:
+        story.write_text(original)
+    assert jobs == sorted([
+        ("activations", "emotion=calm"), ("vectors", ""), ("split_vectors", ""), ("analyze", ""),
+        ("activations_subject", f"subject={B}, emotion=calm"), ("vectors_subject", f"subject={B}"),
+        ("split_vectors_subject", f"subject={B}"), ("analyze_subject", f"subject={B}"),
+        ("compare_pair", f"a={A}, b={B}"), ("compare_pair", f"a={A}, b=ref"), ("compare_pair", f"a={B}, b=ref"),
+        ("compare_summary", ""),
+    ]), jobs
+
+
+def test_each_other_subject_reads_after_the_one_before_it_and_claims_its_gpu(setup, tmp_path):
+    """On a GPU: every other subject's jobs take the gpu resource (one GPU job at a time) at a
+    priority below everything else, the second subject's above the third's, so the subjects read
+    one after the other, each loaded once; and no subject's jobs depend on another's outputs."""
     cfg = yaml.safe_load(setup["three"].read_text())
     for s in cfg["models"]["subjects"]:
         s["device"] = "cuda"
@@ -230,7 +251,8 @@ def test_another_subject_waits_for_the_previous_one_and_claims_its_gpu(setup, tm
             blocks[(m.group(1), wc.group(1).strip())] = block
     r = f"results/{cfg['run']}"
     b_calm = blocks[("activations_subject", f"subject={B}, emotion=calm")]
-    assert f"{r}/vectors/vectors.zarr" in b_calm and "priority: 1" in b_calm and "gpu=1" in b_calm
+    assert "priority: -1" in b_calm and "gpu=1" in b_calm and f"{r}/vectors/vectors.zarr" not in b_calm
     c_neutral = blocks[("neutral_activations_subject", f"subject={C}")]
-    assert f"{r}/subjects/{B}/vectors/vectors.zarr" in c_neutral and "gpu=1" in c_neutral
-    assert "gpu=0" in blocks[("activations", "emotion=calm")]  # the primary stays on the CPU
+    assert "priority: -2" in c_neutral and "gpu=1" in c_neutral and f"{r}/subjects/{B}/" not in c_neutral
+    primary = blocks[("activations", "emotion=calm")]
+    assert "gpu=0" in primary and "priority" not in primary  # the primary: on the CPU, default priority

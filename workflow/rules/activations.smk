@@ -28,13 +28,14 @@ def vector_store(name):
     return f"{subject_dir(name)}/vectors/vectors.zarr"
 
 
-def after_previous_subject(wildcards):
-    """Another subject reads once the subject before it (in models.subjects order, the primary
-    first) has read everything, i.e. its vector store exists: one model server at a time, so on a
-    GPU each subject is loaded once for all its shards. ``ancient``: that store's being rebuilt
-    later never reruns this subject's shards (nor does adding or removing a subject)."""
-    names = list(SUBJECTS)
-    return ancient(vector_store(names[names.index(wildcards.subject) - 1]))
+def subject_priority(wildcards):
+    """The other subjects read after everything else that is ready, one subject after the other
+    (the second subject's jobs at priority -1, the third's at -2, ...): with one GPU, the jobs
+    that need it run one at a time (``--resources gpu``), so each subject's shards come one after
+    another and its model is loaded once for all of them. A priority, not an input: an edge from
+    the previous subject's outputs would rerun this subject whenever those are rebuilt (and
+    Snakemake 9 drops a job's own reasons to run behind an ``ancient`` edge)."""
+    return -list(SUBJECTS).index(wildcards.subject)
 
 
 rule activations:
@@ -141,9 +142,8 @@ rule shuffled_vectors:
 
 
 # The other subjects (models.subjects): the same rules, on their own paths under
-# results/<run>/subjects/<name>/ (wildcard `subject`), each talking to its own model server. Their
-# shards wait for the previous subject's vectors (after_previous_subject) and go first when ready
-# (priority), so that no GPU job of another model comes between two of them.
+# results/<run>/subjects/<name>/ (wildcard `subject`), each talking to its own model server, one
+# subject after the other (subject_priority).
 _SUBJECT_EXTRACT_PARAMS = {**EXTRACT_PARAMS, "subject": subject_spec}
 
 
@@ -151,7 +151,6 @@ use rule activations as activations_subject with:
     input:
         lambda wildcards: model_input(subject_spec(wildcards)),
         texts=story_shard("{emotion}"),
-        previous_subject=after_previous_subject,
     output:
         directory(f"{SUBJECT_DIR}/activations/emotions/{{emotion}}.zarr"),
     params:
@@ -161,7 +160,7 @@ use rule activations as activations_subject with:
         f"{SUBJECT_LOGS}/activations/{{emotion}}.log",
     benchmark:
         f"{SUBJECT_BENCH}/activations/{{emotion}}.tsv"
-    priority: 1
+    priority: subject_priority
     resources:
         gpu=lambda wildcards: wants_gpu(subject_spec(wildcards)),
 
@@ -170,7 +169,6 @@ use rule neutral_activations as neutral_activations_subject with:
     input:
         lambda wildcards: model_input(subject_spec(wildcards)),
         texts=NEUTRAL_DIALOGUES,
-        previous_subject=after_previous_subject,
     output:
         directory(f"{SUBJECT_DIR}/activations/neutral.zarr"),
     params:
@@ -180,7 +178,7 @@ use rule neutral_activations as neutral_activations_subject with:
         f"{SUBJECT_LOGS}/activations/neutral.log",
     benchmark:
         f"{SUBJECT_BENCH}/activations/neutral.tsv"
-    priority: 1
+    priority: subject_priority
     resources:
         gpu=lambda wildcards: wants_gpu(subject_spec(wildcards)),
 
