@@ -32,6 +32,7 @@ from emotion_vectors.steer import (
     call_positions,
     generate_rows,
     random_steers,
+    sample_rows,
     steering,
     steering_rows,
     steers_from_store,
@@ -658,6 +659,47 @@ def test_generate_rows_samples_like_the_plain_batch_and_broadcast_is_checked(tin
     with pytest.raises(SteeringPositionError, match="3 rows of steers.*batch of 2.*one row"):
         with steering_rows(model, rows, broadcast=True):
             model(**two)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("fixture", TINY_MODEL_FIXTURES)
+def test_sample_rows_greedy_equals_each_row_alone_shared_and_padded(request: Any, fixture: str, policy: Any) -> None:
+    """The decoding loop gives, greedily, each row the tokens ``generate`` gives that row alone under
+    ``steering`` with its steers: rows of one prompt (run once below the steered block) and rows
+    of different prompts (left-padded)."""
+    model, tok = request.getfixturevalue(fixture)
+    rows = row_steers(model, tok, 2)
+    kw = dict(max_new_tokens=5, temperature=0.0, positions=policy, pad_token_id=tok.pad_token_id, eos_token_ids=[])
+    one = tok("She opened the letter and")["input_ids"]
+    shared = sample_rows(model, [one] * 3, rows, **kw)
+    prompts = [tok(p)["input_ids"] for p in PROMPTS]
+    padded = sample_rows(model, prompts, rows, **kw)
+    for r, steers in enumerate(rows):
+        for got, prompt in ((shared[r], one), (padded[r], prompts[r])):
+            enc = {"input_ids": torch.tensor([prompt]), "attention_mask": torch.ones((1, len(prompt)), dtype=torch.long)}
+            with steering(model, steers, positions=policy):
+                alone = greedy(model, tok, enc, 5, exact=True)[0, len(prompt):].tolist()
+            assert got == alone, (r, policy)
+
+
+def test_sample_rows_sampling_is_seeded_and_top_k_top_p_restrict_the_draw(tiny_llama: Any) -> None:
+    model, tok = tiny_llama
+    rows = row_steers(model, tok, 2)
+    prompt = tok("The old house")["input_ids"]
+    kw = dict(max_new_tokens=6, pad_token_id=tok.pad_token_id, eos_token_ids=[])
+    a = sample_rows(model, [prompt] * 3, rows, temperature=1.0, seed=4, **kw)
+    assert a == sample_rows(model, [prompt] * 3, rows, temperature=1.0, seed=4, **kw)
+    assert a != sample_rows(model, [prompt] * 3, rows, temperature=1.0, seed=5, **kw)
+    best = sample_rows(model, [prompt] * 3, rows, temperature=0.0, **kw)
+    assert sample_rows(model, [prompt] * 3, rows, temperature=1.0, top_k=1, seed=1, **kw) == best
+    assert sample_rows(model, [prompt] * 3, rows, temperature=1.0, top_p=1e-9, seed=1, **kw) == best
+    # a row stops at its end token: the tokens after it are not returned
+    first = best[0][0]
+    cut = sample_rows(model, [prompt] * 3, rows, temperature=0.0, max_new_tokens=6,
+                      pad_token_id=tok.pad_token_id, eos_token_ids=[first])
+    assert cut[0] == [] and all(first not in r for r in cut)
+    with pytest.raises(ValueError, match="one prompt per row"):
+        sample_rows(model, [prompt], rows, temperature=0.0, **kw)
 
 
 # --------------------------------------------------------------------------- the vector store

@@ -214,8 +214,7 @@ def test_steering_scores_on_a_tiny_model(tiny_llama, tmp_path):
               strengths=[0.5, 1.0], test_strength=1.0, samples=2, max_new_tokens=5, temperature=0.8,
               neutral_texts=["The meeting is at noon.", "Send the report."], kl_tokens=6, n_other=1,
               controls_prompts=1, signs={"happy": 1, "sad": -1}, layer=2, null_store=null, shuffle_sets=sets,
-              n_random=2, n_permutations=99, seed=3, batch_size=8, n_boot=50,
-              shared_prefix_tokens=1)  # every prompt shared by several rows runs once below the block
+              n_random=2, n_permutations=99, seed=3, batch_size=8, n_boot=50)
     res = steering_scores(model, tok, real, emotions, **kw)
     sm = res.summary
     assert sm["select_prompts"] == [0, 2] and sm["report_prompts"] == [1, 3]
@@ -273,3 +272,26 @@ def test_mask_token_is_not_an_affect_word():
     from emotion_vectors.text_checks import load_nrc
 
     assert MASK_TOKEN not in load_nrc()
+
+
+@pytest.mark.slow
+def test_concept_judge_through_the_in_process_chat_backend_is_validated_before_use(default_model):
+    """A judge is a chat backend rating 0-2; on the labelled sentences it gets a kappa interval and
+    passes only above the floor (SmolLM2, a 135M model, is not expected to: then the lexicon scores)."""
+    from emotion_vectors.backends import HFChatBackend
+    from emotion_vectors.steering_scores import ConceptJudge
+
+    model, tok = default_model
+    judge = ConceptJudge(HFChatBackend(model, tok, name="smollm2"), max_tokens=16)
+    assert judge.name == "chat:smollm2"
+    items = load_concept_validation(VALIDATION)
+    subset = [it for it in items if it["emotion"] == "happy"][:3] + [it for it in items if it["emotion"] == "sad"][:3]
+    subset += [it for it in items if it["emotion"] == "none"][:2]
+    got = judge.score([subset[0]["text"]], "happy")
+    assert got.shape == (1,) and (np.isnan(got[0]) or got[0] in (0.0, 0.5, 1.0))
+    res = validate_concept_scorer(judge.score, subset, ["happy", "sad"], mask_words=["happy", "sad"],
+                                  n_bootstrap=200, name=judge.name)
+    assert res["scorer"] == "chat:smollm2" and res["n_pairs"] == 14 and 0 <= res["n_unparsed"] <= 14
+    assert isinstance(res["passed"], bool) and res["floor"] == 0.2
+    if res["passed"]:  # a pass must rest on an interval above the floor
+        assert res["kappa_ci95"][0] > 0.2

@@ -80,7 +80,7 @@ from typing import Any
 import numpy as np
 
 from emotion_vectors.claims import ALPHA, Claim, holm, make_claim
-from emotion_vectors.steer import Steer, generate_rows, random_steers, steering_rows
+from emotion_vectors.steer import Steer, random_steers, steering_rows
 
 Log = Callable[[str], None]
 
@@ -338,12 +338,12 @@ def kl_on_texts(model: Any, tokenizer: Any, texts: Sequence[str], rows: Sequence
             continue
         x = torch.tensor([ids], dtype=torch.long, device=device)
         with torch.inference_mode():
-            p0 = torch.log_softmax(model(input_ids=x).logits[0].float(), dim=-1)  # (T, V)
+            p0 = torch.log_softmax(model(input_ids=x, use_cache=False).logits[0].float(), dim=-1)  # (T, V)
             prob0 = p0.exp()
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start : start + batch_size]
                 with steering_rows(model, chunk, positions=positions, broadcast=True):
-                    lg = model(input_ids=x, attention_mask=torch.ones_like(x)).logits.float()
+                    lg = model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).logits.float()
                 if lg.shape[0] != len(chunk):
                     lg = lg.expand(len(chunk), -1, -1)
                 p1 = torch.log_softmax(lg, dim=-1)
@@ -513,65 +513,34 @@ class _Row:
 
 
 def _sample(model: Any, tokenizer: Any, plan: Sequence[_Row], *, batch_size: int, max_new_tokens: int,
-            temperature: float, seed: int, phase: int, positions: str | int, log: Log,
-            shared_prefix_tokens: int = 128) -> None:
+            temperature: float, seed: int, phase: int, positions: str | int, log: Log) -> None:
     """Generate every row of ``plan`` (fills ``gen.text``, ``ids``, ``n_tokens``, ``seed``),
-    ``batch_size`` rows per ``generate`` call, one direction per row (``steer.steering_rows``).
-    Rows of a prompt of at least ``shared_prefix_tokens`` tokens run together from its shared
-    prefix (``steer.generate_rows``); the others are pooled into left-padded batches."""
-    import torch
+    ``batch_size`` rows per call of ``steer.sample_rows`` (one direction per row; top-k 50, top-p
+    0.95 at ``temperature``, as ``generate()`` would sample them), rows sorted by prompt so that a
+    call whose rows share one prompt runs it once below the steered block."""
+    from emotion_vectors.backends import _eos_ids
+    from emotion_vectors.steer import sample_rows
 
-    eos = tokenizer.eos_token_id
-    stops = set(eos if isinstance(eos, list) else [eos])
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stops))
-    kw = dict(max_new_tokens=max_new_tokens, do_sample=temperature > 0, pad_token_id=pad)
-    if temperature > 0:
-        kw.update(temperature=temperature, top_p=0.95)
-    groups: dict[str, list[_Row]] = {}
-    for r in plan:
-        groups.setdefault(r.prompt, []).append(r)
-    # A long prompt shared by many rows runs once below the steered block (generate_rows); short
-    # prompts are pooled into left-padded batches: there the decoding steps cost most, and fewer,
-    # fuller batches save more than a shared prefix of a few dozen tokens would.
-    width = {p: len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in groups}
-    big = {p: g for p, g in groups.items() if width[p] >= shared_prefix_tokens and len(g) >= 2}
-    small = [r for p, g in groups.items() if p not in big for r in g]
-    calls: list[tuple[str, list[_Row]]] = []
-    for p, g in big.items():
-        calls += [("shared", g[i : i + batch_size]) for i in range(0, len(g), batch_size)]
-    calls += [("padded", small[i : i + batch_size]) for i in range(0, len(small), batch_size)]
+    eos = sorted(_eos_ids(model, tokenizer))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    encoded = {p: tokenizer(p, add_special_tokens=False)["input_ids"] for p in dict.fromkeys(r.prompt for r in plan)}
+    order = sorted(range(len(plan)), key=lambda i: (list(encoded).index(plan[i].prompt), i))
+    ordered = [plan[i] for i in order]
+    calls = [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
     started = time.perf_counter()
-
-    def finish(rows: list[_Row], new: Any, s: int) -> None:
-        for r, toks in zip(rows, new.tolist()):
-            n = next((i for i, t in enumerate(toks) if t in stops), len(toks))
-            r.gen.ids = toks[:n]
-            r.gen.n_tokens = n
-            r.gen.text = tokenizer.decode(toks[:n], skip_special_tokens=True).strip()
-            r.gen.seed = s
-
-    for ci, (how, rows) in enumerate(calls):
+    for ci, rows in enumerate(calls):
         s = _seed("scores", seed, phase, ci, batch_size)
-        if how == "shared":
-            ids = tokenizer(rows[0].prompt, add_special_tokens=False)["input_ids"]
-            new = generate_rows(model, ids, [r.steers for r in rows], positions=positions, seed=s, **kw)
-        else:
-            from emotion_vectors.extract import _input_device
-
-            old = tokenizer.padding_side
-            tokenizer.padding_side = "left"
-            try:
-                enc = tokenizer([r.prompt for r in rows], return_tensors="pt", padding=True, add_special_tokens=False)
-            finally:
-                tokenizer.padding_side = old
-            enc = {k: v.to(_input_device(model)) for k, v in enc.items()}
-            torch.manual_seed(s)
-            with torch.inference_mode(), steering_rows(model, [r.steers for r in rows], positions=positions):
-                out = model.generate(**enc, **kw)
-            new = out[:, enc["input_ids"].shape[1]:]
-        finish(rows, new, s)
-        el = time.perf_counter() - started
-        log(f"scores phase {phase}: call {ci + 1}/{len(calls)} ({how}, {len(rows)} rows) done ({el:.0f} s)")
+        new = sample_rows(model, [encoded[r.prompt] for r in rows], [r.steers for r in rows],
+                          max_new_tokens=max_new_tokens, temperature=temperature, top_k=50, top_p=0.95,
+                          positions=positions, seed=s, pad_token_id=pad, eos_token_ids=eos)
+        for r, toks in zip(rows, new):
+            r.gen.ids = list(toks)
+            r.gen.n_tokens = len(toks)
+            r.gen.text = tokenizer.decode(toks, skip_special_tokens=True).strip()
+            r.gen.seed = s
+        shared = len({r.prompt for r in rows}) == 1
+        log(f"scores phase {phase}: call {ci + 1}/{len(calls)} ({len(rows)} rows, "
+            f"{'one prompt' if shared else 'padded'}) done ({time.perf_counter() - started:.0f} s)")
 
 
 def _seed(*parts: Any) -> int:
@@ -630,7 +599,6 @@ def steering_scores(
     batch_size: int = 64,
     n_boot: int = 2000,
     judge: ConceptJudge | None = None,
-    shared_prefix_tokens: int = 128,
     log: Log = _noop,
 ) -> ScoresResult:
     """Concept, fluency and relevance of steered, prompted and unsteered replies; strength chosen
@@ -724,8 +692,7 @@ def steering_scores(
         f"{len(select_p)} selection prompts x {samples}; unsteered {len(prompts)} x {samples}; controls at "
         f"{test_strength:g} on {len(ctrl_p)} prompts: {n_k} shuffles x {len(emotions)}, {n_random} random)")
     _sample(model, tokenizer, plan1, batch_size=batch_size, max_new_tokens=max_new_tokens, temperature=temperature,
-            seed=seed, phase=1, positions=positions, log=log,
-            shared_prefix_tokens=shared_prefix_tokens)
+            seed=seed, phase=1, positions=positions, log=log)
     gens = [r.gen for r in plan1]
 
     contexts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in plain]
@@ -801,8 +768,7 @@ def steering_scores(
     log(f"scores: phase 2, {len(plan2)} replies (steering, prompting, both x {len(emotions)} emotions x "
         f"{len(report_p)} report prompts x {samples})")
     _sample(model, tokenizer, plan2, batch_size=batch_size, max_new_tokens=max_new_tokens, temperature=temperature,
-            seed=seed, phase=2, positions=positions, log=log,
-            shared_prefix_tokens=shared_prefix_tokens)
+            seed=seed, phase=2, positions=positions, log=log)
     gens2 = [r.gen for r in plan2]
     score(gens2, ppl_ref)
     gens += gens2

@@ -147,8 +147,8 @@ except ResumeMismatch as err:
     records = sample()
 seconds_generate = time.perf_counter() - started
 write_jsonl_atomic(records, smk.output.transcripts)
-log.info("%d transcripts in %.1f s (%d cut at max_new_tokens)", len(records), seconds_generate,
-         sum(r["finish_reason"] == "length" for r in records))
+log.info("%d transcripts in %.1f s (%d cut at max_new_tokens); load average %s", len(records), seconds_generate,
+         sum(r["finish_reason"] == "length" for r in records), " / ".join(f"{x:.2f}" for x in os.getloadavg()))
 
 # --- classification (the judge is never steered) -------------------------------------------
 started = time.perf_counter()

@@ -7,6 +7,7 @@ masked-VADER dose claims from the same replies), with their claims
 
 import json
 import os
+import resource
 import time
 
 import pandas as pd
@@ -161,8 +162,10 @@ write_claims(claims, smk.output.claims)
 for cl in claims:
     log.info("claim %s: %s (p %s, adjusted %s, %s)", cl.id, cl.verdict, cl.p, cl.p_adjusted, cl.note)
 seconds = time.perf_counter() - started
-log.info("steering_eval: continuation %.0f s, scores %.0f s, %.0f s in all; load average %s", seconds_continuation,
-         res.summary["seconds"], seconds, " / ".join(f"{x:.2f}" for x in os.getloadavg()))
+usage = resource.getrusage(resource.RUSAGE_SELF)
+log.info("steering_eval: continuation %.0f s, scores %.0f s, %.0f s in all (CPU time %.0f s); load average %s",
+         seconds_continuation, res.summary["seconds"], seconds, usage.ru_utime + usage.ru_stime,
+         " / ".join(f"{x:.2f}" for x in os.getloadavg()))
 write_json_atomic(
     {
         "layer": layer,
@@ -174,7 +177,8 @@ write_json_atomic(
         "concept_scorer": {"used": res.summary["concept_scorer"], "note": judge_note, "validation": validation},
         "claims": {cl.id: cl.verdict for cl in claims},
         "seconds": {"continuation": round(seconds_continuation, 1), "scores": res.summary["seconds"],
-                    "total": round(seconds, 1)},
+                    "total": round(seconds, 1), "cpu": round(usage.ru_utime + usage.ru_stime, 1),
+                    "load_average": list(os.getloadavg())},
         "provenance": provenance(stage="steering_eval", config_section=s, model_info=lm.info),
     },
     smk.output.summary,
