@@ -153,3 +153,69 @@ def test_nan_names_shard_story_and_layer(tmp_path, tiny_llama):
     msg = str(err.value)
     assert "'calm'" in msg and "calm-t000-s0" in msg and "layer 2" in msg
     assert not (tmp_path / "n.zarr").exists()
+
+
+_KILL_AT_STEP = textwrap.dedent(
+    """
+    import os, shutil, signal, sys
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from emotion_vectors.shards import write_shard
+    model_dir, out, step, texts, ids, settings, info = sys.argv[1], sys.argv[2], sys.argv[3], *map(eval, sys.argv[4:])
+    name = os.path.basename(out)
+    real_rename, real_rmtree = os.rename, shutil.rmtree
+    def rename(src, dst, *args, **kwargs):  # SIGKILL just before the finished shard is renamed in
+        if step == "rename-in" and os.path.basename(str(src)) == name + ".tmp":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_rename(src, dst, *args, **kwargs)
+    def rmtree(path, *args, **kwargs):  # SIGKILL while the old shard is being removed
+        if step == "remove-old" and os.path.basename(str(path)).startswith(name + ".old-"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_rmtree(path, *args, **kwargs)
+    os.rename, shutil.rmtree = rename, rmtree
+    tok = AutoTokenizer.from_pretrained(model_dir); tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32").eval()
+    write_shard(model, tok, texts, ids, [0, 2], out, settings, name="calm", model_info=info)
+    """
+)
+
+
+@pytest.mark.parametrize("step", ["rename-in", "remove-old"])
+def test_a_kill_while_replacing_a_shard_leaves_a_complete_one(tmp_path, saved_tiny, step):
+    """Replacing a shard moves the old one aside first: SIGKILLed just before the new one is
+    renamed in, the old one is whole aside; SIGKILLed while the old one is being removed, the
+    new one is whole under the name. Never a half-deleted shard under the finished name."""
+    texts, ids = _corpus(6)
+    model, tok = _load(saved_tiny)
+    out = tmp_path / "k.zarr"
+    write_shard(model, tok, texts, ids, [0], out, SETTINGS, name="calm", model_info=INFO)
+    old = open_shard(out)
+    old_acts = old["activations"][:]
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILL_AT_STEP, str(saved_tiny), str(out), step, repr(texts), repr(ids), repr(SETTINGS), repr(INFO)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert proc.returncode == -9, proc.stderr
+    aside = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("k.zarr.old-"))
+    assert len(aside) == 1, sorted(p.name for p in tmp_path.iterdir())
+    if step == "rename-in":
+        assert not out.exists()  # the old shard was moved aside whole, not deleted in place
+        kept = open_shard(tmp_path / aside[0])
+        assert kept.attrs["layers"] == [0]
+        np.testing.assert_array_equal(kept["activations"][:], old_acts)
+        assert open_shard(tmp_path / "k.zarr.tmp").attrs["layers"] == [0, 2]  # the new one, finished
+    else:
+        assert open_shard(out).attrs["layers"] == [0, 2]  # the new shard, complete, under the name
+    # the rerun publishes the new shard and removes what the killed job left aside
+    write_shard(model, tok, texts, ids, [0, 2], out, SETTINGS, name="calm", model_info=INFO)
+    assert open_shard(out).attrs["layers"] == [0, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.zarr"]
+
+
+def test_a_staging_path_outside_the_shard_directory_is_refused_first(tmp_path, tiny_llama):
+    model, tok = tiny_llama
+    texts, ids = _corpus(4)
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(ShardError, match=r"^calm: the staging path .*/elsewhere/s\.zarr\.staged-1 must be in the directory of the shard"):
+        write_shard(model, tok, texts, ids, [0], tmp_path / "s.zarr", SETTINGS, name="calm", model_info=INFO,
+                    staged=tmp_path / "elsewhere" / "s.zarr.staged-1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere"]  # refused before any work

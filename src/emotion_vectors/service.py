@@ -432,6 +432,23 @@ class DirFd:
         directory there; a symlink there is replaced, not followed)."""
         os.rename(name, new_name, src_dir_fd=self.fd, dst_dir_fd=(dst or self).fd)
 
+    def replace(self, name: str, new_name: str) -> None:
+        """Rename the complete ``name`` here to ``new_name``, never leaving a half-removed one.
+
+        An existing ``new_name`` is first moved aside (``<new_name>.old-<pid>-<tag>``, a rename),
+        ``name`` renamed in, and only then the old one removed: a kill at any point leaves the
+        old output or the new one under ``new_name``, complete. Copies left aside by a killed
+        earlier call are removed here too. A symlink at ``new_name`` is moved aside and
+        removed, never followed."""
+        old = None
+        if self.exists(new_name):
+            old = f"{new_name}.old-{os.getpid()}-{secrets.token_hex(3)}"
+            self.rename(new_name, old)
+        self.rename(name, new_name)
+        for leftover in self.listdir():
+            if leftover.startswith(f"{new_name}.old-"):
+                self.remove(leftover)
+
     def unlink(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=self.fd)
@@ -2068,13 +2085,7 @@ def publish(staged: str | Path, output: str | Path) -> None:
             raise ServiceError(f"the server answered but {staged} does not exist")
         if stat.S_ISLNK(st.st_mode):
             raise ServiceError(f"refusing to publish {staged}: it is a symlink")
-        old = None
-        if d.exists(output.name):
-            old = f"{output.name}.old-{os.getpid()}-{secrets.token_hex(3)}"
-            d.rename(output.name, old)
-        d.rename(staged.name, output.name)
-        if old is not None:
-            d.remove(old)
+        d.replace(staged.name, output.name)
 
 
 def python_command(module: str, *args: str) -> list[str]:

@@ -18,7 +18,10 @@ is started over, and a finished row whose chunk is missing, truncated or altered
 differs) is recomputed; both are logged. When every row is done the data
 are copied into ``<shard>.tmp`` with the final chunking and renamed to ``<shard>``: a path
 named like the shard is always a complete shard, and ``open_shard`` refuses one whose
-``complete`` attribute is not set.
+``complete`` attribute is not set. An existing shard is moved aside (``<shard>.old-*``) before the
+rename and removed after it (``service.DirFd.replace``, the same step as the model server's
+``publish``), so a kill at any moment leaves the old shard or the new one, complete, under the
+shard's name, never a half-deleted one.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import hashlib
 import inspect
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -38,6 +42,7 @@ import numpy as np
 import zarr
 
 from .extract import ExtractionError, ExtractionPlan, iter_pooled, plan_extraction
+from .service import DirFd
 
 LAYER_CONVENTION = (
     "layer i = output of decoder block i (0-based; model.get_decoder().layers[i]); "
@@ -216,11 +221,14 @@ def write_shard(
         attrs: more attributes to store (provenance).
         staged: if given, the finished shard goes there instead of ``out`` and
             ``<out>.partial`` is kept: the caller renames it into ``out`` and then removes the
-            partial (the model server's client does, so a cancelled job gets no output).
+            partial (the model server's client does, so a cancelled job gets no output). It
+            must be in ``out``'s directory.
 
     Returns:
         A summary: texts, kept, skipped, tokens, seconds, tokens per second, resumed rows.
     """
+    if staged is not None and os.path.dirname(os.path.abspath(staged)) != os.path.dirname(os.path.abspath(out)):
+        raise ShardError(f"{name}: the staging path {staged} must be in the directory of the shard {out}")
     plan = _plan_shard(model, tokenizer, texts, ids, layers, out, settings, model_info)
     state = _resume_partial(plan, name, log)
     tokens_done, seconds = _fill_partial(model, tokenizer, texts, ids, layers, plan, state, name, log)
@@ -420,15 +428,17 @@ def _write_final(
 def _publish(tmp: Path, out: Path, partial: Path, staged: str | Path | None) -> None:
     """Rename the finished ``tmp`` into ``out`` (then drop the partial), or into ``staged``.
 
+    What is already there (an older shard, a stale staged copy, a symlink) is moved aside and
+    removed only after the rename (``DirFd.replace``). The directory is opened once and every
+    step is a rename or removal inside it; it is opened following a symlink, since the model
+    server passes ``/proc/self/fd/<n>/...`` paths into the work directory it holds open.
+
     With ``staged`` the partial stays: if the caller never publishes (its job was cancelled),
     a rerun resumes from it with every row done instead of recomputing the shard.
     """
     target = Path(staged) if staged is not None else out
-    if target.is_symlink():
-        target.unlink()
-    elif target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
+    with DirFd(os.open(tmp.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), tmp.parent) as d:
+        d.replace(tmp.name, target.name)
     if staged is None:
         shutil.rmtree(partial, ignore_errors=True)
 
