@@ -76,8 +76,9 @@ def prepare_gguf_model(spec: dict[str, Any], out_dir: str | Path) -> Path:
 
     A GGUF-loaded model cannot ``save_pretrained`` directly, so its (de-quantized) state dict is
     copied into a model built from the same config, which is saved with the tokenizer. The
-    directory is written aside and renamed into place, so a killed job leaves nothing that
-    looks finished. Returns ``out_dir``.
+    directory is written aside (``<out_dir>.partial``) and renamed into place; an existing
+    ``out_dir`` is moved aside first and removed after the rename, so a killed job leaves
+    nothing that looks finished and never a half-deleted copy. Returns ``out_dir``.
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -120,9 +121,13 @@ def prepare_gguf_model(spec: dict[str, Any], out_dir: str | Path) -> Path:
             indent=2,
         )
     )
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    # An existing copy is moved aside, the new one renamed in, then the old one removed
+    # (``service.DirFd.replace``, as ``service.publish``): a kill between the steps leaves a
+    # complete model directory under its name or aside, never a half-deleted one.
+    from .service import DirFd
+
+    with DirFd(os.open(out_dir.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), out_dir.parent) as d:
+        d.replace(tmp.name, out_dir.name)
     return out_dir
 
 
