@@ -31,7 +31,7 @@ COLUMNS = ["stage", "id", "claim", "test", "null", "statistic", "interval", "int
            "p_adjusted", "correction", "n_null", "verdict", "p_run", "run_verdict", "note", "figure",
            "source"]
 #: The order of the stages on the findings page (the DAG's order).
-STAGE_ORDER = ("corpus", "diagnostics", "geometry", "analysis", "steering", "behaviour", "scoring",
+STAGE_ORDER = ("corpus", "diagnostics", "geometry", "analysis", "compare", "steering", "behaviour", "scoring",
                "reading", "battery")
 
 

@@ -10,6 +10,8 @@ CONTROL_RUN = config["findings"]["control_run"]
 def claims_files():
     """The claims.json of every evidence step of this run (each step's rule names it `claims`)."""
     steps = [rules.diagnostics_summary, rules.steering_eval, rules.behaviour, rules.battery, rules.corpora_comparison]
+    if PAIRS:  # the subjects' comparison (compare.smk), when the run has anything to compare
+        steps.append(rules.compare_summary)
     files = []
     for step in steps:
         if not hasattr(step.output, "claims"):
