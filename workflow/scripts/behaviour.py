@@ -39,7 +39,7 @@ from emotion_vectors.behaviour.conditions import (
 )
 from emotion_vectors.behaviour.judging import STAGE1_IN_SAMPLE, select_judge
 from emotion_vectors.behaviour.batched import run_scenario_rows
-from emotion_vectors.behaviour.run import ResumeMismatch, check_transcripts, classify_transcripts
+from emotion_vectors.behaviour.run import ResumeMismatch, check_transcripts, classify_transcripts, discard_resume_files
 from emotion_vectors.behaviour.scenario import load_scenario, prompt_digest, render_prompt
 from emotion_vectors.behaviour.stats import (
     STAGE1_FACTS,
@@ -254,3 +254,6 @@ write_json_atomic(
     },
     smk.output.summary,
 )
+# Every output is written: the resume file (and a stale one moved aside) has done its work.
+for leftover in discard_resume_files(partial):
+    log.info("removed the resume file %s", leftover)
