@@ -314,6 +314,8 @@ def test_behaviour_script_classifies_only_with_a_validated_judge(tmp_path: Path,
         f"behaviour.blackmail.{n}" for n in ("fear+4", "fear-4", "random0+4")]
     assert all(c["verdict"] == "not testable" and c["p"] is None for c in claims)  # 1 sample: nothing testable
     assert summary["claims"] == claims and (out / "dose_fear.png").stat().st_size > 1000
+    # a finished run leaves only its outputs: no resume file beside them
+    assert not list(out.glob("*.partial*")), sorted(x.name for x in out.iterdir())
     if not validated:
         assert summary["rates_produced"] is False and summary["judge_selection"]["selected"] is None
         assert summary["headline"].startswith("no validated judge") and summary["baseline"] is None
