@@ -516,17 +516,27 @@ def _sample(model: Any, tokenizer: Any, plan: Sequence[_Row], *, batch_size: int
             temperature: float, seed: int, phase: int, positions: str | int, log: Log) -> None:
     """Generate every row of ``plan`` (fills ``gen.text``, ``ids``, ``n_tokens``, ``seed``),
     ``batch_size`` rows per call of ``steer.sample_rows`` (one direction per row; top-k 50, top-p
-    0.95 at ``temperature``, as ``generate()`` would sample them), rows sorted by prompt so that a
-    call whose rows share one prompt runs it once below the steered block."""
+    0.95 at ``temperature``, as ``generate()`` would sample them). A prompt with many rows gets
+    calls of its own (its prefix runs once below the steered block); prompts with few rows are
+    pooled into left-padded calls."""
     from emotion_vectors.backends import _eos_ids
     from emotion_vectors.steer import sample_rows
 
     eos = sorted(_eos_ids(model, tokenizer))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     encoded = {p: tokenizer(p, add_special_tokens=False)["input_ids"] for p in dict.fromkeys(r.prompt for r in plan)}
-    order = sorted(range(len(plan)), key=lambda i: (list(encoded).index(plan[i].prompt), i))
-    ordered = [plan[i] for i in order]
-    calls = [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+    groups: dict[str, list[_Row]] = {}
+    for r in plan:
+        groups.setdefault(r.prompt, []).append(r)
+    # a prompt's rows in calls of their own (its prefix runs once below the steered block) when
+    # they fill at least a quarter of a call; the rest pooled into left-padded calls
+    calls: list[list[_Row]] = []
+    pool: list[_Row] = []
+    for g in groups.values():
+        for i in range(0, len(g), batch_size):
+            chunk = g[i : i + batch_size]
+            (calls.append(chunk) if len(chunk) >= max(2, batch_size // 4) else pool.extend(chunk))
+    calls += [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
     started = time.perf_counter()
     for ci, rows in enumerate(calls):
         s = _seed("scores", seed, phase, ci, batch_size)
@@ -585,6 +595,7 @@ def steering_scores(
     mask_words: Sequence[str] | None = None,
     neutral_texts: Sequence[str] = (),
     kl_tokens: int = 48,
+    kl_null: int = 5,
     n_other: int = 1,
     controls_prompts: int = 2,
     signs: Mapping[str, int] | None = None,
@@ -781,11 +792,12 @@ def steering_scores(
         for s in strengths:
             kl_rows.append(at(units[e].direction, s))
             kl_keys.append(("steering", e, s, None))
-    for k in range(n_k):
+    kl_k, kl_r = min(n_k, kl_null), min(n_random, kl_null)  # the controls' cost: a few directions suffice
+    for k in range(kl_k):
         for i, e in enumerate(emotions):
             kl_rows.append(at(shuffled[k][i], test_strength))
             kl_keys.append(("shuffled", e, test_strength, k))
-    for r in range(n_random):
+    for r in range(kl_r):
         kl_rows.append(at(rand_dirs[r], test_strength))
         kl_keys.append(("random", None, test_strength, r))
     kl = kl_on_texts(model, tokenizer, neutral, kl_rows, max_tokens=kl_tokens, batch_size=min(batch_size, 16),
@@ -888,8 +900,8 @@ def steering_scores(
                       "score_hi": float(np.quantile(shuf_score[:, i], 0.975)) if n_k else float("nan"),
                       "concept": float(np.mean([g.concept.get(e, 0.0) for g in gens if g.method == "shuffled"
                                                 and g.emotion == e])) if n_k else float("nan"),
-                      "kl": float(np.mean([kl_of[("shuffled", e, test_strength, k)] for k in range(n_k)]))
-                      if n_k else float("nan"),
+                      "kl": float(np.mean([kl_of[("shuffled", e, test_strength, k)] for k in range(kl_k)]))
+                      if kl_k else float("nan"),
                       "real_at_test": float(real_score[i]), "p_vs_null": shuf_t["p_emotion"][i],
                       "p_vs_null_holm": shuf_t["p_emotion_holm"][i]})
         if n_random:
@@ -898,7 +910,8 @@ def steering_scores(
                           "score_lo": float(np.quantile(rand_score[:, i], 0.025)),
                           "score_hi": float(np.quantile(rand_score[:, i], 0.975)),
                           "concept": float(np.mean([g.concept.get(e, 0.0) for g in gens if g.method == "random"])),
-                          "kl": float(np.mean([kl_of[("random", None, test_strength, r)] for r in range(n_random)])),
+                          "kl": float(np.mean([kl_of[("random", None, test_strength, r)] for r in range(kl_r)]))
+                          if kl_r else float("nan"),
                           "real_at_test": float(real_score[i]), "p_vs_null": rand_t["p_emotion"][i],
                           "p_vs_null_holm": rand_t["p_emotion_holm"][i]})
 
@@ -924,13 +937,15 @@ def steering_scores(
                        "score": float(np.mean([hm(g, e) for g in pr]))})
         if n_k:
             curves.append({"emotion": e, "kind": "shuffled", "strength": test_strength, "n": n_k,
-                           "kl": float(np.mean([kl_of[("shuffled", e, test_strength, k)] for k in range(n_k)])),
+                           "kl": float(np.mean([kl_of[("shuffled", e, test_strength, k)] for k in range(kl_k)]))
+                           if kl_k else float("nan"),
                            "concept": float(np.mean([g.concept.get(e, 0.0) for g in gens
                                                      if g.method == "shuffled" and g.emotion == e])),
                            "score": float(shuf_score[:, emotions.index(e)].mean())})
         if n_random:
             curves.append({"emotion": e, "kind": "random", "strength": test_strength, "n": n_random,
-                           "kl": float(np.mean([kl_of[("random", None, test_strength, r)] for r in range(n_random)])),
+                           "kl": float(np.mean([kl_of[("random", None, test_strength, r)] for r in range(kl_r)]))
+                           if kl_r else float("nan"),
                            "concept": float(np.mean([g.concept.get(e, 0.0) for g in gens if g.method == "random"])),
                            "score": float(rand_score[:, emotions.index(e)].mean())})
 
@@ -980,7 +995,7 @@ def steering_scores(
         "positions": positions, "prompts": prompts, "select_prompts": select_p, "report_prompts": report_p,
         "samples_per_prompt": samples, "max_new_tokens": max_new_tokens, "temperature": temperature,
         "instruction": instruction, "n_other": n_other, "ppl_ref": ppl_ref, "kl_texts": len(neutral),
-        "kl_tokens": kl_tokens, "n_generations": len(gens), "comparisons": comparisons, "controls": controls,
+        "kl_tokens": kl_tokens, "kl_null_directions": {"shuffled_sets": kl_k, "random": kl_r}, "n_generations": len(gens), "comparisons": comparisons, "controls": controls,
         "masked_words": mask_words, "generation_seconds": round(gen_seconds, 1),
         "seconds": round(time.perf_counter() - started, 1),
     }
