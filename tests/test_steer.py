@@ -615,6 +615,30 @@ def test_broadcast_call_equals_the_batch_of_identical_prompts(request: Any, fixt
         assert torch.allclose(a.keys, b.keys, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("fixture", TINY_MODEL_FIXTURES)
+def test_broadcast_call_of_m_rows_is_tiled_to_the_rows(request: Any, fixture: str) -> None:
+    """A call of m rows for k * m entries of ``rows`` (no attention mask: the blocks above read one
+    mask for every row) gives row r * m + q the logits of call row q under rows[r * m + q]."""
+    model, tok = request.getfixturevalue(fixture)
+    d = hidden_size(model)
+    unit = unit_norm_of(model, tok, 2)
+    rows = [[Steer(2, random_direction(d, 40 + i), 1.5, unit)] if i != 3 else [] for i in range(6)]
+    a = tok("The old house stood")["input_ids"]
+    b = tok("Rain fell on the roof")["input_ids"][: len(a)]
+    a = a[: len(b)]
+    two = torch.tensor([a, b])
+    with torch.inference_mode():
+        with steering_rows(model, rows, broadcast=True, repeat_cache=False):
+            tiled = model(input_ids=two, use_cache=False).logits
+        with steering_rows(model, rows):
+            full = model(input_ids=two.repeat(3, 1), use_cache=False).logits
+    assert tiled.shape == full.shape
+    assert torch.allclose(tiled, full, atol=1e-4, rtol=1e-4)
+    with pytest.raises(SteeringPositionError, match="6 rows of steers.*batch of 4"):
+        with steering_rows(model, rows, broadcast=True):
+            model(input_ids=torch.tensor([a] * 4))
+
+
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("fixture", TINY_MODEL_FIXTURES)
 def test_generate_rows_equals_the_batch_and_each_row_alone(request: Any, fixture: str, policy: Any) -> None:

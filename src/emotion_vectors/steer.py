@@ -383,7 +383,9 @@ class _SteeringHooks:
         self.model = model
         self.broadcast = broadcast and row_active is not None
         self.expand_layer = expand_layer if expand_layer is not None else (min(per_layer) if per_layer else None)
-        self.expanding = False  # the current call has batch 1 and is repeated at ``expand_layer``
+        self.expanding = False  # the current call has fewer rows, repeated at ``expand_layer``
+        self.call_rows = 1
+        self.repeat_cache = True
         self.call_cache: Any = None
         # (d,) per layer (every row alike), or (n_rows, d) with ``row_active`` (n_rows,) per layer
         self.per_layer = per_layer
@@ -401,12 +403,14 @@ class _SteeringHooks:
         pos, real = call_positions(args, kwargs)
         self.expanding = False
         if self.n_rows is not None and pos.shape[0] != self.n_rows:
-            if not (self.broadcast and pos.shape[0] == 1):
+            if not (self.broadcast and self.n_rows % pos.shape[0] == 0):
                 raise SteeringPositionError(
                     f"steering_rows was given {self.n_rows} rows of steers but the model is called with "
                     f"a batch of {pos.shape[0]}: call it with one row per entry of rows, in order"
-                    + (" (or with one row, to be repeated at the steered block)" if self.broadcast else ""))
+                    + (" (or with one row, or m rows for m dividing the rows, repeated at the steered block)"
+                       if self.broadcast else ""))
             self.expanding = True
+            self.call_rows = int(pos.shape[0])
             self.call_cache = kwargs.get("cache", kwargs.get("past_key_values"))
         if self.positions == "all":
             select = real
@@ -440,7 +444,7 @@ class _SteeringHooks:
             if cache is None:
                 cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
             self.call_cache = None
-            if cache is not None:
+            if cache is not None and self.repeat_cache:
                 _repeat_cache_rows(cache, self.n_rows)
 
     def _delta(self, layer: int, like: torch.Tensor) -> torch.Tensor:
@@ -464,11 +468,12 @@ class _SteeringHooks:
             hidden = _block_hidden(output)
             select = self.select
             if self.expanding:
-                if layer == self.expand_layer and hidden.shape[0] == 1:
-                    hidden = hidden.expand(self.n_rows, *hidden.shape[1:])
+                k = self.n_rows // self.call_rows  # row r * m + q of the rows is row q of the call
+                if layer == self.expand_layer and hidden.shape[0] == self.call_rows:
+                    hidden = hidden.repeat(k, *([1] * (hidden.dim() - 1)))
                     if not self.any_selected or layer not in self.per_layer:
-                        return _replace_hidden(output, hidden.contiguous())
-                select = select.expand(self.n_rows, -1)
+                        return _replace_hidden(output, hidden)
+                select = select.repeat(k, 1)
             if not self.any_selected or layer not in self.per_layer:
                 return None
             if tuple(hidden.shape[:2]) != tuple(select.shape):
@@ -491,8 +496,9 @@ class _SteeringHooks:
 
 
 def _repeat_cache_rows(cache: Any, n_rows: int) -> None:
-    """Repeat every cache layer that holds one row to ``n_rows`` rows (the blocks below the
-    steered one, run once by a broadcast call); layers already at ``n_rows`` are left alone."""
+    """Tile every cache layer that holds ``m`` rows (``m`` dividing ``n_rows``) to ``n_rows`` rows,
+    row ``r * m + q`` a copy of row ``q`` (the blocks below the steered one, run once by a
+    broadcast call); layers already at ``n_rows`` are left alone."""
     layers = getattr(cache, "layers", None)
     if layers is None:
         raise SteeringPositionError(
@@ -503,9 +509,11 @@ def _repeat_cache_rows(cache: Any, n_rows: int) -> None:
         if not getattr(lay, "is_initialized", keys is not None) or not isinstance(keys, torch.Tensor) \
                 or keys.numel() == 0:
             continue
-        if keys.shape[0] == 1 and n_rows > 1:
-            lay.batch_repeat_interleave(n_rows)
-        elif keys.shape[0] != n_rows:
+        m = int(keys.shape[0])
+        if m != n_rows and n_rows % m == 0:  # tiled: row r * m + q is row q
+            lay.keys = keys.repeat(n_rows // m, *([1] * (keys.dim() - 1)))
+            lay.values = lay.values.repeat(n_rows // m, *([1] * (lay.values.dim() - 1)))
+        elif m != n_rows:
             raise SteeringPositionError(
                 f"a cache layer holds {keys.shape[0]} rows after a broadcast call for {n_rows} rows")
 
@@ -620,6 +628,7 @@ def steering_rows(
     positions: Positions = "all",
     prompt_length: int | None = None,
     broadcast: bool = False,
+    repeat_cache: bool = True,
 ) -> Iterator[None]:
     """Add a different set of steers to each row of the batch (one direction per sequence).
 
@@ -638,7 +647,13 @@ def steering_rows(
             below the first steered one run once, its output is repeated to ``len(rows)`` rows,
             and the KV cache of the blocks below is repeated after the call (module docstring,
             "The shared prefix"). With no active row, the call runs as one row up to the
-            last block and is repeated there.
+            last block and is repeated there. More generally a call of ``m`` rows, ``m``
+            dividing ``len(rows)``, is tiled: row ``r * m + q`` of ``rows`` continues row ``q`` of
+            the call (its attention mask must then not differ between rows: pass none, or one of
+            a single row, so that the blocks above read the same mask for every row).
+        repeat_cache: after a broadcast call, tile the KV cache of the blocks below to
+            ``len(rows)`` rows (default); False leaves it at the call's rows (for a caller that
+            arranges the next call's cache itself).
     """
     positions, prompt_length = _checked_policy(positions, prompt_length)
     rows = [list(r) for r in rows]
@@ -650,6 +665,7 @@ def steering_rows(
         if broadcast and len(rows) > 1:  # nothing to add: one row all the way up, then repeated
             state = _SteeringHooks(model, {}, positions, prompt_length, row_active={}, broadcast=True,
                                    n_rows=len(rows), expand_layer=len(decoder_layers(model)) - 1)
+            state.repeat_cache = repeat_cache
             with _hooked(model, state):
                 yield
             return
@@ -668,6 +684,7 @@ def steering_rows(
             row_active[s.layer][i] = True
     state = _SteeringHooks(model, per_layer, positions, prompt_length, row_active=row_active,
                            broadcast=broadcast)
+    state.repeat_cache = repeat_cache
     with _hooked(model, state):
         yield
 

@@ -79,7 +79,7 @@ import numpy as np
 
 from emotion_vectors.claims import ALPHA, Claim, holm, make_claim, mc_p
 from emotion_vectors.judge import _input_device
-from emotion_vectors.steer import Steer, random_steers, steering_rows, steers_from_store
+from emotion_vectors.steer import Steer, _repeat_cache_rows, random_steers, steering_rows, steers_from_store
 
 Log = Callable[[str], None]
 
@@ -358,11 +358,11 @@ def steered_word_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], wo
             chunk = rows[start : start + batch_size]
             b = len(chunk)
             # one row: the blocks below the steered one run once for the whole chunk
-            # (steering_rows(broadcast=True) repeats it there and repeats the cache after the call)
+            # (steering_rows(broadcast=True) repeats it there; their cache stays at one row)
             x = torch.tensor([ids], dtype=torch.long, device=device)
             mask = torch.ones_like(x)
             with torch.inference_mode():
-                with steering_rows(model, chunk, positions=positions, broadcast=True):
+                with steering_rows(model, chunk, positions=positions, broadcast=True, repeat_cache=False):
                     o = _forward(model, 1, input_ids=x, attention_mask=mask, use_cache=bool(n_multi))
                 first = torch.log_softmax(o.logits[:, -1, :].float(), dim=-1)
                 res = first[:, first_ids].double()  # (b, W)
@@ -371,14 +371,36 @@ def steered_word_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], wo
                     if cache is None or not hasattr(cache, "batch_repeat_interleave"):
                         raise RuntimeError(f"{type(model).__name__} returned no repeatable KV cache; "
                                            "the continuation test needs one for words of several tokens")
-                    cache.batch_repeat_interleave(n_multi)
-                    cm = tmask.repeat(b, 1).long()
-                    full_mask = torch.cat([torch.ones((b * n_multi, width), dtype=torch.long, device=device), cm], 1)
-                    pos = (width + torch.arange(m_max - 1, device=device)).expand(b * n_multi, -1)
-                    rep = [r for r in chunk for _ in range(n_multi)]
-                    with steering_rows(model, rep, positions=positions):
-                        o2 = model(input_ids=c_ids.to(device).repeat(b, 1), attention_mask=full_mask,
-                                   position_ids=pos, use_cache=True, **{_cache_argument(model): cache})
+                    rep = [r for r in chunk for _ in range(n_multi)]  # row r * M + q: word q under row r
+                    layers = getattr(cache, "layers", None)
+                    if m_max == 2 and layers is not None:
+                        # Every word's second token follows its first: one new token per word, no
+                        # padding. Below the steered block the words' first tokens run once (M rows,
+                        # the prompt's cache tiled to M); above it, once per row and word.
+                        for lay in layers:
+                            keys = getattr(lay, "keys", None)
+                            if not isinstance(keys, torch.Tensor) or keys.numel() == 0:
+                                continue
+                            if keys.shape[0] == 1:
+                                lay.keys = keys.repeat(n_multi, 1, 1, 1)
+                                lay.values = lay.values.repeat(n_multi, 1, 1, 1)
+                            else:
+                                lay.batch_repeat_interleave(n_multi)
+                        # one position for every row (a (1, 1) tensor, so that the rotary tables
+                        # broadcast over the rows that the steered block multiplies)
+                        pos = torch.full((1, 1), width, dtype=torch.long, device=device)
+                        with steering_rows(model, rep, positions=positions, broadcast=True, repeat_cache=False):
+                            o2 = model(input_ids=c_ids[:, :1].to(device), position_ids=pos, use_cache=True,
+                                       **{_cache_argument(model): cache})
+                    else:
+                        _repeat_cache_rows(cache, b)  # the blocks below to one row per direction
+                        cache.batch_repeat_interleave(n_multi)
+                        cm = tmask.repeat(b, 1).long()
+                        full_mask = torch.cat([torch.ones((b * n_multi, width), dtype=torch.long, device=device), cm], 1)
+                        pos = (width + torch.arange(m_max - 1, device=device)).expand(b * n_multi, -1)
+                        with steering_rows(model, rep, positions=positions):
+                            o2 = model(input_ids=c_ids.to(device).repeat(b, 1), attention_mask=full_mask,
+                                       position_ids=pos, use_cache=True, **{_cache_argument(model): cache})
                     rest = torch.log_softmax(o2.logits.float(), dim=-1)  # (b*M, m_max-1, V)
                     got = rest.gather(-1, targets.repeat(b, 1).unsqueeze(-1)).squeeze(-1)
                     extra = (got * tmask.repeat(b, 1)).sum(-1).view(b, n_multi).double()

@@ -312,7 +312,8 @@ def response_logprobs(model: Any, contexts: Sequence[Sequence[int]], responses: 
                 pos = (head.shape[1] + torch.arange(width + 1, device=device)).expand(b, -1)
                 logits = model(input_ids=x, attention_mask=mask, position_ids=pos, use_cache=bool(kwargs),
                                **kwargs).logits[:, :-1].float()
-                lp = torch.log_softmax(logits, dim=-1).gather(-1, x[:, 1:].unsqueeze(-1)).squeeze(-1)
+                # log p(token) = its logit - logsumexp over the vocabulary (no (b, T, V) log-softmax copy)
+                lp = logits.gather(-1, x[:, 1:].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
                 tot = (lp * m[:, 1:]).sum(-1).double().cpu().numpy()
             out[chunk] = tot
     return out
@@ -724,12 +725,12 @@ def steering_scores(
             for g in batch:
                 g.concept = dict(g.concept_lexicon)
         own = response_logprobs(model, [contexts[g.prompt_index] for g in batch], [g.ids for g in batch],
-                                batch_size=min(batch_size, 32))
+                                batch_size=min(batch_size, 64))
         others = np.zeros((len(batch), n_other))
         for m in range(n_other):
             others[:, m] = response_logprobs(
                 model, [contexts[(g.prompt_index + 1 + m) % len(prompts)] for g in batch], [g.ids for g in batch],
-                batch_size=min(batch_size, 32))
+                batch_size=min(batch_size, 64))
         n_tok = np.array([max(len(g.ids), 1) for g in batch])
         ppl = np.where(np.isfinite(own), np.exp(-own / n_tok), np.nan)
         if ppl_ref is None:
