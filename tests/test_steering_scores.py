@@ -118,11 +118,14 @@ def test_response_logprobs_equal_full_sequence_scoring(tiny_llama):
     contexts = [ctx[0], ctx[0], ctx[1], ctx[1]]
     got = response_logprobs(model, contexts, resp, batch_size=2)
     assert np.isnan(got[3])
-    for c, r, g in zip(contexts[:3], resp[:3], got[:3]):
+    total, head = response_logprobs(model, contexts, resp, batch_size=2, head=2)
+    np.testing.assert_allclose(total, got, atol=1e-6)
+    for c, r, g, h in zip(contexts[:3], resp[:3], got[:3], head[:3]):
         with torch.inference_mode():
             lp = torch.log_softmax(model(torch.tensor([c + r])).logits[0].float(), -1)
-        want = sum(float(lp[len(c) - 1 + k, t]) for k, t in enumerate(r))
-        assert g == pytest.approx(want, abs=1e-3)
+        want = [float(lp[len(c) - 1 + k, t]) for k, t in enumerate(r)]
+        assert g == pytest.approx(sum(want), abs=1e-3)
+        assert h == pytest.approx(sum(want[:2]), abs=1e-3)  # the first two tokens only
 
 
 def test_kl_on_texts_zero_unsteered_positive_steered_and_as_computed_directly(tiny_llama):
@@ -214,10 +217,10 @@ def test_steering_scores_on_a_tiny_model(tiny_llama, tmp_path):
               strengths=[0.5, 1.0], test_strength=1.0, samples=2, max_new_tokens=5, temperature=0.8,
               neutral_texts=["The meeting is at noon.", "Send the report."], kl_tokens=6, n_other=1,
               controls_prompts=1, signs={"happy": 1, "sad": -1}, layer=2, null_store=null, shuffle_sets=sets,
-              n_random=2, n_permutations=99, seed=3, batch_size=8, n_boot=50)
+              n_random=2, n_permutations=99, seed=3, batch_size=8, n_boot=50, relevance_tokens=3)
     res = steering_scores(model, tok, real, emotions, **kw)
     sm = res.summary
-    assert sm["select_prompts"] == [0, 2] and sm["report_prompts"] == [1, 3]
+    assert sm["select_prompts"] == [0, 2] and sm["report_prompts"] == [1, 3] and sm["relevance_tokens"] == 3
     assert set(sm["chosen_strength"].values()) <= {0.5, 1.0}
     methods = [g.method for g in res.generations]
     # unsteered 4 x 2; steering sweep 2 prompts x 2 emotions x 2 strengths x 2; controls on 1 prompt:

@@ -24,8 +24,10 @@ The three axes (each in [0, 1], per generation)
   perplexity, so perplexity alone would reward it).
 - **relevance**: does the reply answer its prompt? The unsteered model's posterior that the
   response answers its own prompt rather than another of the evaluation prompts, from equal
-  priors: ``sigmoid(log p(response | own prompt) - log p(response | other prompt))``, averaged
-  over ``n_other`` other prompts (0.5 = no more its own prompt's than another's).
+  priors: ``sigmoid(log p(response | own prompt) - log p(response | other prompt))`` over the
+  response's first ``relevance_tokens`` tokens, averaged over ``n_other`` other prompts (0.5 =
+  no more its own prompt's than another's). Over a whole reply the posterior is nearly always 0
+  or 1; its opening says whether it took up the prompt.
 
 The **steering score** of a generation is the harmonic mean of the three (0 when any is 0); a
 method's score is its mean over generations.
@@ -268,11 +270,12 @@ def bootstrap_mean(values: Sequence[float], rng: np.random.Generator, n_boot: in
 
 
 def response_logprobs(model: Any, contexts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], *,
-                      batch_size: int = 32) -> np.ndarray:
+                      batch_size: int = 32, head: int | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Total log-probability of each ``responses[i]`` (token ids) after ``contexts[i]`` under
     ``model`` as it is (call it unsteered). Responses that share a context are scored together:
     the context runs once (batch 1) and its KV cache is repeated for the rows; the responses are
-    right-padded. NaN for an empty response."""
+    right-padded. NaN for an empty response. With ``head``: also the total over each response's
+    first ``head`` tokens, ``(totals, head_totals)``."""
     import torch
 
     from emotion_vectors.extract import _input_device
@@ -280,6 +283,8 @@ def response_logprobs(model: Any, contexts: Sequence[Sequence[int]], responses: 
     from emotion_vectors.steer import _repeat_cache_rows
 
     out = np.full(len(responses), np.nan)
+    out_head = np.full(len(responses), np.nan)
+    n_head = head
     device = _input_device(model)
     cache_arg = _cache_argument(model)
     groups: dict[tuple[int, ...], list[int]] = {}
@@ -289,7 +294,7 @@ def response_logprobs(model: Any, contexts: Sequence[Sequence[int]], responses: 
     for ctx, idx in groups.items():
         if len(ctx) < 1:
             raise ScoresError("response_logprobs needs a context of at least one token")
-        head = torch.tensor([ctx[:-1]], dtype=torch.long, device=device)
+        prefix = torch.tensor([ctx[:-1]], dtype=torch.long, device=device)
         for start in range(0, len(idx), batch_size):
             chunk = idx[start : start + batch_size]
             b = len(chunk)
@@ -303,20 +308,22 @@ def response_logprobs(model: Any, contexts: Sequence[Sequence[int]], responses: 
                 m[row, : 1 + len(r)] = 1
             with torch.inference_mode():
                 kwargs: dict[str, Any] = {}
-                if head.shape[1]:
-                    o = model(input_ids=head, attention_mask=torch.ones_like(head), use_cache=True)
+                if prefix.shape[1]:
+                    o = model(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True)
                     cache = getattr(o, "cache", None) or getattr(o, "past_key_values", None)
                     _repeat_cache_rows(cache, b)
                     kwargs[cache_arg] = cache
-                mask = torch.cat([torch.ones((b, head.shape[1]), dtype=torch.long, device=device), m], 1)
-                pos = (head.shape[1] + torch.arange(width + 1, device=device)).expand(b, -1)
+                mask = torch.cat([torch.ones((b, prefix.shape[1]), dtype=torch.long, device=device), m], 1)
+                pos = (prefix.shape[1] + torch.arange(width + 1, device=device)).expand(b, -1)
                 logits = model(input_ids=x, attention_mask=mask, position_ids=pos, use_cache=bool(kwargs),
                                **kwargs).logits[:, :-1].float()
                 # log p(token) = its logit - logsumexp over the vocabulary (no (b, T, V) log-softmax copy)
                 lp = logits.gather(-1, x[:, 1:].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
                 tot = (lp * m[:, 1:]).sum(-1).double().cpu().numpy()
+                if n_head is not None:
+                    out_head[chunk] = (lp[:, :n_head] * m[:, 1 : 1 + n_head]).sum(-1).double().cpu().numpy()
             out[chunk] = tot
-    return out
+    return out if n_head is None else (out, out_head)
 
 
 def kl_on_texts(model: Any, tokenizer: Any, texts: Sequence[str], rows: Sequence[Sequence[Steer]], *,
@@ -598,6 +605,7 @@ def steering_scores(
     kl_tokens: int = 48,
     kl_null: int = 5,
     n_other: int = 1,
+    relevance_tokens: int | None = None,
     controls_prompts: int = 2,
     signs: Mapping[str, int] | None = None,
     layer: int | None = None,
@@ -650,6 +658,9 @@ def steering_scores(
         raise ScoresError(f"n_other = {n_other} but there are only {len(prompts) - 1} other prompts")
     if "{emotion}" not in instruction:
         raise ScoresError("steering.scores.instruction must contain {emotion}")
+    if relevance_tokens is not None and relevance_tokens < 1:
+        raise ScoresError(f"relevance_tokens must be >= 1 (or None: the whole reply), got {relevance_tokens}")
+    head_tokens = max_new_tokens if relevance_tokens is None else min(int(relevance_tokens), max_new_tokens)
     select_p = list(range(0, len(prompts), 2))
     report_p = list(range(1, len(prompts), 2))
     ctrl_p = select_p[: max(0, int(controls_prompts))]
@@ -724,13 +735,13 @@ def steering_scores(
         else:
             for g in batch:
                 g.concept = dict(g.concept_lexicon)
-        own = response_logprobs(model, [contexts[g.prompt_index] for g in batch], [g.ids for g in batch],
-                                batch_size=min(batch_size, 64))
+        own, own_head = response_logprobs(model, [contexts[g.prompt_index] for g in batch], [g.ids for g in batch],
+                                          batch_size=min(batch_size, 64), head=head_tokens)
         others = np.zeros((len(batch), n_other))
         for m in range(n_other):
             others[:, m] = response_logprobs(
-                model, [contexts[(g.prompt_index + 1 + m) % len(prompts)] for g in batch], [g.ids for g in batch],
-                batch_size=min(batch_size, 64))
+                model, [contexts[(g.prompt_index + 1 + m) % len(prompts)] for g in batch],
+                [g.ids[:head_tokens] for g in batch], batch_size=min(batch_size, 64))
         n_tok = np.array([max(len(g.ids), 1) for g in batch])
         ppl = np.where(np.isfinite(own), np.exp(-own / n_tok), np.nan)
         if ppl_ref is None:
@@ -741,7 +752,7 @@ def steering_scores(
             ppl_ref = float(np.median(base))
         rep = np.array([repetition_rate(t) for t in texts])
         flu = fluency_scores(ppl, rep, ppl_ref)
-        rel = relevance_scores(own, others)
+        rel = relevance_scores(own_head, others)
         vm, vr = vader_scores(masked), vader_scores(texts)
         for i, g in enumerate(batch):
             g.perplexity, g.repetition = float(ppl[i]), float(rep[i])
@@ -995,7 +1006,7 @@ def steering_scores(
         "strengths": strengths, "test_strength": test_strength, "chosen_strength": chosen, "layer": layer,
         "positions": positions, "prompts": prompts, "select_prompts": select_p, "report_prompts": report_p,
         "samples_per_prompt": samples, "max_new_tokens": max_new_tokens, "temperature": temperature,
-        "instruction": instruction, "n_other": n_other, "ppl_ref": ppl_ref, "kl_texts": len(neutral),
+        "instruction": instruction, "n_other": n_other, "relevance_tokens": head_tokens, "ppl_ref": ppl_ref, "kl_texts": len(neutral),
         "kl_tokens": kl_tokens, "kl_null_directions": {"shuffled_sets": kl_k, "random": kl_r}, "n_generations": len(gens), "comparisons": comparisons, "controls": controls,
         "masked_words": mask_words, "generation_seconds": round(gen_seconds, 1),
         "seconds": round(time.perf_counter() - started, 1),

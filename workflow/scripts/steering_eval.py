@@ -132,6 +132,7 @@ res = steering_scores(
     test_strength=sc["test_strength"], samples=sc["samples"], max_new_tokens=sc["max_new_tokens"],
     temperature=sc["temperature"], instruction=sc["instruction"], concept=sc.get("concept_map"),
     mask_words=store.emotions, neutral_texts=neutral_texts, kl_tokens=sc["kl_tokens"], kl_null=sc["kl_null"], n_other=sc["n_other"],
+    relevance_tokens=sc["relevance_tokens"],
     controls_prompts=sc["controls_prompts"], signs=signs, layer=layer, null_store=null_store, shuffle_sets=sets,
     n_shuffled=sc["n_shuffled"], n_random=sc["n_random"], n_permutations=s["n_permutations"], seed=s["seed"],
     positions=s["positions"], batch_size=s["batch_size"], judge=judge, log=log.info)

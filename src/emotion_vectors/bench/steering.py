@@ -7,13 +7,14 @@ Two workloads of the steering evidence on the default subject, each run three wa
 - **continuation**: the log-probability of every run emotion's word after the continuation
   test's three prompts, under each direction (``steer_eval.steered_word_logprobs``);
 - **generation**: one sampled reply of ``--new-tokens`` tokens to a chat prompt under each
-  direction (``steer.generate_rows``).
+  direction (top-k 50, top-p 0.95, temperature 0.8; every reply runs its full length).
 
 ``one at a time`` is how the evidence was computed before the per-row hook: a ``steering``
-context per direction and the prompts batched under it (``--few`` directions). ``batched`` is
-the workflow's path: one direction per sequence (``steer.steering_rows``) with the prompt's part
-below the steered block computed once (``broadcast``), ``--batch-size`` directions per pass, for
-``--few`` and for ``--many`` directions. Directions are uniform random at the main layer with the
+context per direction and the prompts batched under it, ``generate()`` for the replies (``--few``
+directions). ``batched`` is the workflow's path: one direction per sequence
+(``steer.steering_rows``) with the prompt's part below the steered block computed once
+(``broadcast``), ``--batch-size`` directions per pass, the replies drawn by ``steer.sample_rows``,
+for ``--few`` and for ``--many`` directions. Directions are uniform random at the main layer with the
 layer's residual norm of the default run (``--unit-norm``), strength ``--strength``.
 
 Prints seconds per workload and way, and the ratio of ``--many`` batched to ``--few`` one at a
@@ -32,6 +33,18 @@ def _load() -> str:
         return " / ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:  # pragma: no cover - not on Linux
         return "unknown"
+
+
+def _gflops() -> float:
+    """This process's float32 matmul rate (GFLOP/s) right now: what the machine gives it."""
+    import torch
+
+    a, w = torch.randn(1024, 576), torch.randn(576, 1536)
+    a @ w
+    t = time.perf_counter()
+    for _ in range(10):
+        a @ w
+    return 10 * 2 * 1024 * 576 * 1536 / (time.perf_counter() - t) / 1e9
 
 
 def main(argv: list[str]) -> int:
@@ -57,7 +70,7 @@ def main(argv: list[str]) -> int:
 
     from ..config import load_config
     from ..models import load_model, prepare_gguf_model, resolve_path
-    from ..steer import Steer, generate_rows, steering
+    from ..steer import Steer, sample_rows, steering
     from ..steer_eval import render_chat, steered_word_logprobs, word_logprobs
 
     if args.threads:
@@ -78,7 +91,7 @@ def main(argv: list[str]) -> int:
 
     print(f"steering bench: {lm.info['name']} ({lm.info['device']}), layer {args.layer}, strength "
           f"{args.strength} x {args.unit_norm}, {torch.get_num_threads()} threads, {batch} directions per pass; "
-          f"load average {_load()}")
+          f"load average {_load()}; matmul rate {_gflops():.0f} GFLOP/s")
     results = {}
     if args.what in ("continuation", "both"):
         prompts = cfg["steering"]["continuation"]["prompts"]
@@ -103,7 +116,7 @@ def main(argv: list[str]) -> int:
         prompt = render_chat(tok, "Tell me about your morning.")
         ids = tok(prompt, add_special_tokens=False)["input_ids"]
         kw = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=True, temperature=0.8,
-                  top_p=0.95, pad_token_id=tok.pad_token_id)
+                  top_p=0.95, top_k=50, pad_token_id=tok.pad_token_id)
         enc = tok([prompt], return_tensors="pt", add_special_tokens=False)
         t0 = time.perf_counter()
         for i, r in enumerate(rows(args.few)):
@@ -112,11 +125,17 @@ def main(argv: list[str]) -> int:
                 model.generate(**enc, **kw)
         one = time.perf_counter() - t0
 
+        from ..backends import _eos_ids
+
+        eos = sorted(_eos_ids(model, tok))
+
         def batched(n: int) -> float:
             t = time.perf_counter()
             all_rows = rows(n)
             for start in range(0, n, batch):
-                generate_rows(model, ids, all_rows[start : start + batch], seed=start, **kw)
+                chunk = all_rows[start : start + batch]
+                sample_rows(model, [ids] * len(chunk), chunk, max_new_tokens=args.new_tokens, temperature=0.8,
+                            top_k=50, top_p=0.95, seed=start, pad_token_id=tok.pad_token_id, eos_token_ids=[])
             return time.perf_counter() - t
 
         few, many = batched(args.few), batched(args.many)
@@ -124,5 +143,6 @@ def main(argv: list[str]) -> int:
         print(f"generation ({len(ids)}-token chat prompt, {args.new_tokens} new tokens): {args.few} one at a time "
               f"{one:.1f} s; batched {args.few} {few:.1f} s, {args.many} {many:.1f} s; "
               f"{args.many} batched / {args.few} one at a time = {many / one:.2f} (target <= 3)")
-    print(f"load average at the end {_load()}")
+    print(f"load average at the end {_load()}; matmul rate now {_gflops():.0f} GFLOP/s "
+          f"(a 2-thread float32 matmul: the machine's speed for these figures)")
     return 0 if all(m / o <= 3 for o, _, m in results.values()) else 1
