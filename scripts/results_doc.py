@@ -1,16 +1,17 @@
 """Rewrite the generated tables of ``docs/results.md`` from finished runs' outputs.
 
     .venv/bin/python scripts/results_doc.py [--run default] [--control negative-control]
-                                            [--fresh fresh-seed] [--doc docs/results.md] [--check]
+                                            [--fresh fresh-seed] [--doc DOC ...] [--check]
 
-Each table sits between ``<!-- generated: NAME -->`` and ``<!-- end generated: NAME -->``; only
+The docs are ``docs/results.md`` and ``README.md`` unless ``--doc`` names others. Each table
+sits between ``<!-- generated: NAME -->`` and ``<!-- end generated: NAME -->``; only
 those blocks change, the measured prose around them stays. A block whose runs have not been made
 is left as it is and named on stderr. ``--check`` changes nothing and exits 1 when a block would
 change (the doc is stale against the runs on disk).
 
 Blocks: ``findings`` (every claim of the run beside the control's verdict), ``diagnostics`` (the
 corpus diagnostics of the run, its fresh-seed corpus and the control), ``compare`` (the subjects'
-comparison table), ``stages`` (summed job time per rule from ``benchmarks/``).
+comparison table), ``stages`` (job time per stage of the DAG, summed from ``benchmarks/``).
 """
 
 from __future__ import annotations
@@ -52,22 +53,35 @@ def compare_block(results: Path, run: str) -> str | None:
     return path.read_text() if path.exists() else None
 
 
+#: Stage of the DAG of each benchmark group (the first folder under benchmarks/, or the file's stem).
+STAGES = {
+    "stories": "corpus: stories", "neutral": "corpus: neutral dialogues",
+    "activations": "extraction (primary subject)", "subjects": "other subjects: reading, vectors, analysis",
+    "vectors": "vectors", "shuffled_vectors": "vectors", "split_vectors": "vectors",
+    "diagnostics": "corpus diagnostics", "analyze": "geometry", "compare": "comparison of subjects",
+    "steering": "steering evidence", "behaviour": "behaviour (judge validation + scenario)",
+    "scoring": "reading real text", "battery": "validation battery", "export": "export",
+}
+
+
 def stages_block(results: Path, run: str) -> str | None:
     bench = results / run / "benchmarks"
     files = sorted(bench.rglob("*.tsv")) if bench.exists() else []
     if not files:
         return None
-    lines = ["| benchmark group | jobs | job time (s) |", "|---|---:|---:|"]
-    groups: dict[str, tuple[int, float]] = {}
+    groups: dict[str, list[float]] = {}
     for f in files:
         parts = f.relative_to(bench).parts
         group = parts[0] if len(parts) > 1 else f.stem
-        n, s = groups.get(group, (0, 0.0))
-        groups[group] = (n + 1, s + float(pd.read_csv(f, sep="\t")["s"].sum()))
-    for group, (n, s) in sorted(groups.items(), key=lambda kv: -kv[1][1]):
-        lines.append(f"| {group} | {n} | {s:,.0f} |")
-    total = sum(s for _, s in groups.values())
-    lines.append(f"| **all** | {sum(n for n, _ in groups.values())} | **{total:,.0f}** |")
+        stage = STAGES.get(group, group)
+        n, s, cpu = groups.get(stage, (0, 0.0, 0.0))
+        table = pd.read_csv(f, sep="\t")
+        groups[stage] = (n + 1, s + float(table["s"].sum()), cpu + float(table["cpu_time"].sum()))
+    lines = ["| stage | jobs | job time (s) | CPU time (s) |", "|---|---:|---:|---:|"]
+    for stage, (n, s, cpu) in sorted(groups.items(), key=lambda kv: -kv[1][1]):
+        lines.append(f"| {stage} | {n} | {s:,.0f} | {cpu:,.0f} |")
+    n_all, s_all, cpu_all = (sum(v[i] for v in groups.values()) for i in range(3))
+    lines.append(f"| **all** | {n_all} | **{s_all:,.0f}** | {cpu_all:,.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -81,19 +95,11 @@ def render(name: str, args: argparse.Namespace) -> str | None:
         return compare_block(results, args.run)
     if name == "stages":
         return stages_block(results, args.run)
-    raise SystemExit(f"{args.doc}: unknown generated block {name!r} (known: findings, diagnostics, compare, stages)")
+    raise SystemExit(f"unknown generated block {name!r} (known: findings, diagnostics, compare, stages)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--doc", default=str(ROOT / "docs" / "results.md"))
-    ap.add_argument("--results", default="results")
-    ap.add_argument("--run", default="default")
-    ap.add_argument("--control", default="negative-control")
-    ap.add_argument("--fresh", default="fresh-seed")
-    ap.add_argument("--check", action="store_true")
-    args = ap.parse_args(argv)
-    doc = Path(args.doc)
+def rewrite(doc: Path, args: argparse.Namespace) -> bool:
+    """Rewrite ``doc``'s generated blocks (or, with ``--check``, only compare); True if it changes."""
     text = doc.read_text()
     missing: list[str] = []
 
@@ -107,12 +113,24 @@ def main(argv: list[str] | None = None) -> int:
     new = BLOCK.sub(replace, text)
     for name in missing:
         print(f"{doc}: block {name!r} left as it is (its run's outputs are not under {args.results}/)", file=sys.stderr)
-    if args.check:
-        return int(new != text)
-    if new != text:
+    if not args.check and new != text:
         doc.write_text(new)
-    print(f"{doc}: {len(BLOCK.findall(text)) - len(missing)} block(s) rewritten", file=sys.stderr)
-    return 0
+    verb = "would change" if args.check and new != text else "rewritten" if new != text else "up to date"
+    print(f"{doc}: {len(BLOCK.findall(text)) - len(missing)} block(s) {verb}", file=sys.stderr)
+    return new != text
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--doc", nargs="+", default=[str(ROOT / "docs" / "results.md"), str(ROOT / "README.md")])
+    ap.add_argument("--results", default="results")
+    ap.add_argument("--run", default="default")
+    ap.add_argument("--control", default="negative-control")
+    ap.add_argument("--fresh", default="fresh-seed")
+    ap.add_argument("--check", action="store_true")
+    args = ap.parse_args(argv)
+    changed = [rewrite(Path(doc), args) for doc in args.doc]
+    return int(args.check and any(changed))
 
 
 if __name__ == "__main__":
