@@ -339,6 +339,7 @@ def test_compare_stores_writes_its_files_and_claims(tmp_path):
     md = C.comparison_markdown(table, [summary, s2], skipped={"gone": "x.npz does not exist"})
     assert "cross-fitted" in md and "External store gone skipped: x.npz does not exist." in md
     assert "| PC1 | valence |" in md
+    assert "| verdict (comparison family) |" in md and "run-wide verdicts" in md
 
 
 def test_too_few_permutations_for_the_family_give_no_p(tmp_path):

@@ -1026,9 +1026,12 @@ def comparison_table(summaries: Sequence[dict[str, Any]], claims: Sequence[Any])
 def comparison_markdown(table: pd.DataFrame, summaries: Sequence[dict[str, Any]],
                         skipped: dict[str, str] | None = None) -> str:
     """The comparison as Markdown: one table of every pair's measures (statistic [interval],
-    chance = the null's mean, the null's 95th percentile, p, Holm p, verdict), then each pair's
-    PC-rating correlations side by side, then the external stores that were skipped."""
-    lines = ["| pair | measure | statistic [95% CI] | null mean (95th pct) | p | p (Holm) | verdict |",
+    chance = the null's mean, the null's 95th percentile, p, Holm p and verdict within the
+    comparison's family), then each pair's PC-rating correlations side by side, then the external
+    stores that were skipped. The run-wide verdicts (Holm with every other claim of the run) are the
+    findings table's."""
+    lines = ["| pair | measure | statistic [95% CI] | null mean (95th pct) | p | p (Holm, comparison) "
+             "| verdict (comparison family) |",
              "|---|---|---|---|---|---|---|"]
     for r in table.to_dict("records"):
         stat = _fmt(r["statistic"])
@@ -1041,6 +1044,8 @@ def comparison_markdown(table: pd.DataFrame, summaries: Sequence[dict[str, Any]]
         lines.append(f"| {pair} | {r['measure']} | {stat} | {_fmt(r['null_mean'])} ({_fmt(r['null_q95'])}) | "
                      f"{_fmt(r['p'])} | {_fmt(r['p_holm'])} | {r['verdict']} |")
     out = "\n".join(lines) + "\n"
+    out += ("\nHolm within the comparison's family; the run-wide verdicts, corrected with every other "
+            "claim of the run, are in the findings table.\n")
     for s in summaries:
         a, b = s["a"]["name"], s["b"]["name"]
         out += (f"\n**{a} vs {b}**: each model's PCs against human ratings on the {s['n_shared']} shared emotions "
