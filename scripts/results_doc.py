@@ -11,7 +11,8 @@ change (the doc is stale against the runs on disk).
 
 Blocks: ``findings`` (every claim of the run beside the control's verdict), ``diagnostics`` (the
 corpus diagnostics of the run, its fresh-seed corpus and the control), ``compare`` (the subjects'
-comparison table), ``stages`` (job time per stage of the DAG, summed from ``benchmarks/``).
+comparison table), ``steering`` (steering against prompting per emotion, from
+``steering/scores.tsv``; ``steering_control`` the same for the control), ``stages`` (job time per stage of the DAG, summed from ``benchmarks/``).
 """
 
 from __future__ import annotations
@@ -64,6 +65,35 @@ STAGES = {
 }
 
 
+def _num(v: float, sign: bool = False) -> str:
+    text = f"{v:+.2f}" if sign else f"{v:.2f}"
+    return text.replace("-", "−")
+
+
+def _ci(row: dict, col: str) -> str:
+    return f"{_num(row[col])} [{_num(row[col + '_lo'])}, {_num(row[col + '_hi'])}]"
+
+
+def steering_block(results: Path, run: str) -> str | None:
+    path = results / run / "steering" / "scores.tsv"
+    if not path.exists():
+        return None
+    t = pd.read_csv(path, sep="\t")
+    lines = ["| emotion | unsteered | prompting | steering (strength; KL nats/token) | both "
+             "| steering − prompting (Holm p) |", "|---|---|---|---|---|---|"]
+    for emotion in dict.fromkeys(t["emotion"]):
+        rows = {r["method"]: r for r in t[t["emotion"] == emotion].to_dict("records")}
+        if not {"unsteered", "prompting", "steering", "both"} <= set(rows):
+            continue
+        st = rows["steering"]
+        lines.append(
+            f"| {emotion} | {_num(rows['unsteered']['score'])} | {_ci(rows['prompting'], 'score')} | "
+            f"{_ci(st, 'score')} ({st['strength']:g}; {_num(st['kl'])}) | {_ci(rows['both'], 'score')} | "
+            f"{_num(st['vs_prompting'], sign=True)} [{_num(st['vs_prompting_lo'])}, {_num(st['vs_prompting_hi'])}] "
+            f"({st['p_vs_prompting_holm']:.2g}) |")
+    return "\n".join(lines) + "\n"
+
+
 def stages_block(results: Path, run: str) -> str | None:
     bench = results / run / "benchmarks"
     files = sorted(bench.rglob("*.tsv")) if bench.exists() else []
@@ -95,7 +125,11 @@ def render(name: str, args: argparse.Namespace) -> str | None:
         return compare_block(results, args.run)
     if name == "stages":
         return stages_block(results, args.run)
-    raise SystemExit(f"unknown generated block {name!r} (known: findings, diagnostics, compare, stages)")
+    if name == "steering":
+        return steering_block(results, args.run)
+    if name == "steering_control":
+        return steering_block(results, args.control)
+    raise SystemExit(f"unknown generated block {name!r} (known: findings, diagnostics, compare, steering, steering_control, stages)")
 
 
 def rewrite(doc: Path, args: argparse.Namespace) -> bool:

@@ -69,3 +69,23 @@ def test_unknown_block_is_refused(runs):
     doc.write_text("<!-- generated: nonsense -->\n<!-- end generated: nonsense -->\n")
     with pytest.raises(SystemExit, match="unknown generated block 'nonsense'"):
         results_doc.main(["--results", str(runs / "results"), "--run", "r", "--doc", str(doc)])
+
+
+def test_steering_block_reads_the_scores_table(runs):
+    cols = ["emotion", "method", "strength", "score", "score_lo", "score_hi", "kl", "vs_prompting",
+            "vs_prompting_lo", "vs_prompting_hi", "p_vs_prompting_holm"]
+    rows = [["joy", "unsteered", 0, 0.1, 0, 0.3, 0, "", "", "", ""],
+            ["joy", "prompting", 0, 0.5, 0.25, 0.75, "", "", "", "", ""],
+            ["joy", "steering", 0.2, 0.3, 0.1, 0.5, 0.24, -0.2, -0.45, 0.05, 0.375],
+            ["joy", "both", 0.2, 0.6, 0.4, 0.8, 0.24, 0.1, -0.1, 0.3, 1],
+            ["joy", "shuffled-label @0.2", 0.2, 0.2, 0, 0.4, 0.2, "", "", "", ""],
+            ["calm", "continuation (own word, 0.2)", 0.2, 1.1, "", "", "", "", "", "", ""]]
+    (runs / "results" / "r" / "steering").mkdir()
+    (runs / "results" / "r" / "steering" / "scores.tsv").write_text(
+        "\n".join("\t".join(map(str, r)) for r in [cols, *rows]) + "\n")
+    block = results_doc.steering_block(runs / "results", "r")
+    lines = block.splitlines()
+    assert len(lines) == 3  # header, rule, one emotion (calm has only the continuation line)
+    assert lines[2] == ("| joy | 0.10 | 0.50 [0.25, 0.75] | 0.30 [0.10, 0.50] (0.2; 0.24) | 0.60 [0.40, 0.80] "
+                        "| −0.20 [−0.45, 0.05] (0.38) |")
+    assert results_doc.steering_block(runs / "results", "absent") is None
