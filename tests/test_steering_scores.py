@@ -30,6 +30,7 @@ from emotion_vectors.steering_scores import (
     repetition_rate,
     response_logprobs,
     scores_claims,
+    VS_PROMPTING,
     sign_flip_floor,
     sign_flip_test,
     steering_scores,
@@ -97,6 +98,9 @@ def test_sign_flip_test_exact_values_and_floor():
     assert sign_flip_test(np.array([1.0, -1.0])) == 1.0
     assert sign_flip_floor(8) == pytest.approx(2 / 256) and sign_flip_floor(8, "greater") == pytest.approx(1 / 256)
     assert np.isnan(sign_flip_test([]))
+    # steering against prompting is one-sided: a vector that prompting beats in every pair (what the
+    # negative control's vectors do) gets p = 1, not the two-sided 2/256
+    assert VS_PROMPTING == "greater" and sign_flip_test(-d, alternative=VS_PROMPTING) == 1.0
     big = sign_flip_test(np.ones(30), alternative="greater", n_mc=999, seed=1)
     assert big == pytest.approx(1 / 1000)  # Monte-Carlo beyond 20 pairs
 
@@ -248,7 +252,7 @@ def test_steering_scores_on_a_tiny_model(tiny_llama, tmp_path):
     assert "steering.scores.shuffled" in ids and "steering.scores.sad.shuffled" in ids and "steering.scores.random" in ids
     assert all(c.verdict in VERDICTS for c in claims)
     by = {c.id: c for c in claims}
-    # 4 pairs cannot reach 0.05 / 2 (two-sided floor 1/8), 3 shuffles cannot reach 0.05
+    # 4 pairs cannot reach 0.05 / 2 (one-sided floor 1/16), 3 shuffles cannot reach 0.05
     assert by["steering.scores.happy.steering_vs_prompting"].verdict == NOT_TESTABLE
     assert "4 pairs" in by["steering.scores.happy.steering_vs_prompting"].note
     assert by["steering.scores.shuffled"].verdict == NOT_TESTABLE and by["steering.scores.shuffled"].p is None

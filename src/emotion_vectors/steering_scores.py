@@ -46,8 +46,12 @@ The prompts are split in two fixed halves: even positions **select**, odd positi
 The table reports every method on the report half only (so no number in it was used to
 choose), with 95% percentile bootstrap intervals over its generations. Paired comparisons per
 emotion (steering - prompting, both - prompting) pair the generations of one prompt and sample
-index; their p-value is an exact sign-flip test (two-sided; under "the two methods' scores are
-exchangeable within a pair" every sign pattern is equally likely); Holm over the emotions.
+index; their p-value is an exact one-sided sign-flip test (does the method score higher than
+prompting? under "the two methods' scores are exchangeable within a pair" every sign pattern is
+equally likely); Holm over the emotions. One-sided because the claim is that the vector adds
+something asking does not: prompting beating a vector is shown by the difference and its
+interval, and is what a vector with no emotion in it (the negative control's) is expected to
+do, so a two-sided test would make the control "find" it.
 
 Capability cost and the trade-off curve
 ---------------------------------------
@@ -204,6 +208,10 @@ def harmonic_mean(*axes: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------
 # Statistics
+
+
+#: The alternative of the steering-vs-prompting tests: the method scores higher than prompting.
+VS_PROMPTING = "greater"
 
 
 def sign_flip_test(diffs: Sequence[float], *, alternative: str = "two-sided", n_mc: int = 99999,
@@ -850,7 +858,7 @@ def steering_scores(
     n_pairs = len(report_p) * samples
     comparisons = {}
     for m in ("steering", "both"):
-        ps = np.array([sign_flip_test(pairs[e][m], alternative="two-sided") for e in emotions])
+        ps = np.array([sign_flip_test(pairs[e][m], alternative=VS_PROMPTING) for e in emotions])
         ph = holm(ps)
         fam_d = np.concatenate([pairs[e][m] for e in emotions])
         comparisons[m] = {
@@ -858,9 +866,9 @@ def steering_scores(
                                 "interval": list(bootstrap_mean(pairs[e][m], rng, n_boot)),
                                 "p": float(ps[i]), "p_holm": float(ph[i])} for i, e in enumerate(emotions)},
             "family": {"difference": float(fam_d.mean()), "interval": list(bootstrap_mean(fam_d, rng, n_boot)),
-                       "p": sign_flip_test(fam_d, alternative="two-sided", seed=_seed("flip", seed, m)),
+                       "p": sign_flip_test(fam_d, alternative=VS_PROMPTING, seed=_seed("flip", seed, m)),
                        "n_pairs": int(fam_d.size)},
-            "n_pairs": n_pairs, "floor": sign_flip_floor(n_pairs),
+            "n_pairs": n_pairs, "floor": sign_flip_floor(n_pairs, VS_PROMPTING),
             "n_surviving_holm": int(np.sum(ph < ALPHA)),
         }
         for e in emotions:
@@ -1021,7 +1029,8 @@ def steering_scores(
 
 def scores_claims(summary: Mapping[str, Any], *, figure: str | None = None) -> list[Claim]:
     """The steering-score claims: each emotion's steering and steering + prompting against
-    prompting (two-sided sign-flip tests, Holm over the emotions; the family over all pairs), and
+    prompting (one-sided sign-flip tests: higher than prompting; Holm over the emotions; the family
+    over all pairs), and
     the emotions' vectors against the shuffled-label vectors (family and per emotion, Holm) and
     random directions (weak null) at the test strength."""
     from emotion_vectors.steer_eval import WEAK_RANDOM_NULL, _at_floor
@@ -1045,11 +1054,11 @@ def scores_claims(summary: Mapping[str, Any], *, figure: str | None = None) -> l
         who = lambda d: "higher" if d > 0 else "lower" if d < 0 else "equal"  # noqa: E731
         claims.append(make_claim(
             f"steering.scores.{m}_vs_prompting", STAGE,
-            f"{names[m].replace(' of', 's of')} the emotions and prompting for them (\"{summary['instruction']}\") "
-            "reach different steering scores on held-out prompts",
+            f"{names[m].replace(' of', 's of')} the emotions reaches higher steering scores than prompting for them "
+            f"(\"{summary['instruction']}\") on held-out prompts",
             test=(f"{axes}; paired by prompt and sample on the report half ({fam['n_pairs']} pairs over {n_e} "
                   f"emotions, strength chosen on the selection half); mean difference {m} - prompting; "
-                  "two-sided sign-flip test"),
+                  "one-sided sign-flip test (higher than prompting)"),
             null="the two methods' scores are exchangeable within each pair (every sign pattern equally likely)",
             statistic=fam["difference"], p=fam["p"], interval=fam["interval"],
             interval_of="of the mean difference: 95% percentile bootstrap over pairs",
@@ -1057,14 +1066,14 @@ def scores_claims(summary: Mapping[str, Any], *, figure: str | None = None) -> l
             note=(f"{m} {who(fam['difference'])} than prompting on average; per emotion (Holm over {n_e}): "
                   f"{comp['n_surviving_holm']}/{n_e} differ."),
             extra={"per_emotion": comp["per_emotion"]}))
-        need = next(k for k in range(1, 64) if sign_flip_floor(k) < ALPHA / n_e)
+        need = next(k for k in range(1, 64) if sign_flip_floor(k, VS_PROMPTING) < ALPHA / n_e)
         for e in emotions:
             c = comp["per_emotion"][e]
             claims.append(_pairs_note(make_claim(
                 f"steering.scores.{e}.{m}_vs_prompting", STAGE,
-                f"{names[m]} {e!r} and prompting for {e!r} reach different steering scores on held-out prompts",
+                f"{names[m]} {e!r} reaches a higher steering score than prompting for {e!r} on held-out prompts",
                 test=(f"{axes}; {n_pairs} pairs (report-half prompt x sample); mean difference {m} - prompting; "
-                      "two-sided exact sign-flip test"),
+                      "one-sided exact sign-flip test (higher than prompting)"),
                 null="the two methods' scores are exchangeable within each pair",
                 statistic=c["difference"], p=c["p"], p_adjusted=c["p_holm"], correction=f"Holm over {n_e} emotions",
                 family=n_e, n_null=n_null, interval=c["interval"],
@@ -1114,7 +1123,7 @@ def scores_claims(summary: Mapping[str, Any], *, figure: str | None = None) -> l
 def _pairs_note(claim: Claim, n_pairs: int, floor: float, need: int, family: int) -> Claim:
     """A sign-flip claim that cannot reach its Holm threshold says so in pairs, not draws."""
     if claim.p is None and claim.verdict == "not testable":
-        claim.note = (f"{claim.note} With {n_pairs} pairs the exact two-sided sign-flip test's smallest p is "
+        claim.note = (f"{claim.note} With {n_pairs} pairs the exact one-sided sign-flip test's smallest p is "
                       f"{floor:.3g}, which cannot go below {ALPHA / family:.3g} (Holm over {family}); at least "
                       f"{need} pairs are needed, so no p-value is given.")
     return claim
