@@ -34,7 +34,7 @@ controls: install  ## the negative control (no emotion in the stories: must clai
 	$(BIN)/snakemake --cores $(CORES) --forcerun findings results/default/findings/findings.html
 
 test: install  ## install, then run the test suite (unit + real-model integration)
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rs --durations=15
 
 test-fast: install
 	$(BIN)/python -m pytest -q -rs -m "not slow"
