@@ -473,7 +473,7 @@ def test_openai_backend_against_transformers_serve(monkeypatch):
 
 
 def test_config_generator_backend_is_validated_before_any_work():
-    from emotion_vectors.config import ConfigError, REPO_ROOT, describe_model, validate_config
+    from emotion_vectors.core.config import ConfigError, REPO_ROOT, describe_model, validate_config
 
     local = {"name": "smollm2-135m-instruct", "gguf": DEFAULT_SPEC["gguf"]}
     server = {"backend": "openai", "name": "served", "base_url": "http://127.0.0.1:8000/v1", "model": "m",

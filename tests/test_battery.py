@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from emotion_vectors import battery as B
-from emotion_vectors.claims import binomial_interval, holm
+from emotion_vectors.core.claims import binomial_interval, holm
 from emotion_vectors.leak import find_leaks
 
 from conftest import REPO_ROOT

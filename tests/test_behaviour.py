@@ -473,7 +473,7 @@ def test_behaviour_claims_with_a_judge_fisher_holm_and_testability():
     by = {c.id: c for c in out}
     up, down, rnd = by["behaviour.blackmail.calm+0.1"], by["behaviour.blackmail.calm-0.1"], by["behaviour.blackmail.random0+0.1"]
     p = [fisher_vs_baseline(k, 100, 20, 100)[1] for k in (60, 22, 18)]
-    from emotion_vectors.claims import binomial_interval, holm
+    from emotion_vectors.core.claims import binomial_interval, holm
 
     adj = holm(p)
     assert up.p == pytest.approx(p[0]) and up.p_adjusted == pytest.approx(adj[0]) and up.family == 3

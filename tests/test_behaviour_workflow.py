@@ -250,8 +250,7 @@ def _run_script(name: str, smk: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     import logging
     import runpy
 
-    from emotion_vectors import jobs
-
+    from emotion_vectors.core import jobs
     monkeypatch.setattr(jobs, "start_job", lambda smk_, **kw: logging.getLogger(f"test.{smk_.rule}"))
     runpy.run_path(str(REPO / "workflow" / "scripts" / name), init_globals={"snakemake": smk})
 
@@ -276,7 +275,7 @@ def test_behaviour_script_classifies_only_with_a_validated_judge(tmp_path: Path,
 
     import pandas as pd
 
-    from emotion_vectors.claims import read_claims
+    from emotion_vectors.core.claims import read_claims
 
     model, tok = tiny_llama
     model_dir = tmp_path / "tiny"

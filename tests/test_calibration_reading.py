@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from emotion_vectors.claims import ALPHA, min_attainable_p, rejection_band
+from emotion_vectors.core.claims import ALPHA, min_attainable_p, rejection_band
 from emotion_vectors.text_checks import (
     corpora_agreement,
     emotion_label_check,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from emotion_vectors.claims import ALPHA, min_attainable_p, rejection_band
+from emotion_vectors.core.claims import ALPHA, min_attainable_p, rejection_band
 from emotion_vectors.steer_eval import _signed, pool_test, row_z, set_test, slope, specificity_test
 
 N_SIMS = 1000

@@ -22,7 +22,7 @@ import pytest
 import yaml
 import zarr
 
-from emotion_vectors.config import REPO_ROOT
+from emotion_vectors.core.config import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 RUN = "pytest-compare"

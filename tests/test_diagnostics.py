@@ -22,10 +22,9 @@ from emotion_vectors.diagnostics import (
     permutation_p,
     separability,
     separability_figure,
-    stratified_subsample,
     variance_shares,
-    wilson_interval,
 )
+from emotion_vectors.core.stats import stratified_subsample, wilson_interval
 
 
 @pytest.fixture(autouse=True)
@@ -315,8 +314,8 @@ def run_script(name: str, smk, monkeypatch) -> None:
     import logging
     import runpy
 
-    from emotion_vectors import jobs
-    from emotion_vectors.config import REPO_ROOT
+    from emotion_vectors.core import jobs
+    from emotion_vectors.core.config import REPO_ROOT
 
     monkeypatch.setattr(jobs, "start_job", lambda smk_: logging.getLogger(f"test.{smk_.rule}"))
     runpy.run_path(str(REPO_ROOT / "workflow" / "scripts" / name), init_globals={"snakemake": smk})
@@ -328,7 +327,7 @@ def run_diagnostics(tmp_path, monkeypatch, *, effect: float, p_binom: float, see
     import pandas as pd
     from types import SimpleNamespace
 
-    from emotion_vectors.claims import read_claims
+    from emotion_vectors.core.claims import read_claims
 
     acts, stories = write_shards(tmp_path, {"calm": 6, "happy": 6, "sad": 6}, effect=effect, seed=seed)
     out = tmp_path / "diagnostics"
@@ -419,7 +418,7 @@ def test_scripts_claim_an_effect_on_separable_activations(tmp_path, monkeypatch)
     # The README's table of several runs, side by side (a run without outputs says so).
     import importlib.util
 
-    from emotion_vectors.config import REPO_ROOT
+    from emotion_vectors.core.config import REPO_ROOT
 
     spec = importlib.util.spec_from_file_location("diagnostics_table", REPO_ROOT / "scripts" / "diagnostics_table.py")
     mod = importlib.util.module_from_spec(spec)

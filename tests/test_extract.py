@@ -28,7 +28,7 @@ from emotion_vectors.extract import (
     plan_extraction,
     validate_layers,
 )
-from emotion_vectors.models import decoder_layers
+from emotion_vectors.core.models import decoder_layers
 
 WORDS = (
     "the rain kept falling on the old roof while she counted coins at the kitchen table "

@@ -3,7 +3,7 @@
 import pytest
 
 from emotion_vectors.backends import HFChatBackend
-from emotion_vectors.config import REPO_ROOT
+from emotion_vectors.core.config import REPO_ROOT
 from emotion_vectors.generate import Checkpoint, ShardShortError, generate_story_shard, load_prompts
 from emotion_vectors.leak import find_leaks
 

@@ -8,7 +8,7 @@ real forms each rule is there for, and the real words each guard keeps out, are.
 
 import pytest
 
-from emotion_vectors.config import REPO_ROOT, read_list
+from emotion_vectors.core.config import REPO_ROOT, read_list
 from emotion_vectors.leak import (
     _AFTER_DET,
     _NOUN_END,

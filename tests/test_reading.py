@@ -23,7 +23,7 @@ import pytest
 
 from emotion_vectors import reading, serve_subject
 from emotion_vectors import score as score_mod
-from emotion_vectors.models import load_model
+from emotion_vectors.core.models import load_model
 from emotion_vectors.reading import LocalReader, ReadError, ServerReader, gather
 from emotion_vectors.score import score_texts
 from emotion_vectors.serve_subject import ServerHandle, find_live_server, subject_server

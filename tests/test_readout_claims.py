@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emotion_vectors.claims import EFFECT, NO_EFFECT, NOT_TESTABLE, mc_p
+from emotion_vectors.core.claims import EFFECT, NO_EFFECT, NOT_TESTABLE, mc_p
 from emotion_vectors.corpora import load_file
 from emotion_vectors.text_checks import (
     CheckError,

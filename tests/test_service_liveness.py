@@ -397,7 +397,7 @@ def test_the_gpu_lock_directory_cannot_be_squatted(tmp_path, monkeypatch):
     job = textwrap.dedent(
         """
         import os, types
-        from emotion_vectors.jobs import start_job
+        from emotion_vectors.core.jobs import start_job
         smk = types.SimpleNamespace(log=[], rule="fake_gpu_job", threads=1, output=[], resources=types.SimpleNamespace(gpu=1))
         start_job(smk)
         print("claimed", os.environ["CUDA_VISIBLE_DEVICES"])

@@ -25,7 +25,7 @@ def _corpus(n=12):
 @contextlib.contextmanager
 def edited_block_output(model, layer, edit):
     """Apply ``edit(hidden)`` in place to the output of decoder block ``layer`` while inside."""
-    from emotion_vectors.models import decoder_layers
+    from emotion_vectors.core.models import decoder_layers
 
     def hook(module, args, output):
         edit(output[0] if isinstance(output, tuple) else output)
@@ -67,7 +67,7 @@ def test_hard_kill_then_resume_equals_uninterrupted(tmp_path, saved_tiny):
         f"""
         import os, signal
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        from emotion_vectors.models import decoder_layers
+        from emotion_vectors.core.models import decoder_layers
         from emotion_vectors.shards import write_shard
         tok = AutoTokenizer.from_pretrained({str(saved_tiny)!r}); tok.padding_side = "left"
         model = AutoModelForCausalLM.from_pretrained({str(saved_tiny)!r}, dtype="float32").eval()

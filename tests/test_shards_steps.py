@@ -148,7 +148,7 @@ def test_float16_shard_and_chunking_of_many_rows(tmp_path, tiny_llama):
 def test_partial_while_filling_and_a_clean_resume(tmp_path, tiny_llama):
     """The partial holds one row per chunk, a checksum and the done mask; a resume logs how many
     verified rows it reuses and recomputes nothing else."""
-    from emotion_vectors.models import decoder_layers
+    from emotion_vectors.core.models import decoder_layers
 
     model, tok = tiny_llama
     out = tmp_path / "r.zarr"
@@ -184,7 +184,7 @@ def test_partial_while_filling_and_a_clean_resume(tmp_path, tiny_llama):
 
 def _interrupted(model, tok, out, texts=None, ids=None, after=2):
     """Write ``out`` and crash in the forward pass after ``after`` batches."""
-    from emotion_vectors.models import decoder_layers
+    from emotion_vectors.core.models import decoder_layers
 
     calls = []
 
@@ -420,7 +420,7 @@ def test_batches_follow_the_settings_and_optional_keys_default(tmp_path, tiny_ll
     """``max_batch_tokens`` bounds the batches (one forward pass each); settings without the
     optional keys store float32 with no token budget."""
     from emotion_vectors.extract import plan_extraction
-    from emotion_vectors.models import decoder_layers
+    from emotion_vectors.core.models import decoder_layers
 
     model, tok = tiny_llama
     texts, ids = _corpus()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_MODEL_FIXTURES
-from emotion_vectors.claims import EFFECT, NOT_TESTABLE, VERDICTS
+from emotion_vectors.core.claims import EFFECT, NOT_TESTABLE, VERDICTS
 from emotion_vectors.readout import ReadoutError, store_valence_direction, valence_direction
 from emotion_vectors.steer import Steer, steering
 from emotion_vectors.steer_eval import (

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from emotion_vectors.claims import NOT_TESTABLE, VERDICTS
+from emotion_vectors.core.claims import NOT_TESTABLE, VERDICTS
 from emotion_vectors.steer import Steer, steering
 from emotion_vectors.steer_eval import MASK_TOKEN, dose_claims
 from emotion_vectors.steering_scores import (

@@ -251,7 +251,7 @@ class HFChatBackend:
     """A transformers causal LM in this process (see the module docstring).
 
     Args:
-        model, tokenizer: as loaded by :func:`emotion_vectors.models.load_model`.
+        model, tokenizer: as loaded by :func:`emotion_vectors.core.models.load_model`.
         name: label recorded in each :class:`Completion` (default: the model's ``name_or_path``).
         top_p: nucleus sampling bound when sampling (1.0 = the full distribution).
     """
@@ -862,13 +862,13 @@ OPENAI_OPTIONS = ("api_key_env", "timeout", "seed_honoured", "name", "max_concur
 def make_backend(spec: Mapping[str, Any], models_dir: str | Path = "results/models") -> ChatBackend:
     """A backend from a config mapping (see the module docstring).
 
-    ``backend: hf`` (the default) loads the model with :func:`emotion_vectors.models.load_model`
+    ``backend: hf`` (the default) loads the model with :func:`emotion_vectors.core.models.load_model`
     (so ``name``, ``gguf`` or ``path``, ``dtype``, ``device``, ... mean what they mean there);
     ``backend: openai`` needs ``base_url`` and ``model`` and takes :data:`OPENAI_OPTIONS`.
     """
     kind = spec.get("backend", "hf")
     if kind == "hf":
-        from .models import load_model
+        from .core.models import load_model
 
         loaded = load_model(dict(spec), models_dir)
         return HFChatBackend(loaded.model, loaded.tokenizer, name=spec.get("name"), top_p=float(spec.get("top_p", 1.0)))

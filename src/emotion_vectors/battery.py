@@ -142,7 +142,7 @@ def leak_report(items: Sequence[Mapping[str, Any]], templates: Sequence[Mapping[
 
 
 def wilson(successes: int, n: int) -> tuple[float, float]:
-    from emotion_vectors.diagnostics import wilson_interval
+    from emotion_vectors.core.stats import wilson_interval
 
     return wilson_interval(int(successes), int(n))
 
@@ -514,7 +514,7 @@ def lex_p(observed: float, null: np.ndarray, direction: str, observed_tiebreak: 
     conservative. Without a tie-breaker, ties count as hits (``claims.mc_p``). Non-finite null
     draws are dropped; NaN when none is left or the observed value is not finite.
     """
-    from emotion_vectors.claims import mc_p
+    from emotion_vectors.core.claims import mc_p
 
     sign = 1.0 if direction == "higher" else -1.0
     v = sign * np.asarray(null, dtype=float)
@@ -780,12 +780,12 @@ def evaluate_checks(results: Mapping[str, Any], thresholds: Mapping[str, Any], *
     ``null_used`` (the shuffled-label vectors when ``results["shuffled"]`` holds them, else the
     random directions, and then the claim says so), ``n_null``, ``p`` (that null's :func:`lex_p`;
     None when the null is too small: its smallest p cannot go below ``alpha / n_checks``),
-    ``p_holm`` (Holm over the checks with a p), ``verdict`` (:mod:`emotion_vectors.claims`) and
+    ``p_holm`` (Holm over the checks with a p), ``verdict`` (:mod:`emotion_vectors.core.claims`) and
     ``passed``: the value meets its pre-stated threshold **and** the Holm-corrected test finds an
     effect; False when either fails, None when the threshold is met but the test cannot tell
     (no value, no null, or a null too small), so that a check never passes by default.
     """
-    from emotion_vectors.claims import ALPHA, binomial_interval, family_claims, make_claim
+    from emotion_vectors.core.claims import ALPHA, binomial_interval, family_claims, make_claim
 
     alpha = ALPHA if alpha is None else float(alpha)
     obs = observed_scores(results)

@@ -70,7 +70,7 @@ delete-half jackknife interval of the share beyond chance at the best layer.
 **The verdict** combines three tests — the two separability methods' layer-max p-values and the
 judge's overall recognisability (binomial) p — Holm-corrected together; ``separable`` and
 ``recognisable`` follow the corrected p-values, and :func:`diagnostics_claims` states each as a
-claim (``emotion_vectors.claims``).
+claim (``emotion_vectors.core.claims``).
 """
 
 from __future__ import annotations
@@ -85,10 +85,10 @@ from typing import Any
 
 import numpy as np
 
+from .core.claims import json_safe
+from .core.stats import Z95, stratified_subsample, wilson_interval
 from .shards import open_shard
-from .claims import json_safe
 
-Z95 = 1.959963984540054
 METHODS = ("nearest_centroid", "logistic_probe")
 SEPARABILITY_COLUMNS = [
     "layer", "method", "accuracy", "ci_low", "ci_high", "chance", "null_mean", "null_p95",
@@ -127,17 +127,6 @@ class Corpus:
 # Small statistics
 
 
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion (95% by default); ``(nan, nan)`` for ``n = 0``."""
-    if n <= 0:
-        return float("nan"), float("nan")
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
-
-
 def permutation_p(observed: float, null: np.ndarray) -> float:
     """One-sided permutation p-value ``(1 + #{null >= observed}) / (1 + len(null))``."""
     null = np.asarray(null, dtype=float)
@@ -150,25 +139,6 @@ def majority_share(labels: np.ndarray) -> float:
     """Share of the most frequent label (the accuracy of always guessing it)."""
     counts = np.bincount(np.asarray(labels))
     return float(counts.max() / counts.sum())
-
-
-def stratified_subsample(groups: Sequence[int], cap: int | None, rng: np.random.Generator) -> np.ndarray:
-    """Indices of at most ``cap`` items, spread over ``groups`` (e.g. topics) as evenly as possible.
-
-    Items are shuffled within each group and taken round-robin over the groups (one of each group,
-    then a second of each, ...), so a cap below the count keeps every group it can. Returned sorted.
-    """
-    groups = np.asarray(groups)
-    n = len(groups)
-    if cap is None or cap >= n:
-        return np.arange(n)
-    rank = np.empty(n, dtype=np.int64)
-    for g in np.unique(groups):
-        members = np.flatnonzero(groups == g)
-        rank[rng.permutation(members)] = np.arange(len(members))
-    tiebreak = rng.permutation(n)
-    order = np.lexsort((tiebreak, rank))
-    return np.sort(order[:cap])
 
 
 def permute_within(labels: np.ndarray, strata: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
@@ -1025,7 +995,7 @@ def _per_emotion(recog_rows: list[dict], alpha: float) -> dict:
     of the AUC test (what the claim uses: a judge's preference for a word cannot inflate it) and
     of the binomial test (shown, not claimed: a judge that prefers a word after every story
     "recognises" that word's stories)."""
-    from .claims import bh, holm
+    from .core.claims import bh, holm
 
     rows = [r for r in recog_rows if r["emotion"] != "(all)"]
     out: dict[str, Any] = {"n_emotions": len(rows)}
@@ -1059,12 +1029,12 @@ def _num(v: Any) -> float | None:
 
 
 def diagnostics_claims(summary: Mapping[str, Any]) -> list[Any]:
-    """The corpus diagnostics' claims (``emotion_vectors.claims.Claim``) from a headline
+    """The corpus diagnostics' claims (``emotion_vectors.core.claims.Claim``) from a headline
     (:func:`headline`'s dict, before or after JSON): each separability method and the overall
     recognisability, Holm-corrected together (the verdict's family); the family's verdict; the
     emotion and interaction variance shares (raw scale, layer-max tests); and the per-emotion
     recognisability family (AUC tests, Holm over the emotions)."""
-    from .claims import EFFECT, family_claims, make_claim
+    from .core.claims import EFFECT, family_claims, make_claim
 
     alpha = float(summary.get("alpha", 0.05) or 0.05)
     sep = summary.get("separability", {}) or {}

@@ -52,8 +52,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from emotion_vectors.layers import LayerIndexError, default_layers, main_layer, main_stored_layer, validate_layers
-from emotion_vectors.models import decoder_layers
+from emotion_vectors.core.layers import LayerIndexError, default_layers, main_layer, main_stored_layer, validate_layers
+from emotion_vectors.core.models import decoder_layers
 
 ShortPolicy = Literal["skip", "error"]
 ProgressFn = Callable[[int, int, int], None]

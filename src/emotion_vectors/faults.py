@@ -132,7 +132,7 @@ def default_config() -> dict[str, Any]:
 
 def validated_default(**overrides: Any) -> dict[str, Any]:
     """The default config with top-level ``overrides``, validated (defaults filled)."""
-    from .config import validate_config
+    from .core.config import validate_config
 
     raw = default_config()
     for key, value in overrides.items():
@@ -157,7 +157,7 @@ def ensure_default_model() -> Path:
         return out
     if not spec.get("gguf"):
         raise SystemExit(f"default subject model {spec['name']} is not a packaged GGUF and {out} is missing")
-    from .models import prepare_gguf_model
+    from .core.models import prepare_gguf_model
 
     MODELS_DIR.mkdir(parents=True, exist_ok=True)
     with open(MODELS_DIR / f".{spec['name']}.lock", "w") as lock:
@@ -241,7 +241,7 @@ def _child_extract(spec: dict[str, Any]) -> None:
 
     torch.set_num_threads(1)
     from .extract import default_layers
-    from .models import decoder_layers, load_model
+    from .core.models import decoder_layers, load_model
     from .shards import write_shard
 
     lm = load_model(spec["model"], MODELS_DIR)
@@ -277,7 +277,7 @@ def _child_stories(spec: dict[str, Any]) -> None:
     """Run the real ``workflow/scripts/stories.py`` job for each output, as Snakemake would."""
     import runpy
 
-    from .generate import slug
+    from .core.common import slug
 
     _limit_file_size(spec.get("fsize_limit"))
     for job in spec["jobs"]:
@@ -1411,7 +1411,7 @@ class Battery:
             os.chown(theirs, 65534, 65534)
             variants = [("old fixed path created first by another user (uid 65534), no XDG_RUNTIME_DIR", None),
                         *variants, ("XDG_RUNTIME_DIR belongs to another user", str(theirs))]
-        job = ("import os, types\nfrom emotion_vectors.jobs import start_job\n"
+        job = ("import os, types\nfrom emotion_vectors.core.jobs import start_job\n"
                "smk = types.SimpleNamespace(log=[], rule='gpu_job', threads=1, output=[], resources=types.SimpleNamespace(gpu=1))\n"
                "start_job(smk)\nprint('claimed', os.environ['CUDA_VISIBLE_DEVICES'])\n")
         records = []

@@ -35,23 +35,13 @@ from typing import Any, Callable
 import yaml
 
 from .backends import BackendError, Completion, GenRequest, HFChatBackend, cost
+from .core.common import derive_seed, slug
 from .leak import find_leaks, screen
 from .parsing import dialogue_problem, parse_dialogue, render_dialogue, split_stories
 
 
 class ShardShortError(RuntimeError):
     """A shard ended below its target count and the config does not allow a shortfall."""
-
-def derive_seed(*parts: Any) -> int:
-    """A 31-bit seed from any parts (stable across runs and machines)."""
-    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
-def slug(name: str) -> str:
-    """File- and id-safe form of an emotion word: ``"at ease"`` -> ``"at_ease"``."""
-    return name.strip().lower().replace(" ", "_")
-
 
 def chat_prompt(tokenizer, system: str | None, user: str) -> str:
     """Render one request through the generator's chat template (system folded into the user
@@ -328,7 +318,7 @@ def load_generator(spec: dict[str, Any], models_dir: str | Path, log: Callable[[
         log(f"generator {backend.name}: {backend.model} at {backend.base_url} "
             f"(server lists {len(listed) if listed is not None else 'no'} models)")
         return backend, backend.describe(), None
-    from .models import load_model
+    from .core.models import load_model
     from .service import release_for_model
 
     release_for_model(spec, log=log)  # one model per GPU: idle model servers exit first
@@ -612,23 +602,3 @@ def generate_neutral(
             "or set neutral.allow_shortfall: true to accept and report it."
         )
     return corpus
-
-
-def write_json_atomic(obj: Any, path: str | Path) -> None:
-    """Write JSON beside ``path`` and rename it into place (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False))
-    os.replace(tmp, path)
-
-
-def write_jsonl_atomic(records: Any, path: str | Path) -> None:
-    """Write one JSON object per line beside ``path`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)

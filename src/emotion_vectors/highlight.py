@@ -21,7 +21,7 @@ import torch
 
 from emotion_vectors.extract import _block_hidden
 
-from emotion_vectors.models import decoder_layers
+from emotion_vectors.core.models import decoder_layers
 
 
 class _Stop(Exception):

@@ -172,7 +172,7 @@ def store_model_spec(store: Store, model_path: str | Path | None = None, *,
     A relative recorded path is looked up from the working directory, then from the project
     root. Raises :class:`ScoreError` when neither is known.
     """
-    from emotion_vectors.config import REPO_ROOT
+    from emotion_vectors.core.config import REPO_ROOT
 
     prov = store.attrs.get("provenance") or {}
     sm = prov.get("subject_model") if isinstance(prov, Mapping) else None
@@ -202,7 +202,7 @@ def store_model_spec(store: Store, model_path: str | Path | None = None, *,
 def load_subject(store: str | Path | Store, model_path: str | Path | None = None, *,
                  device: str | None = None, dtype: str | None = None):
     """Load the store's subject model (or ``model_path``) in this process (``LoadedModel``)."""
-    from emotion_vectors.models import load_model
+    from emotion_vectors.core.models import load_model
     from emotion_vectors.service import release_for_model
 
     st = _open(store)
@@ -792,7 +792,7 @@ def labelled_check(
                 y[common], val[common], per_scorer[other][common], n_boot=n_boot, seed=seed)
     result["same_texts"] = same
     if null_valence is not None:
-        from emotion_vectors.claims import mc_p
+        from emotion_vectors.core.claims import mc_p
 
         nv = np.asarray(null_valence, dtype=float)
         if nv.ndim != 2 or nv.shape[1] != len(scores_df):
@@ -906,7 +906,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from emotion_vectors.provenance import provenance
+    from emotion_vectors.core.provenance import provenance
 
     out_format(args.out)  # a bad extension fails now, not after scoring
     if (args.positive or args.negative) and not (args.positive and args.negative and args.label_column):

@@ -100,7 +100,7 @@ def weights_fingerprint(spec: dict, models_dir: str | Path) -> dict[str, Any]:
     place (``prepare_model`` writes a new directory and renames it in) change it. For a Hub id:
     the id and the pinned ``revision`` (an unpinned id is whatever the Hub serves).
     """
-    from .models import ModelSpecError, resolve_path
+    from .core.models import ModelSpecError, resolve_path
 
     try:
         path = resolve_path(spec, models_dir)
@@ -214,7 +214,7 @@ def make_extract_handler(lm: Any, settings: dict, layers: list[int], n_blocks: i
     finished shard is renamed to the staging path the client named. Paths inside the work
     directory are shown in logs and errors as if beside the output.
     """
-    from .provenance import provenance
+    from .core.provenance import provenance
     from .shards import ShardError, write_shard
 
     def extract(payload: dict, req: Request) -> dict:
@@ -474,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         from .extract import default_layers, validate_layers
-        from .models import decoder_layers, load_model
+        from .core.models import decoder_layers, load_model
 
         if args.threads:
             torch.set_num_threads(args.threads)

@@ -142,7 +142,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from . import __version__
-from .provenance import package_versions
+from .core.provenance import package_versions
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 What is added, and where
 ------------------------
 A :class:`Steer` adds ``strength * unit_norm * direction`` (``direction`` of unit length) to the
-OUTPUT of decoder block ``layer`` (0-based, ``emotion_vectors.models.decoder_layers(model)``),
+OUTPUT of decoder block ``layer`` (0-based, ``emotion_vectors.core.models.decoder_layers(model)``),
 which is exactly the residual-stream vector that extraction reads as layer ``layer``
 (``emotion_vectors.extract``). ``unit_norm`` is the typical size of the residual stream at that
 layer, the mean per-token L2 norm that the vector store keeps as ``residual_norm``; so
@@ -91,7 +91,7 @@ import numpy as np
 import torch
 
 from emotion_vectors.extract import LayerIndexError, _block_hidden, main_stored_layer
-from emotion_vectors.models import decoder_layers
+from emotion_vectors.core.models import decoder_layers
 
 Positions = Union[Literal["all", "generated"], int]
 

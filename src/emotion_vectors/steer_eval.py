@@ -77,7 +77,7 @@ from typing import Any
 
 import numpy as np
 
-from emotion_vectors.claims import ALPHA, Claim, holm, make_claim, mc_p
+from emotion_vectors.core.claims import ALPHA, Claim, holm, make_claim, mc_p
 from emotion_vectors.judge import _input_device
 from emotion_vectors.steer import Steer, _repeat_cache_rows, random_steers, steering_rows, steers_from_store
 
@@ -919,7 +919,7 @@ def dose_response(
 def _at_floor(claim: Claim) -> Claim:
     """A claim whose Monte-Carlo p is the smallest its null allows says so (more draws could
     give a smaller p)."""
-    from emotion_vectors.claims import min_attainable_p
+    from emotion_vectors.core.claims import min_attainable_p
 
     if claim.p is not None and claim.n_null and math.isclose(claim.p, min_attainable_p(claim.n_null)):
         claim.note = (claim.note + " " if claim.note else "") + (

@@ -81,7 +81,7 @@ from typing import Any
 
 import numpy as np
 
-from emotion_vectors.claims import ALPHA, Claim, holm, make_claim
+from emotion_vectors.core.claims import ALPHA, Claim, holm, make_claim
 from emotion_vectors.steer import Steer, random_steers, steering_rows
 
 Log = Callable[[str], None]

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from emotion_vectors.claims import Claim, holm, make_claim, mc_p
+from emotion_vectors.core.claims import Claim, holm, make_claim, mc_p
 
 STAGE = "scoring"
 NRC_PACKAGE = "nrclex"
@@ -546,7 +546,7 @@ def emotion_claims(corpus: str, check: Mapping[str, Any], *, figure: str | None 
 
 
 def _holm_family(claims: list[Claim]) -> list[Claim]:
-    from emotion_vectors.claims import family_claims
+    from emotion_vectors.core.claims import family_claims
 
     return family_claims(claims, method="holm")
 

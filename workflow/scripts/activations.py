@@ -7,7 +7,7 @@ emotion_vectors.serve_subject.extract_shard and emotion_vectors.service).
 import json
 from pathlib import Path
 
-from emotion_vectors.jobs import start_job
+from emotion_vectors.core.jobs import start_job
 from emotion_vectors.serve_subject import extract_shard
 from emotion_vectors.service import allocation_server_dir
 

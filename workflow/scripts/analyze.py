@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from emotion_vectors.analysis import analyze
-from emotion_vectors.jobs import start_job
+from emotion_vectors.core.jobs import start_job
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 log = start_job(smk)

@@ -25,10 +25,10 @@ from emotion_vectors.battery import (
     run_battery,
     summary_json,
 )
-from emotion_vectors.claims import write_claims
-from emotion_vectors.generate import write_json_atomic
-from emotion_vectors.jobs import start_job
-from emotion_vectors.provenance import provenance
+from emotion_vectors.core.claims import write_claims
+from emotion_vectors.core.common import write_json_atomic
+from emotion_vectors.core.jobs import start_job
+from emotion_vectors.core.provenance import provenance
 from emotion_vectors.store_layout import read_store
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
@@ -50,7 +50,7 @@ if server:
     model_info = reader.info
     log.info("subject %s on the model server pid %s", model_info.get("name"), model_info["server"]["pid"])
 elif subject:
-    from emotion_vectors.models import load_model
+    from emotion_vectors.core.models import load_model
 
     lm = load_model(subject, smk.params.models_dir)
     model, tokenizer, model_info = lm.model, lm.tokenizer, lm.info

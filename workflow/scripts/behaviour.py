@@ -49,11 +49,11 @@ from emotion_vectors.behaviour.stats import (
     rate_table,
     stage1_counts,
 )
-from emotion_vectors.claims import write_claims
-from emotion_vectors.generate import write_json_atomic, write_jsonl_atomic
-from emotion_vectors.jobs import start_job
-from emotion_vectors.models import load_model
-from emotion_vectors.provenance import provenance
+from emotion_vectors.core.claims import write_claims
+from emotion_vectors.core.common import write_json_atomic, write_jsonl_atomic
+from emotion_vectors.core.jobs import start_job
+from emotion_vectors.core.models import load_model
+from emotion_vectors.core.provenance import provenance
 from emotion_vectors.store_layout import read_store
 
 smk = snakemake  # noqa: F821 - injected by Snakemake

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
-from emotion_vectors.jobs import start_job
+from emotion_vectors.core.jobs import start_job
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 log = start_job(smk)
@@ -21,7 +21,7 @@ if smk.rule == "compare_import":
 
 elif smk.rule == "compare_pair":
     from emotion_vectors.analysis.compare import compare_stores, open_side
-    from emotion_vectors.provenance import provenance
+    from emotion_vectors.core.provenance import provenance
 
     s = dict(smk.params.settings)
     kind = s.pop("vector_kind")
@@ -43,7 +43,7 @@ elif smk.rule == "compare_pair":
 
 elif smk.rule == "compare_summary":
     from emotion_vectors.analysis.compare import comparison_claims, comparison_table, comparison_markdown
-    from emotion_vectors.claims import write_claims
+    from emotion_vectors.core.claims import write_claims
 
     summaries = [json.loads(Path(p).read_text()) for p in smk.input.summaries]
     claims = comparison_claims(summaries)

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from emotion_vectors.claims import write_claims
-from emotion_vectors.generate import write_json_atomic
-from emotion_vectors.jobs import start_job
+from emotion_vectors.core.claims import write_claims
+from emotion_vectors.core.common import write_json_atomic
+from emotion_vectors.core.jobs import start_job
 from emotion_vectors.text_checks import agreement_claims, corpora_agreement, emotion_claims, valence_auroc_claim
 
 smk = snakemake  # noqa: F821 - injected by Snakemake

@@ -12,7 +12,7 @@ from emotion_vectors.corpora import (
     load_hf,
     write_records,
 )
-from emotion_vectors.jobs import start_job
+from emotion_vectors.core.jobs import start_job
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 log = start_job(smk)
@@ -37,7 +37,7 @@ try:
         if spec.get("messages_column"):
             from transformers import AutoTokenizer
 
-            from emotion_vectors.models import checked_path
+            from emotion_vectors.core.models import checked_path
 
             sub = smk.params.subject
             path = checked_path(sub, smk.params.models_dir)

@@ -27,10 +27,10 @@ import time
 import numpy as np
 import pandas as pd
 
-from emotion_vectors.generate import write_json_atomic
+from emotion_vectors.core.common import write_json_atomic
 from emotion_vectors.highlight import highlight_html
-from emotion_vectors.jobs import start_job
-from emotion_vectors.provenance import provenance
+from emotion_vectors.core.jobs import start_job
+from emotion_vectors.core.provenance import provenance
 from emotion_vectors.reading import ServerReader
 from emotion_vectors.readout import store_valence_direction
 from emotion_vectors.score import labelled_check, neutral_baseline, read_scores

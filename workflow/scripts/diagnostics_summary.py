@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from emotion_vectors.claims import write_claims
+from emotion_vectors.core.claims import write_claims
 from emotion_vectors.diagnostics import diagnostics_claims, headline
-from emotion_vectors.generate import write_json_atomic
-from emotion_vectors.jobs import start_job
+from emotion_vectors.core.common import write_json_atomic
+from emotion_vectors.core.jobs import start_job
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 log = start_job(smk)

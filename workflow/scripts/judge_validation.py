@@ -39,9 +39,9 @@ def validate() -> None:
     from emotion_vectors.behaviour.conditions import describe_judge, make_judge
     from emotion_vectors.behaviour.judging import CATEGORIES, STAGE1_IN_SAMPLE, load_validation_set, select_judge, validate_judge
     from emotion_vectors.behaviour.scenario import load_scenario
-    from emotion_vectors.generate import write_json_atomic
-    from emotion_vectors.jobs import start_job
-    from emotion_vectors.provenance import provenance
+    from emotion_vectors.core.common import write_json_atomic
+    from emotion_vectors.core.jobs import start_job
+    from emotion_vectors.core.provenance import provenance
 
     log = start_job(smk)
     spec = smk.params.judge

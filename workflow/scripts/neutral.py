@@ -1,7 +1,8 @@
-from emotion_vectors.config import read_list
-from emotion_vectors.generate import Checkpoint, generate_neutral, load_generator, load_prompts, write_json_atomic
-from emotion_vectors.jobs import start_job
-from emotion_vectors.provenance import provenance
+from emotion_vectors.core.config import read_list
+from emotion_vectors.core.common import write_json_atomic
+from emotion_vectors.generate import Checkpoint, generate_neutral, load_generator, load_prompts
+from emotion_vectors.core.jobs import start_job
+from emotion_vectors.core.provenance import provenance
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 log = start_job(smk)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from emotion_vectors.generate import write_json_atomic, write_jsonl_atomic
-from emotion_vectors.jobs import start_job
+from emotion_vectors.core.common import write_json_atomic, write_jsonl_atomic
+from emotion_vectors.core.jobs import start_job
 from emotion_vectors.judge import (
     RECOGNISABILITY_COLUMNS,
     clear_checkpoint,
@@ -16,8 +16,8 @@ from emotion_vectors.judge import (
     recognisability,
     uses_chat_template,
 )
-from emotion_vectors.models import load_model
-from emotion_vectors.provenance import provenance
+from emotion_vectors.core.models import load_model
+from emotion_vectors.core.provenance import provenance
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 log = start_job(smk)

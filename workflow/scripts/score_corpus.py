@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from emotion_vectors.corpora import read_table, table_rows
-from emotion_vectors.jobs import start_job
-from emotion_vectors.provenance import provenance
+from emotion_vectors.core.jobs import start_job
+from emotion_vectors.core.provenance import provenance
 from emotion_vectors.reading import ServerReader
 from emotion_vectors.score import default_layer, score_texts, sidecar_path, write_scores
 from emotion_vectors.serve_subject import server_from_params

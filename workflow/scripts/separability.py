@@ -23,9 +23,9 @@ from emotion_vectors.diagnostics import (
     separability_figure,
     variance_analysis,
 )
-from emotion_vectors.claims import draws_needed, json_safe
-from emotion_vectors.jobs import start_job
-from emotion_vectors.provenance import provenance
+from emotion_vectors.core.claims import draws_needed, json_safe
+from emotion_vectors.core.jobs import start_job
+from emotion_vectors.core.provenance import provenance
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 log = start_job(smk)

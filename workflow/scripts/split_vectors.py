@@ -3,8 +3,8 @@ vectors from each half of every emotion's stories (emotion_vectors.split_vectors
 import json
 from pathlib import Path
 
-from emotion_vectors.jobs import start_job
-from emotion_vectors.provenance import provenance
+from emotion_vectors.core.jobs import start_job
+from emotion_vectors.core.provenance import provenance
 from emotion_vectors.split_vectors import build_split_store
 
 smk = snakemake  # noqa: F821 - injected by Snakemake

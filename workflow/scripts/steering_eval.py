@@ -12,12 +12,12 @@ import time
 
 import pandas as pd
 
-from emotion_vectors.claims import write_claims
+from emotion_vectors.core.claims import write_claims
 from emotion_vectors.extract import main_stored_layer
-from emotion_vectors.generate import write_json_atomic, write_jsonl_atomic
-from emotion_vectors.jobs import start_job
-from emotion_vectors.models import load_model
-from emotion_vectors.provenance import provenance
+from emotion_vectors.core.common import write_json_atomic, write_jsonl_atomic
+from emotion_vectors.core.jobs import start_job
+from emotion_vectors.core.models import load_model
+from emotion_vectors.core.provenance import provenance
 from emotion_vectors.readout import store_valence_direction
 from emotion_vectors.steer_eval import continuation_claims, continuation_figure, continuation_test, dose_claims
 from emotion_vectors.steering_scores import (

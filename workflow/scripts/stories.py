@@ -1,7 +1,8 @@
-from emotion_vectors.generate import Checkpoint, generate_story_shard, load_generator, load_prompts, write_json_atomic
-from emotion_vectors.jobs import start_job
-from emotion_vectors.models import load_model
-from emotion_vectors.provenance import provenance
+from emotion_vectors.core.common import write_json_atomic
+from emotion_vectors.generate import Checkpoint, generate_story_shard, load_generator, load_prompts
+from emotion_vectors.core.jobs import start_job
+from emotion_vectors.core.models import load_model
+from emotion_vectors.core.provenance import provenance
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 log = start_job(smk)

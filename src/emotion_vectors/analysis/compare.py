@@ -958,7 +958,7 @@ def _json_safe(obj: Any) -> Any:
 def comparison_claims(summaries: Sequence[dict[str, Any]], *, alpha: float = 0.05) -> list:
     """The claims of every comparison (one per pair and measure), Holm-corrected over all of
     them (the comparison family). A Monte-Carlo null too small for the family gives no p."""
-    from emotion_vectors.claims import family_claims, make_claim
+    from emotion_vectors.core.claims import family_claims, make_claim
 
     claims = []
     family = len(summaries) * len(MEASURES)

@@ -328,13 +328,13 @@ def load_lens_head(
 
 def load_lens(spec: dict[str, Any], models_dir: str | Path = "results/models"):
     """``(LensHead, tokenizer)`` for a model spec of the config (``models.subject``): the path
-    as ``emotion_vectors.models.resolve_path`` gives it, the spec's revision, dtype and device
+    as ``emotion_vectors.core.models.resolve_path`` gives it, the spec's revision, dtype and device
     (``auto``: CUDA if available). Quantization is not applied: the checkpoint's tensors are
     read as stored."""
     import torch
     from transformers import AutoTokenizer
 
-    from emotion_vectors.models import checked_path
+    from emotion_vectors.core.models import checked_path
 
     path = checked_path(spec, models_dir)
     revision = spec.get("revision")

@@ -46,7 +46,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..claims import json_safe
+from ..core.claims import json_safe
+from ..core.stats import adjust_pvalues
 from . import clustering, geometry, logit_lens, norms, plots, stats
 from .store import VectorSet, load_vectors
 
@@ -135,7 +136,7 @@ def correlation_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    adj = stats.adjust_pvalues(df["p"].to_numpy(dtype=float))
+    adj = adjust_pvalues(df["p"].to_numpy(dtype=float))
     at = df.columns.get_loc("p") + 1
     df.insert(at, "p_holm", adj["holm"])
     df.insert(at + 1, "p_bh", adj["bh"])

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..generate import derive_seed
+from ..core.common import derive_seed
 from .run import ResumeMismatch, _checksum, _ends_with_newline, _write_lines_atomic, read_transcripts
 from .scenario import Scenario, prompt_digest, render_prompt
 

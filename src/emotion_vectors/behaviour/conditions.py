@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..generate import derive_seed, slug
+from ..core.common import derive_seed, slug
 
 BASELINE = "baseline"
 
@@ -204,7 +204,7 @@ def make_judge(
     """The stage-2 judge a config spec names, and what provenance records of it.
 
     A model spec (``name`` and ``path`` or ``gguf``, ...): a :class:`.judging.LocalChoiceJudge`
-    on that model, loaded with :func:`emotion_vectors.models.load_model` unless ``loaded`` (a
+    on that model, loaded with :func:`emotion_vectors.core.models.load_model` unless ``loaded`` (a
     ``LoadedModel`` of the same model, e.g. the subject) is given. ``{backend: openai, ...}``: a
     :class:`.judging.ChatJudge` on :class:`emotion_vectors.backends.OpenAIChatBackend`
     (``max_tokens`` from the spec, default 512).
@@ -222,7 +222,7 @@ def make_judge(
                                evidence=evidence)
     else:
         if loaded is None:
-            from ..models import load_model
+            from ..core.models import load_model
 
             loaded = load_model(dict(spec), models_dir)
         judge = LocalChoiceJudge(loaded.model, loaded.tokenizer, name=spec.get("name"), evidence=evidence)

@@ -7,7 +7,7 @@ the output file. The runner reads nothing of a condition but its ``name``; the w
 recorded.
 
 **Seeds.** Drawn one at a time (``batch_size`` 1), sample ``i`` of condition ``c`` uses
-``derive_seed(seed, "behaviour", c["name"], i)`` (:func:`emotion_vectors.generate.derive_seed`:
+``derive_seed(seed, "behaviour", c["name"], i)`` (:func:`emotion_vectors.core.common.derive_seed`:
 the first 4 bytes of SHA-256 of the parts joined by ``|``, as a 31-bit integer): stable across
 runs, machines and the order of conditions, and different across conditions, so that the
 samples of two conditions are independent (as Fisher's test assumes) rather than paired.
@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, ContextManager, Protocol
 
 from ..backends import Completion
-from ..generate import derive_seed
+from ..core.common import derive_seed
 from .scenario import Scenario, prompt_digest, render_prompt
 
 

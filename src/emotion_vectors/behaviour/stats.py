@@ -2,8 +2,8 @@
 
 For each condition (``k`` blackmail labels out of ``n`` judged samples):
 
-- ``rate = k / n`` with a Wilson 95% interval (:func:`emotion_vectors.diagnostics.wilson_interval`)
-  and a Clopper-Pearson (exact) 95% interval (:func:`emotion_vectors.claims.binomial_interval`);
+- ``rate = k / n`` with a Wilson 95% interval (:func:`emotion_vectors.core.stats.wilson_interval`)
+  and a Clopper-Pearson (exact) 95% interval (:func:`emotion_vectors.core.claims.binomial_interval`);
 - Fisher's exact test (two-sided) of the 2x2 table ``[[k, n - k], [k0, n0 - k0]]`` against the
   baseline condition, with the sample odds ratio ``scipy.stats.fisher_exact`` reports;
 - Holm-adjusted p over all non-baseline conditions (one family, the random-direction controls
@@ -38,9 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from ..analysis.stats import holm
-from ..claims import ALPHA, Claim, binomial_interval, make_claim
-from ..diagnostics import wilson_interval
+from ..core.claims import ALPHA, Claim, binomial_interval, make_claim
+from ..core.stats import holm, wilson_interval
 
 TABLE_COLUMNS = [
     "condition", "emotion", "strength", "random", "is_baseline", "n", "k", "n_unparsed", "rate",

@@ -30,9 +30,9 @@ import time
 from pathlib import Path
 
 from ..backends import GenRequest, HFChatBackend, OpenAIChatBackend
-from ..config import load_config
+from ..core.config import load_config
 from ..generate import load_prompts
-from ..models import load_model, prepare_gguf_model, resolve_path
+from ..core.models import load_model, prepare_gguf_model, resolve_path
 
 
 def _free_port() -> int:

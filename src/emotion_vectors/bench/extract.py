@@ -49,7 +49,7 @@ from emotion_vectors.extract import (
     plan_extraction,
     validate_layers,
 )
-from emotion_vectors.models import decoder_layers, load_model, prepare_gguf_model
+from emotion_vectors.core.models import decoder_layers, load_model, prepare_gguf_model
 
 DEFAULT_SPEC: dict[str, Any] = {
     "name": "smollm2-135m-instruct",

@@ -68,8 +68,8 @@ def main(argv: list[str]) -> int:
     import numpy as np
     import torch
 
-    from ..config import load_config
-    from ..models import load_model, prepare_gguf_model, resolve_path
+    from ..core.config import load_config
+    from ..core.models import load_model, prepare_gguf_model, resolve_path
     from ..steer import Steer, sample_rows, steering
     from ..steer_eval import render_chat, steered_word_logprobs, word_logprobs
 

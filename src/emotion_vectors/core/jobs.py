@@ -29,7 +29,7 @@ def start_job(smk: Any, *, claim_gpus: bool = True) -> logging.Logger:
     log = logging.getLogger(f"emotion_vectors.{smk.rule}")
     # A GPU job gets its own device(s) before anything touches CUDA: Snakemake's gpu resource
     # says how many GPU jobs run at once, the claim says which GPU each uses (service.claim_job_devices).
-    from .service import claim_job_devices
+    from ..service import claim_job_devices
 
     if claim_gpus:
         claim_job_devices(int(getattr(getattr(smk, "resources", None), "gpu", 0) or 0), log=log.info)

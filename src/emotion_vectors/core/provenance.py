@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from .. import __version__
 from .config import REPO_ROOT, config_hash
 
 PACKAGES = (

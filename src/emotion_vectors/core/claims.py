@@ -75,14 +75,14 @@ def draws_needed(alpha: float = ALPHA, family: int = 1) -> int:
 
 def holm(p: Sequence[float] | np.ndarray) -> np.ndarray:
     """Holm step-down adjusted p-values (family-wise error under any dependence; NaN kept)."""
-    from .analysis.stats import holm as _holm
+    from .stats import holm as _holm
 
     return _holm(np.asarray(p, dtype=float))
 
 
 def bh(p: Sequence[float] | np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg adjusted p-values (false discovery rate; NaN kept)."""
-    from .analysis.stats import adjust_pvalues
+    from .stats import adjust_pvalues
 
     return adjust_pvalues(np.asarray(p, dtype=float))["bh"]
 
@@ -196,7 +196,7 @@ def family_claims(claims: Sequence[Claim], *, method: str = "holm") -> list[Clai
 
 def write_claims(claims: Iterable[Claim | dict], path: str | Path) -> None:
     """``claims.json``: a list of claim dicts (atomic write)."""
-    from .generate import write_json_atomic
+    from .common import write_json_atomic
 
     rows = [c.to_dict() if isinstance(c, Claim) else json_safe(dict(c)) for c in claims]
     write_json_atomic({"claims": rows}, path)

@@ -89,7 +89,7 @@ def assembled_gguf_dir(package: str) -> Path:
     Raises:
         ModelSpecError: a level is not a private directory of ours (with what to do).
     """
-    from .service import ServiceError, private_dir, user_cache_dir
+    from ..service import ServiceError, private_dir, user_cache_dir
 
     try:
         cache = private_dir(private_dir(user_cache_dir()) / "gguf")
@@ -111,7 +111,7 @@ def _assembled_gguf(module: Any, package: str, file: str) -> Path:
     private one (nothing can be planted in it), hashed, and renamed into place (a copy
     under the final name is always complete). Work directories of killed processes are removed.
     """
-    from .service import DirFd, ServiceError
+    from ..service import DirFd, ServiceError
 
     if not file or os.path.basename(file) != file or file in (os.curdir, os.pardir):
         raise ModelSpecError(f"models: GGUF file name {file!r} of {package!r} must be a plain file name")
@@ -241,7 +241,7 @@ def prepare_gguf_model(spec: dict[str, Any], out_dir: str | Path) -> Path:
     # An existing copy is moved aside, the new one renamed in, then the old one removed
     # (``service.DirFd.replace``, as ``service.publish``): a kill between the steps leaves a
     # complete model directory under its name or aside, never a half-deleted one.
-    from .service import DirFd
+    from ..service import DirFd
 
     with DirFd(os.open(out_dir.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), out_dir.parent) as d:
         d.replace(tmp.name, out_dir.name)
