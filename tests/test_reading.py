@@ -27,7 +27,7 @@ from emotion_vectors.core.models import load_model
 from emotion_vectors.reading import LocalReader, ReadError, ServerReader, gather
 from emotion_vectors.score import score_texts
 from emotion_vectors.serve_subject import ServerHandle, find_live_server, subject_server
-from emotion_vectors.service import ServiceError
+from emotion_vectors.core.private_files import ServiceError
 from emotion_vectors.store_layout import write_store
 
 SETTINGS = {"layers": [1, 3], "layer_step": 5, "pool_start": 2, "short_text_policy": "skip",

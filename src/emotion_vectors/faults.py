@@ -1008,7 +1008,7 @@ class Battery:
 
     @staticmethod
     def _server_pid(handle: Any) -> int:
-        from .service import read_address
+        from .core.protocol import read_address
 
         return int(read_address(handle.address)["pid"])
 
@@ -1104,7 +1104,7 @@ class Battery:
         be served by it. Returns the long request's shard (a reference for later faults)."""
         import resource
 
-        from .service import read_address, stale_reason
+        from .core.protocol import read_address, stale_reason
 
         t0 = time.monotonic()
         emo = root / "activations" / "emotions"
@@ -1174,7 +1174,9 @@ class Battery:
         path, inside a partial, the output itself, a read's .part and answer, a server's lock and
         log): refused, or replaced (never followed); nothing outside the results changes."""
         from .serve_subject import extract_shard
-        from .service import ServiceError, ensure_server, request
+        from .core.private_files import ServiceError
+        from .core.protocol import request
+        from .service import ensure_server
 
         victim = self.work / "server" / "victim"
         victim.mkdir(parents=True, exist_ok=True)
@@ -1301,7 +1303,7 @@ class Battery:
         the next job's server moves the partial back, resumes it and removes the directory;
         (b) mid-read: its ``.part`` answer is left in the server directory; the next server removes
         it. Nothing of either is left, and the reruns complete."""
-        from .service import read_address
+        from .core.protocol import read_address
 
         t0 = time.monotonic()
         emo = root / "activations" / "emotions"
@@ -1355,7 +1357,7 @@ class Battery:
         (a) before authenticating and (b) after: dropped when the one deadline for the handshake
         (b: for the request message) passes; a real job queued behind it waits no longer."""
         from .serve_subject import extract_shard
-        from .service import read_address
+        from .core.protocol import read_address
 
         handle = self._start_server(root, handshake_timeout=handshake, request_timeout=request_timeout)
         info = read_address(handle.address)
@@ -1394,7 +1396,8 @@ class Battery:
         """Another user creates the GPU lock directory's old fixed name first, or XDG_RUNTIME_DIR is
         missing or someone else's: a GPU job (``start_job`` with ``gpu=1``, two fake GPU ids) still
         claims its device, in a directory of ours. Creating another user's directory needs root."""
-        from .service import DEVICE_LOCKS_ENV, PRIVATE_PREFIX
+        from .core.devices import DEVICE_LOCKS_ENV
+        from .core.private_files import PRIVATE_PREFIX
 
         base.mkdir(parents=True, exist_ok=True)
         tmp, cache = base / "tmp", base / "cache"
@@ -1475,7 +1478,7 @@ def fill_listen_queue(path: str, limit: int = 20000) -> list[socket.socket]:
 def trickle(info: dict[str, Any], key: bytes, authenticate: bool, seconds: float) -> float:
     """Connect to a model server and send a request's bytes one every 0.25 s (after the handshake
     if ``authenticate``); returns how long the server kept the connection (at most ``seconds``)."""
-    from .service import _HEADER, MAX_HANDSHAKE_BYTES, _mac, recv_message, send_message
+    from .core.protocol import MAX_HANDSHAKE_BYTES, _HEADER, _mac, recv_message, send_message
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
         c.connect(info["socket"])

@@ -319,7 +319,7 @@ def load_generator(spec: dict[str, Any], models_dir: str | Path, log: Callable[[
             f"(server lists {len(listed) if listed is not None else 'no'} models)")
         return backend, backend.describe(), None
     from .core.models import load_model
-    from .service import release_for_model
+    from .core.devices import release_for_model
 
     release_for_model(spec, log=log)  # one model per GPU: idle model servers exit first
     lm = load_model(spec, models_dir)

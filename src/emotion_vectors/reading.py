@@ -51,7 +51,7 @@ ProgressFn = Callable[[int, int, int], None]
 #: Rows per chunk when a client reads a server's ``.npy`` answer back.
 READ_CHUNK = 4096
 #: Most texts, and bytes of texts as JSON, a client puts in one ``read`` request (the server's
-#: bounds are ``serve_subject.MAX_TEXTS_PER_REQUEST`` and ``service.MAX_REQUEST_BYTES``).
+#: bounds are ``serve_subject.MAX_TEXTS_PER_REQUEST`` and ``core.protocol.MAX_REQUEST_BYTES``).
 READ_TEXTS_PER_REQUEST = 20_000
 READ_BYTES_PER_REQUEST = 16 << 20
 #: Most directions a client puts in one ``lens`` request (``serve_subject.MAX_LENS_DIRECTIONS``).

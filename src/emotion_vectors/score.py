@@ -60,7 +60,7 @@ window and layer asked for here, not the run's extraction window) and no model i
 Otherwise (or ``--server never``, ``--model-path``, ``--device``) the subject model is loaded in
 this process: the store's (its provenance ``subject_model``: path, dtype, device) unless
 ``--model-path`` is given; a model loaded on a GPU first asks the run's model servers on that GPU
-to exit (``service.release_for_model``). Both give the same numbers (``tests/test_reading.py``);
+to exit (``core.devices.release_for_model``). Both give the same numbers (``tests/test_reading.py``);
 the metadata's ``read_by`` says which read them. In the workflow, the ``score_corpus`` and
 ``battery`` jobs always go through the server (starting it if none is up), so a run loads its
 subject once for the shards, every corpus and the battery.
@@ -203,7 +203,7 @@ def load_subject(store: str | Path | Store, model_path: str | Path | None = None
                  device: str | None = None, dtype: str | None = None):
     """Load the store's subject model (or ``model_path``) in this process (``LoadedModel``)."""
     from emotion_vectors.core.models import load_model
-    from emotion_vectors.service import release_for_model
+    from emotion_vectors.core.devices import release_for_model
 
     st = _open(store)
     spec = store_model_spec(st, model_path, device=device, dtype=dtype)
@@ -831,7 +831,7 @@ def live_server_reader(store: Store, server_dir: str | Path | None = None) -> An
     model and runs this code, or None (nothing is started)."""
     from emotion_vectors.reading import ServerReader
     from emotion_vectors.serve_subject import find_live_server
-    from emotion_vectors.service import ServiceError
+    from emotion_vectors.core.private_files import ServiceError
 
     where = Path(server_dir) if server_dir else server_dir_for(store)
     try:

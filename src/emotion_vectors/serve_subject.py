@@ -16,8 +16,8 @@ with ``ps``), loads the subject model once and answers, inside ``--root`` only (
 - ``describe``: the model's provenance, hidden size, the run's layers and the weights' fingerprint.
 
 Requests are bounded (``MAX_TEXTS_PER_REQUEST`` texts, ``MAX_LENS_DIRECTIONS`` directions, and
-``service.MAX_REQUEST_BYTES``) and refused with a clear message beyond. Every file the server
-writes is opened through a directory descriptor (``service.DirFd``) and created with
+``core.protocol.MAX_REQUEST_BYTES``) and refused with a clear message beyond. Every file the server
+writes is opened through a directory descriptor (``core.private_files.DirFd``) and created with
 ``O_EXCL|O_NOFOLLOW``: a shard is built in a fresh private work directory beside its output
 (``<output>.server-<host>-<pid>-<tag>``; the resumable ``<output>.partial`` is moved in and back
 out by ``rename``), a read's answer is ``<answer>.<pid>.part`` in the server's directory until
@@ -56,25 +56,20 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import __version__
+from .core.devices import allocation_server_dir
+from .core.private_files import DirFd, ServiceError, private_dir
+from .core.protocol import _pid_gone, read_address, request, stale_reason
 from .service import (
     LISTEN_BACKLOG,
-    DirFd,
     Request,
-    ServiceError,
-    _pid_gone,
     address_name,
-    allocation_server_dir,
     call,
-    private_dir,
     publish,
     python_command,
-    read_address,
     remove_staged,
-    request,
     serve,
     server_identity,
     source_hash,
-    stale_reason,
     staged_path,
 )
 
@@ -580,7 +575,7 @@ def subject_server(
 
 def server_from_params(params: Any) -> ServerHandle:
     """``subject_server`` from a rule's params (``EXTRACT_PARAMS`` in workflow/rules/activations.smk),
-    in this allocation's server directory (``service.allocation_server_dir``), as the activation
+    in this allocation's server directory (``core.devices.allocation_server_dir``), as the activation
     jobs use it. A job that talks only to the server starts with ``start_job(smk, claim_gpus=False)``:
     the server claims its own GPU."""
     get = params.get if isinstance(params, dict) else lambda k, d=None: getattr(params, k, d)

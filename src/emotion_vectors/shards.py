@@ -19,7 +19,7 @@ differs) is recomputed; both are logged. When every row is done the data
 are copied into ``<shard>.tmp`` with the final chunking and renamed to ``<shard>``: a path
 named like the shard is always a complete shard, and ``open_shard`` refuses one whose
 ``complete`` attribute is not set. An existing shard is moved aside (``<shard>.old-*``) before the
-rename and removed after it (``service.DirFd.replace``, the same step as the model server's
+rename and removed after it (``core.private_files.DirFd.replace``, the same step as the model server's
 ``publish``), so a kill at any moment leaves the old shard or the new one, complete, under the
 shard's name, never a half-deleted one.
 """
@@ -42,7 +42,7 @@ import numpy as np
 import zarr
 
 from .extract import ExtractionError, ExtractionPlan, iter_pooled, plan_extraction
-from .service import DirFd
+from .core.private_files import DirFd
 
 LAYER_CONVENTION = (
     "layer i = output of decoder block i (0-based; model.get_decoder().layers[i]); "

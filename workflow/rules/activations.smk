@@ -15,7 +15,7 @@ EXTRACT_PARAMS = dict(
     extraction=config["extraction"],
     models_dir=MODELS_DIR,
     results_dir=RESULTS,  # the only tree the server may write in
-    # mode 0700: socket, key, log (service.run_server_dirs). Every subject's server lives here (one
+    # mode 0700: socket, key, log (core.devices.run_server_dirs). Every subject's server lives here (one
     # address file per model and settings), so that freeing a GPU finds them all.
     server_dir=f"{RESULTS}/activations/.server",
     idle_timeout=300,

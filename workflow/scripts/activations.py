@@ -9,7 +9,7 @@ from pathlib import Path
 
 from emotion_vectors.core.jobs import start_job
 from emotion_vectors.serve_subject import extract_shard
-from emotion_vectors.service import allocation_server_dir
+from emotion_vectors.core.devices import allocation_server_dir
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 log = start_job(smk, claim_gpus=False)  # the server claims its own GPU (service.ensure_server)

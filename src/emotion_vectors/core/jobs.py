@@ -9,7 +9,7 @@ from typing import Any
 
 def start_job(smk: Any, *, claim_gpus: bool = True) -> logging.Logger:
     """Send the job's stderr/stdout and logging to ``log[0]``, use ``threads`` threads, and claim
-    the job's GPUs (``resources.gpu`` of them; see ``service.claim_job_devices``).
+    the job's GPUs (``resources.gpu`` of them; see ``core.devices.claim_job_devices``).
 
     Args:
         smk: the ``snakemake`` object Snakemake gives a script.
@@ -28,8 +28,8 @@ def start_job(smk: Any, *, claim_gpus: bool = True) -> logging.Logger:
     )
     log = logging.getLogger(f"emotion_vectors.{smk.rule}")
     # A GPU job gets its own device(s) before anything touches CUDA: Snakemake's gpu resource
-    # says how many GPU jobs run at once, the claim says which GPU each uses (service.claim_job_devices).
-    from ..service import claim_job_devices
+    # says how many GPU jobs run at once, the claim says which GPU each uses (core.devices.claim_job_devices).
+    from .devices import claim_job_devices
 
     if claim_gpus:
         claim_job_devices(int(getattr(getattr(smk, "resources", None), "gpu", 0) or 0), log=log.info)

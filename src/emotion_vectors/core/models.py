@@ -81,15 +81,15 @@ ASSEMBLE_PREFIX = ".assemble-"
 
 def assembled_gguf_dir(package: str) -> Path:
     """This user's directory for ``package``'s assembled GGUF file:
-    ``<user cache>/gguf/<package>-<version>`` (``service.user_cache_dir``, i.e.
+    ``<user cache>/gguf/<package>-<version>`` (``core.private_files.user_cache_dir``, i.e.
     ``$XDG_CACHE_HOME/emotion-vectors`` or ``~/.cache/emotion-vectors``), each level created 0700
-    and checked to be ours and closed to others (``service.private_dir``). A fixed name in the
+    and checked to be ours and closed to others (``core.private_files.private_dir``). A fixed name in the
     shared temporary directory could be created first by another user, or hold a planted symlink.
 
     Raises:
         ModelSpecError: a level is not a private directory of ours (with what to do).
     """
-    from ..service import ServiceError, private_dir, user_cache_dir
+    from .private_files import ServiceError, private_dir, user_cache_dir
 
     try:
         cache = private_dir(private_dir(user_cache_dir()) / "gguf")
@@ -111,7 +111,7 @@ def _assembled_gguf(module: Any, package: str, file: str) -> Path:
     private one (nothing can be planted in it), hashed, and renamed into place (a copy
     under the final name is always complete). Work directories of killed processes are removed.
     """
-    from ..service import DirFd, ServiceError
+    from .private_files import DirFd, ServiceError
 
     if not file or os.path.basename(file) != file or file in (os.curdir, os.pardir):
         raise ModelSpecError(f"models: GGUF file name {file!r} of {package!r} must be a plain file name")
@@ -239,9 +239,9 @@ def prepare_gguf_model(spec: dict[str, Any], out_dir: str | Path) -> Path:
         )
     )
     # An existing copy is moved aside, the new one renamed in, then the old one removed
-    # (``service.DirFd.replace``, as ``service.publish``): a kill between the steps leaves a
+    # (``core.private_files.DirFd.replace``, as ``service.publish``): a kill between the steps leaves a
     # complete model directory under its name or aside, never a half-deleted one.
-    from ..service import DirFd
+    from .private_files import DirFd
 
     with DirFd(os.open(out_dir.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), out_dir.parent) as d:
         d.replace(tmp.name, out_dir.name)
