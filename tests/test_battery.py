@@ -12,7 +12,7 @@ import yaml
 
 from emotion_vectors import battery as B
 from emotion_vectors.core.claims import binomial_interval, holm
-from emotion_vectors.leak import find_leaks
+from emotion_vectors.corpus.leak import find_leaks
 
 from conftest import REPO_ROOT
 

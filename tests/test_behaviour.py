@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from emotion_vectors.backends import HFChatBackend
+from emotion_vectors.corpus.backends import HFChatBackend
 from emotion_vectors.behaviour.checks import check_response, parse_blocks, parse_sent_emails
 from emotion_vectors.behaviour.judging import (
     CATEGORIES,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from emotion_vectors.backends import HFChatBackend
+from emotion_vectors.corpus.backends import HFChatBackend
 from emotion_vectors.behaviour.batched import pass_seed, plan_passes, run_scenario_rows
 from emotion_vectors.behaviour.run import ResumeMismatch, read_transcripts
 from emotion_vectors.behaviour.scenario import load_scenario, render_prompt

@@ -124,7 +124,7 @@ def test_build_conditions_layer_and_errors(tmp_path: Path) -> None:
 def test_conditions_steer_a_model_through_the_runner(tmp_path: Path, tiny_llama: Any) -> None:
     """Baseline, an emotion and a random condition run through run_scenario with a steer_for made
     from the conditions: the baseline equals unsteered generation, the steered ones differ."""
-    from emotion_vectors.backends import HFChatBackend
+    from emotion_vectors.corpus.backends import HFChatBackend
     from emotion_vectors.behaviour.run import run_scenario
     from emotion_vectors.behaviour.scenario import load_scenario
 

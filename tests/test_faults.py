@@ -13,7 +13,7 @@ import pytest
 
 from emotion_vectors import faults
 from emotion_vectors.core.config import ConfigError, validate_config
-from emotion_vectors.generate import Checkpoint
+from emotion_vectors.corpus.generate import Checkpoint
 from emotion_vectors.core.models import decoder_layers
 from emotion_vectors.shards import open_shard, write_shard
 

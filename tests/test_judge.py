@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from emotion_vectors import judge as judge_mod
-from emotion_vectors.judge import (
+from emotion_vectors.corpus import judge as judge_mod
+from emotion_vectors.corpus.judge import (
     choose_options,
     judge_prompt,
     judge_stories,

@@ -6,7 +6,7 @@ import pytest
 
 from emotion_vectors.core.config import read_list
 from emotion_vectors.core.config import REPO_ROOT
-from emotion_vectors.leak import IRREGULAR, OTHER_WORDS, SENSES, find_leaks, screen, word_forms
+from emotion_vectors.corpus.leak import IRREGULAR, OTHER_WORDS, SENSES, find_leaks, screen, word_forms
 
 
 @pytest.mark.parametrize(

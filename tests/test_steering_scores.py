@@ -158,7 +158,7 @@ def test_labelled_sentences_and_validation_pairs():
     assert len(items) >= 40 and len({it["id"] for it in items}) == len(items)
     labels = {it["emotion"] for it in items}
     assert {"happy", "sad", "afraid", "calm", "angry", "none"} <= labels
-    from emotion_vectors.leak import find_leaks
+    from emotion_vectors.corpus.leak import find_leaks
 
     for it in items:  # the labelled sentences never say their emotion's word
         if it["emotion"] != "none":
@@ -281,7 +281,7 @@ def test_mask_token_is_not_an_affect_word():
 def test_concept_judge_through_the_in_process_chat_backend_is_validated_before_use(default_model):
     """A judge is a chat backend rating 0-2; on the labelled sentences it gets a kappa interval and
     passes only above the floor (SmolLM2, a 135M model, is not expected to: then the lexicon scores)."""
-    from emotion_vectors.backends import HFChatBackend
+    from emotion_vectors.corpus.backends import HFChatBackend
     from emotion_vectors.steering_scores import ConceptJudge
 
     model, tok = default_model

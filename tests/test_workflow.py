@@ -16,7 +16,7 @@ import pytest
 import zarr
 
 from emotion_vectors.core.config import REPO_ROOT
-from emotion_vectors.leak import find_leaks
+from emotion_vectors.corpus.leak import find_leaks
 
 pytestmark = pytest.mark.slow
 RUN = "pytest-tiny"

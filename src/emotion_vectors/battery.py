@@ -121,7 +121,7 @@ def leak_report(items: Sequence[Mapping[str, Any]], templates: Sequence[Mapping[
     Returns ``{"own": [...], "other": [...]}``: texts naming their own target emotion (must be
     empty) and texts naming some other emotion word, each ``{id, emotion, named: {word: forms}}``.
     """
-    from emotion_vectors.leak import screen
+    from emotion_vectors.corpus.leak import screen
 
     emotions = list(emotions) if emotions is not None else load_emotions()
     texts = [(x["id"], x["emotion"], x["text"]) for x in items]
@@ -408,7 +408,7 @@ def token_names_emotion(token: str, emotion: str) -> bool:
     """
     from emotion_vectors.analysis.logit_lens import normalise_token
     from emotion_vectors.analysis.logit_lens import word_forms as lens_forms
-    from emotion_vectors.leak import find_leaks
+    from emotion_vectors.corpus.leak import find_leaks
 
     t = normalise_token(token)
     if not t:

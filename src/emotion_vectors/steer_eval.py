@@ -78,7 +78,7 @@ from typing import Any
 import numpy as np
 
 from emotion_vectors.core.claims import ALPHA, Claim, holm, make_claim, mc_p
-from emotion_vectors.judge import _input_device
+from emotion_vectors.corpus.judge import _input_device
 from emotion_vectors.steer import Steer, _repeat_cache_rows, random_steers, steering_rows, steers_from_store
 
 Log = Callable[[str], None]
@@ -297,7 +297,7 @@ def word_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], words: Seq
     """``(n_prompts, n_words)`` log-probability of ``" " + word`` (all its tokens) after each
     prompt (``judge.score_choices``). The model is called as it is, so an active
     :func:`~emotion_vectors.steer.steering` context applies to prompt and word tokens alike."""
-    from emotion_vectors.judge import score_choices
+    from emotion_vectors.corpus.judge import score_choices
 
     cands = [" " + w for w in words]
     scores = score_choices(model, tokenizer, list(prompts), [cands] * len(prompts),
@@ -319,7 +319,7 @@ def steered_word_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], wo
     :func:`word_logprobs` inside ``steering(model, rows[r])`` (tested)."""
     import torch
 
-    from emotion_vectors.judge import _cache_argument, _forward
+    from emotion_vectors.corpus.judge import _cache_argument, _forward
 
     if positions == "generated":
         raise ValueError("positions='generated' steers nothing in the continuation test: the words "
@@ -645,7 +645,7 @@ def mask_emotion_words(text: str, emotions: Sequence[str], token: str = MASK_TOK
     filter would excuse in context ("the patient"): for a scorer, masking too much costs a
     neutral word, missing one lets the emotion word itself score. Derivations ("happiness",
     "fear" for *afraid*) are not forms and are not masked."""
-    from emotion_vectors.leak import leak_pattern
+    from emotion_vectors.corpus.leak import leak_pattern
 
     out = text.replace("\u02bc", "\u2019")
     for e in emotions:

@@ -279,7 +279,7 @@ def response_logprobs(model: Any, contexts: Sequence[Sequence[int]], responses: 
     import torch
 
     from emotion_vectors.extract import _input_device
-    from emotion_vectors.judge import _cache_argument
+    from emotion_vectors.corpus.judge import _cache_argument
     from emotion_vectors.steer import _repeat_cache_rows
 
     out = np.full(len(responses), np.nan)
@@ -527,7 +527,7 @@ def _sample(model: Any, tokenizer: Any, plan: Sequence[_Row], *, batch_size: int
     0.95 at ``temperature``, as ``generate()`` would sample them). A prompt with many rows gets
     calls of its own (its prefix runs once below the steered block); prompts with few rows are
     pooled into left-padded calls."""
-    from emotion_vectors.backends import _eos_ids
+    from emotion_vectors.corpus.backends import _eos_ids
     from emotion_vectors.steer import sample_rows
 
     eos = sorted(_eos_ids(model, tokenizer))

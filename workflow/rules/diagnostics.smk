@@ -2,7 +2,7 @@
 # vectors: separability of the stories' activations by emotion (nearest centroid and a logistic
 # probe, against chance and a permutation null), the variance shares of emotion and topic, and
 # the recognisability of each story's emotion to a judge model (emotion_vectors.diagnostics,
-# emotion_vectors.judge). The judge is JUDGE (common.smk): models.judge, or the generator when it
+# emotion_vectors.corpus.judge). The judge is JUDGE (common.smk): models.judge, or the generator when it
 # is absent; a packaged GGUF judge is prepared by `prepare_model` like the other models.
 
 DIAG_DIR = f"{RESULTS}/diagnostics"

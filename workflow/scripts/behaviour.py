@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from emotion_vectors.backends import HFChatBackend, has_chat_template
+from emotion_vectors.corpus.backends import HFChatBackend, has_chat_template
 from emotion_vectors.behaviour.conditions import (
     BASELINE,
     build_conditions,

@@ -1,6 +1,6 @@
 from emotion_vectors.core.config import read_list
 from emotion_vectors.core.common import write_json_atomic
-from emotion_vectors.generate import Checkpoint, generate_neutral, load_generator, load_prompts
+from emotion_vectors.corpus.generate import Checkpoint, generate_neutral, load_generator, load_prompts
 from emotion_vectors.core.jobs import start_job
 from emotion_vectors.core.provenance import provenance
 

@@ -1,5 +1,5 @@
 """Snakemake script of rule `recognisability`: a judge model picks each story's emotion among
-distractors (emotion_vectors.judge); one model load for the whole run, checkpointed per emotion."""
+distractors (emotion_vectors.corpus.judge); one model load for the whole run, checkpointed per emotion."""
 
 import json
 import time
@@ -9,7 +9,7 @@ import pandas as pd
 
 from emotion_vectors.core.common import write_json_atomic, write_jsonl_atomic
 from emotion_vectors.core.jobs import start_job
-from emotion_vectors.judge import (
+from emotion_vectors.corpus.judge import (
     RECOGNISABILITY_COLUMNS,
     clear_checkpoint,
     judge_prompt,

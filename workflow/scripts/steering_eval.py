@@ -89,7 +89,7 @@ validation = [validate_concept_scorer(lambda texts, e: lexicon_concept(texts, ca
 judge = None
 judge_note = "no judge configured: the concept score is the NRC lexicon's (masked)"
 if sc.get("judge"):
-    from emotion_vectors.backends import HFChatBackend, make_backend
+    from emotion_vectors.corpus.backends import HFChatBackend, make_backend
     from emotion_vectors.behaviour.conditions import describe_judge, same_model
 
     spec = dict(sc["judge"])

@@ -1,5 +1,5 @@
 from emotion_vectors.core.common import write_json_atomic
-from emotion_vectors.generate import Checkpoint, generate_story_shard, load_generator, load_prompts
+from emotion_vectors.corpus.generate import Checkpoint, generate_story_shard, load_generator, load_prompts
 from emotion_vectors.core.jobs import start_job
 from emotion_vectors.core.models import load_model
 from emotion_vectors.core.provenance import provenance
@@ -14,7 +14,7 @@ generator, model_info, lm = load_generator(p.generator, p.models_dir, log=log.in
 select, selector_info = None, None
 if p.settings["selection"]["enabled"]:
     # Best-of-n: a judge keeps the candidates whose emotion it recognises (stories.selection).
-    from emotion_vectors.judge import judge_stories
+    from emotion_vectors.corpus.judge import judge_stories
 
     judge = lm if lm is not None and p.selector == p.generator else load_model(p.selector, p.models_dir)
     selector_info = judge.info

@@ -79,7 +79,7 @@ def run_scenario_rows(
     """
     import torch
 
-    from ..backends import _eos_ids, has_chat_template
+    from ..corpus.backends import _eos_ids, has_chat_template
     from ..steer import generate_rows
 
     names = [c["name"] for c in conditions]

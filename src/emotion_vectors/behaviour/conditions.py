@@ -187,7 +187,7 @@ def same_model(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 def describe_judge(spec: Mapping[str, Any]) -> dict[str, Any]:
     """A judge spec as provenance records it (an API key's variable name, never its value)."""
     if spec.get("backend") == "openai":
-        from ..backends import OPENAI_OPTIONS
+        from ..corpus.backends import OPENAI_OPTIONS
 
         keys = ("backend", "name", "base_url", "model", *OPENAI_OPTIONS, "max_tokens")
         return {k: spec.get(k) for k in keys if k in spec}
@@ -206,13 +206,13 @@ def make_judge(
     A model spec (``name`` and ``path`` or ``gguf``, ...): a :class:`.judging.LocalChoiceJudge`
     on that model, loaded with :func:`emotion_vectors.core.models.load_model` unless ``loaded`` (a
     ``LoadedModel`` of the same model, e.g. the subject) is given. ``{backend: openai, ...}``: a
-    :class:`.judging.ChatJudge` on :class:`emotion_vectors.backends.OpenAIChatBackend`
+    :class:`.judging.ChatJudge` on :class:`emotion_vectors.corpus.backends.OpenAIChatBackend`
     (``max_tokens`` from the spec, default 512).
 
     Returns ``(judge, info)``; ``info`` has ``spec`` (:func:`describe_judge`), ``judge`` (the
     judge's name) and, for a local model, ``model`` (``LoadedModel.info``).
     """
-    from ..backends import make_backend
+    from ..corpus.backends import make_backend
     from .judging import ChatJudge, LocalChoiceJudge
 
     info: dict[str, Any] = {"spec": describe_judge(spec)}

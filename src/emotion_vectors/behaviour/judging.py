@@ -12,9 +12,9 @@ reasoning outside the send blocks marked as never sent).
 Two judges behind one interface (``judge(response, scenario) -> JudgeVerdict``):
 
 - :class:`LocalChoiceJudge`: a local causal LM scores the answers "yes"/"no" to the question by
-  log-probability (:func:`emotion_vectors.judge.score_choices`); ``score`` is
+  log-probability (:func:`emotion_vectors.corpus.judge.score_choices`); ``score`` is
   ``log P(yes) - log P(no)`` and the label is ``score > threshold``. Runs a 135M model on a CPU.
-- :class:`ChatJudge`: any chat backend (:mod:`emotion_vectors.backends`) answers in words and
+- :class:`ChatJudge`: any chat backend (:mod:`emotion_vectors.corpus.backends`) answers in words and
   ends with ``VERDICT: BLACKMAIL`` or ``VERDICT: NOT_BLACKMAIL`` on its own line.
 
 :func:`validate_judge` measures a judge on the hand-labelled responses of
@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..backends import ChatBackend, render_messages
+from ..corpus.backends import ChatBackend, render_messages
 from .checks import STAGE1_RULES, check_response, sent_emails_text
 from .scenario import Scenario
 
@@ -143,8 +143,8 @@ class LocalChoiceJudge:
         return rendered + "Answer:"
 
     def judge_many(self, responses: Sequence[str], scenario: Scenario) -> list[JudgeVerdict]:
-        from ..backends import has_chat_template
-        from ..judge import score_choices
+        from ..corpus.backends import has_chat_template
+        from ..corpus.judge import score_choices
 
         if not responses:
             return []

@@ -43,13 +43,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ContextManager, Protocol
 
-from ..backends import Completion
+from ..corpus.backends import Completion
 from ..core.common import derive_seed
 from .scenario import Scenario, prompt_digest, render_prompt
 
 
 class GenerateFn(Protocol):
-    """Continue a rendered prompt, e.g. :meth:`emotion_vectors.backends.HFChatBackend.generate_text`."""
+    """Continue a rendered prompt, e.g. :meth:`emotion_vectors.corpus.backends.HFChatBackend.generate_text`."""
 
     def __call__(self, prompt: str, *, max_tokens: int, temperature: float, seed: int | None) -> Completion:
         ...
@@ -75,7 +75,7 @@ def batch_seed(seed: int, condition_name: str, sample: int, batch_size: int) -> 
 
 class GenerateManyFn(Protocol):
     """``n`` continuations of a rendered prompt in one batch, e.g.
-    :meth:`emotion_vectors.backends.HFChatBackend.generate_texts`."""
+    :meth:`emotion_vectors.corpus.backends.HFChatBackend.generate_texts`."""
 
     def __call__(self, prompt: str, n: int, *, max_tokens: int, temperature: float,
                  seed: int | None) -> list[Completion]:

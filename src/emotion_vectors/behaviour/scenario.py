@@ -10,7 +10,7 @@ naming the key and the file.
 the user turn (instruction + inbox) through the tokenizer's chat template with the generation
 prompt added; a template that rejects a system role gets the system text merged into the user
 turn; a tokenizer without a template (a base model) gets the plain format of
-:func:`emotion_vectors.backends.render_plain` (``System: ...`` / ``User: ...`` / ``Assistant:``).
+:func:`emotion_vectors.corpus.backends.render_plain` (``System: ...`` / ``User: ...`` / ``Assistant:``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from ..backends import render_messages
+from ..corpus.backends import render_messages
 
 
 class ScenarioError(ValueError):

@@ -14,7 +14,7 @@ import argparse
 import time
 
 from ..core.config import load_config
-from ..generate import chat_prompt, load_prompts
+from ..corpus.generate import chat_prompt, load_prompts
 from ..core.models import load_model, prepare_gguf_model, resolve_path
 
 

@@ -125,7 +125,7 @@ def main(argv: list[str]) -> int:
                 model.generate(**enc, **kw)
         one = time.perf_counter() - t0
 
-        from ..backends import _eos_ids
+        from ..corpus.backends import _eos_ids
 
         eos = sorted(_eos_ids(model, tok))
 

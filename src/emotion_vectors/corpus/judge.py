@@ -46,8 +46,8 @@ from typing import Any
 
 import numpy as np
 
-from .core.stats import stratified_subsample, wilson_interval
-from .core.common import derive_seed
+from ..core.stats import stratified_subsample, wilson_interval
+from ..core.common import derive_seed
 
 QUESTION = "Question: Which emotion does the main character feel? Options: {options}."
 ANSWER = "The character feels"
@@ -515,7 +515,7 @@ def _correct_family(rows: list[dict]) -> None:
     per-emotion tests, over the emotions (``p_binom_holm`` ... ``p_auc_bh``), in place. The
     per-emotion binomial test is not a test of the stories: a judge that prefers a word after
     every story passes it for that word's stories; the AUC test is (see ``word_bias_corrected``)."""
-    from .core.claims import bh, holm
+    from ..core.claims import bh, holm
 
     for test in ("p_binom", "p_auc"):
         p = np.array([r[test] for r in rows], dtype=float)

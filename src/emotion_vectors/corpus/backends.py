@@ -10,7 +10,7 @@ with) into one completion each, sampled from one batch seed::
 
     backend.generate_batch(requests, max_tokens=64, temperature=0.9, top_p=0.95, seed=s)
 
-That is what the corpus generation (``emotion_vectors.generate.run_rounds``) calls, whichever
+That is what the corpus generation (``emotion_vectors.corpus.generate.run_rounds``) calls, whichever
 backend the config chose. Two implementations:
 
 - :class:`HFChatBackend`: a transformers model in this process. The messages go through the
@@ -868,7 +868,7 @@ def make_backend(spec: Mapping[str, Any], models_dir: str | Path = "results/mode
     """
     kind = spec.get("backend", "hf")
     if kind == "hf":
-        from .core.models import load_model
+        from ..core.models import load_model
 
         loaded = load_model(dict(spec), models_dir)
         return HFChatBackend(loaded.model, loaded.tokenizer, name=spec.get("name"), top_p=float(spec.get("top_p", 1.0)))

@@ -4,7 +4,7 @@ One story shard = one emotion: ``per_topic`` stories for each topic. Generation 
 (:func:`run_rounds`, the one round driver of both corpora): each round asks for the missing
 items (stories times ``oversample``, to cover expected rejections), sends them to the generation
 backend in batches of ``batch_size``, parses the replies, rejects leaks and short stories (the
-leak filter of :mod:`emotion_vectors.leak`), and keeps what is needed. A shard that is still short
+leak filter of :mod:`emotion_vectors.corpus.leak`), and keeps what is needed. A shard that is still short
 after ``max_rounds`` fails with its reasons, unless ``allow_shortfall`` is set — then the shard
 says so. After every batch the state is checkpointed next to the output
 (``<output>.progress.json``), so an interrupted job loses at most the batch in flight and
@@ -12,8 +12,8 @@ resumes where it stopped; with a backend that honours seeds it ends with the sam
 uninterrupted one.
 
 The backend (``models.generator.backend``) is either the model in this process
-(:class:`emotion_vectors.backends.HFChatBackend`: one padded batch per seed) or an
-OpenAI-compatible server (:class:`emotion_vectors.backends.OpenAIChatBackend`: concurrent
+(:class:`emotion_vectors.corpus.backends.HFChatBackend`: one padded batch per seed) or an
+OpenAI-compatible server (:class:`emotion_vectors.corpus.backends.OpenAIChatBackend`: concurrent
 requests, one seed each, retries, rate limit); see ``docs/generation.md``. Every shard records
 what generated it (``generation``): the backend, how seeds were used, requests, tokens, retries
 and cost.
@@ -35,7 +35,7 @@ from typing import Any, Callable
 import yaml
 
 from .backends import BackendError, Completion, GenRequest, HFChatBackend, cost
-from .core.common import derive_seed, slug
+from ..core.common import derive_seed, slug
 from .leak import find_leaks, screen
 from .parsing import dialogue_problem, parse_dialogue, render_dialogue, split_stories
 
@@ -192,8 +192,8 @@ def run_rounds(
     """Generate until every topic has ``per_topic`` items or ``max_rounds`` rounds are spent.
 
     Each batch of ``settings["batch_size"]`` pending entries is sent to ``generator``
-    (``generate_batch``: an :class:`~emotion_vectors.backends.HFChatBackend` or
-    :class:`~emotion_vectors.backends.OpenAIChatBackend`) with the batch seed
+    (``generate_batch``: an :class:`~emotion_vectors.corpus.backends.HFChatBackend` or
+    :class:`~emotion_vectors.corpus.backends.OpenAIChatBackend`) with the batch seed
     ``derive_seed(settings["seed"], job.seed_key, round, batch)``; its replies are counted
     (requests, tokens, retries, seconds) and absorbed, and the state is checkpointed. A round
     in progress (``pending``) is finished on resume even past ``max_rounds``.
@@ -305,7 +305,7 @@ def load_generator(spec: dict[str, Any], models_dir: str | Path, log: Callable[[
     """The generation backend a ``models.generator`` spec names.
 
     Returns ``(backend, model_info, loaded)``: for ``backend: openai`` an
-    :class:`~emotion_vectors.backends.OpenAIChatBackend` (its key variable and the server checked
+    :class:`~emotion_vectors.corpus.backends.OpenAIChatBackend` (its key variable and the server checked
     first, so a wrong address or a missing key stops the job before any work), its
     ``describe()`` and ``None``; otherwise the model loaded in this process (after idle model
     servers of the same model released the GPU), ``LoadedModel.info`` and the ``LoadedModel``.
@@ -318,8 +318,8 @@ def load_generator(spec: dict[str, Any], models_dir: str | Path, log: Callable[[
         log(f"generator {backend.name}: {backend.model} at {backend.base_url} "
             f"(server lists {len(listed) if listed is not None else 'no'} models)")
         return backend, backend.describe(), None
-    from .core.models import load_model
-    from .core.devices import release_for_model
+    from ..core.models import load_model
+    from ..core.devices import release_for_model
 
     release_for_model(spec, log=log)  # one model per GPU: idle model servers exit first
     lm = load_model(spec, models_dir)
@@ -352,7 +352,7 @@ def generate_story_shard(
         output: the shard path (its checkpoint lives beside it).
         select: optional selection judge (``stories.selection``): called once per batch with
             the candidates that passed the leak and length checks (dicts ``id``, ``emotion``,
-            ``text``), it returns one judge record each (``emotion_vectors.judge.judge_stories``);
+            ``text``), it returns one judge record each (``emotion_vectors.corpus.judge.judge_stories``);
             a candidate is kept only when the judge picked its emotion (``correct``). This is a
             filter: a rejected story is counted (``not_recognised``), never edited; the kept
             stories carry their judge record and the shard its acceptance rate.
