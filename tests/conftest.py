@@ -223,8 +223,7 @@ def code_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     these tests exercise fixed. ``service.PACKAGE_DIR`` points at it so that identities computed
     here hash the code the servers really run.
     """
-    from emotion_vectors import service
-
+    from emotion_vectors.extraction import service
     snap = tmp_path_factory.mktemp("code")
     shutil.copytree(service.PACKAGE_DIR, snap / "emotion_vectors", ignore=shutil.ignore_patterns("__pycache__"))
     with pytest.MonkeyPatch.context() as mp:

@@ -62,7 +62,7 @@ def test_load_vectors(store):
 
 def test_default_main_layer():
     """The analysis's main layer is extraction's two-thirds block (one definition)."""
-    from emotion_vectors.extract import default_layers, main_layer
+    from emotion_vectors.extraction.extract import default_layers, main_layer
 
     assert default_main_layer(list(range(60)), 60) == 39  # the replication's "layer 40"
     assert default_main_layer(default_layers(60), 60) == 39

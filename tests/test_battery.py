@@ -426,7 +426,7 @@ BUILD = {
 
 @pytest.mark.slow
 def test_run_battery_on_a_tiny_real_store(default_model, tmp_path):
-    from emotion_vectors.extract import extract_pooled
+    from emotion_vectors.extraction.extract import extract_pooled
     from emotion_vectors.store_layout import write_store
 
     model, tok = default_model

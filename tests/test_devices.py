@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from emotion_vectors import service
+from emotion_vectors.extraction import service
 from emotion_vectors.core import devices, private_files, protocol
 from emotion_vectors.core.private_files import ServiceError
 
@@ -42,7 +42,7 @@ CLAIMER = textwrap.dedent(
 SERVER = textwrap.dedent(
     """
     import sys, time
-    from emotion_vectors import service
+    from emotion_vectors.extraction import service
     load = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
     service.serve(sys.argv[1], lambda: (time.sleep(load), {})[1], identity="test", root=sys.argv[2],
                   device=sys.argv[3], idle_timeout=120)

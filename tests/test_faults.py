@@ -15,7 +15,7 @@ from emotion_vectors import faults
 from emotion_vectors.core.config import ConfigError, validate_config
 from emotion_vectors.corpus.generate import Checkpoint
 from emotion_vectors.core.models import decoder_layers
-from emotion_vectors.shards import open_shard, write_shard
+from emotion_vectors.extraction.shards import open_shard, write_shard
 
 SETTINGS = dict(faults.ACT_SETTINGS)
 INFO = {"path": "tiny-llama", "revision": "test", "dtype": "float32", "quantization": "none"}

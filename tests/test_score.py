@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from emotion_vectors import score as score_mod
-from emotion_vectors.extract import extract_pooled
+from emotion_vectors.extraction.extract import extract_pooled
 from emotion_vectors.readout import store_valence_direction
 from emotion_vectors.score import (
     ScoreError,

@@ -1,6 +1,6 @@
 """The shared model server, against the real server process on a tiny model (no mocks).
 
-Each server is ``python -m emotion_vectors.serve_subject`` started the way the activation jobs
+Each server is ``python -m emotion_vectors.extraction.serve_subject`` started the way the activation jobs
 start it (``service.ensure_server``), with a tiny random Llama saved to disk. One module-scoped
 server takes the abuse (bad paths, stray connections, wrong keys, garbage, a hung handshake, a
 client killed mid-request); two more show stale address files being replaced and
@@ -21,14 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from emotion_vectors import service
+from emotion_vectors.extraction import service
 from emotion_vectors.core import devices, private_files, protocol
 from emotion_vectors.core.devices import release_device
 from emotion_vectors.core.private_files import ServiceError
 from emotion_vectors.core.protocol import read_address, request
-from emotion_vectors.serve_subject import extract_shard, identity_parts, spec_input
-from emotion_vectors.service import ensure_server
-from emotion_vectors.shards import open_shard
+from emotion_vectors.extraction.serve_subject import extract_shard, identity_parts, spec_input
+from emotion_vectors.extraction.service import ensure_server
+from emotion_vectors.extraction.shards import open_shard
 
 SETTINGS = {"layers": [0, 2], "layer_step": 5, "pool_start": 2, "short_text_policy": "skip",
             "batch_size": 4, "max_batch_tokens": None, "storage_dtype": "float32"}
@@ -64,7 +64,7 @@ class Run:
         self.address = self.server_dir / f"{service.address_name(self.identity)}.json"
         self.log_file = self.server_dir / f"{self.address.stem}.log"
         self.command = service.python_command(
-            "emotion_vectors.serve_subject", str(self.address),
+            "emotion_vectors.extraction.serve_subject", str(self.address),
             "--root", str(root), "--models-dir", str(root / "models"), "--threads", "1", "--idle-timeout", "120",
             "--handshake-timeout", "1", "--request-timeout", "2", "--expect-identity", self.identity,
         )
@@ -201,7 +201,7 @@ def test_cancelled_client_never_gets_its_output(run):
     output = run.shard("killed")
     output.parent.mkdir(parents=True, exist_ok=True)
     client = textwrap.dedent(f"""
-        from emotion_vectors.serve_subject import extract_shard
+        from emotion_vectors.extraction.serve_subject import extract_shard
         extract_shard(name="killed", texts={texts!r}, ids={ids!r}, output={str(output)!r}, subject={run.spec!r},
                       extraction={SETTINGS!r}, models_dir={str(run.root / "models")!r}, root={str(run.root)!r},
                       server_dir={str(run.server_dir)!r}, idle_timeout=120, threads=1)
@@ -382,7 +382,7 @@ def test_leftovers_of_dead_servers_and_jobs_are_removed(run):
 def test_no_settings_in_the_servers_argv(run):
     info = read_address(run.address)
     cmdline = Path(f"/proc/{info['pid']}/cmdline").read_bytes().decode()
-    assert "emotion_vectors.serve_subject" in cmdline and run.identity in cmdline
+    assert "emotion_vectors.extraction.serve_subject" in cmdline and run.identity in cmdline
     assert run.spec["path"] not in cmdline and "layer_step" not in cmdline and "storage_dtype" not in cmdline
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from emotion_vectors import service
+from emotion_vectors.extraction import service
 from emotion_vectors.core import devices, private_files, protocol
 from emotion_vectors.core.private_files import DirFd, ServiceError
 from emotion_vectors.core.protocol import MessageTooLarge, ServerHung
@@ -39,7 +39,7 @@ from emotion_vectors.core.protocol import MessageTooLarge, ServerHung
 STANDIN = textwrap.dedent(
     """
     import ctypes, logging, sys, time
-    from emotion_vectors import service
+    from emotion_vectors.extraction import service
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def slow(payload, req):

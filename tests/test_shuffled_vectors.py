@@ -23,7 +23,7 @@ def _story_shard(path, ids, topics):
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, tiny_llama):
     """Three emotions x two topics x three stories, and a neutral shard, read by a tiny Llama."""
-    from emotion_vectors.shards import write_shard
+    from emotion_vectors.extraction.shards import write_shard
 
     tmp = tmp_path_factory.mktemp("shuffled")
     model, tok = tiny_llama

@@ -23,7 +23,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from conftest import TINY_MODEL_FIXTURES
-from emotion_vectors.extract import LayerIndexError, _block_hidden, extract_pooled
+from emotion_vectors.extraction.extract import LayerIndexError, _block_hidden, extract_pooled
 from emotion_vectors.core.models import decoder_layers
 from emotion_vectors.steer import (
     Steer,

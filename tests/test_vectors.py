@@ -52,7 +52,7 @@ def test_project_out_and_unit():
 def test_store_from_real_shards(tmp_path, tiny_llama):
     import zarr
 
-    from emotion_vectors.shards import write_shard
+    from emotion_vectors.extraction.shards import write_shard
     from emotion_vectors.vectors import build_vector_store
 
     model, tok = tiny_llama
@@ -99,7 +99,7 @@ def test_store_from_real_shards(tmp_path, tiny_llama):
     ],
 )
 def test_store_refuses_shards_of_other_origin(tmp_path, tiny_llama, change, setting):
-    from emotion_vectors.shards import write_shard
+    from emotion_vectors.extraction.shards import write_shard
     from emotion_vectors.vectors import ShardMismatchError, build_vector_store
 
     model, tok = tiny_llama
@@ -172,7 +172,7 @@ def test_unit_rows_and_result_dtypes():
 
 
 def _shards(tmp_path, model, tok, n_texts, storage_dtype="float32", min_words=6):
-    from emotion_vectors.shards import write_shard
+    from emotion_vectors.extraction.shards import write_shard
 
     rng = np.random.default_rng(0)
     words = "the fence rain letter garden window quiet road light morning".split()
@@ -192,7 +192,7 @@ def test_store_numbers_by_hand_from_float16_shards(tmp_path, tiny_llama):
     the mean token norm over every emotion story, the subject model in the provenance."""
     import zarr
 
-    from emotion_vectors.shards import open_shard
+    from emotion_vectors.extraction.shards import open_shard
     from emotion_vectors.vectors import build_vector_store
 
     model, tok = tiny_llama

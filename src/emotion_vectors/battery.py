@@ -406,9 +406,9 @@ def token_names_emotion(token: str, emotion: str) -> bool:
     logit-lens form of the word (the word; a content part of a phrase or compound) or when the
     leak filter finds a form of the emotion in it (inflections, participle verbs, irregulars).
     """
-    from emotion_vectors.analysis.logit_lens import normalise_token
     from emotion_vectors.analysis.logit_lens import word_forms as lens_forms
     from emotion_vectors.corpus.leak import find_leaks
+    from emotion_vectors.extraction.lens import normalise_token
 
     t = normalise_token(token)
     if not t:
@@ -925,7 +925,7 @@ def valence_clusters(store: Any, layer: int, kind: str = "denoised_unit") -> dic
 
 def _pooled(reader: Any, texts: Sequence[str], layer: int, pool_start: int, batch_size: int) -> np.ndarray:
     """``(n, d)`` pooled activations in input order (NaN rows for texts too short)."""
-    from emotion_vectors.reading import gather
+    from emotion_vectors.extraction.reading import gather
 
     return gather(reader, texts, layer=layer, pool_start=pool_start, batch_size=batch_size)[0]
 
@@ -964,7 +964,7 @@ def run_battery(
     ``dropped``). ``clusters``: a mapping, a ``clusters.tsv`` path, or None for valence sign.
     ``lens_tokens``: the run's ``logit_lens_tokens.tsv`` (or None: the lens is computed here).
     The model is the store's subject model unless given (``model`` and ``tokenizer``, or a
-    ``reader`` from ``emotion_vectors.reading``, e.g. the run's model server).
+    ``reader`` from ``emotion_vectors.extraction.reading``, e.g. the run's model server).
     ``shuffled``: the run's shuffled-label store (``vectors/shuffled.zarr``; path or ``Store``):
     the matched null of every check's claim (:func:`shuffled_null`); without it the claims are
     tested against the random directions only, and say so.
@@ -993,7 +993,7 @@ def run_battery(
     dropped = {"items": [x["id"] for x in all_items if x["emotion"] not in emotions],
                "templates": [t["id"] for t in all_templates if t["emotion"] not in emotions]}
     if reader is None:
-        from emotion_vectors.reading import LocalReader
+        from emotion_vectors.extraction.reading import LocalReader
 
         if model is None or tokenizer is None:
             lm = load_subject(st)

@@ -87,7 +87,7 @@ import numpy as np
 
 from .core.claims import json_safe
 from .core.stats import Z95, stratified_subsample, wilson_interval
-from .shards import open_shard
+from .extraction.shards import open_shard
 
 METHODS = ("nearest_centroid", "logistic_probe")
 SEPARABILITY_COLUMNS = [

@@ -106,7 +106,7 @@ class SteeringVectors:
 def default_layer(stored: Sequence[int], n_blocks: int | None = None) -> int:
     """The default export layer: the study's main layer (``extract.main_stored_layer``: the
     block at two-thirds of the depth, or the stored layer nearest it), as the analysis uses."""
-    from emotion_vectors.extract import main_stored_layer
+    from emotion_vectors.extraction.extract import main_stored_layer
 
     return main_stored_layer(stored, n_blocks)
 

@@ -240,9 +240,9 @@ def _child_extract(spec: dict[str, Any]) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from .extract import default_layers
+    from .extraction.extract import default_layers
     from .core.models import decoder_layers, load_model
-    from .shards import write_shard
+    from .extraction.shards import write_shard
 
     lm = load_model(spec["model"], MODELS_DIR)
     layers = default_layers(len(decoder_layers(lm.model)))
@@ -325,8 +325,8 @@ def _child_server_job(spec: dict[str, Any]) -> None:
 
     torch.set_num_threads(1)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .reading import ServerReader, gather
-    from .serve_subject import extract_shard, subject_server
+    from .extraction.reading import ServerReader, gather
+    from .extraction.serve_subject import extract_shard, subject_server
 
     params = spec["server"]
     for job in spec["jobs"]:
@@ -497,7 +497,7 @@ class Battery:
     @staticmethod
     def compare_activations(path: Path, ref: Path) -> tuple[int, str]:
         """(rows that differ from the reference, note); a missing shard loses all rows."""
-        from .shards import open_shard
+        from .extraction.shards import open_shard
 
         b = open_shard(ref)
         n = b["activations"].shape[0]
@@ -998,7 +998,7 @@ class Battery:
                 "threads": 1}
 
     def _start_server(self, root: Path, **options: Any) -> Any:
-        from .serve_subject import subject_server
+        from .extraction.serve_subject import subject_server
 
         (root / "activations" / "emotions").mkdir(parents=True, exist_ok=True)
         handle = subject_server(**self._server_params(root), **options)
@@ -1173,10 +1173,10 @@ class Battery:
         """A symlink planted where the server or a job writes (shard partial, temporary copy, staging
         path, inside a partial, the output itself, a read's .part and answer, a server's lock and
         log): refused, or replaced (never followed); nothing outside the results changes."""
-        from .serve_subject import extract_shard
+        from .extraction.serve_subject import extract_shard
         from .core.private_files import ServiceError
         from .core.protocol import request
-        from .service import ensure_server
+        from .extraction.service import ensure_server
 
         victim = self.work / "server" / "victim"
         victim.mkdir(parents=True, exist_ok=True)
@@ -1356,7 +1356,7 @@ class Battery:
         """A client sending its bytes one at a time, a little faster than any per-byte timeout,
         (a) before authenticating and (b) after: dropped when the one deadline for the handshake
         (b: for the request message) passes; a real job queued behind it waits no longer."""
-        from .serve_subject import extract_shard
+        from .extraction.serve_subject import extract_shard
         from .core.protocol import read_address
 
         handle = self._start_server(root, handshake_timeout=handshake, request_timeout=request_timeout)

@@ -95,7 +95,7 @@ from emotion_vectors.corpora import (
     table_rows,
     text_problem,
 )
-from emotion_vectors.reading import LocalReader, ReadError, truncate_text
+from emotion_vectors.extraction.reading import LocalReader, ReadError, truncate_text
 from emotion_vectors.readout import ReadoutError
 from emotion_vectors.store_layout import Store, StoreLayoutError, read_store
 
@@ -150,7 +150,7 @@ def _open(store: str | Path | Store) -> Store:
 
 def default_layer(store: Store) -> int:
     """The store's main layer (``extract.main_stored_layer``, the analysis's choice)."""
-    from emotion_vectors.extract import main_stored_layer
+    from emotion_vectors.extraction.extract import main_stored_layer
 
     return main_stored_layer(store.layers, store.attrs.get("num_hidden_layers"))
 
@@ -220,7 +220,7 @@ def neutral_path_for(store: Store) -> Path:
 
 def neutral_baseline(store: Store, layer: int, path: str | Path | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """The mean neutral-dialogue activation ``(d,)`` at ``layer`` and a description of it."""
-    from emotion_vectors.shards import ShardError, open_shard
+    from emotion_vectors.extraction.shards import ShardError, open_shard
 
     path = Path(path) if path is not None else neutral_path_for(store)
     if not path.exists():
@@ -306,7 +306,7 @@ def score_texts(
             activations are looked for).
         model, tokenizer: the subject model and tokenizer; loaded from the store's provenance
             (or ``model_path``, on ``device``) when neither they nor ``reader`` are given.
-        reader: how the model reads the texts (``emotion_vectors.reading``): a ``LocalReader``
+        reader: how the model reads the texts (``emotion_vectors.extraction.reading``): a ``LocalReader``
             or a ``ServerReader`` (the run's model server); overrides ``model``/``tokenizer``.
         ids, labels: per-row ids (default the row numbers) and labels (a ``label`` column).
         skip: row -> reason for rows already known to be unusable (from the file reader).
@@ -829,8 +829,8 @@ def server_dir_for(store: Store) -> Path:
 def live_server_reader(store: Store, server_dir: str | Path | None = None) -> Any:
     """A ``ServerReader`` on a live model server of the run that holds the store's subject
     model and runs this code, or None (nothing is started)."""
-    from emotion_vectors.reading import ServerReader
-    from emotion_vectors.serve_subject import find_live_server
+    from emotion_vectors.extraction.reading import ServerReader
+    from emotion_vectors.extraction.serve_subject import find_live_server
     from emotion_vectors.core.private_files import ServiceError
 
     where = Path(server_dir) if server_dir else server_dir_for(store)

@@ -5,7 +5,7 @@ What is added, and where
 A :class:`Steer` adds ``strength * unit_norm * direction`` (``direction`` of unit length) to the
 OUTPUT of decoder block ``layer`` (0-based, ``emotion_vectors.core.models.decoder_layers(model)``),
 which is exactly the residual-stream vector that extraction reads as layer ``layer``
-(``emotion_vectors.extract``). ``unit_norm`` is the typical size of the residual stream at that
+(``emotion_vectors.extraction.extract``). ``unit_norm`` is the typical size of the residual stream at that
 layer, the mean per-token L2 norm that the vector store keeps as ``residual_norm``; so
 ``strength`` is in units of "a typical token's residual norm" (0.1 adds a vector a tenth as
 long as a typical token's residual vector). Several steers are summed (at one layer or many).
@@ -90,7 +90,7 @@ from typing import Any, Literal, Union
 import numpy as np
 import torch
 
-from emotion_vectors.extract import LayerIndexError, _block_hidden, main_stored_layer
+from emotion_vectors.extraction.extract import LayerIndexError, _block_hidden, main_stored_layer
 from emotion_vectors.core.models import decoder_layers
 
 Positions = Union[Literal["all", "generated"], int]
@@ -714,7 +714,7 @@ def generate_rows(
     Returns:
         ``(len(rows), n_new)``: the new tokens of each row.
     """
-    from emotion_vectors.extract import _input_device
+    from emotion_vectors.extraction.extract import _input_device
 
     ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(1, -1).to(_input_device(model))
     n, t = len(rows), int(ids.shape[1])
@@ -773,7 +773,7 @@ def sample_rows(
     Returns:
         each row's new tokens, up to (not including) its first ``eos_token_ids`` token.
     """
-    from emotion_vectors.extract import _input_device
+    from emotion_vectors.extraction.extract import _input_device
 
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")

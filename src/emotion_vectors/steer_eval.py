@@ -233,7 +233,7 @@ def _signed(values: np.ndarray, signs: Sequence[int]) -> np.ndarray:
 
 
 def _layer_for(store: Any, layer: int | None) -> int:
-    from emotion_vectors.extract import main_stored_layer
+    from emotion_vectors.extraction.extract import main_stored_layer
 
     if layer is not None:
         if layer not in store.layers:
@@ -658,7 +658,7 @@ def readout_scores(model: Any, tokenizer: Any, texts: Sequence[str], direction) 
     second on (the first is an attention sink whose residual norm is ~100x the others' in
     SmolLM2 and would dominate the mean) at the direction's layer, projected on the valence
     direction (NaN for empty texts; a one-token text has nothing to pool and gets NaN)."""
-    from emotion_vectors.extract import extract_pooled
+    from emotion_vectors.extraction.extract import extract_pooled
 
     idx = [i for i, t in enumerate(texts) if t.strip()]
     out = np.full(len(texts), np.nan)

@@ -278,7 +278,7 @@ def response_logprobs(model: Any, contexts: Sequence[Sequence[int]], responses: 
     first ``head`` tokens, ``(totals, head_totals)``."""
     import torch
 
-    from emotion_vectors.extract import _input_device
+    from emotion_vectors.extraction.extract import _input_device
     from emotion_vectors.corpus.judge import _cache_argument
     from emotion_vectors.steer import _repeat_cache_rows
 
@@ -334,7 +334,7 @@ def kl_on_texts(model: Any, tokenizer: Any, texts: Sequence[str], rows: Sequence
     (``steering_rows(broadcast=True)``)."""
     import torch
 
-    from emotion_vectors.extract import _input_device
+    from emotion_vectors.extraction.extract import _input_device
 
     device = _input_device(model)
     rows = [list(r) for r in rows]

@@ -1,6 +1,6 @@
 # Activations: one Zarr shard per emotion (and one for the neutral dialogues), each its own job
 # and output. The jobs are thin clients of ONE subject-model server per run and machine, which
-# the first job starts and the others reuse (src/emotion_vectors/service.py): one model load
+# the first job starts and the others reuse (src/emotion_vectors/extraction/service.py): one model load
 # for all shards, and the server stays invisible to the DAG, so only outdated shards rerun.
 # On a cluster, group these jobs so that they share a node (profiles/slurm).
 

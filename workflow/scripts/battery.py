@@ -43,8 +43,8 @@ model_info = None
 server = getattr(smk.params, "server", None)
 subject = getattr(smk.params, "subject", None)
 if server:
-    from emotion_vectors.reading import ServerReader
-    from emotion_vectors.serve_subject import server_from_params
+    from emotion_vectors.extraction.reading import ServerReader
+    from emotion_vectors.extraction.serve_subject import server_from_params
 
     reader = ServerReader(server_from_params(server))
     model_info = reader.info

@@ -1,6 +1,6 @@
 """Snakemake script of rule `score_corpus`: one corpus scored on the run's emotion vectors
 (emotion_vectors.score.score_texts): one row per text, in corpus order, metadata in the sidecar.
-The texts are read by the run's subject-model server (emotion_vectors.reading.ServerReader), the
+The texts are read by the run's subject-model server (emotion_vectors.extraction.reading.ServerReader), the
 one the activation jobs use: started if none is up, shared by every corpus and the battery.
 
 With the run's shuffled-label vectors (input ``shuffled``), every text is also projected on each
@@ -15,9 +15,9 @@ import numpy as np
 from emotion_vectors.corpora import read_table, table_rows
 from emotion_vectors.core.jobs import start_job
 from emotion_vectors.core.provenance import provenance
-from emotion_vectors.reading import ServerReader
+from emotion_vectors.extraction.reading import ServerReader
 from emotion_vectors.score import default_layer, score_texts, sidecar_path, write_scores
-from emotion_vectors.serve_subject import server_from_params
+from emotion_vectors.extraction.serve_subject import server_from_params
 from emotion_vectors.store_layout import read_store
 
 smk = snakemake  # noqa: F821 - injected by Snakemake

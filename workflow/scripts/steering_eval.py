@@ -13,7 +13,7 @@ import time
 import pandas as pd
 
 from emotion_vectors.core.claims import write_claims
-from emotion_vectors.extract import main_stored_layer
+from emotion_vectors.extraction.extract import main_stored_layer
 from emotion_vectors.core.common import write_json_atomic, write_jsonl_atomic
 from emotion_vectors.core.jobs import start_job
 from emotion_vectors.core.models import load_model

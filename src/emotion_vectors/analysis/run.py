@@ -85,13 +85,13 @@ CI_METHOD = "percentile bootstrap over emotions, PCA refitted per resample"
 
 def default_main_layer(layers: list[int], n_model_layers: int | None = None) -> int:
     """The study's main layer: the block at two-thirds of the depth as extraction defines it
-    (``emotion_vectors.extract.main_layer``: 0-based ``round(2 n / 3) - 1``, the layer that
+    (``emotion_vectors.extraction.extract.main_layer``: 0-based ``round(2 n / 3) - 1``, the layer that
     ``layers: auto`` always stores), or the stored layer nearest it (ties: the deeper).
 
     ``n_model_layers`` is the model's number of decoder blocks; unknown, it is taken as
     ``max(layers) + 1``.
     """
-    from emotion_vectors.extract import main_stored_layer
+    from emotion_vectors.extraction.extract import main_stored_layer
 
     return main_stored_layer(layers, n_model_layers)
 
@@ -193,7 +193,7 @@ def analyze(
         raise ValueError(f"{vectors_path}: the analysis needs at least 3 emotions, found {n}")
     n_model_layers = n_model_layers or _n_model_layers(vs, model)
     if main_layer is None:
-        from emotion_vectors.extract import main_layer as two_thirds
+        from emotion_vectors.extraction.extract import main_layer as two_thirds
 
         depth = n_model_layers or max(layers) + 1
         main_layer = default_main_layer(layers, n_model_layers)

@@ -88,8 +88,8 @@ def _spec(name: str, kind: str, emotion: str | None, strength: float, steers: Se
 
 def resolve_layer(store: Any, layer: int | None) -> int:
     """The steered layer: ``layer`` if stored, ``None`` = the main layer
-    (:func:`emotion_vectors.extract.main_stored_layer` of the store's layers and depth)."""
-    from ..extract import main_stored_layer
+    (:func:`emotion_vectors.extraction.extract.main_stored_layer` of the store's layers and depth)."""
+    from ..extraction.extract import main_stored_layer
 
     if layer is None:
         n_blocks = store.attrs.get("num_hidden_layers")

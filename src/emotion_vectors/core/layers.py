@@ -1,6 +1,6 @@
 """Which layers a run stores and reads: the layer-index rules, without torch.
 
-Layer ``i`` is the output of decoder block ``i`` (0-based; see :mod:`emotion_vectors.extract`).
+Layer ``i`` is the output of decoder block ``i`` (0-based; see :mod:`emotion_vectors.extraction.extract`).
 These rules are used by the extraction, the analysis, steering and export, and by the
 workflow's config check, which runs before any job (so this module imports neither torch nor
 transformers).

@@ -79,7 +79,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-LOG = logging.getLogger("emotion_vectors.backends")
+LOG = logging.getLogger("emotion_vectors.corpus.backends")
 
 #: Roles of the plain-text fallback (a tokenizer without a chat template, e.g. a base model).
 PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}

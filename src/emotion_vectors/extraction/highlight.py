@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from emotion_vectors.extract import _block_hidden
+from emotion_vectors.extraction.extract import _block_hidden
 
 from emotion_vectors.core.models import decoder_layers
 

@@ -9,7 +9,7 @@ on one direction), with one interface and the same numbers wherever the model li
 
 - :class:`LocalReader` wraps a model and tokenizer loaded in this process;
 - :class:`ServerReader` sends ``read``, ``lens`` and ``tokens`` requests to the run's subject-model server
-  (``emotion_vectors.serve_subject``), the one that writes the activation shards: a run whose
+  (``emotion_vectors.extraction.serve_subject``), the one that writes the activation shards: a run whose
   server is up (or that starts it for its activation jobs) loads the model once for the shards,
   every scored corpus and the battery. The server writes the pooled activations of a ``read``
   request to a ``.npy`` file in its private directory (inside the run's results, mode 0700),
@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-log = logging.getLogger("emotion_vectors.reading")
+log = logging.getLogger("emotion_vectors.extraction.reading")
 
 #: ``on_batch(rows, pooled)``: ``rows`` index the texts given to ``read``; ``pooled`` is ``(b, d)``.
 BatchFn = Callable[[np.ndarray, np.ndarray], None]
@@ -162,7 +162,7 @@ def read_texts(
 ) -> ReadSummary:
     """Pool every text at ``layer`` over positions ``pool_start..`` and hand each batch to
     ``on_batch(rows, pooled)`` (module docstring). ``texts`` must all be strings."""
-    from emotion_vectors.extract import iter_pooled, plan_extraction
+    from emotion_vectors.extraction.extract import iter_pooled, plan_extraction
 
     check_window(layer, pool_start, max_tokens)
     started = time.perf_counter()
@@ -190,10 +190,10 @@ def read_texts(
 
 def top_tokens(model: Any, tokenizer: Any, directions: np.ndarray, scale: float, top_k: int) -> list[list[str]]:
     """The ``top_k`` tokens each direction promotes through the final norm and unembedding, at
-    residual norm ``scale`` (``analysis.logit_lens.lens_logits``), as decoded token texts."""
+    residual norm ``scale`` (``extraction.lens.lens_logits``), as decoded token texts."""
     import torch
 
-    from emotion_vectors.analysis.logit_lens import lens_logits, vocabulary
+    from emotion_vectors.extraction.lens import lens_logits, vocabulary
 
     directions = np.asarray(directions, dtype=np.float64)
     if directions.ndim != 2 or not np.isfinite(directions).all():
@@ -242,7 +242,7 @@ class LocalReader:
         return top_tokens(self.model, self.tokenizer, directions, scale, top_k)
 
     def token_projections(self, text: str, vector: np.ndarray, layer: int, *, max_tokens: int | None = None) -> Any:
-        from emotion_vectors.highlight import token_projections
+        from emotion_vectors.extraction.highlight import token_projections
 
         return token_projections(self.model, self.tokenizer, text, vector, layer, max_tokens=max_tokens)
 
@@ -355,7 +355,7 @@ def token_projections_to_json(tp: Any) -> dict[str, Any]:
 
 
 def token_projections_from_json(data: dict[str, Any]) -> Any:
-    from emotion_vectors.highlight import TokenProjections
+    from emotion_vectors.extraction.highlight import TokenProjections
 
     try:
         out = TokenProjections(text=str(data["text"]), token_ids=[int(i) for i in data["token_ids"]],

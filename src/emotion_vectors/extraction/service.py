@@ -143,10 +143,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import __version__
-from .core.devices import CLAIMED_ENV, _server_claim, release_device, uses_gpu
-from .core.private_files import PRIVATE_PREFIX, DirFd, ServiceError, private_dir, runtime_dir, write_private_json
-from .core.protocol import (
+from .. import __version__
+from ..core.devices import CLAIMED_ENV, _server_claim, release_device, uses_gpu
+from ..core.private_files import PRIVATE_PREFIX, DirFd, ServiceError, private_dir, runtime_dir, write_private_json
+from ..core.protocol import (
     HEARTBEAT_SECONDS,
     MAX_ANSWER_BYTES,
     MAX_HANDSHAKE_BYTES,
@@ -170,11 +170,11 @@ from .core.protocol import (
     request,
     stale_reason,
 )
-from .core.provenance import package_versions
+from ..core.provenance import package_versions
 
 log = logging.getLogger(__name__)
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 #: Connections waiting while a request runs (the kernel caps it at ``net.core.somaxconn``).
 LISTEN_BACKLOG = 4096
 #: AF_UNIX paths must fit ``sun_path`` (108 bytes on Linux, 104 on macOS, NUL included).
@@ -193,7 +193,7 @@ class ClientGone(Exception):
 def source_hash(package_dir: str | Path | None = None) -> str:
     """SHA-256 of the package's ``*.py`` files (relative path and bytes, sorted by path).
 
-    ``package_dir`` defaults to ``PACKAGE_DIR``, the directory this module was imported from.
+    ``package_dir`` defaults to ``PACKAGE_DIR``, the package this module was imported from.
     """
     package_dir = Path(package_dir or PACKAGE_DIR)
     h = hashlib.sha256()

@@ -1,16 +1,16 @@
 """The subject-model server and its clients: one model load per run for every request kind.
 
-Server: ``python -m emotion_vectors.serve_subject ADDRESS_FILE --root DIR [--models-dir DIR]
+Server: ``python -m emotion_vectors.extraction.serve_subject ADDRESS_FILE --root DIR [--models-dir DIR]
 [--threads N] [--idle-timeout S] [--handshake-timeout S] [--request-timeout S] [--backlog N]
 [--expect-identity HASH] < SPEC.json`` reads ``{"subject": <model spec>, "extraction": <config
 extraction section>}`` from its standard input (never from its argv, which every user can read
 with ``ps``), loads the subject model once and answers, inside ``--root`` only (see
-``emotion_vectors.service``):
+``emotion_vectors.extraction.service``):
 
 - ``extract``: write one activation shard (the run's layers and window) to a staging path;
 - ``read``: pool arbitrary texts at one layer over a given window (scoring, the battery) and
   write the ``(n, d)`` float32 activations to a ``.npy`` file in the server's private directory
-  (``emotion_vectors.reading``);
+  (``emotion_vectors.extraction.reading``);
 - ``lens``: the top tokens that given directions promote (the logit lens);
 - ``tokens``: one text's per-token activations projected on one direction (the token view);
 - ``describe``: the model's provenance, hidden size, the run's layers and the weights' fingerprint.
@@ -55,10 +55,10 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import __version__
-from .core.devices import allocation_server_dir
-from .core.private_files import DirFd, ServiceError, private_dir
-from .core.protocol import _pid_gone, read_address, request, stale_reason
+from .. import __version__
+from ..core.devices import allocation_server_dir
+from ..core.private_files import DirFd, ServiceError, private_dir
+from ..core.protocol import _pid_gone, read_address, request, stale_reason
 from .service import (
     LISTEN_BACKLOG,
     Request,
@@ -95,7 +95,7 @@ def weights_fingerprint(spec: dict, models_dir: str | Path) -> dict[str, Any]:
     place (``prepare_model`` writes a new directory and renames it in) change it. For a Hub id:
     the id and the pinned ``revision`` (an unpinned id is whatever the Hub serves).
     """
-    from .core.models import ModelSpecError, resolve_path
+    from ..core.models import ModelSpecError, resolve_path
 
     try:
         path = resolve_path(spec, models_dir)
@@ -209,7 +209,7 @@ def make_extract_handler(lm: Any, settings: dict, layers: list[int], n_blocks: i
     finished shard is renamed to the staging path the client named. Paths inside the work
     directory are shown in logs and errors as if beside the output.
     """
-    from .core.provenance import provenance
+    from ..core.provenance import provenance
     from .shards import ShardError, write_shard
 
     def extract(payload: dict, req: Request) -> dict:
@@ -319,7 +319,7 @@ def _write_npy_header(fh: Any, shape: tuple[int, int]) -> int:
 
 def make_read_handlers(lm: Any, layers: list[int], n_blocks: int, server_info: dict[str, Any],
                        scratch_dir: str | Path) -> dict[str, Callable]:
-    """The ``describe``, ``read``, ``lens`` and ``tokens`` handlers (``emotion_vectors.reading``)."""
+    """The ``describe``, ``read``, ``lens`` and ``tokens`` handlers (``emotion_vectors.extraction.reading``)."""
     import numpy as np
 
     from .reading import ReadError, hidden_size, read_texts, token_projections_to_json, top_tokens
@@ -437,7 +437,7 @@ def spec_input(subject: dict, extraction: dict) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m emotion_vectors.serve_subject", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m emotion_vectors.extraction.serve_subject", description=__doc__.splitlines()[0])
     ap.add_argument("address_file")
     ap.add_argument("--root", required=True, help="the only directory tree the server writes in (the run's results)")
     ap.add_argument("--models-dir", default="results/models")
@@ -469,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         from .extract import default_layers, validate_layers
-        from .core.models import decoder_layers, load_model
+        from ..core.models import decoder_layers, load_model
 
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -565,7 +565,7 @@ def subject_server(
                                                  ("--request-timeout", request_timeout), ("--backlog", backlog))
                if value is not None]
     command = python_command(
-        "emotion_vectors.serve_subject", str(address),
+        "emotion_vectors.extraction.serve_subject", str(address),
         "--root", os.path.abspath(root), "--models-dir", str(models_dir), "--idle-timeout", str(idle_timeout),
         "--threads", str(threads), *[str(x) for pair in options for x in pair], "--expect-identity", identity,
     )

@@ -42,7 +42,7 @@ import numpy as np
 import zarr
 
 from .extract import ExtractionError, ExtractionPlan, iter_pooled, plan_extraction
-from .core.private_files import DirFd
+from ..core.private_files import DirFd
 
 LAYER_CONVENTION = (
     "layer i = output of decoder block i (0-based; model.get_decoder().layers[i]); "
