@@ -24,7 +24,7 @@ from emotion_vectors.behaviour.conditions import (
     same_model,
 )
 from emotion_vectors.steer import SteeringUnitError, steering
-from emotion_vectors.store_layout import read_store, write_store
+from emotion_vectors.vectors.store_layout import read_store, write_store
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(REPO / ".venv" / "bin" / "snakemake")

@@ -27,7 +27,7 @@ from emotion_vectors.text_checks import (
     mannwhitney_auroc,
     shuffled_means,
 )
-from emotion_vectors.vectors import shuffle_labels
+from emotion_vectors.vectors.build import shuffle_labels
 
 K = 20  # the default vectors.n_shuffles: smallest p 1/21 < 0.05
 

@@ -266,7 +266,7 @@ EMO = ["happy", "sad", "afraid", "calm", "angry", "proud", "ashamed", "lonely", 
 
 
 def test_compare_stores_writes_its_files_and_claims(tmp_path):
-    from emotion_vectors.split_vectors import HALF_SEP
+    from emotion_vectors.vectors.split_vectors import HALF_SEP
 
     assert HALF_SEP == C.HALF_SEP
     rng = np.random.default_rng(20)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
-from emotion_vectors.diagnostics import (
+from emotion_vectors.vectors.diagnostics import (
     SEPARABILITY_COLUMNS,
     Corpus,
     between_share,
@@ -117,7 +117,7 @@ def test_separable_corpus_is_found_and_inseparable_is_not():
 def test_probe_folds_do_not_depend_on_the_labels():
     """The probe's folds are stratified on the topic, so the true labelling and every shuffled
     one are scored on the same folds (the permutation null is exchangeable with the observed)."""
-    from emotion_vectors.diagnostics import _Probe, probe_folds_of
+    from emotion_vectors.vectors.diagnostics import _Probe, probe_folds_of
 
     rng = np.random.default_rng(0)
     emotion, topic = design(6, 3, 4)
@@ -434,7 +434,7 @@ def test_scripts_claim_an_effect_on_separable_activations(tmp_path, monkeypatch)
 def test_verdict_follows_the_holm_corrected_p():
     """Two separability tests at p 0.03 and 0.04 pass one by one, but not after Holm over the
     three tests of the verdict (0.09, 0.09); the summary and the claims say the same."""
-    from emotion_vectors.diagnostics import diagnostics_claims
+    from emotion_vectors.vectors.diagnostics import diagnostics_claims
 
     def sep_rows(p_nc, p_probe):
         rows = []
@@ -488,7 +488,7 @@ def test_tiny_uneven_corpus_runs(tmp_path):
     separability_figure(rows, var, tmp_path / "f.png")
     json.dumps(h)
     # Every claim id is there in every run, "not testable" where nothing could be tested.
-    from emotion_vectors.diagnostics import diagnostics_claims
+    from emotion_vectors.vectors.diagnostics import diagnostics_claims
 
     claims = {c.id: c for c in diagnostics_claims(h)}
     assert set(claims) == IDS
@@ -501,7 +501,7 @@ def test_tiny_uneven_corpus_runs(tmp_path):
 def test_many_labellings_at_once_match_one_at_a_time():
     """The vectorised paths (shares and nearest-centroid predictions of many labellings, the
     within-stratum shuffles) agree with the one-labelling versions."""
-    from emotion_vectors.diagnostics import _NearestCentroid, between_shares, permute_within_many
+    from emotion_vectors.vectors.diagnostics import _NearestCentroid, between_shares, permute_within_many
 
     rng = np.random.default_rng(8)
     emotion, topic = design(5, 3, 3)

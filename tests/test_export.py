@@ -28,7 +28,7 @@ from emotion_vectors.export import (
     export_safetensors,
     steering_vectors,
 )
-from emotion_vectors.store_layout import write_store
+from emotion_vectors.vectors.store_layout import write_store
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EMOTIONS = ["joy", "fear", "calm"]

@@ -28,7 +28,7 @@ from emotion_vectors.extraction.reading import LocalReader, ReadError, ServerRea
 from emotion_vectors.score import score_texts
 from emotion_vectors.extraction.serve_subject import ServerHandle, find_live_server, subject_server
 from emotion_vectors.core.private_files import ServiceError
-from emotion_vectors.store_layout import write_store
+from emotion_vectors.vectors.store_layout import write_store
 
 SETTINGS = {"layers": [1, 3], "layer_step": 5, "pool_start": 2, "short_text_policy": "skip",
             "batch_size": 4, "max_batch_tokens": None, "storage_dtype": "float32"}

@@ -17,7 +17,7 @@ from emotion_vectors.readout import (
     store_valence_check,
     valence_direction,
 )
-from emotion_vectors.store_layout import write_store
+from emotion_vectors.vectors.store_layout import write_store
 
 EMOTIONS = ["afraid", "scared", "terrified", "calm", "serene", "desperate", "happy", "sad", "angry",
             "furious", "enraged", "grateful", "thankful", "stubborn", "obstinate", "smug", "disturbed",

@@ -33,7 +33,7 @@ from emotion_vectors.score import (
     truncate_text,
     write_scores,
 )
-from emotion_vectors.store_layout import read_store, write_store
+from emotion_vectors.vectors.store_layout import read_store, write_store
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STORE = REPO_ROOT / "results" / "default" / "vectors" / "vectors.zarr"

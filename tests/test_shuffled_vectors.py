@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from emotion_vectors.store_layout import read_store
-from emotion_vectors.vectors import (
+from emotion_vectors.vectors.store_layout import read_store
+from emotion_vectors.vectors.build import (
     build_shuffled_store,
     build_vector_store,
     shuffle_labels,

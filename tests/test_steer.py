@@ -37,7 +37,7 @@ from emotion_vectors.steer import (
     steering_rows,
     steers_from_store,
 )
-from emotion_vectors.store_layout import read_store, write_store
+from emotion_vectors.vectors.store_layout import read_store, write_store
 
 PROMPTS = ["The old house", "She opened the letter and", "Rain"]
 POLICIES: list[Any] = ["all", "generated", 3]

@@ -40,7 +40,7 @@ from emotion_vectors.steer_eval import (
     vader_scores,
     word_logprobs,
 )
-from emotion_vectors.store_layout import write_store
+from emotion_vectors.vectors.store_layout import write_store
 
 
 # ------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from emotion_vectors.steering_scores import (
     validate_concept_scorer,
     validation_pairs,
 )
-from emotion_vectors.store_layout import write_store
+from emotion_vectors.vectors.store_layout import write_store
 
 VALIDATION = "config/steering/concept_validation.jsonl"
 

@@ -698,8 +698,8 @@ def shuffled_units_from_store(shuffled: Any, emotions: Sequence[str], layer: int
     """``(K, E, d)`` unit pseudo vectors of a shuffled-label store (``vectors.shuffled_sets``) at
     ``layer``, in the order of ``emotions`` (the real store's), of vector ``kind`` (e.g.
     ``denoised_unit``). Errors name what does not match."""
-    from emotion_vectors.store_layout import Store, read_store
-    from emotion_vectors.vectors import shuffled_name, shuffled_sets
+    from emotion_vectors.vectors.store_layout import Store, read_store
+    from emotion_vectors.vectors.build import shuffled_name, shuffled_sets
 
     st = shuffled if isinstance(shuffled, Store) else read_store(shuffled)
     sets = shuffled_sets(st)
@@ -909,7 +909,7 @@ def valence_clusters(store: Any, layer: int, kind: str = "denoised_unit") -> dic
     """emotion -> ``pleasant`` / ``unpleasant`` by the sign of its vector on the store's
     valence direction (``readout.store_valence_direction``)."""
     from emotion_vectors.readout import store_valence_direction
-    from emotion_vectors.store_layout import Store, read_store
+    from emotion_vectors.vectors.store_layout import Store, read_store
 
     st = store if isinstance(store, Store) else read_store(store)
     kind = kind if kind in [f"{k}_unit" for k in st.kinds] else f"{st.kinds[0]}_unit"
@@ -974,7 +974,7 @@ def run_battery(
     ids ``battery.<check>``), leaks, scoring, dropped, thresholds}``.
     """
     from emotion_vectors.score import default_layer, load_subject, parse_pool, score_texts
-    from emotion_vectors.store_layout import Store, read_store
+    from emotion_vectors.vectors.store_layout import Store, read_store
 
     st = store if isinstance(store, Store) else read_store(store)
     layer = default_layer(st) if layer is None else int(layer)

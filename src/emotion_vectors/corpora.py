@@ -815,7 +815,7 @@ def _tokenizer_for(args: argparse.Namespace) -> Any:
     path = args.tokenizer
     if not path:
         from emotion_vectors.score import store_model_spec
-        from emotion_vectors.store_layout import read_store
+        from emotion_vectors.vectors.store_layout import read_store
 
         path = store_model_spec(read_store(args.vectors))["path"]
     return AutoTokenizer.from_pretrained(path)

@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .store_layout import StoreLayoutError, read_store
+from .vectors.store_layout import StoreLayoutError, read_store
 
 FORMATS = ("safetensors", "gguf")
 EXPORT_KINDS = ("denoised_unit", "raw_unit")

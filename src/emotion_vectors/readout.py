@@ -123,7 +123,7 @@ def store_valence_direction(store, layer: int, *, kind: str = "denoised_unit",
                             pleasant: Sequence[str] = PLEASANT,
                             unpleasant: Sequence[str] = UNPLEASANT) -> ValenceDirection:
     """:func:`valence_direction` from a vector store (path or ``store_layout.Store``)."""
-    from emotion_vectors.store_layout import Store, read_store
+    from emotion_vectors.vectors.store_layout import Store, read_store
 
     st = store if isinstance(store, Store) else read_store(store)
     if layer not in st.layers:
@@ -202,7 +202,7 @@ def store_valence_check(store, layer: int, *, kind: str = "denoised_unit",
                         pleasant: Sequence[str] = PLEASANT,
                         unpleasant: Sequence[str] = UNPLEASANT) -> dict:
     """:func:`check_valence_direction` for a store's valence direction at ``layer``."""
-    from emotion_vectors.store_layout import Store, read_store
+    from emotion_vectors.vectors.store_layout import Store, read_store
 
     st = store if isinstance(store, Store) else read_store(store)
     direction = store_valence_direction(st, layer, kind=kind, pleasant=pleasant, unpleasant=unpleasant)

@@ -97,7 +97,7 @@ from emotion_vectors.corpora import (
 )
 from emotion_vectors.extraction.reading import LocalReader, ReadError, truncate_text
 from emotion_vectors.readout import ReadoutError
-from emotion_vectors.store_layout import Store, StoreLayoutError, read_store
+from emotion_vectors.vectors.store_layout import Store, StoreLayoutError, read_store
 
 log = logging.getLogger("emotion_vectors.score")
 

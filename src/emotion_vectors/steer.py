@@ -196,7 +196,7 @@ def steers_from_store(
     """Steers along one emotion's vector from a vector store, one per layer.
 
     Args:
-        store: a store directory or an opened ``emotion_vectors.store_layout.Store``.
+        store: a store directory or an opened ``emotion_vectors.vectors.store_layout.Store``.
         emotion: one of the store's emotions.
         layers: 0-based block indices, each one of the store's layers; ``None`` = the study's
             main layer, as the analysis and the export pick it (``extract.main_stored_layer``:
@@ -216,7 +216,7 @@ def steers_from_store(
         ValueError: unknown emotion, layer or kind (the message lists what exists), a zero
             vector, a bad strength or scale.
     """
-    from emotion_vectors.store_layout import Store, read_store
+    from emotion_vectors.vectors.store_layout import Store, read_store
 
     if not isinstance(store, Store):
         store = read_store(Path(store))

@@ -253,7 +253,7 @@ def _null_directions(store: Any, null_store: Any, shuffle_sets: Sequence[Sequenc
 
     ``shuffle_sets[k]`` lists shuffle ``k``'s row names in the real store's emotion order
     (``vectors.shuffled_sets``). Checked before any forward pass."""
-    from emotion_vectors.store_layout import Store, read_store
+    from emotion_vectors.vectors.store_layout import Store, read_store
 
     if null_store is None or shuffle_sets is None:
         if n_shuffled:
@@ -450,7 +450,7 @@ def continuation_test(
     (``vectors/shuffled.zarr`` and ``vectors.shuffled_sets``), the first ``n_shuffled`` shuffles
     (all when ``None``); without them the shuffled test is not run.
     """
-    from emotion_vectors.store_layout import Store, read_store
+    from emotion_vectors.vectors.store_layout import Store, read_store
 
     strengths = sorted(float(s) for s in strengths)
     if 0.0 not in strengths or max(strengths) <= 0:
@@ -754,7 +754,7 @@ def dose_response(
     non-zero strength, ``samples`` times per prompt; the unsteered generations are strength 0
     for all.
     """
-    from emotion_vectors.store_layout import Store, read_store
+    from emotion_vectors.vectors.store_layout import Store, read_store
 
     store = store if isinstance(store, Store) else read_store(store)
     emotions = list(emotions)

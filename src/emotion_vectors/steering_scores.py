@@ -635,7 +635,7 @@ def steering_scores(
         set_test,
         vader_scores,
     )
-    from emotion_vectors.store_layout import Store, read_store
+    from emotion_vectors.vectors.store_layout import Store, read_store
     from emotion_vectors.text_checks import load_nrc
 
     store = store if isinstance(store, Store) else read_store(store)

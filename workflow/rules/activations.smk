@@ -115,7 +115,7 @@ rule vectors:
 rule shuffled_vectors:
     """Shuffled-label vectors: the emotion vectors rebuilt from the same activations with the
     emotion labels permuted within topic (vectors.n_shuffles times), the matched null of every
-    emotion-specific claim (emotion_vectors.vectors.build_shuffled_store)."""
+    emotion-specific claim (emotion_vectors.vectors.build.build_shuffled_store)."""
     input:
         emotions=[emotion_shard(s) for s in EMOTIONS],
         stories=[story_shard(s) for s in EMOTIONS],
@@ -198,7 +198,7 @@ use rule vectors as vectors_subject with:
 
 rule split_vectors:
     """Split-half vectors: the emotion vectors built from each half of every emotion's stories
-    (emotion_vectors.split_vectors), which the comparison of two subjects crosses so that no
+    (emotion_vectors.vectors.split_vectors), which the comparison of two subjects crosses so that no
     story is read by both sides."""
     input:
         emotions=[emotion_shard(s) for s in EMOTIONS],

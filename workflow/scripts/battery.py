@@ -29,7 +29,7 @@ from emotion_vectors.core.claims import write_claims
 from emotion_vectors.core.common import write_json_atomic
 from emotion_vectors.core.jobs import start_job
 from emotion_vectors.core.provenance import provenance
-from emotion_vectors.store_layout import read_store
+from emotion_vectors.vectors.store_layout import read_store
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 # through the run's model server (which claims its own GPU), or a model loaded here (claim one)

@@ -54,7 +54,7 @@ from emotion_vectors.core.common import write_json_atomic, write_jsonl_atomic
 from emotion_vectors.core.jobs import start_job
 from emotion_vectors.core.models import load_model
 from emotion_vectors.core.provenance import provenance
-from emotion_vectors.store_layout import read_store
+from emotion_vectors.vectors.store_layout import read_store
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 log = start_job(smk)

@@ -35,7 +35,7 @@ from emotion_vectors.extraction.reading import ServerReader
 from emotion_vectors.readout import store_valence_direction
 from emotion_vectors.score import labelled_check, neutral_baseline, read_scores
 from emotion_vectors.extraction.serve_subject import server_from_params
-from emotion_vectors.store_layout import read_store
+from emotion_vectors.vectors.store_layout import read_store
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 log = start_job(smk, claim_gpus=False)  # reads through the run's model server, which claims its GPU
@@ -164,7 +164,7 @@ log.info("highlights: %d texts of %s; largest |mean of pooled token values - sco
 
 # The shuffled-label vectors' projections (score_corpus), if the run has them.
 from emotion_vectors.text_checks import emotion_label_check, shuffled_means
-from emotion_vectors.vectors import shuffled_name
+from emotion_vectors.vectors.build import shuffled_name
 
 null = None
 null_path = getattr(smk.input, "shuffled", None)

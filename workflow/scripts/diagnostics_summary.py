@@ -1,7 +1,7 @@
 """Snakemake script of rule `diagnostics_summary`: the headline numbers of the corpus diagnostics
 (``summary.json``) and their claims (``claims.json``): each separability method and the judge's
 recognisability, Holm-corrected together, the verdict that follows, the variance shares and the
-per-emotion recognisability family (emotion_vectors.diagnostics)."""
+per-emotion recognisability family (emotion_vectors.vectors.diagnostics)."""
 
 import json
 from pathlib import Path
@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from emotion_vectors.core.claims import write_claims
-from emotion_vectors.diagnostics import diagnostics_claims, headline
+from emotion_vectors.vectors.diagnostics import diagnostics_claims, headline
 from emotion_vectors.core.common import write_json_atomic
 from emotion_vectors.core.jobs import start_job
 

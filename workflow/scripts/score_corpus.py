@@ -18,7 +18,7 @@ from emotion_vectors.core.provenance import provenance
 from emotion_vectors.extraction.reading import ServerReader
 from emotion_vectors.score import default_layer, score_texts, sidecar_path, write_scores
 from emotion_vectors.extraction.serve_subject import server_from_params
-from emotion_vectors.store_layout import read_store
+from emotion_vectors.vectors.store_layout import read_store
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 log = start_job(smk, claim_gpus=False)  # reads through the run's model server, which claims its GPU
@@ -35,7 +35,7 @@ extra_basis, extra_names, n_shuffles = None, [], None
 shuffled_path = getattr(smk.input, "shuffled", None)
 if shuffled_path:
     from emotion_vectors.readout import ReadoutError, valence_direction
-    from emotion_vectors.vectors import shuffled_sets
+    from emotion_vectors.vectors.build import shuffled_sets
 
     sh = read_store(shuffled_path)
     if layer not in sh.layers:

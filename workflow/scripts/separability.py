@@ -1,5 +1,5 @@
 """Snakemake script of rule `separability`: can the stories' activations tell their emotions apart,
-and how much of their variance follows emotion versus topic (emotion_vectors.diagnostics)?"""
+and how much of their variance follows emotion versus topic (emotion_vectors.vectors.diagnostics)?"""
 
 import json
 import time
@@ -15,7 +15,7 @@ import sklearn.decomposition  # noqa: F401
 import sklearn.linear_model  # noqa: F401
 from threadpoolctl import threadpool_limits
 
-from emotion_vectors.diagnostics import (
+from emotion_vectors.vectors.diagnostics import (
     SEPARABILITY_COLUMNS,
     VARIANCE_COLUMNS,
     load_corpus,

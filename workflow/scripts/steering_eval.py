@@ -32,8 +32,8 @@ from emotion_vectors.steering_scores import (
     tradeoff_figure,
     validate_concept_scorer,
 )
-from emotion_vectors.store_layout import read_store
-from emotion_vectors.vectors import shuffled_sets
+from emotion_vectors.vectors.store_layout import read_store
+from emotion_vectors.vectors.build import shuffled_sets
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 log = start_job(smk)

@@ -136,7 +136,7 @@ def build_conditions(
         kind: the store's vector kind giving each emotion's direction.
     """
     from ..steer import random_steers, steers_from_store
-    from ..store_layout import Store, read_store
+    from ..vectors.store_layout import Store, read_store
 
     if not isinstance(store, Store):
         store = read_store(Path(store))

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from .extraction.shards import open_shard
+from ..extraction.shards import open_shard
 from .store_layout import write_store
-from .vectors import _extraction_attrs, check_same_origin, emotion_vectors
+from .build import _extraction_attrs, check_same_origin, emotion_vectors
 
 HALF_SEP = "@half"
 

@@ -85,9 +85,9 @@ from typing import Any
 
 import numpy as np
 
-from .core.claims import json_safe
-from .core.stats import Z95, stratified_subsample, wilson_interval
-from .extraction.shards import open_shard
+from ..core.claims import json_safe
+from ..core.stats import Z95, stratified_subsample, wilson_interval
+from ..extraction.shards import open_shard
 
 METHODS = ("nearest_centroid", "logistic_probe")
 SEPARABILITY_COLUMNS = [
@@ -995,7 +995,7 @@ def _per_emotion(recog_rows: list[dict], alpha: float) -> dict:
     of the AUC test (what the claim uses: a judge's preference for a word cannot inflate it) and
     of the binomial test (shown, not claimed: a judge that prefers a word after every story
     "recognises" that word's stories)."""
-    from .core.claims import bh, holm
+    from ..core.claims import bh, holm
 
     rows = [r for r in recog_rows if r["emotion"] != "(all)"]
     out: dict[str, Any] = {"n_emotions": len(rows)}
@@ -1034,7 +1034,7 @@ def diagnostics_claims(summary: Mapping[str, Any]) -> list[Any]:
     recognisability, Holm-corrected together (the verdict's family); the family's verdict; the
     emotion and interaction variance shares (raw scale, layer-max tests); and the per-emotion
     recognisability family (AUC tests, Holm over the emotions)."""
-    from .core.claims import EFFECT, family_claims, make_claim
+    from ..core.claims import EFFECT, family_claims, make_claim
 
     alpha = float(summary.get("alpha", 0.05) or 0.05)
     sep = summary.get("separability", {}) or {}

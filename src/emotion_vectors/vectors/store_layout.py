@@ -17,7 +17,7 @@ A vector store is a Zarr v3 group (``results/<run>/vectors/vectors.zarr``):
   block indices, layer ``i`` = output of block ``i``), ``layout_version``, the statuses above,
   and whatever the caller adds (``provenance``, definitions, ...).
 
-``emotion_vectors.vectors.build_vector_store`` (the workflow) and
+``emotion_vectors.vectors.build.build_vector_store`` (the workflow) and
 ``emotion_vectors.analysis.store`` (tests, benchmarks, the published reference vectors) both
 write through ``write_store``.
 """

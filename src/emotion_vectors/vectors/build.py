@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .extraction.shards import open_shard
+from ..extraction.shards import open_shard
 from .store_layout import write_store
 
 # What must agree between the shards that one store averages (see ``shard_origin``).
