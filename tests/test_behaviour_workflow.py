@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from emotion_vectors.behaviour.conditions import (
+from emotion_vectors.steering.behaviour.conditions import (
     BASELINE,
     build_conditions,
     condition_name,
@@ -23,7 +23,7 @@ from emotion_vectors.behaviour.conditions import (
     make_judge,
     same_model,
 )
-from emotion_vectors.steer import SteeringUnitError, steering
+from emotion_vectors.steering.steer import SteeringUnitError, steering
 from emotion_vectors.vectors.store_layout import read_store, write_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,8 +125,8 @@ def test_conditions_steer_a_model_through_the_runner(tmp_path: Path, tiny_llama:
     """Baseline, an emotion and a random condition run through run_scenario with a steer_for made
     from the conditions: the baseline equals unsteered generation, the steered ones differ."""
     from emotion_vectors.corpus.backends import HFChatBackend
-    from emotion_vectors.behaviour.run import run_scenario
-    from emotion_vectors.behaviour.scenario import load_scenario
+    from emotion_vectors.steering.behaviour.run import run_scenario
+    from emotion_vectors.steering.behaviour.scenario import load_scenario
 
     model, tok = tiny_llama
     d = model.config.hidden_size
@@ -145,7 +145,7 @@ def test_conditions_steer_a_model_through_the_runner(tmp_path: Path, tiny_llama:
     texts = {r["condition"]: r["response"] for r in recs}
     assert list(texts) == [BASELINE, "fear+8", "fear-8", "random0+8"]
     assert recs[1]["condition_spec"]["added_norm"] == pytest.approx(8.0)
-    from emotion_vectors.behaviour.scenario import render_prompt
+    from emotion_vectors.steering.behaviour.scenario import render_prompt
 
     plain = backend.generate_text(render_prompt(tok, scenario), max_tokens=6, temperature=0.0, seed=None)
     assert texts[BASELINE] == plain.text
@@ -156,7 +156,7 @@ def test_conditions_steer_a_model_through_the_runner(tmp_path: Path, tiny_llama:
 
 
 def test_make_judge_from_an_openai_spec_keeps_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    from emotion_vectors.behaviour.judging import ChatJudge
+    from emotion_vectors.steering.behaviour.judging import ChatJudge
 
     monkeypatch.setenv("MY_JUDGE_KEY", "sk-secret-123")
     spec = {"backend": "openai", "name": "big", "base_url": "http://127.0.0.1:9/v1", "model": "Big/Model",

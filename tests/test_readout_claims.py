@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from emotion_vectors.core.claims import EFFECT, NO_EFFECT, NOT_TESTABLE, mc_p
+from emotion_vectors.corpus.lexicon import load_nrc
 from emotion_vectors.corpora import load_file
 from emotion_vectors.text_checks import (
     CheckError,
@@ -25,7 +26,6 @@ from emotion_vectors.text_checks import (
     corpora_agreement,
     emotion_claims,
     emotion_label_check,
-    load_nrc,
     mannwhitney_auroc,
     nrc_scores,
     paired_auroc_difference,

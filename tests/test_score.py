@@ -19,7 +19,7 @@ import pytest
 
 from emotion_vectors import score as score_mod
 from emotion_vectors.extraction.extract import extract_pooled
-from emotion_vectors.readout import store_valence_direction
+from emotion_vectors.steering.readout import store_valence_direction
 from emotion_vectors.score import (
     ScoreError,
     auroc_fast,

@@ -1,4 +1,4 @@
-"""Tests of activation steering (``emotion_vectors.steer``): that it provably steers.
+"""Tests of activation steering (``emotion_vectors.steering.steer``): that it provably steers.
 
 The reference for "what the model does without steering" is the same model called with the same
 tokens and no hook. Where steering changes the greedy tokens, the unsteered reference is made to
@@ -25,7 +25,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from conftest import TINY_MODEL_FIXTURES
 from emotion_vectors.extraction.extract import LayerIndexError, _block_hidden, extract_pooled
 from emotion_vectors.core.models import decoder_layers
-from emotion_vectors.steer import (
+from emotion_vectors.steering.steer import (
     Steer,
     SteeringPositionError,
     SteeringUnitError,

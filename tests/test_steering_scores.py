@@ -1,4 +1,4 @@
-"""Steering against prompting (emotion_vectors.steering_scores): the three axes, the statistics,
+"""Steering against prompting (emotion_vectors.steering.scores): the three axes, the statistics,
 the unsteered model's reading of replies, the KL on neutral text, the judge's validation, and the
 whole evaluation on a tiny random model (structure, nulls, claims, determinism) and, slow, on the
 real default model. Calibration of the tests under their nulls: test_calibration_steering.py."""
@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from emotion_vectors.core.claims import NOT_TESTABLE, VERDICTS
-from emotion_vectors.steer import Steer, steering
-from emotion_vectors.steer_eval import MASK_TOKEN, dose_claims
-from emotion_vectors.steering_scores import (
+from emotion_vectors.steering.steer import Steer, steering
+from emotion_vectors.steering.evaluate import MASK_TOKEN, dose_claims
+from emotion_vectors.steering.scores import (
     DEFAULT_CONCEPT_MAP,
     ScoresError,
     choose_strength,
@@ -272,7 +272,7 @@ def test_steering_scores_on_a_tiny_model(tiny_llama, tmp_path):
 
 
 def test_mask_token_is_not_an_affect_word():
-    from emotion_vectors.text_checks import load_nrc
+    from emotion_vectors.corpus.lexicon import load_nrc
 
     assert MASK_TOKEN not in load_nrc()
 
@@ -282,7 +282,7 @@ def test_concept_judge_through_the_in_process_chat_backend_is_validated_before_u
     """A judge is a chat backend rating 0-2; on the labelled sentences it gets a kappa interval and
     passes only above the floor (SmolLM2, a 135M model, is not expected to: then the lexicon scores)."""
     from emotion_vectors.corpus.backends import HFChatBackend
-    from emotion_vectors.steering_scores import ConceptJudge
+    from emotion_vectors.steering.scores import ConceptJudge
 
     model, tok = default_model
     judge = ConceptJudge(HFChatBackend(model, tok, name="smollm2"), max_tokens=16)

@@ -601,7 +601,7 @@ def random_direction_null(
     Returns ``{"n_draws", "seed", "values": {check: (n_draws,) array}, "tiebreak": {name:
     (n_draws,) array}, "summary": {check: null_summary}}``.
     """
-    from emotion_vectors.steer_eval import derive_seed
+    from emotion_vectors.steering.evaluate import derive_seed
 
     emotions = list(emotions)
     e = len(emotions)
@@ -908,7 +908,7 @@ def clusters_from_tsv(path: str | Path | pd.DataFrame, layer: int, cut: str = "f
 def valence_clusters(store: Any, layer: int, kind: str = "denoised_unit") -> dict[str, str]:
     """emotion -> ``pleasant`` / ``unpleasant`` by the sign of its vector on the store's
     valence direction (``readout.store_valence_direction``)."""
-    from emotion_vectors.readout import store_valence_direction
+    from emotion_vectors.steering.readout import store_valence_direction
     from emotion_vectors.vectors.store_layout import Store, read_store
 
     st = store if isinstance(store, Store) else read_store(store)

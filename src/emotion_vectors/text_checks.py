@@ -38,7 +38,6 @@ All pure numpy/scipy: the Snakemake scripts feed them the scores and the shuffle
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -48,21 +47,10 @@ import numpy as np
 import pandas as pd
 
 from emotion_vectors.core.claims import Claim, holm, make_claim, mc_p
+from emotion_vectors.corpus.lexicon import NRC_CATEGORIES, NRC_SOURCE, CheckError, load_nrc
 
 STAGE = "scoring"
-NRC_PACKAGE = "nrclex"
-NRC_FILE = ("data", "nrc_en.json")
-NRC_SOURCE = "nrclex==4.1.0:nrclex/data/nrc_en.json"
-NRC_CITATION = ("NRC Word-Emotion Association Lexicon (Mohammad & Turney 2013, Computational "
-                "Intelligence 29(3)), as shipped by nrclex 4.1.0 (MIT; the lexicon itself is "
-                "for research use)")
-NRC_CATEGORIES = ("anger", "anticipation", "disgust", "fear", "joy", "negative", "positive",
-                  "sadness", "surprise", "trust")
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)*")
-
-
-class CheckError(ValueError):
-    """A check that cannot be run as configured (a bad label map, a missing column)."""
 
 
 # --------------------------------------------------------------------------- AUROC
@@ -132,19 +120,6 @@ def paired_auroc_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, *, n_bo
 
 
 # --------------------------------------------------------------------------- NRC lexicon
-
-
-def load_nrc() -> dict[str, frozenset[str]]:
-    """The NRC word -> categories lexicon from the installed ``nrclex`` package's data file
-    (the package's code, which needs TextBlob, is never imported)."""
-    from emotion_vectors.corpora import CorpusError, package_data_path
-
-    try:
-        path = package_data_path(NRC_PACKAGE, *NRC_FILE)
-    except CorpusError as err:
-        raise CheckError(f"the NRC lexicon baseline needs {err}") from None
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return {str(w): frozenset(map(str, cats)) for w, cats in data.items()}
 
 
 def nrc_scores(texts: Sequence[Any], category: str,
@@ -559,8 +534,8 @@ def _num(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-__all__ = ["AGREEMENT_NULL", "AGREEMENT_TEST", "CheckError", "NRC_CATEGORIES", "NRC_SOURCE",
+__all__ = ["AGREEMENT_NULL", "AGREEMENT_TEST", "CheckError",
            "agreement_claims", "aurocs_many", "check_label_map", "corpora_agreement",
-           "emotion_claims", "emotion_label_check", "load_nrc", "mannwhitney_auroc",
+           "emotion_claims", "emotion_label_check", "mannwhitney_auroc",
            "nrc_scores", "paired_auroc_difference", "parse_labels", "shuffled_means",
            "valence_auroc_claim"]

@@ -1,6 +1,6 @@
 """Snakemake script of rule `behaviour`: sample one scenario under every steering condition,
 classify every transcript in two stages with the validated judge, and write rates, tests,
-claims and dose-response figures (emotion_vectors.behaviour; docs/behaviour.md).
+claims and dose-response figures (emotion_vectors.steering.behaviour; docs/behaviour.md).
 
 The judge is chosen from the scenario's judge validation (input ``validation``, the table of
 rule judge_validation_summary) by ``judging.select_judge``: only a judge whose kappa interval
@@ -9,7 +9,7 @@ scenario), no judge is loaded, no rate is produced: ``rates.tsv`` has empty rate
 stage-1 facts per condition, the figures show a stage-1 fact (labelled as such), and every claim
 in ``claims.json`` is "not testable" with the reason.
 
-Every condition is sampled at once (emotion_vectors.behaviour.batched): rows of (condition,
+Every condition is sampled at once (emotion_vectors.steering.behaviour.batched): rows of (condition,
 sample) in passes of ``batch_size``, one condition's steers per row, the scenario's prompt run once
 below the steered block.
 
@@ -29,7 +29,7 @@ from collections import Counter
 from pathlib import Path
 
 from emotion_vectors.corpus.backends import HFChatBackend, has_chat_template
-from emotion_vectors.behaviour.conditions import (
+from emotion_vectors.steering.behaviour.conditions import (
     BASELINE,
     build_conditions,
     check_emotions,
@@ -37,11 +37,11 @@ from emotion_vectors.behaviour.conditions import (
     resolve_layer,
     same_model,
 )
-from emotion_vectors.behaviour.judging import STAGE1_IN_SAMPLE, select_judge
-from emotion_vectors.behaviour.batched import run_scenario_rows
-from emotion_vectors.behaviour.run import ResumeMismatch, check_transcripts, classify_transcripts, discard_resume_files
-from emotion_vectors.behaviour.scenario import load_scenario, prompt_digest, render_prompt
-from emotion_vectors.behaviour.stats import (
+from emotion_vectors.steering.behaviour.judging import STAGE1_IN_SAMPLE, select_judge
+from emotion_vectors.steering.behaviour.batched import run_scenario_rows
+from emotion_vectors.steering.behaviour.run import ResumeMismatch, check_transcripts, classify_transcripts, discard_resume_files
+from emotion_vectors.steering.behaviour.scenario import load_scenario, prompt_digest, render_prompt
+from emotion_vectors.steering.behaviour.stats import (
     STAGE1_FACTS,
     behaviour_claims,
     count_labels,

@@ -32,7 +32,7 @@ from emotion_vectors.extraction.highlight import highlight_html
 from emotion_vectors.core.jobs import start_job
 from emotion_vectors.core.provenance import provenance
 from emotion_vectors.extraction.reading import ServerReader
-from emotion_vectors.readout import store_valence_direction
+from emotion_vectors.steering.readout import store_valence_direction
 from emotion_vectors.score import labelled_check, neutral_baseline, read_scores
 from emotion_vectors.extraction.serve_subject import server_from_params
 from emotion_vectors.vectors.store_layout import read_store

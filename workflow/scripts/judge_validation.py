@@ -1,7 +1,7 @@
 """Snakemake script of rules `judge_validation` and `judge_validation_summary`.
 
 `judge_validation`: one judge's two-stage classifier (stage-1 checks, then the judge) on the
-scenario's hand-labelled responses (emotion_vectors.behaviour.judging.validate_judge): the full
+scenario's hand-labelled responses (emotion_vectors.steering.behaviour.judging.validate_judge): the full
 report as JSON (every item's prediction included) and a few rows of TSV: the two-stage
 classifier, and the three stage-1-only rules as baselines, each with accuracy, Cohen's kappa
 and its bootstrap 95% interval, the confusion counts and the accuracy per category.
@@ -35,10 +35,10 @@ def agreement_row(agree: dict, **fields) -> dict:
 
 
 def validate() -> None:
-    from emotion_vectors.behaviour.checks import STAGE1_RULES
-    from emotion_vectors.behaviour.conditions import describe_judge, make_judge
-    from emotion_vectors.behaviour.judging import CATEGORIES, STAGE1_IN_SAMPLE, load_validation_set, select_judge, validate_judge
-    from emotion_vectors.behaviour.scenario import load_scenario
+    from emotion_vectors.steering.behaviour.checks import STAGE1_RULES
+    from emotion_vectors.steering.behaviour.conditions import describe_judge, make_judge
+    from emotion_vectors.steering.behaviour.judging import CATEGORIES, STAGE1_IN_SAMPLE, load_validation_set, select_judge, validate_judge
+    from emotion_vectors.steering.behaviour.scenario import load_scenario
     from emotion_vectors.core.common import write_json_atomic
     from emotion_vectors.core.jobs import start_job
     from emotion_vectors.core.provenance import provenance
@@ -105,7 +105,7 @@ def validate() -> None:
 
 
 def summarise() -> None:
-    from emotion_vectors.behaviour.judging import select_judge
+    from emotion_vectors.steering.behaviour.judging import select_judge
 
     logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s: %(message)s")
     frames = [pd.read_csv(p, sep="\t", keep_default_na=False, na_values=["nan", "NaN", ""]) for p in smk.input]

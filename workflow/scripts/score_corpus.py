@@ -34,7 +34,7 @@ valence_check = dict(s.get("valence_check") or {})
 extra_basis, extra_names, n_shuffles = None, [], None
 shuffled_path = getattr(smk.input, "shuffled", None)
 if shuffled_path:
-    from emotion_vectors.readout import ReadoutError, valence_direction
+    from emotion_vectors.steering.readout import ReadoutError, valence_direction
     from emotion_vectors.vectors.build import shuffled_sets
 
     sh = read_store(shuffled_path)

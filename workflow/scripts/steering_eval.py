@@ -3,7 +3,7 @@ vectors, shuffled-label vectors and random directions) and steering judged again
 (concept, fluency, relevance and their harmonic mean; strength chosen on one half of the prompts,
 reported on the other; KL on the neutral dialogues; shuffled-label and random controls; the
 masked-VADER dose claims from the same replies), with their claims
-(emotion_vectors.steer_eval, emotion_vectors.steering_scores; docs/steering.md)."""
+(emotion_vectors.steering.evaluate, emotion_vectors.steering.scores; docs/steering.md)."""
 
 import json
 import os
@@ -18,9 +18,9 @@ from emotion_vectors.core.common import write_json_atomic, write_jsonl_atomic
 from emotion_vectors.core.jobs import start_job
 from emotion_vectors.core.models import load_model
 from emotion_vectors.core.provenance import provenance
-from emotion_vectors.readout import store_valence_direction
-from emotion_vectors.steer_eval import continuation_claims, continuation_figure, continuation_test, dose_claims
-from emotion_vectors.steering_scores import (
+from emotion_vectors.steering.readout import store_valence_direction
+from emotion_vectors.steering.evaluate import continuation_claims, continuation_figure, continuation_test, dose_claims
+from emotion_vectors.steering.scores import (
     ConceptJudge,
     ScoresError,
     concept_map,
@@ -90,7 +90,7 @@ judge = None
 judge_note = "no judge configured: the concept score is the NRC lexicon's (masked)"
 if sc.get("judge"):
     from emotion_vectors.corpus.backends import HFChatBackend, make_backend
-    from emotion_vectors.behaviour.conditions import describe_judge, same_model
+    from emotion_vectors.steering.behaviour.conditions import describe_judge, same_model
 
     spec = dict(sc["judge"])
     backend = (HFChatBackend(lm.model, lm.tokenizer, name=spec.get("name")) if same_model(spec, smk.params.subject)

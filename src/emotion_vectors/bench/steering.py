@@ -70,8 +70,8 @@ def main(argv: list[str]) -> int:
 
     from ..core.config import load_config
     from ..core.models import load_model, prepare_gguf_model, resolve_path
-    from ..steer import Steer, sample_rows, steering
-    from ..steer_eval import render_chat, steered_word_logprobs, word_logprobs
+    from ..steering.steer import Steer, sample_rows, steering
+    from ..steering.evaluate import render_chat, steered_word_logprobs, word_logprobs
 
     if args.threads:
         torch.set_num_threads(args.threads)

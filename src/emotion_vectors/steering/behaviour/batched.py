@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..core.common import derive_seed
+from ...core.common import derive_seed
 from .run import ResumeMismatch, _checksum, _ends_with_newline, _write_lines_atomic, read_transcripts
 from .scenario import Scenario, prompt_digest, render_prompt
 
@@ -79,7 +79,7 @@ def run_scenario_rows(
     """
     import torch
 
-    from ..corpus.backends import _eos_ids, has_chat_template
+    from ...corpus.backends import _eos_ids, has_chat_template
     from ..steer import generate_rows
 
     names = [c["name"] for c in conditions]

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m emotion_vectors.export VECTORS_ZARR --format safetensors|gguf --emotion E \\
+    python -m emotion_vectors.steering.export VECTORS_ZARR --format safetensors|gguf --emotion E \\
         [--layers L ... | --layers all] [--kind denoised_unit|raw_unit] [--strength S] \\
         [--absolute-scale X] --out FILE
 
@@ -55,8 +55,8 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .vectors.store_layout import StoreLayoutError, read_store
+from .. import __version__
+from ..vectors.store_layout import StoreLayoutError, read_store
 
 FORMATS = ("safetensors", "gguf")
 EXPORT_KINDS = ("denoised_unit", "raw_unit")
@@ -426,7 +426,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
-        prog="python -m emotion_vectors.export",
+        prog="python -m emotion_vectors.steering.export",
         description=(
             "Export one emotion's steering vectors from a vector store. At layer i (output of "
             "0-based decoder block i) the vector to add is strength x residual_norm[i] x unit "

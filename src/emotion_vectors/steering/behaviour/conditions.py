@@ -6,9 +6,9 @@
 - ``baseline``: no steering;
 - for each emotion and magnitude ``m``: ``<emotion>+m`` and ``<emotion>-m``, the emotion's vector
   (``denoised_unit`` by default) added at one layer with strength ``±m`` in units of that
-  layer's residual norm (:func:`emotion_vectors.steer.steers_from_store`);
+  layer's residual norm (:func:`emotion_vectors.steering.steer.steers_from_store`);
 - for each random direction ``r`` and magnitude ``m``: ``random<r>+m``, a direction drawn
-  uniformly on the unit sphere (:func:`emotion_vectors.steer.random_steers`, seeded by
+  uniformly on the unit sphere (:func:`emotion_vectors.steering.steer.random_steers`, seeded by
   ``derive_seed(seed, "behaviour-random", r)``, so direction ``r`` is the same at every
   magnitude), added with the same layer, unit and strength as the emotions' ``+m``: the same
   added norm, the null a real effect must leave.
@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.common import derive_seed, slug
+from ...core.common import derive_seed, slug
 
 BASELINE = "baseline"
 
@@ -89,7 +89,7 @@ def _spec(name: str, kind: str, emotion: str | None, strength: float, steers: Se
 def resolve_layer(store: Any, layer: int | None) -> int:
     """The steered layer: ``layer`` if stored, ``None`` = the main layer
     (:func:`emotion_vectors.extraction.extract.main_stored_layer` of the store's layers and depth)."""
-    from ..extraction.extract import main_stored_layer
+    from ...extraction.extract import main_stored_layer
 
     if layer is None:
         n_blocks = store.attrs.get("num_hidden_layers")
@@ -136,7 +136,7 @@ def build_conditions(
         kind: the store's vector kind giving each emotion's direction.
     """
     from ..steer import random_steers, steers_from_store
-    from ..vectors.store_layout import Store, read_store
+    from ...vectors.store_layout import Store, read_store
 
     if not isinstance(store, Store):
         store = read_store(Path(store))
@@ -187,7 +187,7 @@ def same_model(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 def describe_judge(spec: Mapping[str, Any]) -> dict[str, Any]:
     """A judge spec as provenance records it (an API key's variable name, never its value)."""
     if spec.get("backend") == "openai":
-        from ..corpus.backends import OPENAI_OPTIONS
+        from ...corpus.backends import OPENAI_OPTIONS
 
         keys = ("backend", "name", "base_url", "model", *OPENAI_OPTIONS, "max_tokens")
         return {k: spec.get(k) for k in keys if k in spec}
@@ -212,7 +212,7 @@ def make_judge(
     Returns ``(judge, info)``; ``info`` has ``spec`` (:func:`describe_judge`), ``judge`` (the
     judge's name) and, for a local model, ``model`` (``LoadedModel.info``).
     """
-    from ..corpus.backends import make_backend
+    from ...corpus.backends import make_backend
     from .judging import ChatJudge, LocalChoiceJudge
 
     info: dict[str, Any] = {"spec": describe_judge(spec)}
@@ -222,7 +222,7 @@ def make_judge(
                                evidence=evidence)
     else:
         if loaded is None:
-            from ..core.models import load_model
+            from ...core.models import load_model
 
             loaded = load_model(dict(spec), models_dir)
         judge = LocalChoiceJudge(loaded.model, loaded.tokenizer, name=spec.get("name"), evidence=evidence)

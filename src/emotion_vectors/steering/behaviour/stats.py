@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from ..core.claims import ALPHA, Claim, binomial_interval, make_claim
-from ..core.stats import holm, wilson_interval
+from ...core.claims import ALPHA, Claim, binomial_interval, make_claim
+from ...core.stats import holm, wilson_interval
 
 TABLE_COLUMNS = [
     "condition", "emotion", "strength", "random", "is_baseline", "n", "k", "n_unparsed", "rate",

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from ..corpus.backends import render_messages
+from ...corpus.backends import render_messages
 
 
 class ScenarioError(ValueError):

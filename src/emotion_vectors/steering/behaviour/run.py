@@ -43,8 +43,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ContextManager, Protocol
 
-from ..corpus.backends import Completion
-from ..core.common import derive_seed
+from ...corpus.backends import Completion
+from ...core.common import derive_seed
 from .scenario import Scenario, prompt_digest, render_prompt
 
 

@@ -79,7 +79,7 @@ import numpy as np
 
 from emotion_vectors.core.claims import ALPHA, Claim, holm, make_claim, mc_p
 from emotion_vectors.corpus.judge import _input_device
-from emotion_vectors.steer import Steer, _repeat_cache_rows, random_steers, steering_rows, steers_from_store
+from emotion_vectors.steering.steer import Steer, _repeat_cache_rows, random_steers, steering_rows, steers_from_store
 
 Log = Callable[[str], None]
 
@@ -296,7 +296,7 @@ def word_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], words: Seq
                   *, batch_size: int = 8) -> np.ndarray:
     """``(n_prompts, n_words)`` log-probability of ``" " + word`` (all its tokens) after each
     prompt (``judge.score_choices``). The model is called as it is, so an active
-    :func:`~emotion_vectors.steer.steering` context applies to prompt and word tokens alike."""
+    :func:`~emotion_vectors.steering.steer.steering` context applies to prompt and word tokens alike."""
     from emotion_vectors.corpus.judge import score_choices
 
     cands = [" " + w for w in words]

@@ -9,7 +9,7 @@ prompting"). Every score comes from something independent of the vectors being t
 The three axes (each in [0, 1], per generation)
 -----------------------------------------------
 - **concept**: does the text express the emotion? By default the NRC emotion lexicon (the
-  ``nrclex`` package's data file, ``text_checks.load_nrc``), read on the text with every form of
+  ``nrclex`` package's data file, ``corpus.lexicon.load_nrc``), read on the text with every form of
   every run emotion's word masked (``steer_eval.mask_emotion_words``: a text that says "happy"
   must not score for saying it): among the text's affect words (words with any NRC entry), the
   share whose entry holds the emotion's NRC category (:data:`DEFAULT_CONCEPT_MAP`, a stated
@@ -82,7 +82,7 @@ from typing import Any
 import numpy as np
 
 from emotion_vectors.core.claims import ALPHA, Claim, holm, make_claim
-from emotion_vectors.steer import Steer, random_steers, steering_rows
+from emotion_vectors.steering.steer import Steer, random_steers, steering_rows
 
 Log = Callable[[str], None]
 
@@ -131,7 +131,7 @@ class ScoresError(ValueError):
 def concept_map(emotions: Sequence[str], overrides: Mapping[str, str] | None = None) -> dict[str, str]:
     """Each emotion's NRC category (:data:`DEFAULT_CONCEPT_MAP` updated by ``overrides``); an
     emotion with none is a :class:`ScoresError` naming it (add it to ``steering.scores.concept_map``)."""
-    from emotion_vectors.text_checks import NRC_CATEGORIES
+    from emotion_vectors.corpus.lexicon import NRC_CATEGORIES
 
     table = {**DEFAULT_CONCEPT_MAP, **dict(overrides or {})}
     bad = {e: c for e, c in table.items() if c not in NRC_CATEGORIES}
@@ -149,8 +149,8 @@ def lexicon_concept(texts: Sequence[str], category: str, *, mask_words: Sequence
     """Concept score of each text for an NRC ``category``: among the words of the text (every
     form of ``mask_words`` masked first) that have an NRC entry, the share whose entry holds
     ``category``; 0 for a text with no such word."""
-    from emotion_vectors.steer_eval import mask_emotion_words
-    from emotion_vectors.text_checks import NRC_CATEGORIES, load_nrc
+    from emotion_vectors.corpus.lexicon import NRC_CATEGORIES, load_nrc
+    from emotion_vectors.steering.evaluate import mask_emotion_words
 
     if category not in NRC_CATEGORIES:
         raise ScoresError(f"NRC category {category!r} is not one of {NRC_CATEGORIES}")
@@ -280,7 +280,7 @@ def response_logprobs(model: Any, contexts: Sequence[Sequence[int]], responses: 
 
     from emotion_vectors.extraction.extract import _input_device
     from emotion_vectors.corpus.judge import _cache_argument
-    from emotion_vectors.steer import _repeat_cache_rows
+    from emotion_vectors.steering.steer import _repeat_cache_rows
 
     out = np.full(len(responses), np.nan)
     out_head = np.full(len(responses), np.nan)
@@ -452,8 +452,8 @@ def validate_concept_scorer(score: Callable[[Sequence[str], str], np.ndarray], i
     bootstrap interval (``behaviour.judging.agreement``), and the AUROC of the score. Passes when
     the kappa interval lies above ``behaviour.judging.KAPPA_FLOOR`` (the project's rule for a
     judge)."""
-    from emotion_vectors.behaviour.judging import KAPPA_FLOOR, agreement
-    from emotion_vectors.steer_eval import mask_emotion_words
+    from emotion_vectors.steering.behaviour.judging import KAPPA_FLOOR, agreement
+    from emotion_vectors.steering.evaluate import mask_emotion_words
 
     pairs = validation_pairs(items, emotions)
     if not any(p["truth"] for p in pairs) or all(p["truth"] for p in pairs):
@@ -528,7 +528,7 @@ def _sample(model: Any, tokenizer: Any, plan: Sequence[_Row], *, batch_size: int
     calls of its own (its prefix runs once below the steered block); prompts with few rows are
     pooled into left-padded calls."""
     from emotion_vectors.corpus.backends import _eos_ids
-    from emotion_vectors.steer import sample_rows
+    from emotion_vectors.steering.steer import sample_rows
 
     eos = sorted(_eos_ids(model, tokenizer))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
@@ -562,7 +562,7 @@ def _sample(model: Any, tokenizer: Any, plan: Sequence[_Row], *, batch_size: int
 
 
 def _seed(*parts: Any) -> int:
-    from emotion_vectors.steer_eval import derive_seed
+    from emotion_vectors.steering.evaluate import derive_seed
 
     return derive_seed(*parts)
 
@@ -581,7 +581,7 @@ class ScoresResult:
 
 
 def _render(tokenizer: Any, user: str) -> str:
-    from emotion_vectors.steer_eval import render_chat
+    from emotion_vectors.steering.evaluate import render_chat
 
     return render_chat(tokenizer, user)
 
@@ -624,7 +624,7 @@ def steering_scores(
     """Concept, fluency and relevance of steered, prompted and unsteered replies; strength chosen
     on the selection half, reported on the other; KL on neutral text; controls; the VADER dose
     numbers (module docstring)."""
-    from emotion_vectors.steer_eval import (
+    from emotion_vectors.steering.evaluate import (
         _layer_for,
         _null_directions,
         _signed,
@@ -636,7 +636,7 @@ def steering_scores(
         vader_scores,
     )
     from emotion_vectors.vectors.store_layout import Store, read_store
-    from emotion_vectors.text_checks import load_nrc
+    from emotion_vectors.corpus.lexicon import load_nrc
 
     store = store if isinstance(store, Store) else read_store(store)
     emotions = list(emotions)
@@ -1024,7 +1024,7 @@ def scores_claims(summary: Mapping[str, Any], *, figure: str | None = None) -> l
     prompting (two-sided sign-flip tests, Holm over the emotions; the family over all pairs), and
     the emotions' vectors against the shuffled-label vectors (family and per emotion, Holm) and
     random directions (weak null) at the test strength."""
-    from emotion_vectors.steer_eval import WEAK_RANDOM_NULL, _at_floor
+    from emotion_vectors.steering.evaluate import WEAK_RANDOM_NULL, _at_floor
 
     emotions = list(summary["emotions"])
     n_e = len(emotions)

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..corpus.backends import ChatBackend, render_messages
+from ...corpus.backends import ChatBackend, render_messages
 from .checks import STAGE1_RULES, check_response, sent_emails_text
 from .scenario import Scenario
 
@@ -143,8 +143,8 @@ class LocalChoiceJudge:
         return rendered + "Answer:"
 
     def judge_many(self, responses: Sequence[str], scenario: Scenario) -> list[JudgeVerdict]:
-        from ..corpus.backends import has_chat_template
-        from ..corpus.judge import score_choices
+        from ...corpus.backends import has_chat_template
+        from ...corpus.judge import score_choices
 
         if not responses:
             return []
