@@ -1,4 +1,4 @@
-"""The validation battery (emotion_vectors.battery): data files, scores with known answers, the
+"""The validation battery (emotion_vectors.reading.battery): data files, scores with known answers, the
 random-direction null, threshold evaluation, and one small run on the real model."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from emotion_vectors import battery as B
+from emotion_vectors.reading import battery as B
 from emotion_vectors.core.claims import binomial_interval, holm
 from emotion_vectors.corpus.leak import find_leaks
 

@@ -22,10 +22,10 @@ import pandas as pd
 import pytest
 
 from emotion_vectors.extraction import reading, serve_subject
-from emotion_vectors import score as score_mod
+from emotion_vectors.reading import score as score_mod
 from emotion_vectors.core.models import load_model
 from emotion_vectors.extraction.reading import LocalReader, ReadError, ServerReader, gather
-from emotion_vectors.score import score_texts
+from emotion_vectors.reading.score import score_texts
 from emotion_vectors.extraction.serve_subject import ServerHandle, find_live_server, subject_server
 from emotion_vectors.core.private_files import ServiceError
 from emotion_vectors.vectors.store_layout import write_store

@@ -166,7 +166,7 @@ def test_real_text_scores_are_reported(tiny_run):
     labelled check."""
     import pandas as pd
 
-    from emotion_vectors.score import read_scores
+    from emotion_vectors.reading.score import read_scores
 
     corpus = [json.loads(x) for x in (tiny_run / "corpora" / "tweets.jsonl").read_text().splitlines()]
     assert len(corpus) == 20 and all(r["label"] in ("positive", "negative") for r in corpus)

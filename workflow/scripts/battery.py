@@ -1,4 +1,4 @@
-"""Snakemake script of the validation battery (emotion_vectors.battery; docs/battery.md).
+"""Snakemake script of the validation battery (emotion_vectors.reading.battery; docs/battery.md).
 
 Inputs: ``vectors`` (the run's store), ``shuffled`` (the shuffled-label store, the matched
 null of every check; optional: without it the claims use the random directions and say so),
@@ -18,7 +18,7 @@ import time
 
 import pandas as pd
 
-from emotion_vectors.battery import (
+from emotion_vectors.reading.battery import (
     load_implicit,
     load_intensity,
     load_thresholds,

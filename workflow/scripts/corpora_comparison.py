@@ -1,6 +1,6 @@
 """Snakemake script of rule `corpora_comparison`: where the corpora's emotion rankings differ
 (Spearman correlation between their mean-score vectors; per-emotion ranks), the labelled
-checks side by side, and the stage's claims (claims.json, emotion_vectors.text_checks):
+checks side by side, and the stage's claims (claims.json, emotion_vectors.reading.text_checks):
 the corpora agreement against the shuffled-label vectors, each labelled corpus's valence AUROC,
 each emotion-labelled corpus's emotion AUROCs."""
 
@@ -14,7 +14,7 @@ from scipy.stats import spearmanr
 from emotion_vectors.core.claims import write_claims
 from emotion_vectors.core.common import write_json_atomic
 from emotion_vectors.core.jobs import start_job
-from emotion_vectors.text_checks import agreement_claims, corpora_agreement, emotion_claims, valence_auroc_claim
+from emotion_vectors.reading.text_checks import agreement_claims, corpora_agreement, emotion_claims, valence_auroc_claim
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 log = start_job(smk)

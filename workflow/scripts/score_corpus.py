@@ -1,22 +1,22 @@
 """Snakemake script of rule `score_corpus`: one corpus scored on the run's emotion vectors
-(emotion_vectors.score.score_texts): one row per text, in corpus order, metadata in the sidecar.
+(emotion_vectors.reading.score.score_texts): one row per text, in corpus order, metadata in the sidecar.
 The texts are read by the run's subject-model server (emotion_vectors.extraction.reading.ServerReader), the
 one the activation jobs use: started if none is up, shared by every corpus and the battery.
 
 With the run's shuffled-label vectors (input ``shuffled``), every text is also projected on each
 shuffle's emotion vectors and on each shuffle's valence direction (PC1 of that shuffle's vectors,
 oriented by the same anchors): ``<corpus>.shuffled.npz`` holds those raw projections (``x . w``,
-no baseline), the null of the real-text claims (emotion_vectors.text_checks)."""
+no baseline), the null of the real-text claims (emotion_vectors.reading.text_checks)."""
 
 from pathlib import Path
 
 import numpy as np
 
-from emotion_vectors.corpora import read_table, table_rows
+from emotion_vectors.reading.corpora import read_table, table_rows
 from emotion_vectors.core.jobs import start_job
 from emotion_vectors.core.provenance import provenance
 from emotion_vectors.extraction.reading import ServerReader
-from emotion_vectors.score import default_layer, score_texts, sidecar_path, write_scores
+from emotion_vectors.reading.score import default_layer, score_texts, sidecar_path, write_scores
 from emotion_vectors.extraction.serve_subject import server_from_params
 from emotion_vectors.vectors.store_layout import read_store
 
@@ -81,7 +81,7 @@ if out_null:
         np.savez(out_null + ".tmp.npz", names=np.array([], dtype=str), projections=np.zeros((len(df), 0)),
                  neutral_projections=np.zeros(0), n_shuffles=-1, emotions=np.array(meta["emotions"], dtype=str), ids=df["id"].to_numpy(str))
     else:
-        from emotion_vectors.score import neutral_baseline
+        from emotion_vectors.reading.score import neutral_baseline
 
         proj = np.asarray(df.attrs["extra_projections"], dtype=np.float64)
         bad = ~np.isfinite(extra_basis).all(axis=1)  # a shuffle without a valence direction

@@ -1,6 +1,6 @@
 """Token-level view of an emotion score: each token's projection on an emotion's direction.
 
-A text's score (``emotion_vectors.score``) is the mean, over its pooled tokens, of the residual
+A text's score (``emotion_vectors.reading.score``) is the mean, over its pooled tokens, of the residual
 stream at one layer projected on an emotion's unit vector. :func:`token_projections` gives the
 terms of that mean: one projection per token, read at the same layer (block ``layer``'s output,
 0-based, by a forward hook on that block, the store's convention; equal to

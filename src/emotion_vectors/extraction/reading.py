@@ -1,6 +1,6 @@
 """How the subject model reads arbitrary texts: in this process, or through the run's model server.
 
-Scoring real text (``emotion_vectors.score``) and the validation battery (``emotion_vectors.battery``)
+Scoring real text (``emotion_vectors.reading.score``) and the validation battery (``emotion_vectors.reading.battery``)
 need the same two things from the subject model: the mean residual-stream activation of each
 text at one layer over a stated window (``read``), and the tokens an arbitrary direction promotes
 through the final norm and unembedding (``top_tokens``, the logit lens). A *reader* provides

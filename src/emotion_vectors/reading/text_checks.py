@@ -202,7 +202,7 @@ def emotion_label_check(
     rest? (module docstring).
 
     Args:
-        df: the scores (``emotion_vectors.score``): one column per run emotion, ``label``,
+        df: the scores (``emotion_vectors.reading.score``): one column per run emotion, ``label``,
             ``text``.
         label_map: ``{label: {"emotions": [...], "nrc": category | None}}``.
         null_scores: emotion -> ``(K, n_rows)`` the per-text scores of that emotion's
@@ -256,7 +256,7 @@ def emotion_label_check(
                 continue
             s = df[e].to_numpy(float)[rows_idx]
             mw = mannwhitney_auroc(y, s)
-            from emotion_vectors.score import bootstrap_auroc
+            from emotion_vectors.reading.common import bootstrap_auroc
 
             ci = bootstrap_auroc(y, s, n_boot=n_boot, seed=seed)["ci95"] if n_boot else [None, None]
             row.update(auroc=mw["auroc"], ci_low=ci[0], ci_high=ci[1],

@@ -2,7 +2,7 @@
 
 Command line::
 
-    python -m emotion_vectors.score VECTORS_ZARR INPUT --text-column COL [--label-column COL]
+    python -m emotion_vectors.reading.score VECTORS_ZARR INPUT --text-column COL [--label-column COL]
         [--id-column COL] [--layer L] [--pool from:K|all] [--baseline corpus|neutral]
         [--max-tokens N] [--model-path DIR] [--device D] --out OUT.parquet
 
@@ -86,7 +86,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from emotion_vectors.corpora import (
+from emotion_vectors.extraction.reading import LocalReader, ReadError, truncate_text
+from emotion_vectors.reading.common import ScoreError, _num, bootstrap_auroc, store_model_spec
+from emotion_vectors.reading.corpora import (
     REASONS,
     ColumnError,
     CorpusError,
@@ -95,11 +97,10 @@ from emotion_vectors.corpora import (
     table_rows,
     text_problem,
 )
-from emotion_vectors.extraction.reading import LocalReader, ReadError, truncate_text
 from emotion_vectors.steering.readout import ReadoutError
 from emotion_vectors.vectors.store_layout import Store, StoreLayoutError, read_store
 
-log = logging.getLogger("emotion_vectors.score")
+log = logging.getLogger("emotion_vectors.reading.score")
 
 SCORE_REASONS = {**REASONS, "too_short_for_pool": "no token at or after the pooling start"}
 OUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv",
@@ -115,10 +116,6 @@ Z_DEFINITION = ("<e> = raw_<e> / sd(x.u_e) and valence = valence_raw / sd(x.v), 
                 "sd over the scored texts; raw_<e> = (x - baseline).u_e, valence_raw = "
                 "(x - baseline).v; x = the text's mean activation at the layer over the pooled "
                 "tokens, u_e = the emotion's unit vector, v = the valence direction")
-
-
-class ScoreError(ValueError):
-    """A scoring request that cannot be carried out as asked."""
 
 
 # --------------------------------------------------------------------------- settings
@@ -162,41 +159,6 @@ def _vector_kind(store: Store, kind: str | None) -> str:
     if f"{kind}_unit" not in store.kinds:
         raise ScoreError(f"{store.path}: no {kind}_unit vectors (present: {store.kinds})")
     return kind
-
-
-def store_model_spec(store: Store, model_path: str | Path | None = None, *,
-                     device: str | None = None, dtype: str | None = None) -> dict[str, Any]:
-    """The subject model spec for ``models.load_model``: the store's provenance
-    ``subject_model`` (path, revision, dtype, device), or ``model_path`` if given.
-
-    A relative recorded path is looked up from the working directory, then from the project
-    root. Raises :class:`ScoreError` when neither is known.
-    """
-    from emotion_vectors.core.config import REPO_ROOT
-
-    prov = store.attrs.get("provenance") or {}
-    sm = prov.get("subject_model") if isinstance(prov, Mapping) else None
-    sm = dict(sm) if isinstance(sm, Mapping) else {}
-    if model_path is None:
-        recorded = sm.get("path")
-        if not recorded:
-            raise ScoreError(f"{store.path}: the store records no subject model path "
-                             "(provenance.subject_model.path); pass --model-path")
-        path = Path(recorded)
-        if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
-            path = REPO_ROOT / path
-        model_path = path if path.exists() else recorded  # else: a hub id
-    spec = {
-        "name": sm.get("name") or Path(str(model_path)).name,
-        "path": str(model_path),
-        "dtype": dtype or sm.get("dtype") or "float32",
-        "device": device or sm.get("device") or "cpu",
-        "quantization": sm.get("quantization") or "none",
-    }
-    rev = sm.get("revision")
-    if rev and not str(rev).startswith("local-") and not Path(str(model_path)).exists():
-        spec["revision"] = rev
-    return spec
 
 
 def load_subject(store: str | Path | Store, model_path: str | Path | None = None, *,
@@ -516,11 +478,6 @@ def score_texts(
     return df
 
 
-def _num(x: Any) -> float | None:
-    x = float(x)
-    return None if math.isnan(x) else x
-
-
 def _isna(x: Any) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
@@ -648,45 +605,6 @@ def lexicon_scores(texts: Sequence[Any], norms: pd.DataFrame | None = None) -> t
     return scores, found
 
 
-def auroc_fast(y: np.ndarray, s: np.ndarray) -> float:
-    """AUROC by the rank (Mann-Whitney) formula, ties counted half: equals
-    ``sklearn.metrics.roc_auc_score(y, s)``."""
-    from scipy.stats import rankdata
-
-    y = np.asarray(y, dtype=bool)
-    n1, n0 = int(y.sum()), int((~y).sum())
-    if n1 == 0 or n0 == 0:
-        return float("nan")
-    r = rankdata(s)
-    return float((r[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
-
-
-def bootstrap_auroc(y: np.ndarray, s: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """AUROC (``roc_auc_score``) with a stratified percentile bootstrap 95% interval (positives
-    and negatives resampled separately, so every resample has both). NaN scores are dropped
-    first and counted."""
-    from sklearn.metrics import roc_auc_score
-
-    y = np.asarray(y, dtype=bool)
-    s = np.asarray(s, dtype=float)
-    ok = np.isfinite(s)
-    y, s = y[ok], s[ok]
-    out: dict[str, Any] = {"n": int(len(y)), "n_positive": int(y.sum()),
-                           "n_negative": int((~y).sum()), "n_nan": int((~ok).sum())}
-    if out["n_positive"] == 0 or out["n_negative"] == 0:
-        return {**out, "auroc": None, "ci95": [None, None]}
-    auc = float(roc_auc_score(y, s))
-    rng = np.random.default_rng(seed)
-    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
-    yb = np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)]
-    boots = np.empty(n_boot)
-    for b in range(n_boot):
-        pick = np.r_[pos[rng.integers(0, len(pos), len(pos))], neg[rng.integers(0, len(neg), len(neg))]]
-        boots[b] = auroc_fast(yb, s[pick])
-    lo, hi = np.quantile(boots, [0.025, 0.975]) if n_boot else (np.nan, np.nan)
-    return {**out, "auroc": auc, "ci95": [_num(lo), _num(hi)]}
-
-
 def labelled_check(
     scores_df: pd.DataFrame,
     label_column: str = "label",
@@ -727,7 +645,7 @@ def labelled_check(
     ``emotions=True`` adds the point AUROC of every emotion column (no interval). AUROC 0.5 =
     chance; above = the score is higher for positive texts.
     """
-    from emotion_vectors.text_checks import aurocs_many, mannwhitney_auroc, paired_auroc_difference
+    from emotion_vectors.reading.text_checks import aurocs_many, mannwhitney_auroc, paired_auroc_difference
 
     pos = {positive} if isinstance(positive, str) else set(positive)
     neg = {negative} if isinstance(negative, str) else set(negative)
@@ -849,7 +767,7 @@ def live_server_reader(store: Store, server_dir: str | Path | None = None) -> An
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m emotion_vectors.score",
+        prog="python -m emotion_vectors.reading.score",
         description="Score real text on a run's emotion vectors: one row per input row with "
                     "z-scored projections on every emotion and on the valence direction.",
         epilog="Metadata (vectors, model, layer, pooling, baseline, skipped rows by reason, "
@@ -956,10 +874,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 __all__ = [
-    "BASELINES", "DEFAULT_MAX_TOKENS", "DEFAULT_POOL", "SCORE_REASONS", "ScoreError", "auroc_fast",
-    "bootstrap_auroc", "default_layer", "labelled_check", "lexicon_scores", "load_subject",
-    "neutral_baseline", "neutral_path_for", "parse_pool", "read_scores", "score_texts",
-    "store_model_spec", "truncate_text", "write_scores",
+    "BASELINES", "DEFAULT_MAX_TOKENS", "DEFAULT_POOL", "SCORE_REASONS", "ScoreError", "default_layer",
+    "labelled_check", "lexicon_scores", "load_subject", "neutral_baseline", "neutral_path_for", "parse_pool",
+    "read_scores", "score_texts", "truncate_text", "write_scores",
 ]
 
 if __name__ == "__main__":

