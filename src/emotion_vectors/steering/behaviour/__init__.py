@@ -6,8 +6,10 @@
 - :mod:`.judging`: stage 2, a rubric judge (local log-probability or any chat backend), the
   two-stage classification and its validation on hand-labelled responses;
 - :mod:`.run`: resumable sampling of the scenario under each steering condition;
+- :mod:`.batched`: every condition sampled at once, rows of (condition, sample) per pass;
 - :mod:`.stats`: rates with Wilson intervals, Fisher's tests against the baseline with Holm's
-  adjustment, dose-response figures.
+  adjustment, dose-response figures;
+- :mod:`.job`: rule ``behaviour``'s job: all of the above for one scenario, written to its outputs.
 
 See ``docs/behaviour.md``.
 """
