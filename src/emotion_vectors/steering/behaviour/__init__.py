@@ -9,7 +9,8 @@
 - :mod:`.batched`: every condition sampled at once, rows of (condition, sample) per pass;
 - :mod:`.stats`: rates with Wilson intervals, Fisher's tests against the baseline with Holm's
   adjustment, dose-response figures;
-- :mod:`.job`: rule ``behaviour``'s job: all of the above for one scenario, written to its outputs.
+- :mod:`.jobs`: the workflow jobs: rule ``behaviour`` (all of the above for one scenario) and the
+  judge validation rules.
 
 See ``docs/behaviour.md``.
 """

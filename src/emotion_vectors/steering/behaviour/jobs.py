@@ -1,7 +1,12 @@
-"""The behaviour rule's job: sample one scenario under every steering condition, classify every
-transcript in two stages with the validated judge, and write rates, tests, claims and
-dose-response figures (docs/behaviour.md). ``workflow/scripts/behaviour.py`` calls
-``run_behaviour_job`` with the rule's inputs, outputs and params.
+"""The behaviour experiment's workflow jobs (``workflow/rules/behaviour.smk``), called by the rules'
+scripts in ``workflow/scripts/``.
+
+``behaviour_job`` (rule ``behaviour``, called with the rule's inputs, outputs and params): sample
+one scenario under every steering condition, classify every transcript in two stages with the
+validated judge, and write rates, tests, claims and dose-response figures (docs/behaviour.md).
+``judge_validation_job`` and ``judge_validation_summary_job`` (rules ``judge_validation`` and
+``judge_validation_summary``, called with the job's Snakemake object): each judge's agreement with
+the hand-labelled responses, and which judge may classify.
 
 The judge is chosen from the scenario's judge validation (input ``validation``, the table of
 rule judge_validation_summary) by ``judging.select_judge``: only a judge whose kappa interval
@@ -34,6 +39,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from ...core.claims import write_claims
 from ...core.common import write_json_atomic, write_jsonl_atomic
 from ...core.models import load_model
@@ -41,14 +49,23 @@ from ...core.provenance import provenance
 from ...corpus.backends import HFChatBackend, has_chat_template
 from ...vectors.store_layout import read_store
 from .batched import run_scenario_rows
-from .conditions import BASELINE, build_conditions, check_emotions, make_judge, resolve_layer, same_model
-from .judging import STAGE1_IN_SAMPLE, select_judge
+from .checks import STAGE1_RULES
+from .conditions import (
+    BASELINE,
+    build_conditions,
+    check_emotions,
+    describe_judge,
+    make_judge,
+    resolve_layer,
+    same_model,
+)
+from .judging import CATEGORIES, STAGE1_IN_SAMPLE, load_validation_set, select_judge, validate_judge
 from .run import ResumeMismatch, check_transcripts, classify_transcripts, discard_resume_files
 from .scenario import load_scenario, prompt_digest, render_prompt
 from .stats import STAGE1_FACTS, behaviour_claims, count_labels, dose_response_figure, rate_table, stage1_counts
 
 
-def run_behaviour_job(
+def behaviour_job(
     *,
     settings: dict[str, Any],
     scenario_key: str,
@@ -105,8 +122,6 @@ def run_behaviour_job(
     # the rule's input function gives a list: one table, or none for a scenario without a labelled set
     validation_table = (str(validation) if isinstance(validation, str) else (str(validation[0]) if validation else None))
     if validation_table:
-        import pandas as pd
-
         vt = pd.read_csv(validation_table, sep="\t")
         selection = select_judge(vt[vt["classifier"] == "two_stage"].to_dict("records"))
     else:
@@ -278,3 +293,121 @@ def run_behaviour_job(
     # Every output is written: the resume file (and a stale one moved aside) has done its work.
     for leftover in discard_resume_files(partial):
         log.info("removed the resume file %s", leftover)
+
+
+# --------------------------------------------------------------------------- judge validation
+
+#: The columns of the judge validation tables, in order (others follow).
+#: The columns of the judge validation tables, in this order (any others after them).
+VALIDATION_COLUMNS = ["judge_config", "classifier", "judge", "validated", "classifies_transcripts", "in_sample",
+                      "n", "n_positive", "accuracy", "kappa", "kappa_ci_low", "kappa_ci_high", "judge_kappa",
+                      "judge_kappa_ci_low", "judge_kappa_ci_high", "tp", "fp", "tn", "fn", "n_judge_called",
+                      "n_unparsed", "judge_score_auc"]
+
+
+def agreement_row(agree: dict, **fields) -> dict:
+    c = agree["confusion"]
+    lo, hi = agree["kappa_ci95"]
+    return {**fields, "n": agree["n"], "accuracy": agree["accuracy"], "kappa": agree["kappa"],
+            "kappa_ci_low": lo, "kappa_ci_high": hi, "tp": c["tp"], "fp": c["fp"], "tn": c["tn"], "fn": c["fn"]}
+
+
+def judge_validation_job(smk: Any, log: logging.Logger) -> None:
+    """Rule ``judge_validation``: one judge's two-stage classifier (stage-1 checks, then the judge)
+    on the scenario's hand-labelled responses (``judging.validate_judge``): the full report as JSON
+    (every item's prediction included) and a few rows of TSV: the two-stage classifier, and the
+    three stage-1-only rules as baselines, each with accuracy, Cohen's kappa and its bootstrap 95%
+    interval, the confusion counts and the accuracy per category.
+
+    ``smk``: the job's Snakemake object (its ``input``, ``output``, ``params``, ``wildcards``);
+    ``log``: its logger (``core.jobs.start_job``).
+    """
+    spec = smk.params.judge
+    scenario = load_scenario(smk.input.scenario)
+    items = load_validation_set(smk.input.labelled)
+    log.info("validating judge %s on %d labelled responses (%d positive) of scenario %s",
+             spec["name"], len(items), sum(it["label"] for it in items), smk.wildcards.scenario)
+    judge, info = make_judge(spec, smk.params.models_dir, evidence=smk.params.evidence)
+    started = time.perf_counter()
+    report = validate_judge(judge, scenario, items, seed=smk.params.seed)
+    seconds = time.perf_counter() - started
+    ts = report["two_stage"]
+    log.info("%s: accuracy %.3f, kappa %.3f [%.3f, %.3f], TP/FP/TN/FN %s, unparsed %d, score AUC %.3f, in %.1f s",
+             report["judge"], ts["accuracy"], ts["kappa"], *ts["kappa_ci95"],
+             "/".join(str(ts["confusion"][k]) for k in ("tp", "fp", "tn", "fn")), report["n_unparsed"],
+             report["judge_score_auc"]["auc"], seconds)
+
+    categories = [c for c in CATEGORIES if c in report["per_category"]]
+    js = report["judge_stage"]
+    judge_cols = {"judge_kappa": js["kappa"], "judge_kappa_ci_low": js["kappa_ci95"][0],
+                  "judge_kappa_ci_high": js["kappa_ci95"][1]}
+    gate = select_judge([{"judge_config": spec["name"], "kappa": ts["kappa"], "kappa_ci_low": ts["kappa_ci95"][0],
+                          "kappa_ci_high": ts["kappa_ci95"][1], **judge_cols}])
+    log.info("gate: %s", gate["judges"][0]["why"] + (" - validated" if gate["selected"] else " - NOT validated"))
+    rows = [agreement_row(ts, judge_config=spec["name"], classifier="two_stage", judge=report["judge"],
+                          validated=gate["selected"] is not None, in_sample=False, **judge_cols,
+                          n_positive=report["n_positive"], n_judge_called=report["n_judge_called"],
+                          n_unparsed=report["n_unparsed"], judge_score_auc=report["judge_score_auc"]["auc"],
+                          **{f"acc_{c}": report["per_category"][c]["accuracy"] for c in categories})]
+    for name, rule in STAGE1_RULES.items():
+        per_cat = {}
+        for c in categories:
+            its = [r for r in report["items"] if r["category"] == c]
+            per_cat[f"acc_{c}"] = float(np.mean([bool(rule(r)) == r["label"] for r in its]))
+        rows.append(agreement_row(report["stage1_baselines"][name], judge_config=spec["name"],
+                                  classifier=f"stage1:{name}", judge="", validated=False, in_sample=True,
+                                  n_positive=report["n_positive"], **per_cat))
+        log.info("stage-1 baseline %s (in-sample): accuracy %.3f, kappa %.3f", name,
+                 report["stage1_baselines"][name]["accuracy"], report["stage1_baselines"][name]["kappa"])
+    frame = pd.DataFrame(rows)
+    frame = frame[[c for c in VALIDATION_COLUMNS if c in frame.columns]
+                  + [c for c in frame.columns if c not in VALIDATION_COLUMNS]]
+    frame.to_csv(smk.output.rows, sep="\t", index=False, float_format="%.6g")
+    write_json_atomic(
+        {
+            **report,
+            "gate": gate,
+            "stage1_baselines_note": STAGE1_IN_SAMPLE,
+            "judge_config": spec["name"],
+            "scenario_key": smk.wildcards.scenario,
+            "scenario_sha256": scenario.digest(),
+            "validation_set": str(smk.input.labelled),
+            "judge_info": info,
+            "seconds": round(seconds, 1),
+            "provenance": provenance(stage="judge_validation",
+                                     config_section={"judge": describe_judge(spec), "evidence": smk.params.evidence,
+                                                     "seed": smk.params.seed},
+                                     model_info=info.get("model")),
+        },
+        smk.output.json,
+    )
+
+
+def judge_validation_summary_job(smk: Any) -> None:
+    """Rule ``judge_validation_summary``: every judge's rows in one table, the stage-1 baselines
+    once, and which judge may classify the transcripts (``validated``: the kappa interval lies
+    above ``judging.KAPPA_FLOOR``; ``classifies_transcripts``: the one ``judging.select_judge``
+    picks, or none). The stage-1 rows are marked ``in_sample``: their patterns were written beside
+    the validation items, so their agreement is optimistic. Logs to the rule's log file
+    (``smk.log[0]``).
+    """
+    logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s: %(message)s")
+    frames = [pd.read_csv(p, sep="\t", keep_default_na=False, na_values=["nan", "NaN", ""]) for p in smk.input]
+    two_stage = pd.concat([f[f["classifier"] == "two_stage"] for f in frames], ignore_index=True)
+    selection = select_judge(two_stage.to_dict("records"))
+    two_stage["validated"] = [j["validated"] for j in selection["judges"]]
+    two_stage["classifies_transcripts"] = two_stage["judge_config"] == selection["selected"]
+    two_stage["in_sample"] = False
+    logging.info("judge selection: %s", selection["reason"])
+    # The stage-1 rules do not depend on the judge: one copy of them (from the first judge's file).
+    stage1 = frames[0][frames[0]["classifier"] != "two_stage"].copy()
+    stage1["judge_config"] = ""
+    stage1["validated"] = False
+    stage1["classifies_transcripts"] = False
+    stage1["in_sample"] = True
+    table = pd.concat([two_stage, stage1], ignore_index=True)
+    cols = ([c for c in VALIDATION_COLUMNS if c in table.columns]
+            + [c for c in table.columns if c not in VALIDATION_COLUMNS])
+    table[cols].to_csv(smk.output[0], sep="\t", index=False, float_format="%.6g")
+    for row in table.itertuples():
+        logging.info("%s %s: accuracy %.3f kappa %.3f", row.judge_config, row.classifier, row.accuracy, row.kappa)
