@@ -4,7 +4,9 @@ script in ``workflow/scripts/`` with the job's Snakemake object and logger.
 - ``separability_job``: can the stories' activations tell their emotions apart, and how much of
   their variance follows emotion versus topic (rule ``separability``);
 - ``recognisability_job``: a judge model picks each story's emotion among distractors (rule
-  ``recognisability``).
+  ``recognisability``);
+- ``diagnostics_summary_job``: the headline numbers and their claims (rule
+  ``diagnostics_summary``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import sklearn.decomposition  # noqa: F401
 import sklearn.linear_model  # noqa: F401
 from threadpoolctl import threadpool_limits
 
-from emotion_vectors.core.claims import draws_needed, json_safe
+from emotion_vectors.core.claims import draws_needed, json_safe, write_claims
 from emotion_vectors.core.common import write_json_atomic, write_jsonl_atomic
 from emotion_vectors.core.models import load_model
 from emotion_vectors.core.provenance import provenance
@@ -39,6 +41,8 @@ from emotion_vectors.corpus.judge import (
 from emotion_vectors.vectors.diagnostics import (
     SEPARABILITY_COLUMNS,
     VARIANCE_COLUMNS,
+    diagnostics_claims,
+    headline,
     load_corpus,
     separability,
     separability_figure,
@@ -139,3 +143,36 @@ def recognisability_job(smk: Any, log: logging.Logger) -> None:
     clear_checkpoint(checkpoint)
     log.info("recognisability: %s/%s stories recognised (%.3f vs chance %.3f) in %.0f s",
              table[-1]["correct"], table[-1]["n"], table[-1]["share"], table[-1]["chance"], seconds)
+
+
+def diagnostics_summary_job(smk: Any, log: logging.Logger) -> None:
+    """Rule `diagnostics_summary`: the headline numbers of the corpus diagnostics
+    (``summary.json``) and their claims (``claims.json``): each separability method and the judge's
+    recognisability, Holm-corrected together, the verdict that follows, the variance shares and the
+    per-emotion recognisability family (emotion_vectors.vectors.diagnostics).
+
+    ``smk``: the job's Snakemake object (its ``input``, ``output``, ``params``, ``wildcards``);
+    ``log``: its logger (``core.jobs.start_job``).
+    """
+    sep_meta = json.loads(Path(smk.input.separability_meta).read_text())
+    recog_meta = json.loads(Path(smk.input.recognisability_meta).read_text())
+
+    def records(path):
+        return pd.read_csv(path, sep="\t").to_dict("records")
+
+    summary = headline(
+        records(smk.input.separability),
+        sep_meta["max_layer_test"],
+        records(smk.input.variance),
+        records(smk.input.recognisability),
+        var_extra=sep_meta.get("variance_max_layer"),
+    )
+    summary["run"] = smk.config["run"]
+    summary["n_stories_separability"] = sep_meta["n_stories"]
+    summary["judge"] = {k: recog_meta["judge"].get(k) for k in ("name", "path", "revision", "dtype")}
+    claims = diagnostics_claims(summary)
+    write_json_atomic(summary, smk.output.summary)
+    write_claims(claims, smk.output.claims)
+    log.info("corpus diagnostics: %s", summary["verdict"])
+    for c in claims:
+        log.info("claim %s: %s (p %s, adjusted %s, %s)", c.id, c.verdict, c.p, c.p_adjusted, c.correction)
