@@ -5,7 +5,7 @@
 Two workloads of the steering evidence on the default subject, each run three ways:
 
 - **continuation**: the log-probability of every run emotion's word after the continuation
-  test's three prompts, under each direction (``steer_eval.steered_word_logprobs``);
+  test's three prompts, under each direction (``steering.evaluate.steered_word_logprobs``);
 - **generation**: one sampled reply of ``--new-tokens`` tokens to a chat prompt under each
   direction (top-k 50, top-p 0.95, temperature 0.8; every reply runs its full length).
 

@@ -45,7 +45,7 @@ MAX_HANDSHAKE_BYTES = 64 * 1024
 
 #: Largest request after authentication (a shard's texts, a read's texts, a lens's directions).
 #: JSON parsing takes several times the bytes, so this bounds what a request can cost the
-#: server; clients split larger reads (``reading.ServerReader``) or are told before sending.
+#: server; clients split larger reads (``extraction.reading.ServerReader``) or are told before sending.
 MAX_REQUEST_BYTES = 64 << 20
 
 

@@ -75,9 +75,9 @@ from .service import (
 
 log = logging.getLogger("emotion_vectors.subject_server")
 
-#: Most texts one ``extract`` or ``read`` request may carry (``reading.ServerReader`` splits).
+#: Most texts one ``extract`` or ``read`` request may carry (``extraction.reading.ServerReader`` splits).
 MAX_TEXTS_PER_REQUEST = 100_000
-#: Most directions one ``lens`` request may carry (``reading.ServerReader`` splits).
+#: Most directions one ``lens`` request may carry (``extraction.reading.ServerReader`` splits).
 MAX_LENS_DIRECTIONS = 4096
 #: A read's answer file: ``read-<client host>-<client pid>-<tag>.npy`` in the server's directory.
 READ_NAME = re.compile(r"^read-(?P<host>.+)-(?P<pid>\d+)-(?P<tag>[0-9a-f]{4,64})\.npy$")

@@ -591,7 +591,7 @@ def random_direction_null(
     mean-difference direction of the activations may beat; :func:`shuffled_null` is the matched one).
 
     Each draw takes E directions uniform on the sphere (``numpy.random.default_rng`` seeded by
-    ``steer_eval.derive_seed("battery-null", seed)``; lens draws by ``"battery-null-lens"``),
+    ``steering.evaluate.derive_seed("battery-null", seed)``; lens draws by ``"battery-null-lens"``),
     direction i standing for emotion i, and recomputes the scores on the same pooled
     activations: ``x_implicit`` ``(n_items, d)`` in item order, ``x_intensity``
     ``(n_levels, d)`` in ``intensity_rows`` order, z-scored over each corpus as
@@ -660,7 +660,7 @@ def shuffled_null(
     emotion vectors, and the observed scores computed the same way.
 
     ``real_units`` ``(E, d)``: the run's unit vectors (emotion order); ``shuffled_units``
-    ``(K, E, d)``: shuffle ``k``'s pseudo vector of each emotion (``vectors.shuffled_sets``),
+    ``(K, E, d)``: shuffle ``k``'s pseudo vector of each emotion (``vectors.build.shuffled_sets``),
     built from the same stories with the emotion labels permuted within topic. Under the null
     "the stories' activations do not depend on their emotion label", the real set and each
     shuffled set are exchangeable, so ``lex_p(observed, null)`` is an exact permutation p-value
@@ -695,7 +695,7 @@ def shuffled_null(
 
 
 def shuffled_units_from_store(shuffled: Any, emotions: Sequence[str], layer: int, kind: str) -> np.ndarray:
-    """``(K, E, d)`` unit pseudo vectors of a shuffled-label store (``vectors.shuffled_sets``) at
+    """``(K, E, d)`` unit pseudo vectors of a shuffled-label store (``vectors.build.shuffled_sets``) at
     ``layer``, in the order of ``emotions`` (the real store's), of vector ``kind`` (e.g.
     ``denoised_unit``). Errors name what does not match."""
     from emotion_vectors.vectors.store_layout import Store, read_store

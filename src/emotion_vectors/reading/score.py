@@ -632,7 +632,7 @@ def labelled_check(
     - ``lexicon``: mean Warriner valence of the text's rated words (:func:`lexicon_scores`);
       texts with no rated word are NaN, counted, and left out of its AUROC; ``valence`` on
       that same subset is reported as ``valence_on_lexicon_rated`` for a like-for-like figure;
-    - ``vader``: VADER compound (``steer_eval.vader_scores``).
+    - ``vader``: VADER compound (``steering.evaluate.vader_scores``).
 
     ``same_texts``: every scorer on the texts where all of them are finite (the lexicon's rated
     subset), with the paired differences ``valence - vader`` and ``valence - lexicon`` (the

@@ -11,7 +11,7 @@ taken out of the prompt) claims nothing:
     offset, and that offset projects on any set of directions alike: the negative control's
     agreement is 0.75 against the default's 0.79. So the statistic is compared with the same
     statistic computed with each set of shuffled-label vectors (the run's vectors rebuilt with
-    the stories' emotion labels permuted within topic, ``vectors.shuffled_sets``), which carry
+    the stories' emotion labels permuted within topic, ``vectors.build.shuffled_sets``), which carry
     the same offset: under "the stories' activations do not depend on their emotion label" the
     real vectors and each shuffle's are exchangeable, so ``p = mc_p`` is exact. The claim is
     "the emotion labels add agreement beyond what label-free vectors of the same construction

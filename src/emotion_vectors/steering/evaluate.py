@@ -252,7 +252,7 @@ def _null_directions(store: Any, null_store: Any, shuffle_sets: Sequence[Sequenc
     """``out[k][i]``: the unit direction of ``emotions[i]``'s pseudo vector in shuffle ``k``.
 
     ``shuffle_sets[k]`` lists shuffle ``k``'s row names in the real store's emotion order
-    (``vectors.shuffled_sets``). Checked before any forward pass."""
+    (``vectors.build.shuffled_sets``). Checked before any forward pass."""
     from emotion_vectors.vectors.store_layout import Store, read_store
 
     if null_store is None or shuffle_sets is None:
@@ -447,7 +447,7 @@ def continuation_test(
 
     ``strengths`` must include 0 and a positive value; the tests use the largest (``s*``), the
     curve all of them. ``null_store``/``shuffle_sets``: the shuffled-label vectors
-    (``vectors/shuffled.zarr`` and ``vectors.shuffled_sets``), the first ``n_shuffled`` shuffles
+    (``vectors/shuffled.zarr`` and ``vectors.build.shuffled_sets``), the first ``n_shuffled`` shuffles
     (all when ``None``); without them the shuffled test is not run.
     """
     from emotion_vectors.vectors.store_layout import Store, read_store

@@ -10,7 +10,7 @@ The three axes (each in [0, 1], per generation)
 -----------------------------------------------
 - **concept**: does the text express the emotion? By default the NRC emotion lexicon (the
   ``nrclex`` package's data file, ``corpus.lexicon.load_nrc``), read on the text with every form of
-  every run emotion's word masked (``steer_eval.mask_emotion_words``: a text that says "happy"
+  every run emotion's word masked (``steering.evaluate.mask_emotion_words``: a text that says "happy"
   must not score for saying it): among the text's affect words (words with any NRC entry), the
   share whose entry holds the emotion's NRC category (:data:`DEFAULT_CONCEPT_MAP`, a stated
   mapping: *happy* -> joy, *calm* -> positive, *sad* -> sadness, *afraid* -> fear, ...; 0 for
@@ -63,7 +63,7 @@ selection prompts (sample 0): each emotion's vector, its pseudo vector in each s
 (``vectors/shuffled.zarr``) and ``n_random`` random directions of the same norm, all scored the
 same way. ``steering.scores.shuffled``: the mean over emotions of the steering score, real vs
 each shuffle (exact Monte-Carlo p); per emotion the same (Holm; "not testable" with fewer than
-``E / 0.05`` shuffles). Random directions are the weak null (``steer_eval.WEAK_RANDOM_NULL``).
+``E / 0.05`` shuffles). Random directions are the weak null (``steering.evaluate.WEAK_RANDOM_NULL``).
 The masked-VADER dose-response claims (``steering.dose.*``) come from the same generations:
 the slope between the unsteered replies and ``test_strength``. Every test is simulated under its
 null in ``tests/test_calibration_steering.py``.
@@ -961,7 +961,7 @@ def steering_scores(
                            "concept": float(np.mean([g.concept.get(e, 0.0) for g in gens if g.method == "random"])),
                            "score": float(rand_score[:, emotions.index(e)].mean())})
 
-    # ---- the masked-VADER dose numbers (steer_eval.dose_claims) ---------------------------------
+    # ---- the masked-VADER dose numbers (steering.evaluate.dose_claims) -------------------------
     sgn = [signs[e] for e in emotions]
     base_v = np.array([g.vader for g in ctrl("unsteered", None) if g.sample == 0])
 

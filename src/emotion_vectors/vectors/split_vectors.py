@@ -12,7 +12,7 @@ story is in the same half for every subject, whatever texts a subject's extracti
 short; half 0 of one subject and half 1 of another never share a text. Each half keeps every
 topic of the emotion (balanced like the full set).
 
-Each half's vectors are built exactly as the full ones (``vectors.emotion_vectors``: emotion
+Each half's vectors are built exactly as the full ones (``vectors.build.emotion_vectors``: emotion
 mean over the half's stories minus the mean over emotions, the neutral dialogues' top PCs
 projected out — the same neutral PCs for both halves). The store has the vector-store layout
 (``store_layout.write_store``) with rows ``f"{emotion}@half{h}"`` (``compare.HALF_SEP``).
