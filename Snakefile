@@ -6,7 +6,7 @@ min_version("9.0")
 
 
 # The default run's config, used only when no --configfile is given: a config file is complete
-# on its own (see emotion_vectors.config.assemble_config; common.smk assembles the run's config).
+# on its own (see emotion_vectors.core.config.assemble_config; common.smk assembles the run's config).
 if not workflow.config_settings.configfiles:
 
     configfile: "config/config.yaml"

@@ -47,7 +47,7 @@ def load_counts(config_path: Path) -> dict:
     n_em = len(emotions) if cfg.get("emotions") in (None, "all") else len(cfg["emotions"])
     n_top = len(topics) if cfg.get("n_topics") is None else int(cfg["n_topics"])
     st, ne, ex = cfg["stories"], cfg["neutral"], cfg["extraction"]
-    from emotion_vectors.extract import default_layers  # the workflow's own rule
+    from emotion_vectors.extraction.extract import default_layers  # the workflow's own rule
 
     layers = default_layers(MODEL["blocks"], ex.get("layer_step", 5)) if ex["layers"] == "auto" else list(ex["layers"])
     return {"emotions": n_em, "topics": n_top, "stories": n_em * n_top * st["per_topic"],

@@ -73,7 +73,7 @@ def cell(claim_id: str, c: dict | None, summary: dict) -> str:
 
 
 def load(run: str, root: Path) -> tuple[dict, dict[str, dict]]:
-    from emotion_vectors.claims import read_claims
+    from emotion_vectors.core.claims import read_claims
 
     base = root / run / "diagnostics"
     summary = json.loads((base / "summary.json").read_text()) if (base / "summary.json").exists() else {}

@@ -2,7 +2,7 @@
 """GPU throughput of the extraction engine on a real-width Gemma 4 text stack.
 
 Builds a few blocks of a Gemma 4 31B-shaped text stack with random bfloat16 weights (no
-checkpoint needed), runs :func:`emotion_vectors.extract.iter_pooled` over random token-id
+checkpoint needed), runs :func:`emotion_vectors.extraction.extract.iter_pooled` over random token-id
 texts of 150-400 tokens for every block, and reports achieved TFLOP/s against the card's
 measured bfloat16 matrix-multiply rate.
 
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from transformers import Gemma4ForCausalLM
 
-    from emotion_vectors.extract import iter_pooled
+    from emotion_vectors.extraction.extract import iter_pooled
 
     device = torch.device(args.device)
     n_texts = args.n_texts or (24 if args.tiny else 2048)

@@ -39,13 +39,15 @@ PKG = "src/emotion_vectors"
 
 # module -> (file to mutate, test files that exercise it)
 MODULES: dict[str, tuple[str, list[str]]] = {
-    "leak": (f"{PKG}/leak.py", ["tests/test_leak.py", "tests/test_leak_rules.py"]),
-    "parsing": (f"{PKG}/parsing.py", ["tests/test_parsing.py"]),
+    "leak": (f"{PKG}/corpus/leak.py", ["tests/test_leak.py", "tests/test_leak_rules.py"]),
+    "parsing": (f"{PKG}/corpus/parsing.py", ["tests/test_parsing.py"]),
     "analysis/geometry": (f"{PKG}/analysis/geometry.py", ["tests/test_analysis_geometry.py"]),
     "analysis/stats": (f"{PKG}/analysis/stats.py", ["tests/test_analysis_stats.py"]),
-    "vectors": (f"{PKG}/vectors.py", ["tests/test_vectors.py"]),
-    "extract": (f"{PKG}/extract.py", ["tests/test_extract.py", "tests/test_extract_rules.py"]),
-    "shards": (f"{PKG}/shards.py", ["tests/test_shards.py", "tests/test_shards_steps.py", "tests/test_faults.py"]),
+    # Holm and BH (once in analysis/stats), the Wilson interval and the stratified subsample.
+    "core/stats": (f"{PKG}/core/stats.py", ["tests/test_analysis_stats.py", "tests/test_diagnostics.py"]),
+    "vectors": (f"{PKG}/vectors/build.py", ["tests/test_vectors.py"]),
+    "extract": (f"{PKG}/extraction/extract.py", ["tests/test_extract.py", "tests/test_extract_rules.py"]),
+    "shards": (f"{PKG}/extraction/shards.py", ["tests/test_shards.py", "tests/test_shards_steps.py", "tests/test_faults.py"]),
 }
 # Tests left out of a module's runs because they cost most and check nothing the module's other
 # tests do not: the real default model's copy of the tiny models' pooling check (extract), and

@@ -16,7 +16,7 @@ Models:
 - ``tiny_gemma4_mm``: ``Gemma4ForConditionalGeneration`` (the multimodal wrapper that
   ``AutoModelForCausalLM`` gives for the real gemma-4 checkpoints) from a ``Gemma4Config`` whose
   text config is the tiny Gemma 4 text config and with no vision or audio tower.
-- ``default_model``: the real SmolLM2-135M-Instruct via ``emotion_vectors.models.load_model``
+- ``default_model``: the real SmolLM2-135M-Instruct via ``emotion_vectors.core.models.load_model``
   (prepared from its packaged GGUF into ``results/models/smollm2-135m-instruct`` if missing),
   returned as ``(model, tokenizer)`` with the tokenizer padding on the left.
 """
@@ -76,7 +76,7 @@ def tokenizer_copy(tokenizer: Any, side: str) -> Any:
 
 
 def _ensure_default_model() -> Path:
-    from emotion_vectors.models import prepare_gguf_model
+    from emotion_vectors.core.models import prepare_gguf_model
 
     out = MODELS_DIR / DEFAULT_SPEC["name"]
     if not (out / "config.json").exists():
@@ -201,7 +201,7 @@ def default_model() -> tuple[Any, Any]:
     """The real default model (SmolLM2-135M-Instruct, 30 layers, hidden 576), float32 on CPU.
 
     The tokenizer pads on the left (``load_model``'s default)."""
-    from emotion_vectors.models import load_model
+    from emotion_vectors.core.models import load_model
 
     _ensure_default_model()
     seed_everything()
@@ -223,8 +223,7 @@ def code_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     these tests exercise fixed. ``service.PACKAGE_DIR`` points at it so that identities computed
     here hash the code the servers really run.
     """
-    from emotion_vectors import service
-
+    from emotion_vectors.extraction import service
     snap = tmp_path_factory.mktemp("code")
     shutil.copytree(service.PACKAGE_DIR, snap / "emotion_vectors", ignore=shutil.ignore_patterns("__pycache__"))
     with pytest.MonkeyPatch.context() as mp:

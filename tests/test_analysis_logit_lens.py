@@ -10,15 +10,16 @@ import pytest
 import torch
 
 from emotion_vectors.analysis import logit_lens as ll
+from emotion_vectors.extraction import lens
 
 TINY = ("tiny_llama", "tiny_gemma3", "tiny_gemma4_text", "tiny_gemma4_mm")
 
 
 def test_normalise_token_and_word_forms():
-    assert ll.normalise_token("Ġhappy") == "happy"
-    assert ll.normalise_token("▁Sad") == "sad"
-    assert ll.normalise_token(" Calm ") == "calm"
-    assert ll.normalise_token(None) == ""
+    assert lens.normalise_token("Ġhappy") == "happy"
+    assert lens.normalise_token("▁Sad") == "sad"
+    assert lens.normalise_token(" Calm ") == "calm"
+    assert lens.normalise_token(None) == ""
     assert ll.word_forms("happy") == {"happy"}
     assert ll.word_forms("at ease") == {"at ease", "ease"}
     assert ll.word_forms("worn out") == {"worn out", "worn"}
@@ -96,8 +97,8 @@ def test_handmade_promotes_and_suppresses(handmade):
 def test_scale_only_matters_through_epsilon(handmade):
     model, _ = handmade
     d = np.eye(8)[:2]
-    a = ll.lens_logits(d, model, 1.0)
-    b = ll.lens_logits(d, model, 100.0)
+    a = lens.lens_logits(d, model, 1.0)
+    b = lens.lens_logits(d, model, 100.0)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
@@ -105,7 +106,7 @@ def test_scale_only_matters_through_epsilon(handmade):
 def test_final_norm_is_the_models_last_norm(fixture, request):
     """The module the lens uses is the one whose output the model unembeds."""
     model, tok = request.getfixturevalue(fixture)
-    norm = ll.final_norm(model)
+    norm = lens.final_norm(model)
     seen = {}
     handle = norm.register_forward_hook(lambda m, i, o: seen.__setitem__("out", o))
     try:
@@ -171,8 +172,8 @@ def _saved(model, tmp_path, **kwargs):
 def _assert_same_lens(model, head, d, seed=0):
     """Same logits (allclose) and the same top and bottom tokens as the full model."""
     x = np.random.default_rng(seed).standard_normal((6, d))
-    full = ll.lens_logits(x, model, 37.0)
-    part = ll.lens_logits(x, head, 37.0)
+    full = lens.lens_logits(x, model, 37.0)
+    part = lens.lens_logits(x, head, 37.0)
     torch.testing.assert_close(part, full, rtol=1e-5, atol=1e-5)
     assert torch.equal(torch.topk(part, 10).indices, torch.topk(full, 10).indices)
     assert torch.equal(torch.topk(-part, 10).indices, torch.topk(-full, 10).indices)
@@ -189,8 +190,8 @@ def test_partial_loader_matches_the_full_model(fixture, request, tmp_path, caplo
     path = _saved(model, tmp_path)
     with caplog.at_level(logging.INFO, logger="emotion_vectors.analysis.logit_lens"):
         head = ll.load_lens_head(path)
-    assert type(head.norm) is type(ll.final_norm(model))
-    torch.testing.assert_close(head.norm.weight, ll.final_norm(model).weight)
+    assert type(head.norm) is type(lens.final_norm(model))
+    torch.testing.assert_close(head.norm.weight, lens.final_norm(model).weight)
     d = model.get_output_embeddings().weight.shape[1]
     _assert_same_lens(model, head, d)
     info = head.info

@@ -62,7 +62,7 @@ def test_load_vectors(store):
 
 def test_default_main_layer():
     """The analysis's main layer is extraction's two-thirds block (one definition)."""
-    from emotion_vectors.extract import default_layers, main_layer
+    from emotion_vectors.extraction.extract import default_layers, main_layer
 
     assert default_main_layer(list(range(60)), 60) == 39  # the replication's "layer 40"
     assert default_main_layer(default_layers(60), 60) == 39
@@ -120,7 +120,7 @@ def test_analyze_writes_every_file(store, tmp_path):
                   & (corr["method"] == "pearson")]
     assert len(forced) == 4 * 3 and (forced["r"] >= 0).all()
     # Holm and BH over the whole table (one family of 96 tests).
-    from emotion_vectors.analysis.stats import adjust_pvalues
+    from emotion_vectors.core.stats import adjust_pvalues
 
     adj = adjust_pvalues(corr["p"].to_numpy())
     np.testing.assert_allclose(corr["p_holm"], adj["holm"], rtol=1e-5)

@@ -54,9 +54,8 @@ def test_resampled_ranks_equal_rankdata_with_ties():
 # --- bootstrap with the PCA refitted in every resample -------------------------------------
 
 from emotion_vectors.analysis import geometry  # noqa: E402
-from emotion_vectors.analysis.stats import (  # noqa: E402
-    adjust_pvalues, correlate_pc, holm, pca_bootstrap,
-)
+from emotion_vectors.analysis.stats import correlate_pc, pca_bootstrap  # noqa: E402
+from emotion_vectors.core.stats import adjust_pvalues, holm  # noqa: E402
 
 
 def test_refit_equals_the_pca_of_each_resample():

@@ -1,4 +1,4 @@
-"""The vector-store layout: its one writer and reader (emotion_vectors.store_layout), and the
+"""The vector-store layout: its one writer and reader (emotion_vectors.vectors.store_layout), and the
 analysis's writers built on it (synthetic vectors, the published reference vectors)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import zarr
 from emotion_vectors.analysis.store import (
     REFERENCE_LAYER, load_vectors, store_from_reference_npz, write_vector_store,
 )
-from emotion_vectors.store_layout import (
+from emotion_vectors.vectors.store_layout import (
     KINDS, LAYOUT_VERSION, StoreLayoutError, read_store, write_store,
 )
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from emotion_vectors.backends import (
+from emotion_vectors.corpus.backends import (
     BackendError,
     ChatBackend,
     Completion,
@@ -343,7 +343,7 @@ def test_retries_with_backoff_honour_retry_after_and_are_counted(caplog):
 def test_retry_after_parsing_and_retryable_statuses():
     from email.utils import formatdate
 
-    from emotion_vectors.backends import parse_retry_after, retryable_status
+    from emotion_vectors.corpus.backends import parse_retry_after, retryable_status
 
     assert parse_retry_after("3") == 3.0 and parse_retry_after(" 0.5 ") == 0.5 and parse_retry_after(None) is None
     assert parse_retry_after("soon") is None and parse_retry_after("-4") == 0.0
@@ -353,7 +353,7 @@ def test_retry_after_parsing_and_retryable_statuses():
 
 
 def test_batch_concurrency_row_seeds_rate_limit_and_seed_rejection():
-    from emotion_vectors.backends import row_seed
+    from emotion_vectors.corpus.backends import row_seed
 
     with _scripted_server(delay=0.3) as (url, handler):
         backend = OpenAIChatBackend(url, "m", max_concurrency=3, extra_body={"top_k": 50})
@@ -473,7 +473,7 @@ def test_openai_backend_against_transformers_serve(monkeypatch):
 
 
 def test_config_generator_backend_is_validated_before_any_work():
-    from emotion_vectors.config import ConfigError, REPO_ROOT, describe_model, validate_config
+    from emotion_vectors.core.config import ConfigError, REPO_ROOT, describe_model, validate_config
 
     local = {"name": "smollm2-135m-instruct", "gguf": DEFAULT_SPEC["gguf"]}
     server = {"backend": "openai", "name": "served", "base_url": "http://127.0.0.1:8000/v1", "model": "m",

@@ -1,4 +1,4 @@
-"""The validation battery (emotion_vectors.battery): data files, scores with known answers, the
+"""The validation battery (emotion_vectors.reading.battery): data files, scores with known answers, the
 random-direction null, threshold evaluation, and one small run on the real model."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from emotion_vectors import battery as B
-from emotion_vectors.claims import binomial_interval, holm
-from emotion_vectors.leak import find_leaks
+from emotion_vectors.reading import battery as B
+from emotion_vectors.core.claims import binomial_interval, holm
+from emotion_vectors.corpus.leak import find_leaks
 
 from conftest import REPO_ROOT
 
@@ -426,8 +426,8 @@ BUILD = {
 
 @pytest.mark.slow
 def test_run_battery_on_a_tiny_real_store(default_model, tmp_path):
-    from emotion_vectors.extract import extract_pooled
-    from emotion_vectors.store_layout import write_store
+    from emotion_vectors.extraction.extract import extract_pooled
+    from emotion_vectors.vectors.store_layout import write_store
 
     model, tok = default_model
     layer = 19
@@ -442,7 +442,7 @@ def test_run_battery_on_a_tiny_real_store(default_model, tmp_path):
                         n_stories=None)
     # a shuffled-label store in the layout of vectors/shuffled.zarr: the build texts' labels
     # permuted (3 shuffles), the same mean-difference construction
-    from emotion_vectors.vectors import shuffled_name
+    from emotion_vectors.vectors.build import shuffled_name
 
     acts = {e: extract_pooled(model, tok, t, None, [layer], pool_start=1, batch_size=8).pooled[:, 0, :]
             .astype(np.float64) for e, t in BUILD.items()}

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import yaml
 
-from emotion_vectors.backends import HFChatBackend
-from emotion_vectors.behaviour.checks import check_response, parse_blocks, parse_sent_emails
-from emotion_vectors.behaviour.judging import (
+from emotion_vectors.corpus.backends import HFChatBackend
+from emotion_vectors.steering.behaviour.checks import check_response, parse_blocks, parse_sent_emails
+from emotion_vectors.steering.behaviour.judging import (
     CATEGORIES,
     KAPPA_FLOOR,
     ChatJudge,
@@ -28,9 +28,9 @@ from emotion_vectors.behaviour.judging import (
     select_judge,
     validate_judge,
 )
-from emotion_vectors.behaviour.run import ResumeMismatch, no_steering, read_transcripts, run_scenario, sample_seed
-from emotion_vectors.behaviour.scenario import ScenarioError, load_scenario, render_prompt
-from emotion_vectors.behaviour.stats import (
+from emotion_vectors.steering.behaviour.run import ResumeMismatch, no_steering, read_transcripts, run_scenario, sample_seed
+from emotion_vectors.steering.behaviour.scenario import ScenarioError, load_scenario, render_prompt
+from emotion_vectors.steering.behaviour.stats import (
     STAGE1_FACTS,
     behaviour_claims,
     dose_response_figure,
@@ -473,7 +473,7 @@ def test_behaviour_claims_with_a_judge_fisher_holm_and_testability():
     by = {c.id: c for c in out}
     up, down, rnd = by["behaviour.blackmail.calm+0.1"], by["behaviour.blackmail.calm-0.1"], by["behaviour.blackmail.random0+0.1"]
     p = [fisher_vs_baseline(k, 100, 20, 100)[1] for k in (60, 22, 18)]
-    from emotion_vectors.claims import binomial_interval, holm
+    from emotion_vectors.core.claims import binomial_interval, holm
 
     adj = holm(p)
     assert up.p == pytest.approx(p[0]) and up.p_adjusted == pytest.approx(adj[0]) and up.family == 3
@@ -569,7 +569,7 @@ def test_run_scenario_resumes_and_keeps_finished_transcripts(default_model, shor
 
 @pytest.mark.slow
 def test_run_scenario_in_batches_resumes_whole_batches(default_model, short_scenario, tmp_path):
-    from emotion_vectors.behaviour.run import batch_seed
+    from emotion_vectors.steering.behaviour.run import batch_seed
 
     model, tok = default_model
     backend = HFChatBackend(model, tok, name="smollm2")

@@ -1,4 +1,4 @@
-"""The behaviour runner that draws every condition at once (emotion_vectors.behaviour.batched):
+"""The behaviour runner that draws every condition at once (emotion_vectors.steering.behaviour.batched):
 each row is what its condition gives alone, seeds per pass, resume, and the settings that make
 another experiment; on the real default model with a short scenario."""
 
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import yaml
 
-from emotion_vectors.backends import HFChatBackend
-from emotion_vectors.behaviour.batched import pass_seed, plan_passes, run_scenario_rows
-from emotion_vectors.behaviour.run import ResumeMismatch, read_transcripts
-from emotion_vectors.behaviour.scenario import load_scenario, render_prompt
-from emotion_vectors.steer import Steer, steering
+from emotion_vectors.corpus.backends import HFChatBackend
+from emotion_vectors.steering.behaviour.batched import pass_seed, plan_passes, run_scenario_rows
+from emotion_vectors.steering.behaviour.run import ResumeMismatch, read_transcripts
+from emotion_vectors.steering.behaviour.scenario import load_scenario, render_prompt
+from emotion_vectors.steering.steer import Steer, steering
 
 SCENARIO_PATH = "config/scenarios/blackmail.yaml"
 

@@ -1,6 +1,6 @@
 """A finished behaviour run leaves nothing beside its outputs (``run.discard_resume_files``)."""
 
-from emotion_vectors.behaviour.run import discard_resume_files, read_transcripts
+from emotion_vectors.steering.behaviour.run import discard_resume_files, read_transcripts
 
 
 def test_resume_files_are_removed_once_the_run_is_finished(tmp_path):

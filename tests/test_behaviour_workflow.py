@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from emotion_vectors.behaviour.conditions import (
+from emotion_vectors.steering.behaviour.conditions import (
     BASELINE,
     build_conditions,
     condition_name,
@@ -23,8 +23,8 @@ from emotion_vectors.behaviour.conditions import (
     make_judge,
     same_model,
 )
-from emotion_vectors.steer import SteeringUnitError, steering
-from emotion_vectors.store_layout import read_store, write_store
+from emotion_vectors.steering.steer import SteeringUnitError, steering
+from emotion_vectors.vectors.store_layout import read_store, write_store
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(REPO / ".venv" / "bin" / "snakemake")
@@ -124,9 +124,9 @@ def test_build_conditions_layer_and_errors(tmp_path: Path) -> None:
 def test_conditions_steer_a_model_through_the_runner(tmp_path: Path, tiny_llama: Any) -> None:
     """Baseline, an emotion and a random condition run through run_scenario with a steer_for made
     from the conditions: the baseline equals unsteered generation, the steered ones differ."""
-    from emotion_vectors.backends import HFChatBackend
-    from emotion_vectors.behaviour.run import run_scenario
-    from emotion_vectors.behaviour.scenario import load_scenario
+    from emotion_vectors.corpus.backends import HFChatBackend
+    from emotion_vectors.steering.behaviour.run import run_scenario
+    from emotion_vectors.steering.behaviour.scenario import load_scenario
 
     model, tok = tiny_llama
     d = model.config.hidden_size
@@ -145,7 +145,7 @@ def test_conditions_steer_a_model_through_the_runner(tmp_path: Path, tiny_llama:
     texts = {r["condition"]: r["response"] for r in recs}
     assert list(texts) == [BASELINE, "fear+8", "fear-8", "random0+8"]
     assert recs[1]["condition_spec"]["added_norm"] == pytest.approx(8.0)
-    from emotion_vectors.behaviour.scenario import render_prompt
+    from emotion_vectors.steering.behaviour.scenario import render_prompt
 
     plain = backend.generate_text(render_prompt(tok, scenario), max_tokens=6, temperature=0.0, seed=None)
     assert texts[BASELINE] == plain.text
@@ -156,7 +156,7 @@ def test_conditions_steer_a_model_through_the_runner(tmp_path: Path, tiny_llama:
 
 
 def test_make_judge_from_an_openai_spec_keeps_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    from emotion_vectors.behaviour.judging import ChatJudge
+    from emotion_vectors.steering.behaviour.judging import ChatJudge
 
     monkeypatch.setenv("MY_JUDGE_KEY", "sk-secret-123")
     spec = {"backend": "openai", "name": "big", "base_url": "http://127.0.0.1:9/v1", "model": "Big/Model",
@@ -250,8 +250,7 @@ def _run_script(name: str, smk: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     import logging
     import runpy
 
-    from emotion_vectors import jobs
-
+    from emotion_vectors.core import jobs
     monkeypatch.setattr(jobs, "start_job", lambda smk_, **kw: logging.getLogger(f"test.{smk_.rule}"))
     runpy.run_path(str(REPO / "workflow" / "scripts" / name), init_globals={"snakemake": smk})
 
@@ -276,7 +275,7 @@ def test_behaviour_script_classifies_only_with_a_validated_judge(tmp_path: Path,
 
     import pandas as pd
 
-    from emotion_vectors.claims import read_claims
+    from emotion_vectors.core.claims import read_claims
 
     model, tok = tiny_llama
     model_dir = tmp_path / "tiny"

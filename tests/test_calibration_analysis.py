@@ -6,7 +6,7 @@ from scipy import stats as sps
 
 from emotion_vectors.analysis.geometry import pca
 from emotion_vectors.analysis.stats import correlate
-from emotion_vectors.claims import rejection_band
+from emotion_vectors.core.claims import rejection_band
 
 
 def test_pc1_rating_correlation_rejects_at_alpha_under_the_null():

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from emotion_vectors import battery as B
-from emotion_vectors.behaviour.stats import fisher_min_p, fisher_vs_baseline
-from emotion_vectors.claims import ALPHA, holm, min_attainable_p, rejection_band
-from emotion_vectors.vectors import shuffle_labels
+from emotion_vectors.reading import battery as B
+from emotion_vectors.steering.behaviour.stats import fisher_min_p, fisher_vs_baseline
+from emotion_vectors.core.claims import ALPHA, holm, min_attainable_p, rejection_band
+from emotion_vectors.vectors.build import shuffle_labels
 
 N_SIMS = 2000
 

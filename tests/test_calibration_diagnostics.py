@@ -33,9 +33,9 @@ import pytest
 import yaml
 from scipy.stats import binom, binomtest
 
-from emotion_vectors import judge as J
-from emotion_vectors.claims import ALPHA, holm, min_attainable_p, rejection_band
-from emotion_vectors.diagnostics import (
+from emotion_vectors.corpus import judge as J
+from emotion_vectors.core.claims import ALPHA, holm, min_attainable_p, rejection_band
+from emotion_vectors.vectors.diagnostics import (
     Corpus,
     _Probe,
     permutation_p,

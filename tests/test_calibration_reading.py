@@ -1,4 +1,4 @@
-"""Calibration of the real-text checks' tests (emotion_vectors.text_checks).
+"""Calibration of the real-text checks' tests (emotion_vectors.reading.text_checks).
 
 Each test the reading stage uses to claim an effect is run many times on simulated data under
 its null; its rejection rate at alpha = 0.05 must lie in the binomial 99% band of a calibrated
@@ -20,14 +20,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from emotion_vectors.claims import ALPHA, min_attainable_p, rejection_band
-from emotion_vectors.text_checks import (
+from emotion_vectors.core.claims import ALPHA, min_attainable_p, rejection_band
+from emotion_vectors.reading.text_checks import (
     corpora_agreement,
     emotion_label_check,
     mannwhitney_auroc,
     shuffled_means,
 )
-from emotion_vectors.vectors import shuffle_labels
+from emotion_vectors.vectors.build import shuffle_labels
 
 K = 20  # the default vectors.n_shuffles: smallest p 1/21 < 0.05
 

@@ -1,4 +1,4 @@
-"""Calibration of the steering evidence's tests (emotion_vectors.steer_eval): each test is
+"""Calibration of the steering evidence's tests (emotion_vectors.steering.evaluate): each test is
 simulated many times under its own null, and its rejection rate at alpha = 0.05 must lie in the
 binomial 99% band around 0.05 (``claims.rejection_band``); the smallest p each can give with the
 default number of draws must be below alpha. Pure NumPy, a few seconds each.
@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from emotion_vectors.claims import ALPHA, min_attainable_p, rejection_band
-from emotion_vectors.steer_eval import _signed, pool_test, row_z, set_test, slope, specificity_test
+from emotion_vectors.core.claims import ALPHA, min_attainable_p, rejection_band
+from emotion_vectors.steering.evaluate import _signed, pool_test, row_z, set_test, slope, specificity_test
 
 N_SIMS = 1000
 LO, HI = rejection_band(N_SIMS)
@@ -157,14 +157,14 @@ def test_signed_statistic_two_sided_where_no_sign():
 
 
 # ------------------------------------------------------------------------------------------
-# Steering against prompting (emotion_vectors.steering_scores)
+# Steering against prompting (emotion_vectors.steering.scores)
 
 
 def _hm_like(rng, shape, zero_share=0.4, tie_break=True):
     """Per-reply steering scores as the harmonic mean gives them: exactly 0 for a share of
     replies (an axis at 0), else in (0, 1); with the tests' tie-break (TIE_BREAK x the mean of the
     axes, continuous) added."""
-    from emotion_vectors.steering_scores import TIE_BREAK
+    from emotion_vectors.steering.scores import TIE_BREAK
 
     hm = np.where(rng.random(shape) < zero_share, 0.0, rng.beta(2, 5, shape))
     return hm + (TIE_BREAK * rng.random(shape) if tie_break else 0.0)
@@ -175,7 +175,7 @@ def test_sign_flip_paired_test_is_calibrated_and_its_floor_is_as_stated():
     replies exchangeable within each pair (prompts differ, in the same way for both). With the
     tie-break the two-sided exact test rejects 12/256 of the time (its grid's largest p below
     0.05); without it, the zero-scored pairs tie and the test is conservative (never above)."""
-    from emotion_vectors.steering_scores import sign_flip_floor, sign_flip_test
+    from emotion_vectors.steering.scores import sign_flip_floor, sign_flip_test
 
     rng = np.random.default_rng(7)
     n = 8
@@ -198,7 +198,7 @@ def test_strength_chosen_on_one_half_reported_on_the_other_is_calibrated():
     alike): the strength with the best mean on the selection half (choose_strength), the
     sign-flip test on the report half. Choosing on the same half would be biased: that is what
     the split prevents (shown: choosing and testing on one half rejects far more often)."""
-    from emotion_vectors.steering_scores import choose_strength, sign_flip_test
+    from emotion_vectors.steering.scores import choose_strength, sign_flip_test
 
     rng = np.random.default_rng(8)
     strengths = [0.1, 0.2, 0.4]

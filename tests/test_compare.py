@@ -17,7 +17,7 @@ from scipy import stats as sps
 
 from emotion_vectors.analysis import compare as C
 from emotion_vectors.analysis.store import store_from_reference_npz, write_vector_store
-from emotion_vectors.claims import ALPHA, draws_needed, rejection_band
+from emotion_vectors.core.claims import ALPHA, draws_needed, rejection_band
 
 
 def spiked(rng: np.random.Generator, n: int = 24, d: int = 40) -> np.ndarray:
@@ -266,7 +266,7 @@ EMO = ["happy", "sad", "afraid", "calm", "angry", "proud", "ashamed", "lonely", 
 
 
 def test_compare_stores_writes_its_files_and_claims(tmp_path):
-    from emotion_vectors.split_vectors import HALF_SEP
+    from emotion_vectors.vectors.split_vectors import HALF_SEP
 
     assert HALF_SEP == C.HALF_SEP
     rng = np.random.default_rng(20)
@@ -324,7 +324,7 @@ def test_compare_stores_writes_its_files_and_claims(tmp_path):
     assert [c.id for c in claims][:2] == ["compare.small~wide.rsa", "compare.small~wide.cka"]
     assert len(claims) == 10 and all(c.family == 10 and c.correction == "Holm over 10 tests" for c in claims)
     ps = np.array([c.p for c in claims])
-    from emotion_vectors.claims import holm
+    from emotion_vectors.core.claims import holm
 
     np.testing.assert_allclose([c.p_adjusted for c in claims], holm(ps))
     assert claims[0].interval is not None and "bootstrap" in claims[0].interval_of

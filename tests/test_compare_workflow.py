@@ -22,7 +22,7 @@ import pytest
 import yaml
 import zarr
 
-from emotion_vectors.config import REPO_ROOT
+from emotion_vectors.core.config import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 RUN = "pytest-compare"
@@ -125,7 +125,7 @@ def setup(tmp_path_factory, code_snapshot, tiny_llama, tiny_gemma3, tiny_gemma4_
     (RESULTS / "neutral" / "dialogues.json").write_text(json.dumps(neutral_corpus()))
     run = smk(two, "--cores", "1", *targets([B]))
     yield {"two": two, "three": three, "log": run.stdout + run.stderr, "models": models}
-    from emotion_vectors.service import release_device
+    from emotion_vectors.core.devices import release_device
 
     release_device(RESULTS / "activations" / ".server", "cpu")  # our tiny servers exit now
     shutil.rmtree(RESULTS, ignore_errors=True)

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import yaml
 
-from emotion_vectors.config import (
+from emotion_vectors.core.config import (
     REPO_ROOT,
     ConfigError,
     assemble_config,
@@ -19,7 +19,7 @@ from emotion_vectors.config import (
     merge_config,
     validate_config,
 )
-from emotion_vectors.models import block_count
+from emotion_vectors.core.models import block_count
 
 DEFAULT = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
 

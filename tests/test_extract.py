@@ -1,4 +1,4 @@
-"""Tests of the activation extraction engine (``emotion_vectors.extract``).
+"""Tests of the activation extraction engine (``emotion_vectors.extraction.extract``).
 
 The reference everywhere is the plain way: run each text alone (no padding) with
 ``output_hidden_states=True`` and average ``hidden_states[i + 1][pool_start:]``.
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL_FIXTURES, tokenizer_copy
-from emotion_vectors.extract import (
+from emotion_vectors.extraction.extract import (
     ExtractionError,
     LayerIndexError,
     NonFiniteActivationError,
@@ -28,7 +28,7 @@ from emotion_vectors.extract import (
     plan_extraction,
     validate_layers,
 )
-from emotion_vectors.models import decoder_layers
+from emotion_vectors.core.models import decoder_layers
 
 WORDS = (
     "the rain kept falling on the old roof while she counted coins at the kitchen table "

@@ -1,4 +1,4 @@
-"""The extraction engine's rules one by one (``emotion_vectors.extract``): argument checks and
+"""The extraction engine's rules one by one (``emotion_vectors.extraction.extract``): argument checks and
 their messages, layer choice, batching at its caps, tokenising in chunks, padding ids, resume
 bookkeeping and ``extract_pooled``'s arguments. Found untested by mutation testing
 (``make mutants``); ``tests/test_extract.py`` checks the numbers against the plain reference.
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from conftest import tokenizer_copy
-from emotion_vectors import extract
-from emotion_vectors.extract import (
+from emotion_vectors.extraction import extract
+from emotion_vectors.extraction.extract import (
     ExtractionError,
     LayerIndexError,
     NonFiniteActivationError,
@@ -27,7 +27,7 @@ from emotion_vectors.extract import (
     plan_extraction,
     validate_layers,
 )
-from emotion_vectors.models import decoder_layers
+from emotion_vectors.core.models import decoder_layers
 
 TEXTS = [
     "the rain kept falling on the old roof while she counted coins at the kitchen table",

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from emotion_vectors import faults
-from emotion_vectors.config import ConfigError, validate_config
-from emotion_vectors.generate import Checkpoint
-from emotion_vectors.models import decoder_layers
-from emotion_vectors.shards import open_shard, write_shard
+from emotion_vectors.core.config import ConfigError, validate_config
+from emotion_vectors.corpus.generate import Checkpoint
+from emotion_vectors.core.models import decoder_layers
+from emotion_vectors.extraction.shards import open_shard, write_shard
 
 SETTINGS = dict(faults.ACT_SETTINGS)
 INFO = {"path": "tiny-llama", "revision": "test", "dtype": "float32", "quantization": "none"}

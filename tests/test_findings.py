@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emotion_vectors.claims import (
+from emotion_vectors.core.claims import (
     EFFECT,
     NO_EFFECT,
     NOT_TESTABLE,

@@ -2,10 +2,10 @@
 
 import pytest
 
-from emotion_vectors.backends import HFChatBackend
-from emotion_vectors.config import REPO_ROOT
-from emotion_vectors.generate import Checkpoint, ShardShortError, generate_story_shard, load_prompts
-from emotion_vectors.leak import find_leaks
+from emotion_vectors.corpus.backends import HFChatBackend
+from emotion_vectors.core.config import REPO_ROOT
+from emotion_vectors.corpus.generate import Checkpoint, ShardShortError, generate_story_shard, load_prompts
+from emotion_vectors.corpus.leak import find_leaks
 
 TOPICS = ["A neighbor wants to install a fence", "A neighbor starts a renovation project"]
 BASE = {
@@ -60,7 +60,7 @@ def test_leaks_are_rejected_and_a_short_shard_fails_or_says_so(tmp_path, default
 def test_selection_judge_filters_and_records(tmp_path, default_model, prompts):
     """Best-of-n: only stories the (real) judge recognises are kept; nothing is edited; the shard
     records every judged candidate's verdict and the acceptance rate."""
-    from emotion_vectors.judge import judge_stories
+    from emotion_vectors.corpus.judge import judge_stories
 
     model, tok = default_model
     seen = []
@@ -100,7 +100,7 @@ class _ScriptedBackend:
         return {"per": "request", "sent": False, "accepted": None, "honoured": False}
 
     def generate_batch(self, requests, *, max_tokens, temperature, top_p, seed):
-        from emotion_vectors.backends import BackendError, Completion
+        from emotion_vectors.corpus.backends import BackendError, Completion
 
         self.batches += 1
         if self.batches in self.fail_at:
@@ -114,7 +114,7 @@ class _ScriptedBackend:
 
 
 def test_round_driver_rejects_what_the_real_leak_filter_finds_and_resumes_after_a_backend_failure(tmp_path, prompts):
-    from emotion_vectors.backends import BackendError
+    from emotion_vectors.corpus.backends import BackendError
 
     replies = [
         "I keep my voice low and calm. The fence can wait until spring.",  # "calm." leaks

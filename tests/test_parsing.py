@@ -1,6 +1,6 @@
 """Splitting generator replies into stories and dialogue turns."""
 
-from emotion_vectors.parsing import (
+from emotion_vectors.corpus.parsing import (
     Turn,
     dialogue_problem,
     parse_dialogue,

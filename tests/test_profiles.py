@@ -7,7 +7,7 @@ slurm-wlm, so not part of the test suite); these checks keep the profile's struc
 import pytest
 from snakemake.profiles import ProfileConfigFileParser
 
-from emotion_vectors.config import REPO_ROOT
+from emotion_vectors.core.config import REPO_ROOT
 
 SLURM = REPO_ROOT / "profiles" / "slurm" / "config.yaml"
 

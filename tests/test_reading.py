@@ -1,4 +1,4 @@
-"""Reading texts through the run's model server (emotion_vectors.reading, serve_subject's
+"""Reading texts through the run's model server (emotion_vectors.extraction.reading, serve_subject's
 ``describe``/``read``/``lens`` requests) against reading them in process.
 
 A real ``serve_subject`` process (started as the workflow's jobs start it, on a tiny random
@@ -21,14 +21,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emotion_vectors import reading, serve_subject
-from emotion_vectors import score as score_mod
-from emotion_vectors.models import load_model
-from emotion_vectors.reading import LocalReader, ReadError, ServerReader, gather
-from emotion_vectors.score import score_texts
-from emotion_vectors.serve_subject import ServerHandle, find_live_server, subject_server
-from emotion_vectors.service import ServiceError
-from emotion_vectors.store_layout import write_store
+from emotion_vectors.extraction import reading, serve_subject
+from emotion_vectors.reading import score as score_mod
+from emotion_vectors.core.models import load_model
+from emotion_vectors.extraction.reading import LocalReader, ReadError, ServerReader, gather
+from emotion_vectors.reading.score import score_texts
+from emotion_vectors.extraction.serve_subject import ServerHandle, find_live_server, subject_server
+from emotion_vectors.core.private_files import ServiceError
+from emotion_vectors.vectors.store_layout import write_store
 
 SETTINGS = {"layers": [1, 3], "layer_step": 5, "pool_start": 2, "short_text_policy": "skip",
             "batch_size": 4, "max_batch_tokens": None, "storage_dtype": "float32"}

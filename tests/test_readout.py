@@ -1,4 +1,4 @@
-"""Is the valence readout valence for this run? (emotion_vectors.readout.check_valence_direction)
+"""Is the valence readout valence for this run? (emotion_vectors.steering.readout.check_valence_direction)
 
 PC1 is oriented by anchor emotions, so it always has a "pleasant" end; only its correlation with
 human valence ratings says whether it is valence. Vectors whose first axis is the emotion words'
@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from emotion_vectors.analysis.norms import match_ratings
-from emotion_vectors.readout import (
+from emotion_vectors.steering.readout import (
     VALENCE_MIN_R,
     check_valence_direction,
     store_valence_check,
     valence_direction,
 )
-from emotion_vectors.store_layout import write_store
+from emotion_vectors.vectors.store_layout import write_store
 
 EMOTIONS = ["afraid", "scared", "terrified", "calm", "serene", "desperate", "happy", "sad", "angry",
             "furious", "enraged", "grateful", "thankful", "stubborn", "obstinate", "smug", "disturbed",

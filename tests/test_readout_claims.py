@@ -1,4 +1,4 @@
-"""The real-text checks as claims (emotion_vectors.text_checks).
+"""The real-text checks as claims (emotion_vectors.reading.text_checks).
 
 The statistics are checked against scipy/sklearn; the claims are checked to say "effect" only
 where the vectors carry what the shuffled-label vectors do not, and to say "not testable" where
@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emotion_vectors.claims import EFFECT, NO_EFFECT, NOT_TESTABLE, mc_p
-from emotion_vectors.corpora import load_file
-from emotion_vectors.text_checks import (
+from emotion_vectors.core.claims import EFFECT, NO_EFFECT, NOT_TESTABLE, mc_p
+from emotion_vectors.corpus.lexicon import load_nrc
+from emotion_vectors.reading.corpora import load_file
+from emotion_vectors.reading.text_checks import (
     CheckError,
     agreement_claims,
     aurocs_many,
@@ -25,7 +26,6 @@ from emotion_vectors.text_checks import (
     corpora_agreement,
     emotion_claims,
     emotion_label_check,
-    load_nrc,
     mannwhitney_auroc,
     nrc_scores,
     paired_auroc_difference,

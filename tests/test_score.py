@@ -1,4 +1,4 @@
-"""Scoring real text (emotion_vectors.score).
+"""Scoring real text (emotion_vectors.reading.score).
 
 The maths (baselines, z-scores, valence) is checked against a direct numpy computation on a
 tiny random Llama saved as a model directory, through the API and the CLI for every input and
@@ -17,23 +17,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emotion_vectors import score as score_mod
-from emotion_vectors.extract import extract_pooled
-from emotion_vectors.readout import store_valence_direction
-from emotion_vectors.score import (
+from emotion_vectors.extraction.extract import extract_pooled
+from emotion_vectors.reading import score as score_mod
+from emotion_vectors.reading.common import auroc_fast, bootstrap_auroc, store_model_spec
+from emotion_vectors.reading.score import (
     ScoreError,
-    auroc_fast,
-    bootstrap_auroc,
     labelled_check,
     lexicon_scores,
     parse_pool,
     read_scores,
     score_texts,
-    store_model_spec,
     truncate_text,
     write_scores,
 )
-from emotion_vectors.store_layout import read_store, write_store
+from emotion_vectors.steering.readout import store_valence_direction
+from emotion_vectors.vectors.store_layout import read_store, write_store
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STORE = REPO_ROOT / "results" / "default" / "vectors" / "vectors.zarr"
@@ -244,7 +242,7 @@ def test_cli_subprocess_neutral_baseline(tiny_run, tmp_path):
     src.write_text("\n".join(json.dumps({"t": t}) for t in TEXTS) + "\n{broken\n")
     out = tmp_path / "scores.csv"
     proc = subprocess.run(
-        [sys.executable, "-m", "emotion_vectors.score", str(tiny_run["store"]), str(src),
+        [sys.executable, "-m", "emotion_vectors.reading.score", str(tiny_run["store"]), str(src),
          "--text-column", "t", "--baseline", "neutral", "--pool", "from:1", "--out", str(out)],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
@@ -424,8 +422,8 @@ def test_real_model_reads_the_labelled_fixture(default_model, tmp_path):
     """The emotion-label check end to end on the real model: vectors from a few happy, sad and
     afraid sentences read the hand-written labelled fixture (tests/data/emotion_labelled.tsv):
     each emotion's score separates its label from the rest."""
-    from emotion_vectors.corpora import load_file
-    from emotion_vectors.text_checks import emotion_label_check
+    from emotion_vectors.reading.corpora import load_file
+    from emotion_vectors.reading.text_checks import emotion_label_check
 
     model, tok = default_model
     layer = 19

@@ -1,6 +1,6 @@
 """The shared model server, against the real server process on a tiny model (no mocks).
 
-Each server is ``python -m emotion_vectors.serve_subject`` started the way the activation jobs
+Each server is ``python -m emotion_vectors.extraction.serve_subject`` started the way the activation jobs
 start it (``service.ensure_server``), with a tiny random Llama saved to disk. One module-scoped
 server takes the abuse (bad paths, stray connections, wrong keys, garbage, a hung handshake, a
 client killed mid-request); two more show stale address files being replaced and
@@ -21,10 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from emotion_vectors import service
-from emotion_vectors.serve_subject import extract_shard, identity_parts, spec_input
-from emotion_vectors.service import ServiceError, ensure_server, read_address, release_device, request
-from emotion_vectors.shards import open_shard
+from emotion_vectors.extraction import service
+from emotion_vectors.core import devices, private_files, protocol
+from emotion_vectors.core.devices import release_device
+from emotion_vectors.core.private_files import ServiceError
+from emotion_vectors.core.protocol import read_address, request
+from emotion_vectors.extraction.serve_subject import extract_shard, identity_parts, spec_input
+from emotion_vectors.extraction.service import ensure_server
+from emotion_vectors.extraction.shards import open_shard
 
 SETTINGS = {"layers": [0, 2], "layer_step": 5, "pool_start": 2, "short_text_policy": "skip",
             "batch_size": 4, "max_batch_tokens": None, "storage_dtype": "float32"}
@@ -60,14 +64,14 @@ class Run:
         self.address = self.server_dir / f"{service.address_name(self.identity)}.json"
         self.log_file = self.server_dir / f"{self.address.stem}.log"
         self.command = service.python_command(
-            "emotion_vectors.serve_subject", str(self.address),
+            "emotion_vectors.extraction.serve_subject", str(self.address),
             "--root", str(root), "--models-dir", str(root / "models"), "--threads", "1", "--idle-timeout", "120",
             "--handshake-timeout", "1", "--request-timeout", "2", "--expect-identity", self.identity,
         )
         self.stdin = spec_input(spec, SETTINGS)
 
     def start(self) -> dict:
-        service.private_dir(self.server_dir)
+        private_files.private_dir(self.server_dir)
         return ensure_server(self.address, self.command, log_file=self.log_file, stdin=self.stdin)
 
     def shard(self, name: str) -> Path:
@@ -197,7 +201,7 @@ def test_cancelled_client_never_gets_its_output(run):
     output = run.shard("killed")
     output.parent.mkdir(parents=True, exist_ok=True)
     client = textwrap.dedent(f"""
-        from emotion_vectors.serve_subject import extract_shard
+        from emotion_vectors.extraction.serve_subject import extract_shard
         extract_shard(name="killed", texts={texts!r}, ids={ids!r}, output={str(output)!r}, subject={run.spec!r},
                       extraction={SETTINGS!r}, models_dir={str(run.root / "models")!r}, root={str(run.root)!r},
                       server_dir={str(run.server_dir)!r}, idle_timeout=120, threads=1)
@@ -229,12 +233,12 @@ def test_cancelled_client_never_gets_its_output(run):
 def test_stale_addresses_are_replaced_and_release_device_stops_servers(tmp_path, tiny_spec, code_snapshot):
     r = Run(tmp_path / ("long-" * 14), tiny_spec)  # socket path too long: a private temp dir
     (r.root / "models").mkdir(parents=True)
-    service.private_dir(r.server_dir)
+    private_files.private_dir(r.server_dir)
     dead = subprocess.Popen(["true"])
     dead.wait()
     fake = {"socket": str(r.server_dir / "gone.sock"), "key": "00" * 32, "identity": r.identity, "device": "cpu",
             "host": socket.gethostname()}
-    service.write_private_json(r.address, {**fake, "pid": dead.pid, "start_time": None})
+    private_files.write_private_json(r.address, {**fake, "pid": dead.pid, "start_time": None})
     try:
         first = r.start()
         assert first["pid"] != dead.pid and first["socket_private_dir"]
@@ -243,14 +247,14 @@ def test_stale_addresses_are_replaced_and_release_device_stops_servers(tmp_path,
 
         assert release_device(r.server_dir, "cuda:0") == []  # another device: left alone
         assert release_device(r.server_dir, "cpu") == [first["pid"]]
-        assert not r.address.exists() and service._pid_gone(first["pid"], first["start_time"])
+        assert not r.address.exists() and protocol._pid_gone(first["pid"], first["start_time"])
         assert not os.path.exists(first["socket_private_dir"])
 
         # A live process unrelated to us, even with its true start time: its socket does not answer.
         other = subprocess.Popen(["sleep", "60"])
         try:
-            service.write_private_json(r.address, {**fake, "pid": other.pid,
-                                                   "start_time": service.process_start_time(other.pid)})
+            private_files.write_private_json(r.address, {**fake, "pid": other.pid,
+                                                   "start_time": protocol.process_start_time(other.pid)})
             second = r.start()
             assert second["pid"] not in (other.pid, first["pid"])
             assert request(second, {"kind": "ping"}, identity=r.identity)["pid"] == second["pid"]
@@ -284,14 +288,14 @@ def test_private_dir_refuses_what_others_could_touch(tmp_path):
     loose.mkdir()
     os.chmod(loose, 0o777)
     with pytest.raises(ServiceError, match="writable by group or others"):
-        service.private_dir(loose)
+        private_files.private_dir(loose)
     readable = tmp_path / "readable"
     readable.mkdir()
     os.chmod(readable, 0o755)
-    assert _mode(service.private_dir(readable)) == 0o700
+    assert _mode(private_files.private_dir(readable)) == 0o700
     (tmp_path / "link").symlink_to(readable)
     with pytest.raises(ServiceError, match="not a directory"):
-        service.private_dir(tmp_path / "link")
+        private_files.private_dir(tmp_path / "link")
     exposed = readable / "address.json"
     exposed.write_text("{}")
     os.chmod(exposed, 0o644)
@@ -300,25 +304,25 @@ def test_private_dir_refuses_what_others_could_touch(tmp_path):
 
 
 def test_devices():
-    assert service.devices_overlap("cuda", "cuda:0") and service.devices_overlap("auto", "cuda:1")
-    assert not service.devices_overlap("cuda:0", "cuda:1") and not service.devices_overlap("cpu", "auto")
-    assert service.uses_gpu("auto") and not service.uses_gpu("cpu")
+    assert devices.devices_overlap("cuda", "cuda:0") and devices.devices_overlap("auto", "cuda:1")
+    assert not devices.devices_overlap("cuda:0", "cuda:1") and not devices.devices_overlap("cpu", "auto")
+    assert devices.uses_gpu("auto") and not devices.uses_gpu("cpu")
 
 
 def test_a_server_still_loading_is_waited_for_not_started_twice(tmp_path):
     """While a server process holds its life lock (loading, no address yet), nothing is started."""
-    server_dir = service.private_dir(tmp_path / ".server")
+    server_dir = private_files.private_dir(tmp_path / ".server")
     address = server_dir / "host-0123456789abcdef.json"
-    held = service._hold_life_lock(address)  # what a loading server holds
+    held = protocol._hold_life_lock(address)  # what a loading server holds
     try:
         with pytest.raises(ServiceError, match="another server .* is running or starting"):
-            service._hold_life_lock(address)
+            protocol._hold_life_lock(address)
         with pytest.raises(ServiceError, match="did not publish its address within 1 s"):
             ensure_server(address, ["false"], log_file=server_dir / "server.log", timeout=1)
         assert not (server_dir / "server.log").exists()  # no second server was started
     finally:
         os.close(held)
-    os.close(service._hold_life_lock(address))  # released with its holder
+    os.close(protocol._hold_life_lock(address))  # released with its holder
 
 
 def test_every_shard_write_refuses_a_planted_symlink(run, tmp_path):
@@ -378,7 +382,7 @@ def test_leftovers_of_dead_servers_and_jobs_are_removed(run):
 def test_no_settings_in_the_servers_argv(run):
     info = read_address(run.address)
     cmdline = Path(f"/proc/{info['pid']}/cmdline").read_bytes().decode()
-    assert "emotion_vectors.serve_subject" in cmdline and run.identity in cmdline
+    assert "emotion_vectors.extraction.serve_subject" in cmdline and run.identity in cmdline
     assert run.spec["path"] not in cmdline and "layer_step" not in cmdline and "storage_dtype" not in cmdline
 
 
@@ -402,7 +406,7 @@ def test_the_identity_covers_the_prepared_weights(tmp_path, tiny_spec, code_snap
         rebuilt.rename(model)
         again = r.extract("b")["server"]
         assert again["identity"] != first["identity"] and again["pid"] != first["pid"]
-        assert service._pid_gone(first["pid"], None) is None  # the old one still idles, unused
+        assert protocol._pid_gone(first["pid"], None) is None  # the old one still idles, unused
         weights = identity_parts(spec, SETTINGS, r.root / "models", r.root)["weights"]
         assert weights["path"] == str(model) and weights["files"] >= 3
     finally:

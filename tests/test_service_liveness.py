@@ -30,14 +30,16 @@ from pathlib import Path
 
 import pytest
 
-from emotion_vectors import service
-from emotion_vectors.service import DirFd, MessageTooLarge, ServerHung, ServiceError
+from emotion_vectors.extraction import service
+from emotion_vectors.core import devices, private_files, protocol
+from emotion_vectors.core.private_files import DirFd, ServiceError
+from emotion_vectors.core.protocol import MessageTooLarge, ServerHung
 
 # argv: address, root, handshake timeout, request timeout, backlog
 STANDIN = textwrap.dedent(
     """
     import ctypes, logging, sys, time
-    from emotion_vectors import service
+    from emotion_vectors.extraction import service
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def slow(payload, req):
@@ -58,7 +60,7 @@ STANDIN = textwrap.dedent(
 class Standin:
     def __init__(self, root: Path, *, handshake: float = 2.0, request: float = 5.0, backlog: int = 4096):
         self.root = root
-        self.server_dir = service.private_dir(root / ".server")
+        self.server_dir = private_files.private_dir(root / ".server")
         self.address = self.server_dir / "host-standin.json"
         self.log_file = self.server_dir / "standin.log"
         self.command = [sys.executable, "-c", STANDIN, str(self.address), str(root), str(handshake), str(request),
@@ -123,7 +125,7 @@ def test_a_busy_server_with_a_full_queue_is_waited_for_not_killed(standin, caplo
     """The server serves a slow request while its listen queue is full (EAGAIN for every new
     connection): jobs arriving then reuse it (ensure_server) and wait, with backoff, until it
     serves each of them. Before, the liveness probe's EAGAIN made ensure_server SIGTERM it."""
-    caplog.set_level(logging.INFO, logger="emotion_vectors.service")
+    caplog.set_level(logging.INFO, logger="emotion_vectors.core.protocol")
     s = standin(backlog=8)
     info = s.start()
     pid = info["pid"]
@@ -142,7 +144,7 @@ def test_a_busy_server_with_a_full_queue_is_waited_for_not_killed(standin, caplo
 
     def job(i: int) -> None:
         try:
-            answers.append(s.call({"kind": "slow", "seconds": 0, "tag": i}) | {"pid": service.read_address(s.address)["pid"]})
+            answers.append(s.call({"kind": "slow", "seconds": 0, "tag": i}) | {"pid": protocol.read_address(s.address)["pid"]})
         except Exception as err:  # noqa: BLE001 - collected and asserted below
             errors.append(err)
 
@@ -150,8 +152,8 @@ def test_a_busy_server_with_a_full_queue_is_waited_for_not_killed(standin, caplo
     for t in jobs:
         t.start()
     time.sleep(2.0)  # the jobs see a full queue for a while; the old probe killed the server in 0.4 s
-    assert service.stale_reason(info, s.address) is None and os.path.exists(s.address)
-    assert service.read_address(s.address)["pid"] == pid
+    assert protocol.stale_reason(info, s.address) is None and os.path.exists(s.address)
+    assert protocol.read_address(s.address)["pid"] == pid
     for f in fillers:  # the stray connections go away; the server drops each at once
         f.close()
     for t in [slow, *jobs]:
@@ -171,11 +173,11 @@ def test_a_stopped_hung_or_dead_server_is_noticed(standin):
     try:
         started = time.monotonic()
         with pytest.raises(ServerHung, match=rf"pid {pid}.*stopped \(SIGSTOP\?\).*kill -CONT {pid}"):
-            service.request(info, {"kind": "ping"}, hung_after=2.0)
+            protocol.request(info, {"kind": "ping"}, hung_after=2.0)
         assert 1.9 < time.monotonic() - started < 10
     finally:
         os.kill(pid, signal.SIGCONT)
-    assert service.request(info, {"kind": "ping"})["pid"] == pid  # continued: it serves again
+    assert protocol.request(info, {"kind": "ping"})["pid"] == pid  # continued: it serves again
 
     # stopped during the request
     seen = len(s.log())
@@ -187,7 +189,7 @@ def test_a_stopped_hung_or_dead_server_is_noticed(standin):
     t = threading.Thread(target=stop_soon)
     t.start()
     with pytest.raises(ServerHung, match="stopped"):
-        service.request(info, {"kind": "slow", "seconds": 3}, hung_after=2.0)
+        protocol.request(info, {"kind": "slow", "seconds": 3}, hung_after=2.0)
     t.join()
     os.kill(pid, signal.SIGCONT)
     _wait_for(lambda: "went away before the answer" in s.log()[seen:], what="the stopped request's end")
@@ -196,29 +198,29 @@ def test_a_stopped_hung_or_dead_server_is_noticed(standin):
     seen = len(s.log())
     started = time.monotonic()
     with pytest.raises(ServerHung, match="no heartbeat"):
-        service.request(info, {"kind": "hold_gil", "seconds": 10}, hung_after=5.0)
+        protocol.request(info, {"kind": "hold_gil", "seconds": 10}, hung_after=5.0)
     assert time.monotonic() - started < 9
     _wait_for(lambda: "went away before the answer" in s.log()[seen:], what="the hung request's end")
 
     # busy but alive (heartbeat going): waited for, however long, even with a short hung_after
-    assert service.request(info, {"kind": "slow", "seconds": 6}, hung_after=4.5)["slept"] == 6
+    assert protocol.request(info, {"kind": "slow", "seconds": 6}, hung_after=4.5)["slept"] == 6
 
     # dead during the request: said at once, not retried (the request may have had effects)
     killer = threading.Timer(1.0, lambda: os.kill(pid, signal.SIGKILL))
     killer.start()
     started = time.monotonic()
     with pytest.raises(ServiceError, match="closed the connection during the request|died") as err:
-        service.request(info, {"kind": "slow", "seconds": 30})
+        protocol.request(info, {"kind": "slow", "seconds": 30})
     assert not err.value.retryable and time.monotonic() - started < 10
     # the next job finds it dead (pid, lock) and starts a new one
-    assert service.stale_reason(info, s.address) is not None
+    assert protocol.stale_reason(info, s.address) is not None
     assert s.call({"kind": "ping"})["pid"] != pid
 
 
 def _fake_server(tmp_path: Path, answer_for):
     """A server speaking the protocol badly, in a thread of this process (so its pid, start time
     and life lock are ours): ``answer_for(hello_reply) -> [messages to send]``."""
-    d = service.private_dir(tmp_path / "fake")
+    d = private_files.private_dir(tmp_path / "fake")
     path = str(d / "s.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
@@ -232,25 +234,25 @@ def _fake_server(tmp_path: Path, answer_for):
         with contextlib.suppress(OSError):
             conn, _ = listener.accept()
             with conn:
-                service.send_message(conn, {"hello": "emotion-vectors", "protocol": service.PROTOCOL, "identity": "fake",
+                protocol.send_message(conn, {"hello": "emotion-vectors", "protocol": protocol.PROTOCOL, "identity": "fake",
                                             "challenge": os.urandom(32).hex()})
-                reply = service.recv_message(conn, service.MAX_HANDSHAKE_BYTES)
+                reply = protocol.recv_message(conn, protocol.MAX_HANDSHAKE_BYTES)
                 for msg in answer_for(key, reply):
                     if msg == "read-request":
-                        service.recv_message(conn)
+                        protocol.recv_message(conn)
                     else:
-                        service.send_message(conn, msg)
+                        protocol.send_message(conn, msg)
                 time.sleep(0.5)
 
     t = threading.Thread(target=run, daemon=True)
     t.start()
-    info = {"socket": path, "key": key.hex(), "pid": os.getpid(), "start_time": service.process_start_time(os.getpid()),
+    info = {"socket": path, "key": key.hex(), "pid": os.getpid(), "start_time": protocol.process_start_time(os.getpid()),
             "identity": "fake", "alive": str(alive)}
     return info, (listener, lock, t)
 
 
 def test_malformed_answers_are_service_errors(tmp_path):
-    mac = service._mac
+    mac = protocol._mac
 
     def non_ascii_mac(key, reply):
         return [{"ok": True, "response": "é" * 64}]
@@ -263,7 +265,7 @@ def test_malformed_answers_are_service_errors(tmp_path):
         info, (listener, lock, t) = _fake_server(tmp_path / str(n), answer_for)
         try:
             with pytest.raises(ServiceError, match=match):
-                service.request(info, {"kind": "ping"})
+                protocol.request(info, {"kind": "ping"})
         finally:
             t.join(5)
             listener.close()
@@ -275,32 +277,32 @@ def test_the_server_answers_a_non_ascii_mac_with_a_refusal_not_a_traceback(stand
     info = s.start()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
         c.connect(info["socket"])
-        service.recv_message(c, service.MAX_HANDSHAKE_BYTES)
-        service.send_message(c, {"response": "\u00e9\ud800" * 40, "challenge": "00" * 32})
-        assert service.recv_message(c, service.MAX_HANDSHAKE_BYTES) == {"ok": False, "error": "authentication failed (wrong key)"}
-    assert service.request(info, {"kind": "ping"})["pid"] == info["pid"]
+        protocol.recv_message(c, protocol.MAX_HANDSHAKE_BYTES)
+        protocol.send_message(c, {"response": "\u00e9\ud800" * 40, "challenge": "00" * 32})
+        assert protocol.recv_message(c, protocol.MAX_HANDSHAKE_BYTES) == {"ok": False, "error": "authentication failed (wrong key)"}
+    assert protocol.request(info, {"kind": "ping"})["pid"] == info["pid"]
     assert "Traceback" not in s.log() and "authentication failed" in s.log()
 
 
 def test_oversized_requests_are_refused_clearly(standin):
     s = standin()
     info = s.start()
-    big = {"kind": "slow", "seconds": 0, "texts": ["x" * 1024] * (service.MAX_REQUEST_BYTES // 1024 + 1)}
+    big = {"kind": "slow", "seconds": 0, "texts": ["x" * 1024] * (protocol.MAX_REQUEST_BYTES // 1024 + 1)}
     with pytest.raises(MessageTooLarge, match=r"'slow' request not sent: message of [\d,]+ bytes exceeds the limit.*split it"):
-        service.request(info, big)
+        protocol.request(info, big)
     # a client that does not check (an older one, or a hand-made one) is told by the server
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
         c.connect(info["socket"])
-        hello = service.recv_message(c, service.MAX_HANDSHAKE_BYTES)
+        hello = protocol.recv_message(c, protocol.MAX_HANDSHAKE_BYTES)
         key = bytes.fromhex(info["key"])
         mine = os.urandom(32)
-        service.send_message(c, {"response": service._mac(key, b"client", bytes.fromhex(hello["challenge"])),
+        protocol.send_message(c, {"response": protocol._mac(key, b"client", bytes.fromhex(hello["challenge"])),
                                  "challenge": mine.hex()})
-        assert service.recv_message(c, service.MAX_HANDSHAKE_BYTES)["ok"]
-        c.sendall(service._HEADER.pack(service.MAX_REQUEST_BYTES + 1))
-        refusal = service.recv_message(c, service.MAX_HANDSHAKE_BYTES)
+        assert protocol.recv_message(c, protocol.MAX_HANDSHAKE_BYTES)["ok"]
+        c.sendall(protocol._HEADER.pack(protocol.MAX_REQUEST_BYTES + 1))
+        refusal = protocol.recv_message(c, protocol.MAX_HANDSHAKE_BYTES)
         assert refusal["ok"] is False and "exceeds the limit" in refusal["error"]
-    assert service.request(info, {"kind": "ping"})["pid"] == info["pid"]
+    assert protocol.request(info, {"kind": "ping"})["pid"] == info["pid"]
 
 
 def test_a_trickling_client_holds_the_server_one_deadline_not_forever(standin):
@@ -313,13 +315,13 @@ def test_a_trickling_client_holds_the_server_one_deadline_not_forever(standin):
     def trickle(authenticate: bool, seconds: float = 8.0) -> float:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
             c.connect(info["socket"])
-            hello = service.recv_message(c, service.MAX_HANDSHAKE_BYTES)
+            hello = protocol.recv_message(c, protocol.MAX_HANDSHAKE_BYTES)
             if authenticate:
-                service.send_message(c, {"response": service._mac(key, b"client", bytes.fromhex(hello["challenge"])),
+                protocol.send_message(c, {"response": protocol._mac(key, b"client", bytes.fromhex(hello["challenge"])),
                                          "challenge": os.urandom(32).hex()})
-                assert service.recv_message(c, service.MAX_HANDSHAKE_BYTES)["ok"]
+                assert protocol.recv_message(c, protocol.MAX_HANDSHAKE_BYTES)["ok"]
             start = time.monotonic()
-            data = service._HEADER.pack(200) + b" " * 200
+            data = protocol._HEADER.pack(200) + b" " * 200
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the server hung up
                 for b in data:
                     c.sendall(bytes([b]))
@@ -334,7 +336,7 @@ def test_a_trickling_client_holds_the_server_one_deadline_not_forever(standin):
         t.start()
         time.sleep(0.3)
         started = time.monotonic()
-        assert service.request(info, {"kind": "ping"})["pid"] == info["pid"]
+        assert protocol.request(info, {"kind": "ping"})["pid"] == info["pid"]
         waited = time.monotonic() - started
         t.join()
         assert waited < limit + 3, (authenticate, waited)  # the trickler would hold it 8 s
@@ -360,14 +362,14 @@ def test_the_detached_server_gets_no_credentials(standin, monkeypatch):
     names = {e.split("=", 1)[0] for e in environ.split("\0") if e}
     assert {"PATH", "HF_TOKEN", "TOKENIZERS_PARALLELISM", "OMP_NUM_THREADS", "PYTHONPATH"} <= names
     assert all(n in service.SERVER_ENV_NAMES or n.startswith(service.SERVER_ENV_PREFIXES) for n in names)
-    assert service.request(info, {"kind": "ping"})["pid"] == info["pid"]
+    assert protocol.request(info, {"kind": "ping"})["pid"] == info["pid"]
 
 
 def test_the_gpu_lock_directory_cannot_be_squatted(tmp_path, monkeypatch):
     """Without XDG_RUNTIME_DIR, the device locks used a fixed name in the temporary directory,
     which any user could create first; now the name carries a tag from this user's secret. The
     old path is created here as another user's (root can chown), and GPU jobs still run."""
-    monkeypatch.delenv(service.DEVICE_LOCKS_ENV, raising=False)
+    monkeypatch.delenv(devices.DEVICE_LOCKS_ENV, raising=False)
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
@@ -375,7 +377,7 @@ def test_the_gpu_lock_directory_cannot_be_squatted(tmp_path, monkeypatch):
     os.chmod(tmp_path / "tmp", 0o1777)
     monkeypatch.setattr(tempfile, "tempdir", None)
     host = socket.gethostname()
-    old = tmp_path / "tmp" / f"{service.PRIVATE_PREFIX}{os.getuid()}-devices-{host}"
+    old = tmp_path / "tmp" / f"{private_files.PRIVATE_PREFIX}{os.getuid()}-devices-{host}"
     old.mkdir(mode=0o700)
     squatted = os.getuid() == 0
     if squatted:
@@ -385,19 +387,19 @@ def test_the_gpu_lock_directory_cannot_be_squatted(tmp_path, monkeypatch):
             monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
         else:
             monkeypatch.setenv("XDG_RUNTIME_DIR", xdg)
-        locks = service.device_lock_dir()
+        locks = devices.device_lock_dir()
         assert locks != old and locks.parent == tmp_path / "tmp" and locks.name.startswith(old.name + "-")
         assert os.stat(locks).st_uid == os.getuid() and (os.stat(locks).st_mode & 0o777) == 0o700
     secret = tmp_path / "cache" / "emotion-vectors" / "secret"
     assert (secret.stat().st_mode & 0o777) == 0o600 and len(secret.read_text()) == 64
-    assert service.device_lock_dir() == locks  # the same name for every job of this user and host
+    assert devices.device_lock_dir() == locks  # the same name for every job of this user and host
     # a real GPU job (start_job with resources.gpu=1, fake ids) claims its device there
-    env = {**os.environ, service.GPUS_ENV: "f0,f1"}
+    env = {**os.environ, devices.GPUS_ENV: "f0,f1"}
     env.pop("XDG_RUNTIME_DIR", None)
     job = textwrap.dedent(
         """
         import os, types
-        from emotion_vectors.jobs import start_job
+        from emotion_vectors.core.jobs import start_job
         smk = types.SimpleNamespace(log=[], rule="fake_gpu_job", threads=1, output=[], resources=types.SimpleNamespace(gpu=1))
         start_job(smk)
         print("claimed", os.environ["CUDA_VISIBLE_DEVICES"])
@@ -410,13 +412,13 @@ def test_the_gpu_lock_directory_cannot_be_squatted(tmp_path, monkeypatch):
     mine = tmp_path / "runtime"
     mine.mkdir(mode=0o700)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(mine))
-    assert service.device_lock_dir() == mine / old.name
+    assert devices.device_lock_dir() == mine / old.name
     # the derived name itself taken by another user: a clear error saying what to do
     if squatted:
         monkeypatch.delenv("XDG_RUNTIME_DIR")
         os.chown(locks, 65534, 65534)
-        with pytest.raises(ServiceError, match=f"belongs to uid 65534.*{service.DEVICE_LOCKS_ENV}.*secret"):
-            service.device_lock_dir()
+        with pytest.raises(ServiceError, match=f"belongs to uid 65534.*{devices.DEVICE_LOCKS_ENV}.*secret"):
+            devices.device_lock_dir()
         os.chown(locks, os.getuid(), os.getgid())
 
 
@@ -426,14 +428,14 @@ def test_publish_moves_the_old_output_aside(tmp_path):
     staged = tmp_path / "x.zarr.staged-1"
     (staged / "new").mkdir(parents=True)
     seen = []
-    real_rename = service.DirFd.rename
+    real_rename = private_files.DirFd.rename
 
     def spy(self, name, new_name, dst=None):  # record the directory at each step
         seen.append(sorted(os.listdir(tmp_path)))
         return real_rename(self, name, new_name, dst)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(service.DirFd, "rename", spy)
+        mp.setattr(private_files.DirFd, "rename", spy)
         service.publish(staged, out)
     assert (out / "new").is_dir() and sorted(os.listdir(tmp_path)) == ["x.zarr"]
     # before the staged one was renamed in, the old output was aside (renamed), whole
@@ -484,7 +486,7 @@ def test_dir_fd_refuses_symlinks_when_opening(tmp_path):
             DirFd.beneath(root, root / "swapped")
     assert list(outside.iterdir()) == []
     # the server's lock and log files refuse symlinks too
-    server_dir = service.private_dir(tmp_path / ".server")
+    server_dir = private_files.private_dir(tmp_path / ".server")
     (server_dir / "h-x.lock").symlink_to(outside / "lock")
     with pytest.raises(ServiceError, match="symlink"):
         service.ensure_server(server_dir / "h-x.json", ["true"], log_file=server_dir / "h-x.log", timeout=1)

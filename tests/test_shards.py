@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
-from emotion_vectors.shards import ShardError, open_shard, write_shard
+from emotion_vectors.extraction.shards import ShardError, open_shard, write_shard
 
 SETTINGS = {"pool_start": 4, "short_text_policy": "skip", "batch_size": 2, "max_batch_tokens": None, "storage_dtype": "float32"}
 INFO = {"path": "tiny-llama", "revision": "test", "dtype": "float32", "quantization": "none"}
@@ -25,7 +25,7 @@ def _corpus(n=12):
 @contextlib.contextmanager
 def edited_block_output(model, layer, edit):
     """Apply ``edit(hidden)`` in place to the output of decoder block ``layer`` while inside."""
-    from emotion_vectors.models import decoder_layers
+    from emotion_vectors.core.models import decoder_layers
 
     def hook(module, args, output):
         edit(output[0] if isinstance(output, tuple) else output)
@@ -67,8 +67,8 @@ def test_hard_kill_then_resume_equals_uninterrupted(tmp_path, saved_tiny):
         f"""
         import os, signal
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        from emotion_vectors.models import decoder_layers
-        from emotion_vectors.shards import write_shard
+        from emotion_vectors.core.models import decoder_layers
+        from emotion_vectors.extraction.shards import write_shard
         tok = AutoTokenizer.from_pretrained({str(saved_tiny)!r}); tok.padding_side = "left"
         model = AutoModelForCausalLM.from_pretrained({str(saved_tiny)!r}, dtype="float32").eval()
         calls = []
@@ -159,7 +159,7 @@ _KILL_AT_STEP = textwrap.dedent(
     """
     import os, shutil, signal, sys
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from emotion_vectors.shards import write_shard
+    from emotion_vectors.extraction.shards import write_shard
     model_dir, out, step, texts, ids, settings, info = sys.argv[1], sys.argv[2], sys.argv[3], *map(eval, sys.argv[4:])
     name = os.path.basename(out)
     real_rename, real_rmtree = os.rename, shutil.rmtree

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import zarr
 
-from emotion_vectors import shards
-from emotion_vectors.shards import (
+from emotion_vectors.extraction import shards
+from emotion_vectors.extraction.shards import (
     LAYER_CONVENTION,
     PARTIAL_FORMAT,
     ShardError,
@@ -148,7 +148,7 @@ def test_float16_shard_and_chunking_of_many_rows(tmp_path, tiny_llama):
 def test_partial_while_filling_and_a_clean_resume(tmp_path, tiny_llama):
     """The partial holds one row per chunk, a checksum and the done mask; a resume logs how many
     verified rows it reuses and recomputes nothing else."""
-    from emotion_vectors.models import decoder_layers
+    from emotion_vectors.core.models import decoder_layers
 
     model, tok = tiny_llama
     out = tmp_path / "r.zarr"
@@ -184,7 +184,7 @@ def test_partial_while_filling_and_a_clean_resume(tmp_path, tiny_llama):
 
 def _interrupted(model, tok, out, texts=None, ids=None, after=2):
     """Write ``out`` and crash in the forward pass after ``after`` batches."""
-    from emotion_vectors.models import decoder_layers
+    from emotion_vectors.core.models import decoder_layers
 
     calls = []
 
@@ -290,7 +290,7 @@ def test_os_errors_name_the_shard_and_the_rows_kept(tmp_path, tiny_llama):
 
 
 def test_missing_rows_and_extraction_errors_are_shard_errors(tmp_path, tiny_llama, monkeypatch):
-    from emotion_vectors.extract import ShortTextError
+    from emotion_vectors.extraction.extract import ShortTextError
 
     model, tok = tiny_llama
     texts, ids = _corpus(short=(1,))
@@ -392,7 +392,7 @@ def test_a_shard_of_one_text_is_one_row_in_one_chunk(tmp_path, tiny_llama):
 def test_progress_every_10_seconds_and_at_the_end(tmp_path, tiny_llama, monkeypatch):
     """Progress is logged when more than 10 s passed since the last line, and once at the end,
     with the texts done and the tokens per second since the start (a clock stands in for time)."""
-    from emotion_vectors.extract import plan_extraction
+    from emotion_vectors.extraction.extract import plan_extraction
 
     model, tok = tiny_llama
     texts, ids = _corpus()
@@ -419,8 +419,8 @@ def test_progress_every_10_seconds_and_at_the_end(tmp_path, tiny_llama, monkeypa
 def test_batches_follow_the_settings_and_optional_keys_default(tmp_path, tiny_llama):
     """``max_batch_tokens`` bounds the batches (one forward pass each); settings without the
     optional keys store float32 with no token budget."""
-    from emotion_vectors.extract import plan_extraction
-    from emotion_vectors.models import decoder_layers
+    from emotion_vectors.extraction.extract import plan_extraction
+    from emotion_vectors.core.models import decoder_layers
 
     model, tok = tiny_llama
     texts, ids = _corpus()

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from emotion_vectors.store_layout import read_store
-from emotion_vectors.vectors import (
+from emotion_vectors.vectors.store_layout import read_store
+from emotion_vectors.vectors.build import (
     build_shuffled_store,
     build_vector_store,
     shuffle_labels,
@@ -23,7 +23,7 @@ def _story_shard(path, ids, topics):
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, tiny_llama):
     """Three emotions x two topics x three stories, and a neutral shard, read by a tiny Llama."""
-    from emotion_vectors.shards import write_shard
+    from emotion_vectors.extraction.shards import write_shard
 
     tmp = tmp_path_factory.mktemp("shuffled")
     model, tok = tiny_llama

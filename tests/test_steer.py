@@ -1,4 +1,4 @@
-"""Tests of activation steering (``emotion_vectors.steer``): that it provably steers.
+"""Tests of activation steering (``emotion_vectors.steering.steer``): that it provably steers.
 
 The reference for "what the model does without steering" is the same model called with the same
 tokens and no hook. Where steering changes the greedy tokens, the unsteered reference is made to
@@ -23,9 +23,9 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from conftest import TINY_MODEL_FIXTURES
-from emotion_vectors.extract import LayerIndexError, _block_hidden, extract_pooled
-from emotion_vectors.models import decoder_layers
-from emotion_vectors.steer import (
+from emotion_vectors.extraction.extract import LayerIndexError, _block_hidden, extract_pooled
+from emotion_vectors.core.models import decoder_layers
+from emotion_vectors.steering.steer import (
     Steer,
     SteeringPositionError,
     SteeringUnitError,
@@ -37,7 +37,7 @@ from emotion_vectors.steer import (
     steering_rows,
     steers_from_store,
 )
-from emotion_vectors.store_layout import read_store, write_store
+from emotion_vectors.vectors.store_layout import read_store, write_store
 
 PROMPTS = ["The old house", "She opened the letter and", "Rain"]
 POLICIES: list[Any] = ["all", "generated", 3]

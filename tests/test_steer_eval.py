@@ -1,4 +1,4 @@
-"""Steering evidence (emotion_vectors.steer_eval) and the valence readout (emotion_vectors.readout).
+"""Steering evidence (emotion_vectors.steering.evaluate) and the valence readout (emotion_vectors.steering.readout).
 
 The statistics are checked on planted data (their calibration under the null is in
 test_calibration_steering.py). The batched scorer is checked against one direction at a time
@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from conftest import TINY_MODEL_FIXTURES
-from emotion_vectors.claims import EFFECT, NOT_TESTABLE, VERDICTS
-from emotion_vectors.readout import ReadoutError, store_valence_direction, valence_direction
-from emotion_vectors.steer import Steer, steering
-from emotion_vectors.steer_eval import (
+from emotion_vectors.core.claims import EFFECT, NOT_TESTABLE, VERDICTS
+from emotion_vectors.steering.readout import ReadoutError, store_valence_direction, valence_direction
+from emotion_vectors.steering.steer import Steer, steering
+from emotion_vectors.steering.evaluate import (
     MASK_TOKEN,
     bootstrap_mean_ci,
     bootstrap_slope_ci,
@@ -40,7 +40,7 @@ from emotion_vectors.steer_eval import (
     vader_scores,
     word_logprobs,
 )
-from emotion_vectors.store_layout import write_store
+from emotion_vectors.vectors.store_layout import write_store
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Steering against prompting (emotion_vectors.steering_scores): the three axes, the statistics,
+"""Steering against prompting (emotion_vectors.steering.scores): the three axes, the statistics,
 the unsteered model's reading of replies, the KL on neutral text, the judge's validation, and the
 whole evaluation on a tiny random model (structure, nulls, claims, determinism) and, slow, on the
 real default model. Calibration of the tests under their nulls: test_calibration_steering.py."""
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from emotion_vectors.claims import NOT_TESTABLE, VERDICTS
-from emotion_vectors.steer import Steer, steering
-from emotion_vectors.steer_eval import MASK_TOKEN, dose_claims
-from emotion_vectors.steering_scores import (
+from emotion_vectors.core.claims import NOT_TESTABLE, VERDICTS
+from emotion_vectors.steering.steer import Steer, steering
+from emotion_vectors.steering.evaluate import MASK_TOKEN, dose_claims
+from emotion_vectors.steering.scores import (
     DEFAULT_CONCEPT_MAP,
     ScoresError,
     choose_strength,
@@ -38,7 +38,7 @@ from emotion_vectors.steering_scores import (
     validate_concept_scorer,
     validation_pairs,
 )
-from emotion_vectors.store_layout import write_store
+from emotion_vectors.vectors.store_layout import write_store
 
 VALIDATION = "config/steering/concept_validation.jsonl"
 
@@ -162,7 +162,7 @@ def test_labelled_sentences_and_validation_pairs():
     assert len(items) >= 40 and len({it["id"] for it in items}) == len(items)
     labels = {it["emotion"] for it in items}
     assert {"happy", "sad", "afraid", "calm", "angry", "none"} <= labels
-    from emotion_vectors.leak import find_leaks
+    from emotion_vectors.corpus.leak import find_leaks
 
     for it in items:  # the labelled sentences never say their emotion's word
         if it["emotion"] != "none":
@@ -276,7 +276,7 @@ def test_steering_scores_on_a_tiny_model(tiny_llama, tmp_path):
 
 
 def test_mask_token_is_not_an_affect_word():
-    from emotion_vectors.text_checks import load_nrc
+    from emotion_vectors.corpus.lexicon import load_nrc
 
     assert MASK_TOKEN not in load_nrc()
 
@@ -285,8 +285,8 @@ def test_mask_token_is_not_an_affect_word():
 def test_concept_judge_through_the_in_process_chat_backend_is_validated_before_use(default_model):
     """A judge is a chat backend rating 0-2; on the labelled sentences it gets a kappa interval and
     passes only above the floor (SmolLM2, a 135M model, is not expected to: then the lexicon scores)."""
-    from emotion_vectors.backends import HFChatBackend
-    from emotion_vectors.steering_scores import ConceptJudge
+    from emotion_vectors.corpus.backends import HFChatBackend
+    from emotion_vectors.steering.scores import ConceptJudge
 
     model, tok = default_model
     judge = ConceptJudge(HFChatBackend(model, tok, name="smollm2"), max_tokens=16)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from emotion_vectors.vectors import emotion_vectors, neutral_components, project_out, unit
+from emotion_vectors.vectors.build import emotion_vectors, neutral_components, project_out, unit
 
 
 def test_raw_is_emotion_mean_minus_mean_over_emotions():
@@ -52,8 +52,8 @@ def test_project_out_and_unit():
 def test_store_from_real_shards(tmp_path, tiny_llama):
     import zarr
 
-    from emotion_vectors.shards import write_shard
-    from emotion_vectors.vectors import build_vector_store
+    from emotion_vectors.extraction.shards import write_shard
+    from emotion_vectors.vectors.build import build_vector_store
 
     model, tok = tiny_llama
     rng = np.random.default_rng(0)
@@ -99,8 +99,8 @@ def test_store_from_real_shards(tmp_path, tiny_llama):
     ],
 )
 def test_store_refuses_shards_of_other_origin(tmp_path, tiny_llama, change, setting):
-    from emotion_vectors.shards import write_shard
-    from emotion_vectors.vectors import ShardMismatchError, build_vector_store
+    from emotion_vectors.extraction.shards import write_shard
+    from emotion_vectors.vectors.build import ShardMismatchError, build_vector_store
 
     model, tok = tiny_llama
     settings = {"pool_start": 3, "short_text_policy": "skip", "batch_size": 4, "max_batch_tokens": None, "storage_dtype": "float32"}
@@ -172,7 +172,7 @@ def test_unit_rows_and_result_dtypes():
 
 
 def _shards(tmp_path, model, tok, n_texts, storage_dtype="float32", min_words=6):
-    from emotion_vectors.shards import write_shard
+    from emotion_vectors.extraction.shards import write_shard
 
     rng = np.random.default_rng(0)
     words = "the fence rain letter garden window quiet road light morning".split()
@@ -192,8 +192,8 @@ def test_store_numbers_by_hand_from_float16_shards(tmp_path, tiny_llama):
     the mean token norm over every emotion story, the subject model in the provenance."""
     import zarr
 
-    from emotion_vectors.shards import open_shard
-    from emotion_vectors.vectors import build_vector_store
+    from emotion_vectors.extraction.shards import open_shard
+    from emotion_vectors.vectors.build import build_vector_store
 
     model, tok = tiny_llama
     paths, info = _shards(tmp_path, model, tok, {"joy": 3, "fear": 5, "calm": 1, "neutral": 6}, "float16")
@@ -243,7 +243,7 @@ def test_store_numbers_by_hand_from_float16_shards(tmp_path, tiny_llama):
 
 
 def test_store_refuses_an_emotion_without_stories(tmp_path, tiny_llama):
-    from emotion_vectors.vectors import build_vector_store
+    from emotion_vectors.vectors.build import build_vector_store
 
     model, tok = tiny_llama
     paths, _ = _shards(tmp_path, model, tok, {"joy": 2, "neutral": 3})
@@ -254,7 +254,7 @@ def test_store_refuses_an_emotion_without_stories(tmp_path, tiny_llama):
 
 
 def test_mismatch_message_names_every_setting_and_the_fix():
-    from emotion_vectors.vectors import ShardMismatchError, check_same_origin
+    from emotion_vectors.vectors.build import ShardMismatchError, check_same_origin
 
     ref = {"model": {"path": "m", "dtype": "float32"}, "layers": [0, 2], "pool_start": 3}
     other = {"model": {"path": "m", "dtype": "bfloat16"}, "layers": [0, 2], "pool_start": 5}
@@ -273,7 +273,7 @@ def test_residual_norm_is_summed_in_float64(tmp_path, tiny_llama):
     sum would lose the small ones next to a large one."""
     import zarr
 
-    from emotion_vectors.vectors import build_vector_store
+    from emotion_vectors.vectors.build import build_vector_store
 
     model, tok = tiny_llama
     paths, _ = _shards(tmp_path, model, tok, {"joy": 3, "fear": 3, "neutral": 3})

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import zarr
 
-from emotion_vectors.config import REPO_ROOT
-from emotion_vectors.leak import find_leaks
+from emotion_vectors.core.config import REPO_ROOT
+from emotion_vectors.corpus.leak import find_leaks
 
 pytestmark = pytest.mark.slow
 RUN = "pytest-tiny"
@@ -166,7 +166,7 @@ def test_real_text_scores_are_reported(tiny_run):
     labelled check."""
     import pandas as pd
 
-    from emotion_vectors.score import read_scores
+    from emotion_vectors.reading.score import read_scores
 
     corpus = [json.loads(x) for x in (tiny_run / "corpora" / "tweets.jsonl").read_text().splitlines()]
     assert len(corpus) == 20 and all(r["label"] in ("positive", "negative") for r in corpus)
@@ -310,7 +310,7 @@ def test_report(tiny_run, tmp_path):
 def test_findings_gather_every_steps_claims(tiny_run):
     """One table of claims from every evidence step, each with a test, a null and a verdict;
     the control run (the negative control by default) is named even when it has not run."""
-    from emotion_vectors.claims import VERDICTS
+    from emotion_vectors.core.claims import VERDICTS
     from emotion_vectors.findings import read_table
 
     df = read_table(tiny_run / "findings" / "findings.tsv")

@@ -132,7 +132,7 @@ def default_config() -> dict[str, Any]:
 
 def validated_default(**overrides: Any) -> dict[str, Any]:
     """The default config with top-level ``overrides``, validated (defaults filled)."""
-    from .config import validate_config
+    from .core.config import validate_config
 
     raw = default_config()
     for key, value in overrides.items():
@@ -157,7 +157,7 @@ def ensure_default_model() -> Path:
         return out
     if not spec.get("gguf"):
         raise SystemExit(f"default subject model {spec['name']} is not a packaged GGUF and {out} is missing")
-    from .models import prepare_gguf_model
+    from .core.models import prepare_gguf_model
 
     MODELS_DIR.mkdir(parents=True, exist_ok=True)
     with open(MODELS_DIR / f".{spec['name']}.lock", "w") as lock:
@@ -240,9 +240,9 @@ def _child_extract(spec: dict[str, Any]) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from .extract import default_layers
-    from .models import decoder_layers, load_model
-    from .shards import write_shard
+    from .extraction.extract import default_layers
+    from .core.models import decoder_layers, load_model
+    from .extraction.shards import write_shard
 
     lm = load_model(spec["model"], MODELS_DIR)
     layers = default_layers(len(decoder_layers(lm.model)))
@@ -277,7 +277,7 @@ def _child_stories(spec: dict[str, Any]) -> None:
     """Run the real ``workflow/scripts/stories.py`` job for each output, as Snakemake would."""
     import runpy
 
-    from .generate import slug
+    from .core.common import slug
 
     _limit_file_size(spec.get("fsize_limit"))
     for job in spec["jobs"]:
@@ -325,8 +325,8 @@ def _child_server_job(spec: dict[str, Any]) -> None:
 
     torch.set_num_threads(1)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .reading import ServerReader, gather
-    from .serve_subject import extract_shard, subject_server
+    from .extraction.reading import ServerReader, gather
+    from .extraction.serve_subject import extract_shard, subject_server
 
     params = spec["server"]
     for job in spec["jobs"]:
@@ -497,7 +497,7 @@ class Battery:
     @staticmethod
     def compare_activations(path: Path, ref: Path) -> tuple[int, str]:
         """(rows that differ from the reference, note); a missing shard loses all rows."""
-        from .shards import open_shard
+        from .extraction.shards import open_shard
 
         b = open_shard(ref)
         n = b["activations"].shape[0]
@@ -998,7 +998,7 @@ class Battery:
                 "threads": 1}
 
     def _start_server(self, root: Path, **options: Any) -> Any:
-        from .serve_subject import subject_server
+        from .extraction.serve_subject import subject_server
 
         (root / "activations" / "emotions").mkdir(parents=True, exist_ok=True)
         handle = subject_server(**self._server_params(root), **options)
@@ -1008,7 +1008,7 @@ class Battery:
 
     @staticmethod
     def _server_pid(handle: Any) -> int:
-        from .service import read_address
+        from .core.protocol import read_address
 
         return int(read_address(handle.address)["pid"])
 
@@ -1104,7 +1104,7 @@ class Battery:
         be served by it. Returns the long request's shard (a reference for later faults)."""
         import resource
 
-        from .service import read_address, stale_reason
+        from .core.protocol import read_address, stale_reason
 
         t0 = time.monotonic()
         emo = root / "activations" / "emotions"
@@ -1173,8 +1173,10 @@ class Battery:
         """A symlink planted where the server or a job writes (shard partial, temporary copy, staging
         path, inside a partial, the output itself, a read's .part and answer, a server's lock and
         log): refused, or replaced (never followed); nothing outside the results changes."""
-        from .serve_subject import extract_shard
-        from .service import ServiceError, ensure_server, request
+        from .extraction.serve_subject import extract_shard
+        from .core.private_files import ServiceError
+        from .core.protocol import request
+        from .extraction.service import ensure_server
 
         victim = self.work / "server" / "victim"
         victim.mkdir(parents=True, exist_ok=True)
@@ -1301,7 +1303,7 @@ class Battery:
         the next job's server moves the partial back, resumes it and removes the directory;
         (b) mid-read: its ``.part`` answer is left in the server directory; the next server removes
         it. Nothing of either is left, and the reruns complete."""
-        from .service import read_address
+        from .core.protocol import read_address
 
         t0 = time.monotonic()
         emo = root / "activations" / "emotions"
@@ -1354,8 +1356,8 @@ class Battery:
         """A client sending its bytes one at a time, a little faster than any per-byte timeout,
         (a) before authenticating and (b) after: dropped when the one deadline for the handshake
         (b: for the request message) passes; a real job queued behind it waits no longer."""
-        from .serve_subject import extract_shard
-        from .service import read_address
+        from .extraction.serve_subject import extract_shard
+        from .core.protocol import read_address
 
         handle = self._start_server(root, handshake_timeout=handshake, request_timeout=request_timeout)
         info = read_address(handle.address)
@@ -1394,7 +1396,8 @@ class Battery:
         """Another user creates the GPU lock directory's old fixed name first, or XDG_RUNTIME_DIR is
         missing or someone else's: a GPU job (``start_job`` with ``gpu=1``, two fake GPU ids) still
         claims its device, in a directory of ours. Creating another user's directory needs root."""
-        from .service import DEVICE_LOCKS_ENV, PRIVATE_PREFIX
+        from .core.devices import DEVICE_LOCKS_ENV
+        from .core.private_files import PRIVATE_PREFIX
 
         base.mkdir(parents=True, exist_ok=True)
         tmp, cache = base / "tmp", base / "cache"
@@ -1411,7 +1414,7 @@ class Battery:
             os.chown(theirs, 65534, 65534)
             variants = [("old fixed path created first by another user (uid 65534), no XDG_RUNTIME_DIR", None),
                         *variants, ("XDG_RUNTIME_DIR belongs to another user", str(theirs))]
-        job = ("import os, types\nfrom emotion_vectors.jobs import start_job\n"
+        job = ("import os, types\nfrom emotion_vectors.core.jobs import start_job\n"
                "smk = types.SimpleNamespace(log=[], rule='gpu_job', threads=1, output=[], resources=types.SimpleNamespace(gpu=1))\n"
                "start_job(smk)\nprint('claimed', os.environ['CUDA_VISIBLE_DEVICES'])\n")
         records = []
@@ -1475,7 +1478,7 @@ def fill_listen_queue(path: str, limit: int = 20000) -> list[socket.socket]:
 def trickle(info: dict[str, Any], key: bytes, authenticate: bool, seconds: float) -> float:
     """Connect to a model server and send a request's bytes one every 0.25 s (after the handshake
     if ``authenticate``); returns how long the server kept the connection (at most ``seconds``)."""
-    from .service import _HEADER, MAX_HANDSHAKE_BYTES, _mac, recv_message, send_message
+    from .core.protocol import MAX_HANDSHAKE_BYTES, _HEADER, _mac, recv_message, send_message
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
         c.connect(info["socket"])

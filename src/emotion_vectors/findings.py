@@ -1,6 +1,6 @@
 """The run's findings: every claim of every evidence step in one table, beside a control run's.
 
-The evidence steps write ``claims.json`` (:mod:`emotion_vectors.claims`); the ``findings`` rule
+The evidence steps write ``claims.json`` (:mod:`emotion_vectors.core.claims`); the ``findings`` rule
 gathers them, adds the geometry's claims (read from the analysis tables by
 :func:`analysis_claims`), and writes ``findings/findings.tsv``, ``findings.md`` and
 ``findings.html`` — the report's first page. When a control run (the negative control:
@@ -25,7 +25,7 @@ import pandas as pd
 
 import numpy as np
 
-from .claims import ALPHA, EFFECT, NO_EFFECT, NOT_TESTABLE, Claim, holm, make_claim, read_claims
+from .core.claims import ALPHA, EFFECT, NO_EFFECT, NOT_TESTABLE, Claim, holm, make_claim, read_claims
 
 COLUMNS = ["stage", "id", "claim", "test", "null", "statistic", "interval", "interval_of", "p",
            "p_adjusted", "correction", "n_null", "verdict", "p_run", "run_verdict", "note", "figure",

@@ -1,6 +1,6 @@
 # Activations: one Zarr shard per emotion (and one for the neutral dialogues), each its own job
 # and output. The jobs are thin clients of ONE subject-model server per run and machine, which
-# the first job starts and the others reuse (src/emotion_vectors/service.py): one model load
+# the first job starts and the others reuse (src/emotion_vectors/extraction/service.py): one model load
 # for all shards, and the server stays invisible to the DAG, so only outdated shards rerun.
 # On a cluster, group these jobs so that they share a node (profiles/slurm).
 
@@ -15,7 +15,7 @@ EXTRACT_PARAMS = dict(
     extraction=config["extraction"],
     models_dir=MODELS_DIR,
     results_dir=RESULTS,  # the only tree the server may write in
-    # mode 0700: socket, key, log (service.run_server_dirs). Every subject's server lives here (one
+    # mode 0700: socket, key, log (core.devices.run_server_dirs). Every subject's server lives here (one
     # address file per model and settings), so that freeing a GPU finds them all.
     server_dir=f"{RESULTS}/activations/.server",
     idle_timeout=300,
@@ -115,7 +115,7 @@ rule vectors:
 rule shuffled_vectors:
     """Shuffled-label vectors: the emotion vectors rebuilt from the same activations with the
     emotion labels permuted within topic (vectors.n_shuffles times), the matched null of every
-    emotion-specific claim (emotion_vectors.vectors.build_shuffled_store)."""
+    emotion-specific claim (emotion_vectors.vectors.build.build_shuffled_store)."""
     input:
         emotions=[emotion_shard(s) for s in EMOTIONS],
         stories=[story_shard(s) for s in EMOTIONS],
@@ -198,7 +198,7 @@ use rule vectors as vectors_subject with:
 
 rule split_vectors:
     """Split-half vectors: the emotion vectors built from each half of every emotion's stories
-    (emotion_vectors.split_vectors), which the comparison of two subjects crosses so that no
+    (emotion_vectors.vectors.split_vectors), which the comparison of two subjects crosses so that no
     story is read by both sides."""
     input:
         emotions=[emotion_shard(s) for s in EMOTIONS],

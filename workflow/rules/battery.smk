@@ -1,4 +1,4 @@
-# Validation battery (emotion_vectors.battery; docs/battery.md): implicit scenarios, intensity
+# Validation battery (emotion_vectors.reading.battery; docs/battery.md): implicit scenarios, intensity
 # templates and logit-lens self-recognition, each against a pre-stated threshold
 # (config/battery/thresholds.yaml, written before any result) and the shuffled-label vectors
 # (the matched null; Holm over the checks), with random directions as a second, weaker null.

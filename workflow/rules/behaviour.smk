@@ -1,4 +1,4 @@
-# Behaviour experiment (emotion_vectors.behaviour; docs/behaviour.md): does steering with an
+# Behaviour experiment (emotion_vectors.steering.behaviour; docs/behaviour.md): does steering with an
 # emotion vector change what the subject does in a scenario where a harmful action (blackmail)
 # is available? One job per scenario: one load of the subject, every condition sampled (the
 # baseline, each emotion at +m and -m, random directions of the same norm), every transcript
@@ -8,7 +8,7 @@
 # above 0.2, judging.select_judge). With none, it reports stage-1 facts, no rates, and claims
 # nothing ("not testable").
 
-from emotion_vectors.behaviour.conditions import same_model
+from emotion_vectors.steering.behaviour.conditions import same_model
 
 BEHAVIOUR = config["behaviour"]
 BEH_DIR = f"{RESULTS}/behaviour"

@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
-from emotion_vectors.config import (
+from emotion_vectors.core.config import (
     ConfigError,
     assemble_config,
     check_extraction_layers,
@@ -18,7 +18,7 @@ from emotion_vectors.config import (
     layers_to_check,
     validate_config,
 )
-from emotion_vectors.generate import slug
+from emotion_vectors.core.common import slug
 
 try:
     # The run's config from its sources (model specs replaced whole, --config scalars read as
@@ -61,7 +61,7 @@ if EXTRA_SUBJECTS:
 if layers_to_check(config):
     # Layers the config names are checked against the subject's depth (read from its config
     # file, no weights) here, not when the extraction loads it after days of story generation.
-    from emotion_vectors.models import block_count
+    from emotion_vectors.core.models import block_count
 
     _n_blocks = block_count(SUBJECT, MODELS_DIR)
     try:
@@ -72,7 +72,7 @@ if layers_to_check(config):
         logger.info(f"subject's depth not readable here: its layers are checked when the extraction loads it")
 if config["extraction"]["layers"] != "auto" and EXTRA_SUBJECTS:
     # The other subjects store the same blocks: each must have them.
-    from emotion_vectors.models import block_count
+    from emotion_vectors.core.models import block_count
 
     for _name, _spec in EXTRA_SUBJECTS.items():
         try:

@@ -1,8 +1,8 @@
 # Corpus diagnostics: does the corpus carry its emotions? Computed in every run, beside the
 # vectors: separability of the stories' activations by emotion (nearest centroid and a logistic
 # probe, against chance and a permutation null), the variance shares of emotion and topic, and
-# the recognisability of each story's emotion to a judge model (emotion_vectors.diagnostics,
-# emotion_vectors.judge). The judge is JUDGE (common.smk): models.judge, or the generator when it
+# the recognisability of each story's emotion to a judge model (emotion_vectors.vectors.diagnostics,
+# emotion_vectors.corpus.judge). The judge is JUDGE (common.smk): models.judge, or the generator when it
 # is absent; a packaged GGUF judge is prepared by `prepare_model` like the other models.
 
 DIAG_DIR = f"{RESULTS}/diagnostics"

@@ -1,4 +1,4 @@
-# Reading emotion in real text (emotion_vectors.score, emotion_vectors.corpora; docs/scoring.md):
+# Reading emotion in real text (emotion_vectors.reading.score, emotion_vectors.reading.corpora; docs/scoring.md):
 # each configured corpus is sampled once into a jsonl, scored on the run's vectors by the
 # subject model, and reported (ranking with bootstrap intervals, top texts, token highlights,
 # the labelled check); one job compares the rankings across corpora.
@@ -15,7 +15,7 @@ for _name in SCORING["emotion_labelled"]:
         logger.warning(f"scoring.emotion_labelled.{_name}: no such corpus in scoring.corpora; not checked")
 EMOTION_LABELLED = {k: v for k, v in SCORING["emotion_labelled"].items() if k in CORPORA}
 if EMOTION_LABELLED:  # a bad label map stops the run now, naming the emotion or category
-    from emotion_vectors.text_checks import check_label_map
+    from emotion_vectors.reading.text_checks import check_label_map
 
     for _name, _spec in EMOTION_LABELLED.items():
         check_label_map(_spec.get("labels") or SCORING["emotion_labels"])
@@ -170,7 +170,7 @@ rule corpus_report:
 rule corpora_comparison:
     """Where the corpora's emotion rankings differ (Spearman between their mean-score vectors,
     tested against the shuffled-label vectors; per-emotion ranks), the labelled checks side by
-    side, and the stage's claims (claims.json: emotion_vectors.text_checks)."""
+    side, and the stage's claims (claims.json: emotion_vectors.reading.text_checks)."""
     input:
         rankings=expand(f"{SCORING_DIR}/{{corpus}}/ranking.tsv", corpus=list(CORPORA)),
         ranking_null=expand(f"{SCORING_DIR}/{{corpus}}/ranking_null.tsv", corpus=list(CORPORA)),

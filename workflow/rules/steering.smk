@@ -1,4 +1,4 @@
-# Steering evidence (emotion_vectors.steer_eval, emotion_vectors.steering_scores): does adding an
+# Steering evidence (emotion_vectors.steering.evaluate, emotion_vectors.steering.scores): does adding an
 # emotion's vector to the residual stream move the subject's output towards that emotion, and does
 # it do what asking for the emotion does not? A continuation test (the emotion's own word) against
 # the other emotions' vectors, the shuffled-label vectors and random directions (a weak null);

@@ -2,14 +2,14 @@
 
 The first activation job of a run starts the server (it loads the model once); later jobs reuse
 it. The server writes the shard aside and this job renames it into its output (see
-emotion_vectors.serve_subject.extract_shard and emotion_vectors.service).
+emotion_vectors.extraction.serve_subject.extract_shard and emotion_vectors.extraction.service).
 """
 import json
 from pathlib import Path
 
-from emotion_vectors.jobs import start_job
-from emotion_vectors.serve_subject import extract_shard
-from emotion_vectors.service import allocation_server_dir
+from emotion_vectors.core.jobs import start_job
+from emotion_vectors.extraction.serve_subject import extract_shard
+from emotion_vectors.core.devices import allocation_server_dir
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 log = start_job(smk, claim_gpus=False)  # the server claims its own GPU (service.ensure_server)

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from emotion_vectors.analysis import analyze
-from emotion_vectors.jobs import start_job
+from emotion_vectors.core.jobs import start_job
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 log = start_job(smk)
@@ -11,7 +11,7 @@ p = smk.params
 model = tokenizer = None
 if p.logit_lens:
     from emotion_vectors.analysis.logit_lens import load_lens
-    from emotion_vectors.service import release_for_model
+    from emotion_vectors.core.devices import release_for_model
 
     release_for_model(p.subject, log=log.info)  # one model per GPU: idle model servers exit first
     # Only the final norm and the unembedding are read from the checkpoint, not the model.

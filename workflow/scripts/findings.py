@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from emotion_vectors.findings import analysis_claims, collect, compare, read_table, to_html, to_markdown, write_table
-from emotion_vectors.jobs import start_job
+from emotion_vectors.core.jobs import start_job
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 log = start_job(smk)

@@ -1,9 +1,9 @@
-"""Snakemake script of rule `shuffled_vectors` (emotion_vectors.vectors.build_shuffled_store)."""
+"""Snakemake script of rule `shuffled_vectors` (emotion_vectors.vectors.build.build_shuffled_store)."""
 
-from emotion_vectors.generate import write_json_atomic
-from emotion_vectors.jobs import start_job
-from emotion_vectors.provenance import provenance
-from emotion_vectors.vectors import build_shuffled_store
+from emotion_vectors.core.common import write_json_atomic
+from emotion_vectors.core.jobs import start_job
+from emotion_vectors.core.provenance import provenance
+from emotion_vectors.vectors.build import build_shuffled_store
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 log = start_job(smk)

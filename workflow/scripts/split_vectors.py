@@ -1,11 +1,11 @@
 """Snakemake script of rules `split_vectors` and `split_vectors_subject`: a subject's emotion
-vectors from each half of every emotion's stories (emotion_vectors.split_vectors)."""
+vectors from each half of every emotion's stories (emotion_vectors.vectors.split_vectors)."""
 import json
 from pathlib import Path
 
-from emotion_vectors.jobs import start_job
-from emotion_vectors.provenance import provenance
-from emotion_vectors.split_vectors import build_split_store
+from emotion_vectors.core.jobs import start_job
+from emotion_vectors.core.provenance import provenance
+from emotion_vectors.vectors.split_vectors import build_split_store
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 log = start_job(smk)

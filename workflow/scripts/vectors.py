@@ -1,8 +1,8 @@
 import pandas as pd
 
-from emotion_vectors.jobs import start_job
-from emotion_vectors.provenance import provenance
-from emotion_vectors.vectors import build_vector_store
+from emotion_vectors.core.jobs import start_job
+from emotion_vectors.core.provenance import provenance
+from emotion_vectors.vectors.build import build_vector_store
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 log = start_job(smk)

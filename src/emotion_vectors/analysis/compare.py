@@ -39,7 +39,7 @@ Two subjects of one run read the *same* stories, so each emotion's vector carrie
 emotion, the idiosyncrasies of its particular stories, and both models see those: agreement that
 the label permutation cannot tell from shared emotion geometry (a run whose stories carry no
 emotion would "agree" as well). They are therefore **cross-fitted**: vectors from two disjoint
-halves of each emotion's stories (``emotion_vectors.split_vectors``), compared across halves —
+halves of each emotion's stories (``emotion_vectors.vectors.split_vectors``), compared across halves —
 ``(A half 0, B half 1)`` and ``(A half 1, B half 0)`` — so no text is read by both sides of a
 view. The within-model agreement of the two halves (``reliability``) bounds what cross-fitted
 agreement can reach.
@@ -958,7 +958,7 @@ def _json_safe(obj: Any) -> Any:
 def comparison_claims(summaries: Sequence[dict[str, Any]], *, alpha: float = 0.05) -> list:
     """The claims of every comparison (one per pair and measure), Holm-corrected over all of
     them (the comparison family). A Monte-Carlo null too small for the family gives no p."""
-    from emotion_vectors.claims import family_claims, make_claim
+    from emotion_vectors.core.claims import family_claims, make_claim
 
     claims = []
     family = len(summaries) * len(MEASURES)

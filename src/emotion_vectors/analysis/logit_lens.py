@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..extraction.lens import final_norm, lens_logits, vocabulary
+
 log = logging.getLogger(__name__)
 
 # Opposite pairs checked for mutual suppression (from the study's behavioural pairs).
@@ -45,18 +47,6 @@ OPPOSITE_PAIRS: tuple[tuple[str, str], ...] = (
     ("loving", "hostile"),
 )
 _FUNCTION_WORDS = {"at", "on", "out", "in", "self", "of", "the", "a"}
-_MARKERS = {"\u2581": " ", "\u0120": " ", "\u010a": "\n", "\u0109": "\t"}
-
-
-def normalise_token(token: str | None) -> str:
-    """Token string -> plain text: ``▁``/``Ġ`` markers to spaces, stripped, lower-cased."""
-    if token is None:
-        return ""
-    for marker, repl in _MARKERS.items():
-        token = token.replace(marker, repl)
-    return token.strip().lower()
-
-
 def word_forms(emotion: str) -> set[str]:
     """Lower-case strings a token may equal to count as ``emotion``'s own word.
 
@@ -69,20 +59,6 @@ def word_forms(emotion: str) -> set[str]:
     if len(parts) > 1:
         forms.update(p for p in parts if p not in _FUNCTION_WORDS)
     return forms
-
-
-def final_norm(model):
-    """The final norm before the unembedding (``model.get_decoder().norm``)."""
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
-    candidates = (decoder, getattr(decoder, "language_model", None), getattr(model, "model", None))
-    for candidate in candidates:
-        norm = getattr(candidate, "norm", None) if candidate is not None else None
-        if norm is not None:
-            return norm
-    raise AttributeError(
-        f"{type(model).__name__}: no final norm at model.get_decoder().norm; the logit lens "
-        "supports Llama- and Gemma-style decoders."
-    )
 
 
 # --- loading only the final norm and the unembedding --------------------------------------
@@ -328,13 +304,13 @@ def load_lens_head(
 
 def load_lens(spec: dict[str, Any], models_dir: str | Path = "results/models"):
     """``(LensHead, tokenizer)`` for a model spec of the config (``models.subject``): the path
-    as ``emotion_vectors.models.resolve_path`` gives it, the spec's revision, dtype and device
+    as ``emotion_vectors.core.models.resolve_path`` gives it, the spec's revision, dtype and device
     (``auto``: CUDA if available). Quantization is not applied: the checkpoint's tensors are
     read as stored."""
     import torch
     from transformers import AutoTokenizer
 
-    from emotion_vectors.models import checked_path
+    from emotion_vectors.core.models import checked_path
 
     path = checked_path(spec, models_dir)
     revision = spec.get("revision")
@@ -347,18 +323,6 @@ def load_lens(spec: dict[str, Any], models_dir: str | Path = "results/models"):
     tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
     head.info["name"] = spec.get("name")
     return head, tokenizer
-
-
-def vocabulary(tokenizer, vocab_size: int) -> tuple[list[str], list[str]]:
-    """Raw token strings and their normalised text for ids ``0..vocab_size-1``.
-
-    The unembedding may have more rows than the tokenizer has tokens (padding rows): those get
-    ``""``.
-    """
-    n = min(vocab_size, len(tokenizer))
-    raw = [t if isinstance(t, str) else "" for t in tokenizer.convert_ids_to_tokens(list(range(n)))]
-    raw += [""] * (vocab_size - n)
-    return raw, [normalise_token(t) for t in raw]
 
 
 @dataclass
@@ -383,22 +347,6 @@ class LensResult:
     tokens: pd.DataFrame
     summary: pd.DataFrame
     pairs: pd.DataFrame
-
-
-def lens_logits(directions: np.ndarray, model, scale: float):
-    """Logits ``(n, vocab)`` float32 torch tensor on the model's device for unit ``directions``
-    ``(n, d)`` scaled to ``scale``, through the final norm and the unembedding."""
-    import torch
-
-    norm = final_norm(model)
-    head = model.get_output_embeddings()
-    param = next(norm.parameters(), None) if hasattr(norm, "parameters") else None
-    ref = param if param is not None else head.weight
-    x = torch.as_tensor(np.asarray(directions, dtype=np.float32) * float(scale))
-    with torch.no_grad():
-        h = norm(x.to(device=ref.device, dtype=ref.dtype)[:, None, :])[:, 0, :]
-        logits = head(h.to(device=head.weight.device, dtype=head.weight.dtype))
-    return logits.float()
 
 
 def logit_lens(

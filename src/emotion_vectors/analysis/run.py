@@ -46,7 +46,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..claims import json_safe
+from ..core.claims import json_safe
+from ..core.stats import adjust_pvalues
 from . import clustering, geometry, logit_lens, norms, plots, stats
 from .store import VectorSet, load_vectors
 
@@ -84,13 +85,13 @@ CI_METHOD = "percentile bootstrap over emotions, PCA refitted per resample"
 
 def default_main_layer(layers: list[int], n_model_layers: int | None = None) -> int:
     """The study's main layer: the block at two-thirds of the depth as extraction defines it
-    (``emotion_vectors.extract.main_layer``: 0-based ``round(2 n / 3) - 1``, the layer that
+    (``emotion_vectors.extraction.extract.main_layer``: 0-based ``round(2 n / 3) - 1``, the layer that
     ``layers: auto`` always stores), or the stored layer nearest it (ties: the deeper).
 
     ``n_model_layers`` is the model's number of decoder blocks; unknown, it is taken as
     ``max(layers) + 1``.
     """
-    from emotion_vectors.extract import main_stored_layer
+    from emotion_vectors.extraction.extract import main_stored_layer
 
     return main_stored_layer(layers, n_model_layers)
 
@@ -135,7 +136,7 @@ def correlation_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    adj = stats.adjust_pvalues(df["p"].to_numpy(dtype=float))
+    adj = adjust_pvalues(df["p"].to_numpy(dtype=float))
     at = df.columns.get_loc("p") + 1
     df.insert(at, "p_holm", adj["holm"])
     df.insert(at + 1, "p_bh", adj["bh"])
@@ -192,7 +193,7 @@ def analyze(
         raise ValueError(f"{vectors_path}: the analysis needs at least 3 emotions, found {n}")
     n_model_layers = n_model_layers or _n_model_layers(vs, model)
     if main_layer is None:
-        from emotion_vectors.extract import main_layer as two_thirds
+        from emotion_vectors.extraction.extract import main_layer as two_thirds
 
         depth = n_model_layers or max(layers) + 1
         main_layer = default_main_layer(layers, n_model_layers)

@@ -1,13 +1,13 @@
-"""Correlations with percentile-bootstrap confidence intervals (seeded, vectorised), a
-bootstrap that refits the PCA in every resample, and multiple-comparison adjustments.
+"""Correlations with percentile-bootstrap confidence intervals (seeded, vectorised) and a
+bootstrap that refits the PCA in every resample.
 
 - ``correlate``: correlation of two fixed variables, resampling pairs.
 - ``PCABootstrap`` / ``pca_bootstrap`` + ``correlate_pc``: correlation of a principal
   component's scores with a rating, where every resample of emotions refits the PCA (so the
   interval includes the uncertainty of the component itself) and aligns each refitted PC's sign
   with the full-sample PC (positive cosine between the two directions).
-- ``holm``, ``adjust_pvalues``: Holm (family-wise) and Benjamini-Hochberg (false discovery
-  rate) adjusted p-values over a family of tests.
+
+The multiple-comparison adjustments (Holm, Benjamini-Hochberg) are in ``core.stats``.
 """
 
 from __future__ import annotations
@@ -315,39 +315,3 @@ def correlate_pc(
         lo, hi = (float(v) for v in np.quantile(rb, [alpha, 1 - alpha]))
     return Correlation(method, point.n, point.r, lo, hi, point.p, level,
                        boot.n_bootstrap), median_align
-
-
-# --- multiple comparisons --------------------------------------------------------------------
-
-
-def holm(p: np.ndarray) -> np.ndarray:
-    """Holm's step-down adjusted p-values (family-wise error, valid under any dependence).
-
-    ``p_(i)`` sorted ascending over the ``m`` finite values gets
-    ``max_{j <= i} min(1, (m - j + 1) p_(j))``; NaN stays NaN and is not counted in ``m``.
-    """
-    p = np.asarray(p, dtype=float)
-    out = np.full(p.shape, np.nan)
-    ok = np.isfinite(p)
-    m = int(ok.sum())
-    if m == 0:
-        return out
-    vals = p[ok]
-    order = np.argsort(vals, kind="stable")
-    scaled = (m - np.arange(m)) * vals[order]
-    adj = np.minimum(1.0, np.maximum.accumulate(scaled))
-    res = np.empty(m)
-    res[order] = adj
-    out[ok] = res
-    return out
-
-
-def adjust_pvalues(p: np.ndarray) -> dict[str, np.ndarray]:
-    """Holm and Benjamini-Hochberg adjusted p-values over the finite entries of ``p`` (one
-    family); NaN entries stay NaN. BH is ``scipy.stats.false_discovery_control``."""
-    p = np.asarray(p, dtype=float)
-    bh = np.full(p.shape, np.nan)
-    ok = np.isfinite(p)
-    if ok.any():
-        bh[ok] = sps.false_discovery_control(p[ok], method="bh")
-    return {"holm": holm(p), "bh": bh}

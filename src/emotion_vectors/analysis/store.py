@@ -1,7 +1,7 @@
 """Read (and, for tests, benchmarks and the published reference vectors, write) the
 emotion-vector store.
 
-The layout is defined, written and checked in one place, ``emotion_vectors.store_layout``
+The layout is defined, written and checked in one place, ``emotion_vectors.vectors.store_layout``
 (``write_store`` / ``read_store``; see its docstring). In short: arrays ``raw``, ``denoised``,
 ``raw_unit``, ``denoised_unit`` ``(n_emotions, n_layers, d)`` (a kind may be absent),
 ``residual_norm`` ``(n_layers,)`` with ``residual_norm_status`` ``measured`` or ``unknown``
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from emotion_vectors.store_layout import KINDS, Store, StoreLayoutError, read_store, write_store
+from emotion_vectors.vectors.store_layout import KINDS, Store, StoreLayoutError, read_store, write_store
 
 #: The replication's published vectors are its "layer 40" of gemma-4-31B-it, i.e.
 #: ``hidden_states[40]`` = the output of decoder block 39 (0-based), layer 39 here.

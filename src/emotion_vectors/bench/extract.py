@@ -7,7 +7,7 @@ stories with three methods and prints corpus tokens per second for each:
     ``output_hidden_states=True``, and a hook on every block copying its output to the CPU in
     float32 (a real copy, as the replication's GPU-to-CPU copy was);
 (b) a plain single pass: batch 1, ``output_hidden_states=True``, pool the wanted entries;
-(c) the engine (:func:`emotion_vectors.extract.iter_pooled`).
+(c) the engine (:func:`emotion_vectors.extraction.extract.iter_pooled`).
 
 "Tokens per second" is the corpus's token count divided by the wall time a method needs to
 produce all wanted layers for all texts. Peak resident memory of the engine is measured in
@@ -43,13 +43,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from emotion_vectors.extract import (
+from emotion_vectors.extraction.extract import (
     _block_hidden,
     iter_pooled,
     plan_extraction,
     validate_layers,
 )
-from emotion_vectors.models import decoder_layers, load_model, prepare_gguf_model
+from emotion_vectors.core.models import decoder_layers, load_model, prepare_gguf_model
 
 DEFAULT_SPEC: dict[str, Any] = {
     "name": "smollm2-135m-instruct",

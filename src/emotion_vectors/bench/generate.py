@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..config import load_config
-from ..generate import chat_prompt, load_prompts
-from ..models import load_model, prepare_gguf_model, resolve_path
+from ..core.config import load_config
+from ..corpus.generate import chat_prompt, load_prompts
+from ..core.models import load_model, prepare_gguf_model, resolve_path
 
 
 def main(argv: list[str]) -> int:

@@ -5,7 +5,7 @@
 Two workloads of the steering evidence on the default subject, each run three ways:
 
 - **continuation**: the log-probability of every run emotion's word after the continuation
-  test's three prompts, under each direction (``steer_eval.steered_word_logprobs``);
+  test's three prompts, under each direction (``steering.evaluate.steered_word_logprobs``);
 - **generation**: one sampled reply of ``--new-tokens`` tokens to a chat prompt under each
   direction (top-k 50, top-p 0.95, temperature 0.8; every reply runs its full length).
 
@@ -68,10 +68,10 @@ def main(argv: list[str]) -> int:
     import numpy as np
     import torch
 
-    from ..config import load_config
-    from ..models import load_model, prepare_gguf_model, resolve_path
-    from ..steer import Steer, sample_rows, steering
-    from ..steer_eval import render_chat, steered_word_logprobs, word_logprobs
+    from ..core.config import load_config
+    from ..core.models import load_model, prepare_gguf_model, resolve_path
+    from ..steering.steer import Steer, sample_rows, steering
+    from ..steering.evaluate import render_chat, steered_word_logprobs, word_logprobs
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,7 +125,7 @@ def main(argv: list[str]) -> int:
                 model.generate(**enc, **kw)
         one = time.perf_counter() - t0
 
-        from ..backends import _eos_ids
+        from ..corpus.backends import _eos_ids
 
         eos = sorted(_eos_ids(model, tok))
 
