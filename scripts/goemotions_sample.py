@@ -23,7 +23,7 @@ The sample looks at nothing but the labels. With ``numpy.random.default_rng(seed
 ``--all`` writes the whole split instead (5,427 texts), in the same format. Rows keep the
 split's order. Columns: ``text`` (as read), ``labels`` (label names,
 comma-separated, in id order), ``id`` (the comment id); tab-separated with a header, quoted
-like the source, so ``emotion_vectors.corpora.read_table`` reads the same texts back. The same
+like the source, so ``emotion_vectors.reading.corpora.read_table`` reads the same texts back. The same
 inputs and arguments give the same bytes.
 """
 

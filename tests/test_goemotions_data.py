@@ -14,8 +14,8 @@ import re
 
 import pytest
 
-from emotion_vectors.config import REPO_ROOT, load_config
-from emotion_vectors.corpora import load_file
+from emotion_vectors.core.config import REPO_ROOT, load_config
+from emotion_vectors.reading.corpora import load_file
 
 DATA = REPO_ROOT / "data" / "goemotions"
 SAMPLE = DATA / "test_sample.tsv"
