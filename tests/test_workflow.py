@@ -328,4 +328,4 @@ def test_findings_gather_every_steps_claims(tiny_run):
     html = (tiny_run / "findings" / "findings.html").read_text()
     assert "Findings of run" in html and all(i in html for i in df["id"])
     log = (tiny_run / "logs" / "findings.log").read_text()
-    assert "control run negative-control has no findings yet" in log
+    assert "control run pytest-tiny-control has no findings yet" in log  # tests/data/tiny.yaml
