@@ -134,6 +134,19 @@ def _extraction_attrs(neutral: Any, denoise_variance: float, n_neutral: int) -> 
     }
 
 
+def open_checked_shards(emotion_shards: dict[str, str | Path], neutral_shard: str | Path) -> tuple[Any, dict[str, Any]]:
+    """Open the neutral shard and every emotion's shard, checking each emotion shard's origin
+    against the neutral one's before any activations are read (a mismatch fails in seconds).
+    Returns ``(neutral, {emotion: shard})``."""
+    neutral = open_shard(neutral_shard)
+    reference = (str(neutral_shard), dict(neutral.attrs))
+    shards = {}
+    for emotion, path in emotion_shards.items():
+        shards[emotion] = open_shard(path)
+        check_same_origin(reference, (str(path), dict(shards[emotion].attrs)))
+    return neutral, shards
+
+
 def build_vector_store(
     emotion_shards: dict[str, str | Path],
     neutral_shard: str | Path,
@@ -149,15 +162,9 @@ def build_vector_store(
     here) and returns tidy rows (one per emotion and layer) for the table.
     """
     emotions = list(emotion_shards)
-    neutral = open_shard(neutral_shard)
+    neutral, shards = open_checked_shards(emotion_shards, neutral_shard)
     layers = list(neutral.attrs["layers"])
     model = neutral.attrs["model"]
-    reference = (str(neutral_shard), dict(neutral.attrs))
-    # Check every shard's origin before reading any activations (a mismatch fails in seconds).
-    shards = {}
-    for emotion in emotions:
-        shards[emotion] = open_shard(emotion_shards[emotion])
-        check_same_origin(reference, (str(emotion_shards[emotion]), dict(shards[emotion].attrs)))
     means, n_stories, norm_sum, norm_n = [], [], 0.0, 0
     for emotion in emotions:
         shard = shards[emotion]
@@ -258,7 +265,7 @@ def shuffle_labels(emotion: np.ndarray, topic: np.ndarray, n_shuffles: int, seed
     return out
 
 
-def _story_labels(emotions: list[str], emotion_shards: dict[str, str | Path],
+def _story_labels(emotions: list[str], emotion_shards: dict[str, str | Path], shards: dict[str, Any],
                   story_shards: dict[str, str | Path]) -> tuple[np.ndarray, np.ndarray]:
     """Each activation row's emotion index and topic index, in shard order (ids only, no
     activations read)."""
@@ -266,7 +273,7 @@ def _story_labels(emotions: list[str], emotion_shards: dict[str, str | Path],
 
     emo, top = [], []
     for e_idx, emotion in enumerate(emotions):
-        ids = list(open_shard(emotion_shards[emotion]).attrs["ids"])
+        ids = list(shards[emotion].attrs["ids"])
         topics_of = read_story_topics(story_shards[emotion])
         missing = [i for i in ids if i not in topics_of]
         if missing:
@@ -303,19 +310,16 @@ def build_shuffled_store(
     missing = [e for e in emotions if e not in story_shards]
     if missing:
         raise ValueError(f"no story shard for emotions {missing}")
-    neutral = open_shard(neutral_shard)
-    reference = (str(neutral_shard), dict(neutral.attrs))
+    neutral, shards = open_checked_shards(emotion_shards, neutral_shard)
     layers = list(neutral.attrs["layers"])
-    for emotion in emotions:
-        check_same_origin(reference, (str(emotion_shards[emotion]), dict(open_shard(emotion_shards[emotion]).attrs)))
-    emo, top = _story_labels(emotions, emotion_shards, story_shards)
+    emo, top = _story_labels(emotions, emotion_shards, shards, story_shards)
     labels = shuffle_labels(emo, top, n_shuffles, seed)  # (K, n)
     E, K = len(emotions), int(n_shuffles)
     sums = None
     counts = np.zeros((K, E), dtype=np.int64)
     norm_sum, norm_n, start = 0.0, 0, 0
     for emotion in emotions:
-        shard = open_shard(emotion_shards[emotion])
+        shard = shards[emotion]
         acts = np.asarray(shard["activations"][:], dtype=np.float64)  # (n, L, d)
         n = acts.shape[0]
         if sums is None:

@@ -27,9 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from ..extraction.shards import open_shard
 from .store_layout import write_store
-from .build import _extraction_attrs, check_same_origin, emotion_vectors
+from .build import _extraction_attrs, emotion_vectors, open_checked_shards
 
 HALF_SEP = "@half"
 
@@ -70,13 +69,8 @@ def build_split_store(
     missing = [e for e in emotions if e not in story_shards]
     if missing:
         raise ValueError(f"no story shard for emotions {missing}")
-    neutral = open_shard(neutral_shard)
-    reference = (str(neutral_shard), dict(neutral.attrs))
+    neutral, shards = open_checked_shards(emotion_shards, neutral_shard)
     layers = list(neutral.attrs["layers"])
-    shards = {}
-    for emotion in emotions:
-        shards[emotion] = open_shard(emotion_shards[emotion])
-        check_same_origin(reference, (str(emotion_shards[emotion]), dict(shards[emotion].attrs)))
     means = [[], []]
     counts = np.zeros((len(emotions), 2), dtype=np.int64)
     norm_sum, norm_n = 0.0, 0
