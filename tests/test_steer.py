@@ -686,6 +686,34 @@ def test_generate_rows_samples_like_the_plain_batch_and_broadcast_is_checked(tin
 
 
 @pytest.mark.parametrize("policy", POLICIES)
+def test_generate_rows_reads_the_prompt_once_per_distinct_row(tiny_llama: Any, policy: Any) -> None:
+    """Rows with the same steers (samples of one condition) share the prompt's cache: the prompt
+    runs once per distinct row above the steered block (the unsteered row and a row of strength
+    0 are one), and the seeded samples are those of the plain batch of every row."""
+    model, tok = tiny_llama
+    rows = row_steers(model, tok, 2)
+    many = [rows[0], rows[1], rows[2], rows[0], rows[1], [], rows[2]]
+    enc = encode(tok, ["The old house"])
+    ids = enc["input_ids"][0]
+    kw = dict(max_new_tokens=5, min_new_tokens=5, do_sample=True, temperature=1.0, top_k=0,
+              pad_token_id=tok.pad_token_id)
+    with recording(model, [3]) as rec:
+        got = generate_rows(model, ids, many, positions=policy, seed=3, **kw)
+    assert rec[0][3].shape[0] == 3  # the prompt's head: one row per distinct row, not 7
+    assert all(c[3].shape[0] == len(many) for c in rec[1:])  # every generated token: 7 rows
+    batch = {k: v.expand(len(many), -1) for k, v in enc.items()}
+    torch.manual_seed(3)
+    with steering_rows(model, many, positions=policy):
+        want = model.generate(**batch, **kw)[:, ids.shape[0]:]
+    assert torch.equal(got, want)
+    greedy_kw = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    alone = generate_rows(model, ids, many[:3], positions=policy, **greedy_kw)
+    both = generate_rows(model, ids, many, positions=policy, **greedy_kw)
+    assert torch.equal(both[:3], alone) and torch.equal(both[3:5], alone[:2])
+    assert torch.equal(both[5], alone[2]) and torch.equal(both[6], alone[2])
+
+
+@pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("fixture", TINY_MODEL_FIXTURES)
 def test_sample_rows_greedy_equals_each_row_alone_shared_and_padded(request: Any, fixture: str, policy: Any) -> None:
     """The decoding loop gives, greedily, each row the tokens ``generate`` gives that row alone under

@@ -518,6 +518,37 @@ def _repeat_cache_rows(cache: Any, n_rows: int) -> None:
                 f"a cache layer holds {keys.shape[0]} rows after a broadcast call for {n_rows} rows")
 
 
+def _distinct_rows(rows: Sequence[Sequence[Steer]]) -> tuple[list[list[Steer]], list[int]]:
+    """The distinct rows (first occurrence order, steers of strength 0 dropped) and, for each row,
+    the index of its distinct row: rows with the same steers read the same prompt identically."""
+    first: dict[tuple, int] = {}
+    unique: list[list[Steer]] = []
+    index = []
+    for r in rows:
+        key = tuple(sorted((s for s in r if s.strength != 0), key=lambda s: (s.layer, s.strength, hash(s))))
+        if key not in first:
+            first[key] = len(unique)
+            unique.append(list(r))
+        index.append(first[key])
+    return unique, index
+
+
+def _select_cache_rows(cache: Any, index: Sequence[int]) -> None:
+    """Make row ``i`` of every cache layer a copy of its row ``index[i]``."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        raise SteeringPositionError(
+            f"sharing a prompt between equal rows needs a KV cache with per-layer storage "
+            f"(transformers' DynamicCache), got {type(cache).__name__}")
+    for lay in layers:
+        keys = getattr(lay, "keys", None)
+        if not isinstance(keys, torch.Tensor) or keys.numel() == 0:
+            continue
+        idx = torch.as_tensor(list(index), dtype=torch.long, device=keys.device)
+        lay.keys = keys.index_select(0, idx)
+        lay.values = lay.values.index_select(0, idx.to(lay.values.device))
+
+
 def _replace_hidden(output: Any, hidden: torch.Tensor) -> Any:
     """``output`` with its hidden states replaced, in the same structure (see ``_block_hidden``)."""
     if isinstance(output, torch.Tensor):
@@ -717,6 +748,7 @@ def generate_rows(
     from emotion_vectors.extraction.extract import _input_device
 
     ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(1, -1).to(_input_device(model))
+    rows = [list(r) for r in rows]
     n, t = len(rows), int(ids.shape[1])
     if t == 0:
         raise ValueError("generate_rows needs a prompt of at least one token")
@@ -724,17 +756,22 @@ def generate_rows(
     params = __import__("inspect").signature(model.forward).parameters
     cache_arg = "cache" if "cache" in params else "past_key_values"
     kwargs: dict[str, Any] = {}
-    with torch.inference_mode(), steering_rows(model, rows, positions=positions, prompt_length=prompt_length,
-                                               broadcast=True):
-        if t > 1:
+    if t > 1:  # the prompt but its last token: once per distinct row (once below the steered block)
+        unique, index = _distinct_rows(rows)
+        with torch.inference_mode(), steering_rows(model, unique, positions=positions,
+                                                   prompt_length=prompt_length, broadcast=True):
             head = ids[:, :-1]
             out = model(input_ids=head, attention_mask=torch.ones_like(head), use_cache=True)
-            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-            if cache is None:
-                raise SteeringPositionError(f"{type(model).__name__} returned no KV cache for the shared prompt")
-            if n > 1:
-                _repeat_cache_rows(cache, n)  # no-op when the steering hooks did it
-            kwargs[cache_arg] = cache
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        if cache is None:
+            raise SteeringPositionError(f"{type(model).__name__} returned no KV cache for the shared prompt")
+        if len(unique) > 1:
+            _repeat_cache_rows(cache, len(unique))  # no-op when the steering hooks did it
+        if len(unique) != n:
+            _select_cache_rows(cache, index)
+        kwargs[cache_arg] = cache
+    with torch.inference_mode(), steering_rows(model, rows, positions=positions, prompt_length=prompt_length,
+                                               broadcast=True):
         if seed is not None:
             torch.manual_seed(int(seed))
         out = model.generate(input_ids=ids.expand(n, -1), attention_mask=torch.ones((n, t), dtype=torch.long,
