@@ -204,7 +204,7 @@ def test_dry_run_plans_the_behaviour_jobs(configfile: str) -> None:
     outputs = set(beh["output"].split(", "))
     assert outputs == {f"{base}/{f}" for f in ("transcripts.jsonl", "judged.jsonl", "rates.tsv", "summary.json",
                                                "claims.json")} | {f"{base}/dose_{e}.png" for e in emotions}
-    assert f"results/{run}/vectors/vectors.zarr" in beh["input"] and "config/scenarios/blackmail.yaml" in beh["input"]
+    assert f"results/{run}/vectors/vectors.zarr/zarr.json" in beh["input"] and "config/scenarios/blackmail.yaml" in beh["input"]
     # the classification waits for every judge's validation: only a validated judge classifies
     assert f"{base}/judge_validation.tsv" in beh["input"].split(", ")
     judges = [j["name"] for j in own["behaviour"].get("judges") or []] or [own["models"]["subject"]["name"]]

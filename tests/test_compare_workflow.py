@@ -183,7 +183,7 @@ def test_nothing_pending_after_the_run(setup):
 
 
 def test_rebuilding_one_subjects_shard_reruns_only_that_subjects_dependents(setup):
-    shard = f"results/{RUN}/subjects/{B}/activations/emotions/calm.zarr"
+    shard = f"results/{RUN}/subjects/{B}/activations/emotions/calm.zarr/zarr.json"
     other = RESULTS / "activations" / "emotions" / "calm.zarr"
     before = other.stat().st_mtime_ns
     smk(setup["two"], "--cores", "1", "--force", shard)
@@ -196,7 +196,7 @@ def test_rebuilding_one_subjects_shard_reruns_only_that_subjects_dependents(setu
     ]), jobs
     smk(setup["two"], "--cores", "1", *targets([B]))
     # and the primary's shard of the same emotion: the primary's dependents, B's shards untouched
-    jobs = pending(setup["two"], [B], "--forcerun", f"results/{RUN}/activations/emotions/calm.zarr")
+    jobs = pending(setup["two"], [B], "--forcerun", f"results/{RUN}/activations/emotions/calm.zarr/zarr.json")
     assert ("activations", "emotion=calm") in jobs and not any(r.endswith("_subject") for r, _ in jobs), jobs
     assert ("compare_pair", f"a={B}, b=ref") not in jobs
 

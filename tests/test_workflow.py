@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import warnings
 
 import numpy as np
 import pytest
@@ -98,6 +99,18 @@ def test_activation_shards_and_vectors(tiny_run):
     summary = json.loads((tiny_run / "analysis" / "summary.json").read_text())
     assert summary["n_emotions"] == 3 and summary["layers"] == [4, 19]
     assert summary["vectors"].endswith("vectors.zarr") and summary["main_layer"] in (4, 19)
+
+
+def test_no_marker_file_inside_a_zarr_store(tiny_run):
+    """Every Zarr store of the run is declared by its zarr.json, so Snakemake's marker of a
+    directory output never lands inside one, and listing a store's members warns of nothing."""
+    stores = sorted(p for p in tiny_run.rglob("*.zarr") if p.is_dir())
+    assert len(stores) >= 6, stores  # 3 emotion shards, neutral, vectors, shuffled, halves
+    for store in stores:
+        assert sorted(p.name for p in store.iterdir() if p.name.startswith(".")) == [], store
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert list(zarr.open_group(str(store), mode="r").members()), store
 
 
 def test_corpus_diagnostics_are_reported(tiny_run):
@@ -260,12 +273,12 @@ def test_changing_one_emotion_reruns_only_its_dependents(tiny_run):
 
 
 def test_force_rebuilds_one_named_shard(tiny_run):
-    shard = f"results/{RUN}/activations/emotions/happy.zarr"
+    shard = f"results/{RUN}/activations/emotions/happy.zarr/zarr.json"
     assert pending("--force", shard) == [("activations", "emotion=happy")]
     other = tiny_run / "activations" / "emotions" / "afraid.zarr"
     before = other.stat().st_mtime_ns
     smk("--cores", "2", "--force", shard)
-    assert zarr.open_group(str(REPO_ROOT / shard), mode="r").attrs["complete"]
+    assert zarr.open_group(str((REPO_ROOT / shard).parent), mode="r").attrs["complete"]
     assert other.stat().st_mtime_ns == before
     # One model server per run and machine: the run and the rebuild were served by one server
     # log, and a second load only ever follows an idle exit (5 min without a request; a loaded
@@ -283,7 +296,7 @@ def test_same_config_and_seed_reproduce_stories_and_activations(tiny_run):
     acts = tiny_run / "activations" / "emotions" / "calm.zarr"
     before = json.loads(story.read_text())
     before_acts = zarr.open_group(str(acts), mode="r")["activations"][:]
-    smk("--cores", "2", "--force", f"results/{RUN}/stories/calm.json", f"results/{RUN}/activations/emotions/calm.zarr")
+    smk("--cores", "2", "--force", f"results/{RUN}/stories/calm.json", f"results/{RUN}/activations/emotions/calm.zarr/zarr.json")
     after = json.loads(story.read_text())
     keys = ("id", "text", "seed", "topic_index", "person", "round", "batch", "batch_row")
     assert [{k: s[k] for k in keys} for s in after["stories"]] == [{k: s[k] for k in keys} for s in before["stories"]]

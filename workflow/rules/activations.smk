@@ -6,10 +6,10 @@
 
 
 def emotion_shard(emotion_slug):
-    return f"{RESULTS}/activations/emotions/{emotion_slug}.zarr"
+    return f"{RESULTS}/activations/emotions/{emotion_slug}.zarr/zarr.json"
 
 
-NEUTRAL_SHARD = f"{RESULTS}/activations/neutral.zarr"
+NEUTRAL_SHARD = f"{RESULTS}/activations/neutral.zarr/zarr.json"
 EXTRACT_PARAMS = dict(
     subject=SUBJECT,
     extraction=config["extraction"],
@@ -25,7 +25,7 @@ EXTRACT_PARAMS = dict(
 
 def vector_store(name):
     """A subject's vector store (``subject_dir``)."""
-    return f"{subject_dir(name)}/vectors/vectors.zarr"
+    return f"{subject_dir(name)}/vectors/vectors.zarr/zarr.json"
 
 
 def subject_priority(wildcards):
@@ -44,7 +44,7 @@ rule activations:
         model_input(SUBJECT),
         texts=story_shard("{emotion}"),
     output:
-        directory(emotion_shard("{emotion}")),
+        emotion_shard("{emotion}"),
     params:
         name=lambda wc: EMOTIONS[wc.emotion],
         **EXTRACT_PARAMS,
@@ -67,7 +67,7 @@ rule neutral_activations:
         model_input(SUBJECT),
         texts=NEUTRAL_DIALOGUES,
     output:
-        directory(NEUTRAL_SHARD),
+        NEUTRAL_SHARD,
     params:
         name="neutral",
         **EXTRACT_PARAMS,
@@ -90,7 +90,7 @@ rule vectors:
         emotions=[emotion_shard(s) for s in EMOTIONS],
         neutral=NEUTRAL_SHARD,
     output:
-        store=directory(f"{RESULTS}/vectors/vectors.zarr"),
+        store=f"{RESULTS}/vectors/vectors.zarr/zarr.json",
         table=report(
             f"{RESULTS}/vectors/vectors.tsv",
             caption="../report/vectors.rst",
@@ -121,7 +121,7 @@ rule shuffled_vectors:
         stories=[story_shard(s) for s in EMOTIONS],
         neutral=NEUTRAL_SHARD,
     output:
-        store=directory(f"{RESULTS}/vectors/shuffled.zarr"),
+        store=f"{RESULTS}/vectors/shuffled.zarr/zarr.json",
         summary=f"{RESULTS}/vectors/shuffled.json",
     params:
         emotions=list(EMOTIONS.values()),
@@ -152,7 +152,7 @@ use rule activations as activations_subject with:
         lambda wildcards: model_input(subject_spec(wildcards)),
         texts=story_shard("{emotion}"),
     output:
-        directory(f"{SUBJECT_DIR}/activations/emotions/{{emotion}}.zarr"),
+        f"{SUBJECT_DIR}/activations/emotions/{{emotion}}.zarr/zarr.json",
     params:
         name=lambda wc: EMOTIONS[wc.emotion],
         **_SUBJECT_EXTRACT_PARAMS,
@@ -170,7 +170,7 @@ use rule neutral_activations as neutral_activations_subject with:
         lambda wildcards: model_input(subject_spec(wildcards)),
         texts=NEUTRAL_DIALOGUES,
     output:
-        directory(f"{SUBJECT_DIR}/activations/neutral.zarr"),
+        f"{SUBJECT_DIR}/activations/neutral.zarr/zarr.json",
     params:
         name="neutral",
         **_SUBJECT_EXTRACT_PARAMS,
@@ -185,10 +185,10 @@ use rule neutral_activations as neutral_activations_subject with:
 
 use rule vectors as vectors_subject with:
     input:
-        emotions=[f"{SUBJECT_DIR}/activations/emotions/{s}.zarr" for s in EMOTIONS],
-        neutral=f"{SUBJECT_DIR}/activations/neutral.zarr",
+        emotions=[f"{SUBJECT_DIR}/activations/emotions/{s}.zarr/zarr.json" for s in EMOTIONS],
+        neutral=f"{SUBJECT_DIR}/activations/neutral.zarr/zarr.json",
     output:
-        store=directory(f"{SUBJECT_DIR}/vectors/vectors.zarr"),
+        store=f"{SUBJECT_DIR}/vectors/vectors.zarr/zarr.json",
         table=f"{SUBJECT_DIR}/vectors/vectors.tsv",
     log:
         f"{SUBJECT_LOGS}/vectors.log",
@@ -205,7 +205,7 @@ rule split_vectors:
         stories=[story_shard(s) for s in EMOTIONS],
         neutral=NEUTRAL_SHARD,
     output:
-        store=directory(f"{RESULTS}/vectors/halves.zarr"),
+        store=f"{RESULTS}/vectors/halves.zarr/zarr.json",
         summary=f"{RESULTS}/vectors/halves.json",
     params:
         emotions=list(EMOTIONS.values()),
@@ -225,11 +225,11 @@ rule split_vectors:
 
 use rule split_vectors as split_vectors_subject with:
     input:
-        emotions=[f"{SUBJECT_DIR}/activations/emotions/{s}.zarr" for s in EMOTIONS],
+        emotions=[f"{SUBJECT_DIR}/activations/emotions/{s}.zarr/zarr.json" for s in EMOTIONS],
         stories=[story_shard(s) for s in EMOTIONS],
-        neutral=f"{SUBJECT_DIR}/activations/neutral.zarr",
+        neutral=f"{SUBJECT_DIR}/activations/neutral.zarr/zarr.json",
     output:
-        store=directory(f"{SUBJECT_DIR}/vectors/halves.zarr"),
+        store=f"{SUBJECT_DIR}/vectors/halves.zarr/zarr.json",
         summary=f"{SUBJECT_DIR}/vectors/halves.json",
     log:
         f"{SUBJECT_LOGS}/split_vectors.log",
@@ -238,8 +238,8 @@ use rule split_vectors as split_vectors_subject with:
 
 
 VECTOR_OUTPUTS = [
-    f"{RESULTS}/vectors/vectors.zarr",
+    f"{RESULTS}/vectors/vectors.zarr/zarr.json",
     f"{RESULTS}/vectors/vectors.tsv",
-    f"{RESULTS}/vectors/shuffled.zarr",
+    f"{RESULTS}/vectors/shuffled.zarr/zarr.json",
     f"{RESULTS}/vectors/shuffled.json",
 ]

@@ -52,7 +52,7 @@ rule analyze:
     agreement and (with the subject model) the logit lens of the run's emotion vectors."""
     input:
         model_input(SUBJECT) if ANALYSIS_LENS else [],
-        vectors=f"{RESULTS}/vectors/vectors.zarr",
+        vectors=f"{RESULTS}/vectors/vectors.zarr/zarr.json",
     output:
         **analysis_outputs(ANALYSIS_DIR),
     params:
@@ -78,7 +78,7 @@ rule analyze:
 use rule analyze as analyze_subject with:
     input:
         lambda wildcards: model_input(subject_spec(wildcards)) if ANALYSIS_LENS else [],
-        vectors=f"{SUBJECT_DIR}/vectors/vectors.zarr",
+        vectors=f"{SUBJECT_DIR}/vectors/vectors.zarr/zarr.json",
     output:
         **analysis_outputs(f"{SUBJECT_DIR}/analysis", in_report=False),
     params:
@@ -98,5 +98,5 @@ use rule analyze as analyze_subject with:
 SUBJECT_OUTPUTS = [
     path
     for name in EXTRA_SUBJECTS
-    for path in (f"{RESULTS}/subjects/{name}/vectors/vectors.zarr", f"{RESULTS}/subjects/{name}/analysis/summary.json")
+    for path in (f"{RESULTS}/subjects/{name}/vectors/vectors.zarr/zarr.json", f"{RESULTS}/subjects/{name}/analysis/summary.json")
 ]

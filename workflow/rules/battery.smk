@@ -11,8 +11,8 @@ rule battery:
     """Read the run's vectors on texts written for the check (no emotion word in them)."""
     input:
         model_input(SUBJECT),
-        vectors=f"{RESULTS}/vectors/vectors.zarr",
-        shuffled=f"{RESULTS}/vectors/shuffled.zarr",
+        vectors=f"{RESULTS}/vectors/vectors.zarr/zarr.json",
+        shuffled=f"{RESULTS}/vectors/shuffled.zarr/zarr.json",
         lens_tokens=f"{ANALYSIS_DIR}/logit_lens_tokens.tsv" if ANALYSIS_LENS else [],
         clusters=f"{ANALYSIS_DIR}/clusters.tsv",
         data=["config/battery/implicit.yaml", "config/battery/intensity.yaml", "config/battery/thresholds.yaml"],

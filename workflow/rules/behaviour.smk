@@ -70,7 +70,7 @@ rule behaviour:
         # judge that is the subject (then the loaded subject is reused).
         sorted(set(model_input(SUBJECT) + [f for j in BEHAVIOUR_JUDGES if not same_model(j, SUBJECT)
                                            for f in model_input(j)])),
-        vectors=f"{RESULTS}/vectors/vectors.zarr",
+        vectors=f"{RESULTS}/vectors/vectors.zarr/zarr.json",
         scenario=lambda wc: BEH_SCENARIOS[wc.scenario],
         validation=_behaviour_validation,
     output:

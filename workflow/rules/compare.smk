@@ -38,7 +38,7 @@ def store_path(name):
     """The vector store of a subject or an external store (an npz is imported first)."""
     if name in SUBJECTS:
         return vector_store(name)
-    return f"{COMPARE_DIR}/external/{name}.zarr" if external_npz(name) else EXTERNAL[name]["path"]
+    return f"{COMPARE_DIR}/external/{name}.zarr/zarr.json" if external_npz(name) else EXTERNAL[name]["path"]
 
 
 def crossfitted(a, b):
@@ -47,7 +47,7 @@ def crossfitted(a, b):
 
 
 def halves_path(name):
-    return f"{subject_dir(name)}/vectors/halves.zarr"
+    return f"{subject_dir(name)}/vectors/halves.zarr/zarr.json"
 
 
 rule compare_import:
@@ -56,7 +56,7 @@ rule compare_import:
     input:
         lambda wildcards: EXTERNAL[wildcards.external]["path"],
     output:
-        directory(f"{COMPARE_DIR}/external/{{external}}.zarr"),
+        f"{COMPARE_DIR}/external/{{external}}.zarr/zarr.json",
     params:
         spec=lambda wildcards: EXTERNAL[wildcards.external],
     wildcard_constraints:

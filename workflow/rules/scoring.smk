@@ -72,8 +72,8 @@ rule score_corpus:
     vector and each shuffle's valence direction (the claims' null, <corpus>.shuffled.npz)."""
     input:
         model_input(SUBJECT),
-        vectors=f"{RESULTS}/vectors/vectors.zarr",
-        shuffled=f"{RESULTS}/vectors/shuffled.zarr",
+        vectors=f"{RESULTS}/vectors/vectors.zarr/zarr.json",
+        shuffled=f"{RESULTS}/vectors/shuffled.zarr/zarr.json",
         neutral=NEUTRAL_SHARD,
         corpus=f"{RESULTS}/corpora/{{corpus}}.jsonl",
     output:
@@ -105,7 +105,7 @@ rule corpus_report:
     intervals, the top texts per emotion, token highlights, and the labelled check."""
     input:
         model_input(SUBJECT),
-        vectors=f"{RESULTS}/vectors/vectors.zarr",
+        vectors=f"{RESULTS}/vectors/vectors.zarr/zarr.json",
         neutral=NEUTRAL_SHARD,
         scores=f"{RESULTS}/scores/{{corpus}}.parquet",
         meta=f"{RESULTS}/scores/{{corpus}}.parquet.json",

@@ -18,8 +18,8 @@ rule steering_eval:
     their claims."""
     input:
         model_input(SUBJECT),
-        vectors=f"{RESULTS}/vectors/vectors.zarr",
-        shuffled=f"{RESULTS}/vectors/shuffled.zarr",
+        vectors=f"{RESULTS}/vectors/vectors.zarr/zarr.json",
+        shuffled=f"{RESULTS}/vectors/shuffled.zarr/zarr.json",
         neutral=NEUTRAL_DIALOGUES,
         validation=STEERING["scores"]["validation"],
     output:

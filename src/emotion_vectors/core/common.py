@@ -9,6 +9,18 @@ from pathlib import Path
 from typing import Any
 
 
+ZARR_ENTRY = "zarr.json"
+
+
+def zarr_root(path: str | Path) -> Path:
+    """The directory of a Zarr store named by that directory or by its root metadata file
+    (``<store>/zarr.json``). The workflow declares a store's ``zarr.json`` as the rule's output,
+    not the directory: Snakemake keeps the time of a ``directory()`` output in a marker file
+    inside it, which the store would then list as an unknown member."""
+    p = Path(path)
+    return p.parent if p.name == ZARR_ENTRY else p
+
+
 def derive_seed(*parts: Any) -> int:
     """A 31-bit seed from any parts (stable across runs and machines)."""
     digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()

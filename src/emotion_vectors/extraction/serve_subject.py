@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .. import __version__
+from ..core.common import zarr_root
 from ..core.devices import allocation_server_dir
 from ..core.private_files import DirFd, ServiceError, private_dir
 from ..core.protocol import _pid_gone, read_address, request, stale_reason
@@ -629,7 +630,8 @@ def extract_shard(
     texts_file: str | None = None,
     texts_provenance: dict | None = None,
 ) -> dict[str, Any]:
-    """Have the run's subject server write the shard ``output``; returns its summary.
+    """Have the run's subject server write the shard ``output`` (its directory or its
+    ``zarr.json``); returns its summary.
 
     Starts the server if none is live (see ``service.ensure_server``). The server writes
     ``<output>.staged-<our pid>``; this function renames it into ``output`` (``service.publish``:
@@ -638,7 +640,7 @@ def extract_shard(
     """
     server = subject_server(subject=subject, extraction=extraction, models_dir=models_dir, root=root,
                             server_dir=server_dir, idle_timeout=idle_timeout, threads=threads)
-    output = Path(os.path.abspath(output))
+    output = Path(os.path.abspath(zarr_root(output)))
     staged = staged_path(output)
     remove_staged(output)
     payload = {

@@ -42,6 +42,7 @@ import numpy as np
 import zarr
 
 from .extract import ExtractionError, ExtractionPlan, iter_pooled, plan_extraction
+from ..core.common import zarr_root
 from ..core.private_files import DirFd
 
 LAYER_CONVENTION = (
@@ -213,7 +214,7 @@ def write_shard(
     Args:
         texts, ids: the corpus (stories of one emotion, or the neutral dialogues).
         layers: 0-based decoder block indices.
-        out: the shard path (a directory; must not exist yet).
+        out: the shard path (a directory, or its ``zarr.json``: ``core.common.zarr_root``).
         settings: the config's ``extraction`` section (pool_start, short_text_policy,
             batch_size, max_batch_tokens, storage_dtype).
         name: what the shard holds (emotion word or ``"neutral"``), for messages.
@@ -227,6 +228,7 @@ def write_shard(
     Returns:
         A summary: texts, kept, skipped, tokens, seconds, tokens per second, resumed rows.
     """
+    out = zarr_root(out)
     if staged is not None and os.path.dirname(os.path.abspath(staged)) != os.path.dirname(os.path.abspath(out)):
         raise ShardError(f"{name}: the staging path {staged} must be in the directory of the shard {out}")
     plan = _plan_shard(model, tokenizer, texts, ids, layers, out, settings, model_info)
@@ -444,8 +446,9 @@ def _publish(tmp: Path, out: Path, partial: Path, staged: str | Path | None) -> 
 
 
 def open_shard(path: str | Path) -> zarr.Group:
-    """Open a finished shard read-only; refuses a partial or unfinished one."""
-    path = Path(path)
+    """Open a finished shard (its directory or its ``zarr.json``) read-only; refuses a partial or
+    unfinished one."""
+    path = zarr_root(path)
     if not path.exists():
         raise ShardError(f"shard {path} does not exist")
     group = zarr.open_group(str(path), mode="r")

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from ..core.common import zarr_root
+
 LAYOUT_VERSION = 1
 KINDS = ("raw", "denoised", "raw_unit", "denoised_unit")
 RESIDUAL_NORM_STATUSES = ("measured", "unknown")
@@ -67,7 +69,7 @@ def write_store(
     """Write a vector store at ``out`` (replacing what is there); the only writer of the layout.
 
     Args:
-        out: the store's directory.
+        out: the store's directory (or its ``zarr.json``, see ``core.common.zarr_root``).
         emotions: ``E`` emotion words, in row order.
         layers: ``L`` 0-based decoder block indices.
         raw, denoised: ``(E, L, d)`` arrays (any float dtype; anything sliceable as
@@ -84,6 +86,7 @@ def write_store(
     """
     import zarr
 
+    out = zarr_root(out)
     emotions = [str(e) for e in emotions]
     layers = [int(x) for x in layers]
     n_e, n_l = len(emotions), len(layers)
@@ -209,14 +212,15 @@ class Store:
 
 
 def read_store(path: str | Path) -> Store:
-    """Open a vector store and check its layout (attributes, array shapes, statuses).
+    """Open a vector store (its directory or its ``zarr.json``) and check its layout (attributes,
+    array shapes, statuses).
 
     A store written before ``residual_norm_status`` existed (``layout_version`` absent) counts
     its ``residual_norm`` as measured when the array is present, finite and positive.
     """
     import zarr
 
-    path = Path(path)
+    path = zarr_root(path)
     if not path.exists():
         raise StoreLayoutError(f"vector store {path} does not exist; run the vectors rule first.")
     group = zarr.open_group(str(path), mode="r")
