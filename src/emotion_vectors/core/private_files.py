@@ -80,6 +80,7 @@ def private_dir(path: str | Path) -> Path:
     return path
 
 
+# Over 120 lines: one open directory's descriptor and its *at calls, each method short; cohesive.
 class DirFd:
     """An open directory in which every write happens by name *relative to it*.
 

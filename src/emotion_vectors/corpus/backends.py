@@ -77,7 +77,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 LOG = logging.getLogger("emotion_vectors.corpus.backends")
 
@@ -247,7 +247,69 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     return ids
 
 
-class HFChatBackend:
+class _RenderedPrompts:
+    """Continuations of an already rendered prompt, for :class:`HFChatBackend` (what the
+    behaviour runner calls, so that steering hooks on the same model see exactly that prompt)."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+    top_p: float
+
+    def generate_text(self, prompt: str, *, max_tokens: int, temperature: float, seed: int | None) -> Completion:
+        """Continue an already rendered prompt: :meth:`generate_texts` with ``n = 1``."""
+        return self.generate_texts(prompt, 1, max_tokens=max_tokens, temperature=temperature, seed=seed)[0]
+
+    def generate_texts(self, prompt: str, n: int, *, max_tokens: int, temperature: float,
+                       seed: int | None) -> list[Completion]:
+        """``n`` continuations of one already rendered prompt (chat template applied, or plain
+        text), sampled in one batch from one seed (the prompt repeated ``n`` times: no padding).
+
+        A prompt rendered through a chat template carries its own special tokens, so the
+        tokenizer adds none; a plain prompt (no template) gets the tokenizer's usual ones. The
+        same prompt, ``n``, seed and settings give the same texts.
+        """
+        import torch
+
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, not {max_tokens}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, not {temperature}")
+        add_special = not has_chat_template(self.tokenizer)
+        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=add_special)
+        device = self.model.device
+        if n < 1:
+            raise ValueError(f"n must be >= 1, not {n}")
+        enc = {k: v.to(device).expand(n, -1) for k, v in enc.items()}
+        n_prompt = int(enc["input_ids"].shape[1])
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        kwargs: dict[str, Any] = {"max_new_tokens": max_tokens, "pad_token_id": pad}
+        if temperature == 0:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            kwargs.update(do_sample=True, temperature=float(temperature), top_p=self.top_p, top_k=None)
+        cuda = [device] if getattr(device, "type", "cpu") == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            if seed is not None:
+                torch.manual_seed(int(seed))
+            with torch.inference_mode():
+                out = self.model.generate(**enc, **kwargs)
+        eos = _eos_ids(self.model, self.tokenizer)
+        done = []
+        for row in out[:, n_prompt:].tolist():
+            k = next((i for i, t in enumerate(row) if t in eos), len(row))
+            done.append(Completion(
+                text=self.tokenizer.decode(row[:k], skip_special_tokens=True),
+                prompt_tokens=n_prompt,
+                completion_tokens=k,
+                model=self.name,
+                seed_honoured=temperature == 0 or seed is not None,
+                finish_reason="stop" if k < len(row) else "length",
+            ))
+        return done
+
+
+class HFChatBackend(_RenderedPrompts):
     """A transformers causal LM in this process (see the module docstring).
 
     Args:
@@ -338,58 +400,6 @@ class HFChatBackend:
     ) -> Completion:
         return self.generate_text(self.render(messages), max_tokens=max_tokens, temperature=temperature, seed=seed)
 
-    def generate_text(self, prompt: str, *, max_tokens: int, temperature: float, seed: int | None) -> Completion:
-        """Continue an already rendered prompt: :meth:`generate_texts` with ``n = 1``."""
-        return self.generate_texts(prompt, 1, max_tokens=max_tokens, temperature=temperature, seed=seed)[0]
-
-    def generate_texts(self, prompt: str, n: int, *, max_tokens: int, temperature: float,
-                       seed: int | None) -> list[Completion]:
-        """``n`` continuations of one already rendered prompt (chat template applied, or plain
-        text), sampled in one batch from one seed (the prompt repeated ``n`` times: no padding).
-
-        A prompt rendered through a chat template carries its own special tokens, so the
-        tokenizer adds none; a plain prompt (no template) gets the tokenizer's usual ones. The
-        same prompt, ``n``, seed and settings give the same texts.
-        """
-        import torch
-
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, not {max_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, not {temperature}")
-        add_special = not has_chat_template(self.tokenizer)
-        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=add_special)
-        device = self.model.device
-        if n < 1:
-            raise ValueError(f"n must be >= 1, not {n}")
-        enc = {k: v.to(device).expand(n, -1) for k, v in enc.items()}
-        n_prompt = int(enc["input_ids"].shape[1])
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        kwargs: dict[str, Any] = {"max_new_tokens": max_tokens, "pad_token_id": pad}
-        if temperature == 0:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        else:
-            kwargs.update(do_sample=True, temperature=float(temperature), top_p=self.top_p, top_k=None)
-        cuda = [device] if getattr(device, "type", "cpu") == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
-            if seed is not None:
-                torch.manual_seed(int(seed))
-            with torch.inference_mode():
-                out = self.model.generate(**enc, **kwargs)
-        eos = _eos_ids(self.model, self.tokenizer)
-        done = []
-        for row in out[:, n_prompt:].tolist():
-            k = next((i for i, t in enumerate(row) if t in eos), len(row))
-            done.append(Completion(
-                text=self.tokenizer.decode(row[:k], skip_special_tokens=True),
-                prompt_tokens=n_prompt,
-                completion_tokens=k,
-                model=self.name,
-                seed_honoured=temperature == 0 or seed is not None,
-                finish_reason="stop" if k < len(row) else "length",
-            ))
-        return done
-
 
 #: Request fields the client sets itself (not allowed in ``extra_body``).
 _OWN_FIELDS = ("model", "messages", "max_tokens", "temperature", "top_p", "seed", "stream")
@@ -443,136 +453,10 @@ class RateLimiter:
         return delay
 
 
-class OpenAIChatBackend:
-    """A server with the OpenAI chat-completions API (see the module docstring).
-
-    Args:
-        base_url: e.g. ``http://127.0.0.1:8000/v1``; requests go to ``{base_url}/chat/completions``.
-        model: the server's model name, sent with each request.
-        api_key_env: name of the environment variable holding the key (read at each call; its
-            absence is an error naming the variable), or ``None`` for servers without keys.
-        timeout: seconds for each HTTP request (a timeout is retried).
-        seed_honoured: whether this server is known to give the same reply for the same seed
-            (recorded in each :class:`Completion`; the client cannot check it).
-        name: label recorded in provenance (default: ``model``).
-        max_concurrency: requests of a batch in flight at once (a thread pool).
-        rate_limit: requests per second at most (``None``: no limit).
-        max_retries: retries of one request after a retryable failure (0: none).
-        backoff, max_backoff: the first retry waits ``backoff`` s (times a jitter factor drawn
-            from 0.5-1), each next one twice as long, never more than ``max_backoff`` s; a
-            ``Retry-After`` header asks for at least its value (up to ``max_backoff``).
-        price_per_mtok: ``{prompt, completion}`` prices per million tokens (``None``: unknown).
-        send_seed: send each request's ``seed`` (dropped for good if the server rejects it).
-        extra_body: more JSON fields sent with every request, for a server's own parameters
-            (e.g. ``transformers serve``: ``{"generation_config": "{\"do_sample\": true}"}``,
-            without which it decodes greedily for a model whose generation config does not say
-            ``do_sample``; vLLM: ``{"top_k": 50}``). The fields this client sets cannot be given.
-    """
-
-    def __init__(
-        self,
-        base_url: str,
-        model: str,
-        api_key_env: str | None = None,
-        timeout: float = 120.0,
-        seed_honoured: bool = False,
-        *,
-        name: str | None = None,
-        max_concurrency: int = 4,
-        rate_limit: float | None = None,
-        max_retries: int = 5,
-        backoff: float = 1.0,
-        max_backoff: float = 60.0,
-        price_per_mtok: Mapping[str, float] | None = None,
-        send_seed: bool = True,
-        extra_body: Mapping[str, Any] | None = None,
-    ):
-        check_base_url(base_url, api_key_env)
-        if int(max_concurrency) < 1:
-            raise ValueError(f"max_concurrency must be >= 1, not {max_concurrency}")
-        if int(max_retries) < 0 or float(backoff) < 0 or float(max_backoff) < 0:
-            raise ValueError(f"max_retries, backoff and max_backoff must be >= 0 (got {max_retries}, {backoff}, {max_backoff})")
-        if float(timeout) <= 0:
-            raise ValueError(f"timeout must be > 0 seconds, not {timeout}")
-        extra = dict(extra_body or {})
-        clash = sorted(set(extra) & set(_OWN_FIELDS))
-        if clash:
-            raise ValueError(f"extra_body may not set {clash}: the client sets them (from the corpus settings)")
-        prices = dict(price_per_mtok) if price_per_mtok else None
-        if prices is not None:
-            unknown = sorted(set(prices) - {"prompt", "completion"})
-            if unknown or any(float(v) < 0 for v in prices.values()):
-                raise ValueError(f"price_per_mtok takes non-negative prompt and completion prices, not {prices}")
-        self.base_url = base_url.rstrip("/")
-        self.model = model
-        self.name = name or model
-        self.api_key_env = api_key_env
-        self.timeout = float(timeout)
-        self.seed_honoured = bool(seed_honoured)
-        self.max_concurrency = int(max_concurrency)
-        self.rate_limit = float(rate_limit) if rate_limit else None
-        self.max_retries = int(max_retries)
-        self.backoff = float(backoff)
-        self.max_backoff = float(max_backoff)
-        self.price_per_mtok = prices
-        self.send_seed = bool(send_seed)
-        self.extra_body = extra
-        self.seed_accepted: bool | None = None  # None: no seed sent yet
-        self.system_fingerprints: set[str] = set()
-        self._limiter = RateLimiter(self.rate_limit)
-        self._local = threading.local()
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
-        self._jitter = random.Random()
-
-    @property
-    def url(self) -> str:
-        return f"{self.base_url}/chat/completions"
-
-    def __repr__(self) -> str:
-        return (
-            f"OpenAIChatBackend(base_url={self.base_url!r}, model={self.model!r}, "
-            f"api_key_env={self.api_key_env!r}, timeout={self.timeout})"
-        )
-
-    def describe(self) -> dict[str, Any]:
-        """What a provenance record needs (the variable's name, never its value)."""
-        return {
-            "backend": "openai",
-            "name": self.name,
-            "base_url": self.base_url,
-            "model": self.model,
-            "api_key_env": self.api_key_env,
-            "timeout": self.timeout,
-            "seed_honoured": self.seed_honoured,
-            "max_concurrency": self.max_concurrency,
-            "rate_limit": self.rate_limit,
-            "max_retries": self.max_retries,
-            "backoff": self.backoff,
-            "max_backoff": self.max_backoff,
-            "price_per_mtok": self.price_per_mtok,
-            "send_seed": self.send_seed,
-            "extra_body": self.extra_body,
-        }
-
-    def identity(self) -> dict[str, Any]:
-        """What makes this backend's replies what they are (part of a checkpoint's fingerprint;
-        not the URL: the same model behind a restarted server on another port is the same)."""
-        return {"backend": "openai", "model": self.model}
-
-    def seed_policy(self) -> dict[str, Any]:
-        """How seeds are used: one per request; whether they were sent, accepted and honoured."""
-        sent = self.send_seed and self.seed_accepted is not False
-        return {
-            "per": "request",
-            "sent": sent,
-            "accepted": self.seed_accepted,
-            "honoured": bool(self.seed_honoured and sent and self.seed_accepted),
-            "honoured_source": "config (seed_honoured): a client cannot check it",
-            "system_fingerprints": sorted(self.system_fingerprints),
-        }
-
-    # --- HTTP ------------------------------------------------------------------------------
+class _HTTPClient:
+    """The HTTP side of :class:`OpenAIChatBackend`: the API key (read from its variable at each
+    call), one ``requests`` session per thread, one exchange with retries and backoff, and the
+    check of the server before any generation. Uses the backend's settings and rate limiter."""
 
     def _key(self) -> str | None:
         if self.api_key_env is None:
@@ -680,41 +564,24 @@ class OpenAIChatBackend:
             LOG.warning("%s does not list model %r (it lists %s); requests name it anyway", url, self.model, ids[:10])
         return ids
 
+
+class _ChatRequests:
+    """The requests of :class:`OpenAIChatBackend`: one chat completion, and a batch as one
+    request per row, at most ``max_concurrency`` in flight (a thread pool started on first use)."""
+
     def complete(
         self, messages: list[dict], *, max_tokens: int, temperature: float, seed: int | None,
         top_p: float | None = None, stop: threading.Event | None = None,
     ) -> Completion:
         _check_messages(messages)
-        payload: dict[str, Any] = {
-            "model": self.model,
-            "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
-            "max_tokens": int(max_tokens),
-            "temperature": float(temperature),
-            "stream": False,
-        }
-        payload.update(self.extra_body)
-        if top_p is not None:
-            payload["top_p"] = float(top_p)
-        if seed is not None and self.send_seed and self.seed_accepted is not False:
-            payload["seed"] = int(seed)
+        send_seed = seed is not None and self.send_seed and self.seed_accepted is not False
+        payload = _chat_payload(self.model, messages, max_tokens, temperature, self.extra_body, top_p,
+                                seed if send_seed else None)
         resp, reasons, sent = self._send("POST", self.url, payload, stop)
         seed_sent = sent is not None and "seed" in sent
         if seed_sent and self.seed_accepted is None:
             self.seed_accepted = True
-        failure: str | None = None
-        try:
-            data = resp.json()
-            choice = data["choices"][0]
-            text = choice["message"]["content"]
-            if not isinstance(text, str):
-                raise TypeError("message content is not a string")
-        except (ValueError, KeyError, IndexError, TypeError) as err:
-            failure = (
-                f"malformed reply from POST {self.url} ({type(err).__name__}: {err}): "
-                f"{_scrub(resp.text[:300], self._key())}"
-            )
-        if failure is not None:
-            raise BackendError(failure, status=resp.status_code)
+        data, choice, text = _parse_reply(resp, self.url, self._key)
         if data.get("system_fingerprint"):
             self.system_fingerprints.add(str(data["system_fingerprint"]))
         usage = data.get("usage") or {}
@@ -728,8 +595,6 @@ class OpenAIChatBackend:
             seed=int(seed) if seed_sent else None,
             retries=tuple(reasons),
         )
-
-    # --- batches ---------------------------------------------------------------------------
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
@@ -787,6 +652,185 @@ class OpenAIChatBackend:
             raise BackendError(f"{err} [{n_ok} of the batch's {len(futures)} requests had answered]",
                                status=getattr(err, "status", None))
         return [f.result() for f in futures]
+
+
+class OpenAIChatBackend(_HTTPClient, _ChatRequests):
+    """A server with the OpenAI chat-completions API (see the module docstring).
+
+    Args:
+        base_url: e.g. ``http://127.0.0.1:8000/v1``; requests go to ``{base_url}/chat/completions``.
+        model: the server's model name, sent with each request.
+        api_key_env: name of the environment variable holding the key (read at each call; its
+            absence is an error naming the variable), or ``None`` for servers without keys.
+        timeout: seconds for each HTTP request (a timeout is retried).
+        seed_honoured: whether this server is known to give the same reply for the same seed
+            (recorded in each :class:`Completion`; the client cannot check it).
+        name: label recorded in provenance (default: ``model``).
+        max_concurrency: requests of a batch in flight at once (a thread pool).
+        rate_limit: requests per second at most (``None``: no limit).
+        max_retries: retries of one request after a retryable failure (0: none).
+        backoff, max_backoff: the first retry waits ``backoff`` s (times a jitter factor drawn
+            from 0.5-1), each next one twice as long, never more than ``max_backoff`` s; a
+            ``Retry-After`` header asks for at least its value (up to ``max_backoff``).
+        price_per_mtok: ``{prompt, completion}`` prices per million tokens (``None``: unknown).
+        send_seed: send each request's ``seed`` (dropped for good if the server rejects it).
+        extra_body: more JSON fields sent with every request, for a server's own parameters
+            (e.g. ``transformers serve``: ``{"generation_config": "{\"do_sample\": true}"}``,
+            without which it decodes greedily for a model whose generation config does not say
+            ``do_sample``; vLLM: ``{"top_k": 50}``). The fields this client sets cannot be given.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str | None = None,
+        timeout: float = 120.0,
+        seed_honoured: bool = False,
+        *,
+        name: str | None = None,
+        max_concurrency: int = 4,
+        rate_limit: float | None = None,
+        max_retries: int = 5,
+        backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        price_per_mtok: Mapping[str, float] | None = None,
+        send_seed: bool = True,
+        extra_body: Mapping[str, Any] | None = None,
+    ):
+        extra, prices = _checked_options(base_url, api_key_env, timeout, max_concurrency, max_retries, backoff,
+                                         max_backoff, extra_body, price_per_mtok)
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.name = name or model
+        self.api_key_env = api_key_env
+        self.timeout = float(timeout)
+        self.seed_honoured = bool(seed_honoured)
+        self.max_concurrency = int(max_concurrency)
+        self.rate_limit = float(rate_limit) if rate_limit else None
+        self.max_retries = int(max_retries)
+        self.backoff = float(backoff)
+        self.max_backoff = float(max_backoff)
+        self.price_per_mtok = prices
+        self.send_seed = bool(send_seed)
+        self.extra_body = extra
+        self.seed_accepted: bool | None = None  # None: no seed sent yet
+        self.system_fingerprints: set[str] = set()
+        self._limiter = RateLimiter(self.rate_limit)
+        self._local = threading.local()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        self._jitter = random.Random()
+
+
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/chat/completions"
+
+    def __repr__(self) -> str:
+        return (
+            f"OpenAIChatBackend(base_url={self.base_url!r}, model={self.model!r}, "
+            f"api_key_env={self.api_key_env!r}, timeout={self.timeout})"
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """What a provenance record needs (the variable's name, never its value)."""
+        return {
+            "backend": "openai",
+            "name": self.name,
+            "base_url": self.base_url,
+            "model": self.model,
+            "api_key_env": self.api_key_env,
+            "timeout": self.timeout,
+            "seed_honoured": self.seed_honoured,
+            "max_concurrency": self.max_concurrency,
+            "rate_limit": self.rate_limit,
+            "max_retries": self.max_retries,
+            "backoff": self.backoff,
+            "max_backoff": self.max_backoff,
+            "price_per_mtok": self.price_per_mtok,
+            "send_seed": self.send_seed,
+            "extra_body": self.extra_body,
+        }
+
+    def identity(self) -> dict[str, Any]:
+        """What makes this backend's replies what they are (part of a checkpoint's fingerprint;
+        not the URL: the same model behind a restarted server on another port is the same)."""
+        return {"backend": "openai", "model": self.model}
+
+    def seed_policy(self) -> dict[str, Any]:
+        """How seeds are used: one per request; whether they were sent, accepted and honoured."""
+        sent = self.send_seed and self.seed_accepted is not False
+        return {
+            "per": "request",
+            "sent": sent,
+            "accepted": self.seed_accepted,
+            "honoured": bool(self.seed_honoured and sent and self.seed_accepted),
+            "honoured_source": "config (seed_honoured): a client cannot check it",
+            "system_fingerprints": sorted(self.system_fingerprints),
+        }
+
+
+def _checked_options(base_url: str, api_key_env: str | None, timeout: float, max_concurrency: int,
+                     max_retries: int, backoff: float, max_backoff: float, extra_body: Mapping[str, Any] | None,
+                     price_per_mtok: Mapping[str, float] | None) -> tuple[dict[str, Any], dict[str, float] | None]:
+    """Refuse bad options of :class:`OpenAIChatBackend` (``ValueError``); returns its
+    ``extra_body`` and ``price_per_mtok`` as dicts (``None``: no prices)."""
+    check_base_url(base_url, api_key_env)
+    if int(max_concurrency) < 1:
+        raise ValueError(f"max_concurrency must be >= 1, not {max_concurrency}")
+    if int(max_retries) < 0 or float(backoff) < 0 or float(max_backoff) < 0:
+        raise ValueError(f"max_retries, backoff and max_backoff must be >= 0 (got {max_retries}, {backoff}, {max_backoff})")
+    if float(timeout) <= 0:
+        raise ValueError(f"timeout must be > 0 seconds, not {timeout}")
+    extra = dict(extra_body or {})
+    clash = sorted(set(extra) & set(_OWN_FIELDS))
+    if clash:
+        raise ValueError(f"extra_body may not set {clash}: the client sets them (from the corpus settings)")
+    prices = dict(price_per_mtok) if price_per_mtok else None
+    if prices is not None:
+        unknown = sorted(set(prices) - {"prompt", "completion"})
+        if unknown or any(float(v) < 0 for v in prices.values()):
+            raise ValueError(f"price_per_mtok takes non-negative prompt and completion prices, not {prices}")
+    return extra, prices
+
+
+def _chat_payload(model: str, messages: Sequence[Mapping[str, Any]], max_tokens: int, temperature: float,
+                  extra_body: Mapping[str, Any], top_p: float | None, seed: int | None) -> dict[str, Any]:
+    """The JSON body of one ``/chat/completions`` request (``seed``: ``None`` sends none)."""
+    payload: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+        "max_tokens": int(max_tokens),
+        "temperature": float(temperature),
+        "stream": False,
+    }
+    payload.update(extra_body)
+    if top_p is not None:
+        payload["top_p"] = float(top_p)
+    if seed is not None:
+        payload["seed"] = int(seed)
+    return payload
+
+
+def _parse_reply(resp: Any, url: str, key: Callable[[], str | None]) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """``(reply, its first choice, the choice's text)`` of a chat-completions response; a
+    malformed one raises :class:`BackendError` (its body scrubbed of the key)."""
+    failure: str | None = None
+    try:
+        data = resp.json()
+        choice = data["choices"][0]
+        text = choice["message"]["content"]
+        if not isinstance(text, str):
+            raise TypeError("message content is not a string")
+    except (ValueError, KeyError, IndexError, TypeError) as err:
+        failure = (
+            f"malformed reply from POST {url} ({type(err).__name__}: {err}): "
+            f"{_scrub(resp.text[:300], key())}"
+        )
+    if failure is not None:
+        raise BackendError(failure, status=resp.status_code)
+    return data, choice, text
 
 
 def _scrub(text: str, key: str | None) -> str:

@@ -363,13 +363,37 @@ def generate_story_shard(
     """
     generator = as_generator(generator)
     per_topic = settings["per_topic"]
-    per_reply = settings["per_reply"]
-    person = ("first-person", "third-person")
     ckpt = Checkpoint(output, job_fingerprint(generator, emotion, topics, settings, prompts))
     state = ckpt.load() or dict(new_state("stories", len(topics)), leak_forms={})
     if state["round"] or state["pending"]:
         log(f"{emotion}: resuming from checkpoint (round {state['round']}, "
             f"{sum(map(len, state['stories'].values()))} stories kept)")
+    job = _story_round_job(emotion, topics, settings, prompts, select)
+    shortfall = run_rounds(generator, job, state, ckpt, settings, n_topics=len(topics), per_topic=per_topic, log=log)
+    shard = _story_shard(generator, state, emotion, topics, per_topic, shortfall, select is not None)
+    if shortfall and not settings["allow_shortfall"]:
+        leak_forms = Counter(state["leak_forms"])
+        raise ShardShortError(
+            f"story shard {emotion!r}: {shard['n_stories']}/{shard['target']} stories after "
+            f"{state['round']} rounds (max_rounds={settings['max_rounds']}); missing per topic "
+            f"{shard['shortfall']}; rejections {shard['rejections']} (leaked forms: "
+            f"{dict(leak_forms.most_common(5))}). Raise stories.max_rounds or "
+            "stories.oversample, or set stories.allow_shortfall: true to accept and report it."
+        )
+    return shard
+
+
+#: The narrative person of a story request, by the entry's second field.
+_PERSON = ("first-person", "third-person")
+
+
+def _story_round_job(emotion: str, topics: list[str], settings: dict[str, Any], prompts: dict[str, Any],
+                     select: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None) -> RoundJob:
+    """What one story shard adds to :func:`run_rounds`: its requests (``[topic, person]``
+    entries, ``oversample`` times the missing stories), the checks of each reply's stories, the
+    selection judge, and the progress line."""
+    per_topic = settings["per_topic"]
+    per_reply = settings["per_reply"]
 
     def plan(state: dict[str, Any], missing: dict[int, int]) -> list[list[Any]]:
         entries = []
@@ -381,37 +405,12 @@ def generate_story_shard(
     def request(entry: list[Any]) -> GenRequest:
         t, p = entry
         template = prompts["user_one"] if per_reply == 1 else prompts["user_many"]
-        user = template.format(emotion=emotion, topic=topics[t], n=per_reply, person=person[p])
+        user = template.format(emotion=emotion, topic=topics[t], n=per_reply, person=_PERSON[p])
         return GenRequest(_messages(prompts.get("system"), user))
 
     def absorb(state: dict[str, Any], batch: list[list[Any]], replies: list[Completion]) -> None:
         rejections, leak_forms = Counter(state["rejections"]), Counter(state["leak_forms"])
-        candidates = []  # (topic, record) of the stories that pass the text checks
-        for k, ((t, p), reply) in enumerate(zip(batch, replies)):
-            stories = split_stories(reply.text, per_reply, truncated=reply.truncated)
-            if len(stories) < per_reply:
-                rejections["parse_missing"] += per_reply - len(stories)
-            for j, story in enumerate(stories):
-                leaks = find_leaks(story, emotion)
-                if leaks:
-                    rejections["leak"] += 1
-                    leak_forms.update(x.lower() for x in leaks)
-                elif len(story.split()) < settings["min_words"]:
-                    rejections["too_short"] += 1
-                elif len(state["stories"][str(t)]) >= per_topic:
-                    rejections["surplus"] += 1  # topic already full: not worth judging
-                else:
-                    candidates.append((t, {
-                        "text": story,
-                        "person": person[p],
-                        "round": state["round"],
-                        "batch": state["batch_in_round"],
-                        "batch_row": k,
-                        "seed": reply.seed,
-                        "reply_tokens": reply.completion_tokens,
-                        "reply_truncated": reply.truncated,
-                        "candidate_id": f"{slug(emotion)}-r{state['round']}-b{state['batch_in_round']}-k{k}-{j}",
-                    }))
+        candidates = _story_candidates(state, batch, replies, emotion, settings, rejections, leak_forms)
         if select is not None and candidates:
             verdicts = select([{"id": c["candidate_id"], "emotion": emotion, "text": c["text"]} for _, c in candidates])
             state["judged"] = state.get("judged", 0) + len(candidates)
@@ -436,10 +435,48 @@ def generate_story_shard(
                 f"{n_kept}/{per_topic * len(topics)} stories, rejections {state['rejections']}, "
                 f"{state['new_tokens'] / max(state['gen_seconds'], 1e-9):.1f} tok/s")
 
-    job = RoundJob(label=emotion, seed_key=emotion, items_key="stories", unit="stories",
-                   plan=plan, request=request, absorb=absorb, progress=progress)
-    shortfall = run_rounds(generator, job, state, ckpt, settings, n_topics=len(topics), per_topic=per_topic, log=log)
-    rejections, leak_forms = dict(state["rejections"]), Counter(state["leak_forms"])
+    return RoundJob(label=emotion, seed_key=emotion, items_key="stories", unit="stories",
+                    plan=plan, request=request, absorb=absorb, progress=progress)
+
+
+def _story_candidates(state: dict[str, Any], batch: list[list[Any]], replies: list[Completion], emotion: str,
+                      settings: dict[str, Any], rejections: Counter, leak_forms: Counter) -> list[tuple[int, dict[str, Any]]]:
+    """``(topic, record)`` of the stories of one batch's replies that pass the text checks (parsed,
+    no leak, long enough, topic not yet full); the others are counted in ``rejections`` (and their
+    leaked forms in ``leak_forms``)."""
+    per_reply = settings["per_reply"]
+    candidates = []
+    for k, ((t, p), reply) in enumerate(zip(batch, replies)):
+        stories = split_stories(reply.text, per_reply, truncated=reply.truncated)
+        if len(stories) < per_reply:
+            rejections["parse_missing"] += per_reply - len(stories)
+        for j, story in enumerate(stories):
+            leaks = find_leaks(story, emotion)
+            if leaks:
+                rejections["leak"] += 1
+                leak_forms.update(x.lower() for x in leaks)
+            elif len(story.split()) < settings["min_words"]:
+                rejections["too_short"] += 1
+            elif len(state["stories"][str(t)]) >= settings["per_topic"]:
+                rejections["surplus"] += 1  # topic already full: not worth judging
+            else:
+                candidates.append((t, {
+                    "text": story,
+                    "person": _PERSON[p],
+                    "round": state["round"],
+                    "batch": state["batch_in_round"],
+                    "batch_row": k,
+                    "seed": reply.seed,
+                    "reply_tokens": reply.completion_tokens,
+                    "reply_truncated": reply.truncated,
+                    "candidate_id": f"{slug(emotion)}-r{state['round']}-b{state['batch_in_round']}-k{k}-{j}",
+                }))
+    return candidates
+
+
+def _story_shard(generator: Any, state: dict[str, Any], emotion: str, topics: list[str], per_topic: int,
+                 shortfall: dict[int, int], selected: bool) -> dict[str, Any]:
+    """The story shard's content from the final state (stories numbered per topic)."""
     stories = []
     for t in range(len(topics)):
         for k, s in enumerate(state["stories"][str(t)]):
@@ -454,7 +491,7 @@ def generate_story_shard(
                     **s,
                 }
             )
-    shard = {
+    return {
         "emotion": emotion,
         "target": per_topic * len(topics),
         "n_stories": len(stories),
@@ -468,24 +505,15 @@ def generate_story_shard(
                 "recognised": state.get("recognised", 0),
                 "acceptance_rate": round(state.get("recognised", 0) / max(state.get("judged", 0), 1), 4),
             }
-            if select is not None
+            if selected
             else None
         ),
-        "rejections": rejections,
-        "leak_forms": dict(leak_forms),
+        "rejections": dict(state["rejections"]),
+        "leak_forms": dict(Counter(state["leak_forms"])),
         "throughput": _throughput(state),
         "stories": stories,
         "generation": generation_record(generator, state, len(stories)),
     }
-    if shortfall and not settings["allow_shortfall"]:
-        raise ShardShortError(
-            f"story shard {emotion!r}: {len(stories)}/{shard['target']} stories after "
-            f"{state['round']} rounds (max_rounds={settings['max_rounds']}); missing per topic "
-            f"{shard['shortfall']}; rejections {rejections} (leaked forms: "
-            f"{dict(leak_forms.most_common(5))}). Raise stories.max_rounds or "
-            "stories.oversample, or set stories.allow_shortfall: true to accept and report it."
-        )
-    return shard
 
 
 def _messages(system: str | None, user: str) -> list[dict[str, str]]:

@@ -402,6 +402,97 @@ def _free_device_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def _padding(tokenizer: Any) -> tuple[str, int]:
+    """The tokenizer's padding side (``"left"`` or ``"right"``; default right) and pad id (else
+    its end-of-sequence id, else 0)."""
+    side = getattr(tokenizer, "padding_side", "right") or "right"
+    if side not in ("left", "right"):
+        raise ValueError(f"tokenizer.padding_side must be 'left' or 'right', not {side!r}")
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    return side, pad_id
+
+
+def _batch_tokens(tokenizer: Any, texts: Sequence[str], batch: np.ndarray,
+                  plan: ExtractionPlan) -> tuple[list[list[int]], np.ndarray]:
+    """The token ids of one planned batch and their counts, which must still be the plan's."""
+    token_lists = tokenizer([texts[i] for i in batch], add_special_tokens=True)["input_ids"]
+    token_lists = [list(t) for t in token_lists]
+    lengths = np.array([len(t) for t in token_lists], dtype=np.int64)
+    if not np.array_equal(lengths, plan.n_tokens[batch]):
+        raise ExtractionError(
+            "tokenisation changed since the plan was made (token counts differ for ids "
+            f"{[plan.ids[i] for i, a, b in zip(batch, lengths, plan.n_tokens[batch]) if a != b]})"
+        )
+    return token_lists, lengths
+
+
+def _forward_rows(
+    model: torch.nn.Module,
+    pooler: _Pooler,
+    token_lists: list[list[int]],
+    pool_start: int,
+    pad_id: int,
+    side: str,
+    device: torch.device,
+    max_rows: int | None,
+    oom_errors: tuple[type[BaseException], ...],
+) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+    """Pool one batch, at most ``max_rows`` rows per forward pass; an out-of-memory error halves
+    the rows of the pass that failed and of every later one (a single row that does not fit
+    raises). Returns ``pooled``, ``token_norm`` (rows in order) and the new ``max_rows``."""
+    pooled_parts: list[torch.Tensor] = []
+    norm_parts: list[torch.Tensor] = []
+    rows = max_rows or len(token_lists)
+    # Row ranges of this batch still to run, in order (more than one after an OOM).
+    pending = [(s, min(s + rows, len(token_lists))) for s in range(0, len(token_lists), rows)]
+    while pending:
+        start, stop = pending.pop(0)
+        if max_rows is not None and stop - start > max_rows:
+            pending[:0] = [(s, min(s + max_rows, stop)) for s in range(start + max_rows, stop, max_rows)]
+            stop = start + max_rows
+        oom: BaseException | None = None
+        try:
+            with torch.inference_mode():
+                pooled, norms = _run_forward(
+                    model, pooler, token_lists[start:stop], pool_start, pad_id, side, device
+                )
+                pooled_parts.append(pooled)
+                norm_parts.append(norms)
+        except oom_errors as err:
+            if stop - start <= 1:
+                raise
+            oom = err
+        if oom is not None:
+            # Retry outside the except block so the failed pass's tensors can be freed.
+            del oom
+            pooler.reset()
+            _free_device_memory(device)
+            half = (stop - start + 1) // 2
+            max_rows = half if max_rows is None else min(max_rows, half)
+            pending[:0] = [(start, start + half), (start + half, stop)]
+    pooled_all = torch.cat(pooled_parts) if len(pooled_parts) > 1 else pooled_parts[0]
+    norms_all = torch.cat(norm_parts) if len(norm_parts) > 1 else norm_parts[0]
+    return pooled_all, norms_all, max_rows
+
+
+def _check_finite(pooled: torch.Tensor, norms: torch.Tensor, layers: Sequence[int], plan: ExtractionPlan,
+                  batch: np.ndarray) -> None:
+    """Raise :class:`NonFiniteActivationError` naming the first text of ``batch`` and the layers
+    where its pooled value or token norm is NaN or inf."""
+    finite = torch.isfinite(pooled).all(-1) & torch.isfinite(norms)  # (b, n_layers)
+    if not bool(finite.all()):
+        row = int(torch.nonzero(~finite)[0, 0])
+        bad = sorted(layers[s] for s in torch.nonzero(~finite[row]).flatten().tolist())
+        also = f" (also at layers {bad[1:]})" if len(bad) > 1 else ""
+        raise NonFiniteActivationError(
+            f"non-finite pooled activation for text id {plan.ids[int(batch[row])]!r} at layer "
+            f"{bad[0]} (0-based block output){also}; check the text and the model dtype "
+            "(float16 can overflow on Gemma's residual stream)"
+        )
+
+
 def iter_pooled(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -464,12 +555,7 @@ def iter_pooled(
     elif plan.n_texts != len(texts):
         raise ValueError(f"plan covers {plan.n_texts} texts but {len(texts)} were given")
     pool_start = plan.pool_start
-    side = getattr(tokenizer, "padding_side", "right") or "right"
-    if side not in ("left", "right"):
-        raise ValueError(f"tokenizer.padding_side must be 'left' or 'right', not {side!r}")
-    pad_id = tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    side, pad_id = _padding(tokenizer)
     device = _input_device(model)
     skip = {int(i) for i in skip_indices}
     todo_batches = [b for b in plan.batches if not all(int(i) in skip for i in b)]
@@ -480,56 +566,11 @@ def iter_pooled(
     tokens = 0
 
     for batch in todo_batches:
-        token_lists = tokenizer([texts[i] for i in batch], add_special_tokens=True)["input_ids"]
-        token_lists = [list(t) for t in token_lists]
-        lengths = np.array([len(t) for t in token_lists], dtype=np.int64)
-        if not np.array_equal(lengths, plan.n_tokens[batch]):
-            raise ExtractionError(
-                "tokenisation changed since the plan was made (token counts differ for ids "
-                f"{[plan.ids[i] for i, a, b in zip(batch, lengths, plan.n_tokens[batch]) if a != b]})"
-            )
-        pooled_parts: list[torch.Tensor] = []
-        norm_parts: list[torch.Tensor] = []
-        rows = max_rows or len(batch)
-        # Row ranges of this batch still to run, in order (more than one after an OOM).
-        pending = [(s, min(s + rows, len(batch))) for s in range(0, len(batch), rows)]
-        while pending:
-            start, stop = pending.pop(0)
-            if max_rows is not None and stop - start > max_rows:
-                pending[:0] = [(s, min(s + max_rows, stop)) for s in range(start + max_rows, stop, max_rows)]
-                stop = start + max_rows
-            oom: BaseException | None = None
-            try:
-                with torch.inference_mode():
-                    pooled, norms = _run_forward(
-                        model, pooler, token_lists[start:stop], pool_start, pad_id, side, device
-                    )
-                    pooled_parts.append(pooled)
-                    norm_parts.append(norms)
-            except oom_errors as err:
-                if stop - start <= 1:
-                    raise
-                oom = err
-            if oom is not None:
-                # Retry outside the except block so the failed pass's tensors can be freed.
-                del oom
-                pooler.reset()
-                _free_device_memory(device)
-                half = (stop - start + 1) // 2
-                max_rows = half if max_rows is None else min(max_rows, half)
-                pending[:0] = [(start, start + half), (start + half, stop)]
-        pooled_all = torch.cat(pooled_parts) if len(pooled_parts) > 1 else pooled_parts[0]
-        norms_all = torch.cat(norm_parts) if len(norm_parts) > 1 else norm_parts[0]
-        finite = torch.isfinite(pooled_all).all(-1) & torch.isfinite(norms_all)  # (b, n_layers)
-        if not bool(finite.all()):
-            row = int(torch.nonzero(~finite)[0, 0])
-            bad = sorted(layers[s] for s in torch.nonzero(~finite[row]).flatten().tolist())
-            also = f" (also at layers {bad[1:]})" if len(bad) > 1 else ""
-            raise NonFiniteActivationError(
-                f"non-finite pooled activation for text id {plan.ids[int(batch[row])]!r} at layer "
-                f"{bad[0]} (0-based block output){also}; check the text and the model dtype "
-                "(float16 can overflow on Gemma's residual stream)"
-            )
+        token_lists, lengths = _batch_tokens(tokenizer, texts, batch, plan)
+        pooled_all, norms_all, max_rows = _forward_rows(
+            model, pooler, token_lists, pool_start, pad_id, side, device, max_rows, oom_errors
+        )
+        _check_finite(pooled_all, norms_all, layers, plan, batch)
         pooled_np = pooled_all.cpu().numpy()
         norms_np = norms_all.cpu().numpy()
         keep = np.array([int(i) not in skip for i in batch], dtype=bool)

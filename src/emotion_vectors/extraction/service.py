@@ -403,44 +403,10 @@ class Server:
                 except Exception:  # noqa: BLE001 - one connection never stops the server
                     log.error("unexpected error on a connection:\n%s", traceback.format_exc())
 
-    def _handshake(self, conn: socket.socket, deadline: float) -> None:
-        uid = _peer_uid(conn)
-        if uid is not None and uid != os.getuid():
-            raise ServiceError(f"connection from uid {uid} refused")
-        challenge = secrets.token_bytes(32)
-        _send_by(conn, {"hello": "emotion-vectors", "protocol": PROTOCOL, "identity": self.identity,
-                        "challenge": challenge.hex()}, deadline)
-        reply = recv_message(conn, MAX_HANDSHAKE_BYTES, deadline)
-        if not _mac_matches(reply.get("response"), _mac(self.key, b"client", challenge)):
-            with contextlib.suppress(OSError):
-                _send_by(conn, {"ok": False, "error": "authentication failed (wrong key)"}, deadline)
-            raise ServiceError("authentication failed (wrong key)")
-        _send_by(conn, {"ok": True, "response": _mac(self.key, b"server", _challenge_of(reply))}, deadline)
-
     def _serve_connection(self, conn: socket.socket) -> None:
-        phase = "handshake"
-        try:
-            self._handshake(conn, time.monotonic() + self.handshake_timeout)
-            phase = "request"
-            payload = recv_message(conn, self.max_request_bytes, time.monotonic() + self.request_timeout)
-        except TimeoutError:
-            if phase == "handshake":
-                log.warning("dropped a connection: no handshake within %.0f s", self.handshake_timeout)
-            else:
-                log.warning("dropped a connection: its request message was not complete within %.0f s",
-                            self.request_timeout)
-            return
-        except MessageTooLarge as err:
-            log.warning("dropped a connection before its request: %s", err)
-            if phase == "request":  # an authenticated client is told why
-                with contextlib.suppress(OSError, ServiceError):
-                    _send_by(conn, {"ok": False, "error": f"request refused: {err}"}, time.monotonic() + 1.0)
-            return
-        except (ConnectionResetError, BrokenPipeError) as err:
-            log.info("connection closed by the peer before its request (%s)", err.strerror or err)
-            return
-        except (OSError, ServiceError) as err:
-            log.warning("dropped a connection before its request: %s", err)
+        payload = _read_request(conn, self.key, self.identity, self.handshake_timeout, self.request_timeout,
+                                self.max_request_bytes)
+        if payload is None:
             return
         kind = payload.get("kind")
         req = Request(payload, conn, self.root)
@@ -488,6 +454,53 @@ class Server:
         if self.private:
             with contextlib.suppress(OSError):
                 os.rmdir(self.private)
+
+
+def _handshake(conn: socket.socket, key: bytes, identity: str, deadline: float) -> None:
+    """Authenticate a client (same uid; each side proves it holds ``key``), all by ``deadline``."""
+    uid = _peer_uid(conn)
+    if uid is not None and uid != os.getuid():
+        raise ServiceError(f"connection from uid {uid} refused")
+    challenge = secrets.token_bytes(32)
+    _send_by(conn, {"hello": "emotion-vectors", "protocol": PROTOCOL, "identity": identity,
+                    "challenge": challenge.hex()}, deadline)
+    reply = recv_message(conn, MAX_HANDSHAKE_BYTES, deadline)
+    if not _mac_matches(reply.get("response"), _mac(key, b"client", challenge)):
+        with contextlib.suppress(OSError):
+            _send_by(conn, {"ok": False, "error": "authentication failed (wrong key)"}, deadline)
+        raise ServiceError("authentication failed (wrong key)")
+    _send_by(conn, {"ok": True, "response": _mac(key, b"server", _challenge_of(reply))}, deadline)
+
+
+def _read_request(conn: socket.socket, key: bytes, identity: str, handshake_timeout: float,
+                  request_timeout: float, max_request_bytes: int) -> dict[str, Any] | None:
+    """The handshake (one deadline for all of it) and the request message (one deadline for it);
+    ``None`` when the connection was dropped (logged; an authenticated client whose request is
+    too large is told why)."""
+    phase = "handshake"
+    try:
+        _handshake(conn, key, identity, time.monotonic() + handshake_timeout)
+        phase = "request"
+        return recv_message(conn, max_request_bytes, time.monotonic() + request_timeout)
+    except TimeoutError:
+        if phase == "handshake":
+            log.warning("dropped a connection: no handshake within %.0f s", handshake_timeout)
+        else:
+            log.warning("dropped a connection: its request message was not complete within %.0f s",
+                        request_timeout)
+        return None
+    except MessageTooLarge as err:
+        log.warning("dropped a connection before its request: %s", err)
+        if phase == "request":  # an authenticated client is told why
+            with contextlib.suppress(OSError, ServiceError):
+                _send_by(conn, {"ok": False, "error": f"request refused: {err}"}, time.monotonic() + 1.0)
+        return None
+    except (ConnectionResetError, BrokenPipeError) as err:
+        log.info("connection closed by the peer before its request (%s)", err.strerror or err)
+        return None
+    except (OSError, ServiceError) as err:
+        log.warning("dropped a connection before its request: %s", err)
+        return None
 
 
 def _send_by(conn: socket.socket, obj: dict[str, Any], deadline: float) -> None:
