@@ -148,7 +148,7 @@ def _tsv(df: pd.DataFrame, path: Path) -> None:
 
 
 def analyze(
-    vectors_path: str | Path,
+    vectors_path: str | Path | VectorSet,
     out_dir: str | Path,
     *,
     kind: str = "denoised",
@@ -167,7 +167,8 @@ def analyze(
     when ``model`` and ``tokenizer`` are given) into ``out_dir``; returns the JSON summary.
 
     Args:
-        vectors_path: the vectors rule's Zarr store (see ``store``).
+        vectors_path: the vectors rule's Zarr store (see ``store``), or that store already
+            opened (``load_vectors``).
         out_dir: output directory (created).
         kind: which vectors: ``raw``, ``denoised``, ``raw_unit`` or ``denoised_unit``.
         k_clusters: fixed number of clusters, cut at every layer (15 = the replication's).
@@ -186,11 +187,14 @@ def analyze(
     timings: dict[str, float] = {}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    vs = load_vectors(vectors_path)
+    if isinstance(vectors_path, VectorSet):
+        vs, where = vectors_path, vectors_path.path
+    else:
+        vs, where = load_vectors(vectors_path), vectors_path
     emotions, layers = vs.emotions, vs.layers
     n, n_layers = len(emotions), len(layers)
     if n < 3:
-        raise ValueError(f"{vectors_path}: the analysis needs at least 3 emotions, found {n}")
+        raise ValueError(f"{where}: the analysis needs at least 3 emotions, found {n}")
     n_model_layers = n_model_layers or _n_model_layers(vs, model)
     if main_layer is None:
         from emotion_vectors.extraction.extract import main_layer as two_thirds
