@@ -241,23 +241,80 @@ def corpus_report_job(smk: Any, log: logging.Logger) -> None:
     basis = np.vstack([units, direction.direction[None, :]])
     neutral_vec, neutral_info = neutral_baseline(store, layer, smk.input.neutral)
     neutral_proj = dict(zip(names, (basis @ neutral_vec).tolist()))
-    base_proj = meta["baseline"]["projection"]
     sd = meta["projection_sd"]
-
-    def raw_col(name):
-        return "valence_raw" if name == "valence" else f"raw_{name}"
 
     # Scores from the neutral dialogues, in corpus-sd units: (raw + baseline - neutral) / sd.
     scored = np.isfinite(df["valence"].to_numpy(float))
-    ref = pd.DataFrame({e: (df[raw_col(e)].to_numpy(float) + base_proj[e] - neutral_proj[e]) / sd[e]
-                        if sd[e] else np.nan for e in names})
+    ref = pd.DataFrame({e: (df[_raw_col(e)].to_numpy(float) + meta["baseline"]["projection"][e] - neutral_proj[e])
+                        / sd[e] if sd[e] else np.nan for e in names})
     Z = ref.loc[scored, emotions].to_numpy(float)
     n = Z.shape[0]
     if n == 0:
         raise SystemExit(f"corpus {corpus}: no text was scored ({meta.get('skipped')})")
+    ranking = _ranking(Z, emotions, seed=s["seed"], n_boot=int(s["n_boot"]))
+    ranking.to_csv(smk.output.ranking, sep="\t", index=False, float_format="%.6g")
+    log.info("corpus %s: %d texts scored; top emotions %s", corpus, n, ranking["emotion"].head(5).tolist())
+    _ranking_figure(ranking, smk.output.ranking_figure,
+                    title=f"{corpus}: {n} texts, layer {layer}, pool {meta['pool']}")
+    top = _top_texts(df, ref, scored, emotions, int(s["top_texts"]))
+    top.to_csv(smk.output.top_texts, sep="\t", index=False, float_format="%.6g")
+
+    # Token highlights for the top texts of a few emotions.
+    hl = s["highlight"]
+    hl_emotions = [e for e in hl["emotions"] if e in emotions] or emotions[:3]
+    reader = ServerReader(server_from_params(smk.params.server))
+    items, max_gap, scale = _highlights(reader, top, units, emotions, hl_emotions, int(hl["texts"]), neutral_proj, sd,
+                                        meta, corpus=corpus, layer=layer, kind=kind, out=smk.output.highlights)
+    log.info("highlights: %d texts of %s; largest |mean of pooled token values - score| %.2g",
+             len(items), hl_emotions, max_gap)
+
+    # The shuffled-label vectors' projections (score_corpus), if the run has them.
+    null = _shuffled_projections(getattr(smk.input, "shuffled", None), len(df))
+    null_rows = []
+    if null is not None:
+        from emotion_vectors.reading.text_checks import shuffled_means
+
+        for e in emotions:
+            cols = _null_cols(null, e)
+            m = shuffled_means(null["P"][scored][:, cols].T, null["NP"][cols])
+            null_rows += [{"shuffle": k, "emotion": e, "mean": float(v)} for k, v in enumerate(m)]
+    if getattr(smk.output, "ranking_null", None):
+        pd.DataFrame(null_rows, columns=["shuffle", "emotion", "mean"]).to_csv(
+            smk.output.ranking_null, sep="\t", index=False, float_format="%.6g")
+
+    spec = smk.params.labelled
+    write_json_atomic(_labelled_report(df, spec, null, meta, s, corpus, log), smk.output.labelled)
+    _emotion_labelled_report(smk, df, null, emotions, s, corpus, log)
+
+    valence = ref.loc[scored, "valence"].to_numpy(float)
+    write_json_atomic({
+        "corpus": corpus,
+        "n_rows": int(len(df)), "n_scored": n, "layer": layer, "pool": meta["pool"], "vector_kind": kind,
+        "per_text_baseline": meta["baseline"]["kind"],
+        "ranking_reference": {**neutral_info, "projection": neutral_proj,
+                              "definition": "score_ref = (x.u - n.u) / sd_corpus(x.u), n = mean neutral activation"},
+        "top": ranking["emotion"].head(5).tolist(), "bottom": ranking["emotion"].tail(5).tolist()[::-1],
+        "valence_mean": float(valence.mean()),
+        "highlight": {"emotions": hl_emotions, "texts": len(items), "colour_scale": scale,
+                      "max_abs_gap_token_mean_vs_score": max_gap},
+        "labelled": bool(spec),
+        "seconds": round(time.perf_counter() - started, 2),
+        "provenance": provenance(stage="corpus_report", config_section=s, model_info=reader.info,
+                                 extra={"scores": str(smk.input.scores)}),
+    }, smk.output.summary)
+
+
+def _raw_col(name: str) -> str:
+    return "valence_raw" if name == "valence" else f"raw_{name}"
+
+
+def _ranking(Z: np.ndarray, emotions: list[str], *, seed: Any, n_boot: int) -> pd.DataFrame:
+    """Emotions ranked by their mean score ``Z`` ``(n texts, E)``, with a percentile bootstrap 95%
+    interval (texts resampled, 200 resamples per draw of the generator)."""
+    n = Z.shape[0]
     means = Z.mean(axis=0)
-    rng = np.random.default_rng(s["seed"])
-    B = int(s["n_boot"])
+    rng = np.random.default_rng(seed)
+    B = n_boot
     boots = np.empty((B, len(emotions)))
     for start in range(0, B, 200):
         b = min(200, B - start)
@@ -265,42 +322,44 @@ def corpus_report_job(smk: Any, log: logging.Logger) -> None:
         boots[start:start + b] = w @ Z / n
     lo, hi = (np.quantile(boots, [0.025, 0.975], axis=0) if B else (np.full(len(emotions), np.nan),) * 2)
     order = np.argsort(-means, kind="stable")
-    ranking = pd.DataFrame({
+    return pd.DataFrame({
         "rank": np.arange(1, len(emotions) + 1),
         "emotion": [emotions[i] for i in order],
         "mean": means[order], "ci_low": lo[order], "ci_high": hi[order],
         "share_above_neutral": [float((Z[:, i] > 0).mean()) for i in order],
         "n": n,
     })
-    ranking.to_csv(smk.output.ranking, sep="\t", index=False, float_format="%.6g")
-    log.info("corpus %s: %d texts scored; top emotions %s", corpus, n, ranking["emotion"].head(5).tolist())
 
-    # Figure: means with intervals, highest at the top.
+
+def _ranking_figure(ranking: pd.DataFrame, out: str, *, title: str) -> None:
+    """Figure: means with intervals, highest at the top."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.22 * len(emotions)))
-    y = np.arange(len(emotions))[::-1]
+    fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.22 * len(ranking)))
+    y = np.arange(len(ranking))[::-1]
     ax.errorbar(ranking["mean"], y, xerr=[ranking["mean"] - ranking["ci_low"], ranking["ci_high"] - ranking["mean"]],
                 fmt="o", ms=4, capsize=2, color="#333333")
     ax.axvline(0, color="#999999", lw=0.8, ls="--")
     ax.set_yticks(y, ranking["emotion"])
     ax.set_xlabel("mean score from the neutral dialogues (corpus sd units), 95% bootstrap CI")
-    ax.set_title(f"{corpus}: {n} texts, layer {layer}, pool {meta['pool']}")
+    ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(smk.output.ranking_figure, dpi=120)
+    fig.savefig(out, dpi=120)
     plt.close(fig)
 
-    # Top texts per emotion, one line each: backslash, tab, CR and LF written as \\, \t, \r, \n
-    # (the exact text is the corpus row's).
-    def one_line(text):
-        if not isinstance(text, str):
-            return text
-        return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\r", "\\r").replace("\n", "\\n")
 
-    k = int(s["top_texts"])
+def _one_line(text: Any) -> Any:
+    r"""Backslash, tab, CR and LF written as \\, \t, \r, \n (the exact text is the corpus row's)."""
+    if not isinstance(text, str):
+        return text
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _top_texts(df: pd.DataFrame, ref: pd.DataFrame, scored: np.ndarray, emotions: list[str], k: int) -> pd.DataFrame:
+    """The ``k`` highest-scoring texts per emotion, one line each."""
     rows = []
     for e in emotions:
         col = ref.loc[scored, e].sort_values(ascending=False, kind="stable")
@@ -309,20 +368,22 @@ def corpus_report_job(smk: Any, log: logging.Logger) -> None:
             rows.append({"emotion": e, "rank": rank, "row": int(r["row"]), "id": r["id"],
                          "label": r["label"] if "label" in df.columns else None, "score": float(val),
                          "z_corpus": float(r[e]), "n_tokens": r["n_tokens"], "truncated": bool(r["truncated"]),
-                         "text": one_line(r["text"]) if "text" in df.columns else None})
-    top = pd.DataFrame(rows)
-    top.to_csv(smk.output.top_texts, sep="\t", index=False, float_format="%.6g")
+                         "text": _one_line(r["text"]) if "text" in df.columns else None})
+    return pd.DataFrame(rows)
 
-    # Token highlights for the top texts of a few emotions.
-    hl = s["highlight"]
-    hl_emotions = [e for e in hl["emotions"] if e in emotions] or emotions[:3]
-    reader = ServerReader(server_from_params(smk.params.server))
+
+def _highlights(reader: Any, top: pd.DataFrame, units: np.ndarray, emotions: list[str], hl_emotions: list[str],
+                n_texts: int, neutral_proj: dict[str, float], sd: dict[str, Any], meta: dict[str, Any], *,
+                corpus: str, layer: int, kind: str, out: str) -> tuple[list[dict[str, Any]], float, float]:
+    """The token view of the top ``n_texts`` texts of each of ``hl_emotions``, written to ``out``
+    (html); returns its items, the largest gap between a text's mean pooled token value and its
+    score, and the page's colour scale."""
     pool_start = int(meta["pool_start"])
     items = []
     max_gap = 0.0
     for e in hl_emotions:
         u = units[emotions.index(e)]
-        for _, r in top[top["emotion"] == e].head(int(hl["texts"])).iterrows():
+        for _, r in top[top["emotion"] == e].head(n_texts).iterrows():
             if not isinstance(r["text"], str):
                 continue
             tp = reader.token_projections(r["text"], u, layer, max_tokens=int(meta["max_tokens"]))
@@ -341,50 +402,44 @@ def corpus_report_job(smk: Any, log: logging.Logger) -> None:
     # One colour scale for the page: the 95th percentile of |pooled token values| (at least 1).
     pooled_vals = [abs(v) for it in items for v, p in zip(it["values"], it["pooled"]) if p]
     scale = float(max(1.0, np.round(np.quantile(pooled_vals, 0.95), 1))) if pooled_vals else 3.0
-    with open(smk.output.highlights, "w", encoding="utf-8") as fh:
+    with open(out, "w", encoding="utf-8") as fh:
         fh.write(highlight_html(items, title=f"Token view: {corpus}", scale=scale, intro=intro))
-    log.info("highlights: %d texts of %s; largest |mean of pooled token values - score| %.2g",
-             len(items), hl_emotions, max_gap)
+    return items, max_gap, scale
 
-    # The shuffled-label vectors' projections (score_corpus), if the run has them.
-    from emotion_vectors.reading.text_checks import emotion_label_check, shuffled_means
-    from emotion_vectors.vectors.build import shuffled_name
 
+def _shuffled_projections(null_path: Any, n_rows: int) -> dict[str, Any] | None:
+    """The shuffled-label vectors' projections written by ``score_corpus`` (``<corpus>.shuffled.npz``),
+    or None without them (or with no shuffle)."""
     null = None
-    null_path = getattr(smk.input, "shuffled", None)
     if null_path:
         with np.load(null_path) as z:
             K = int(z["n_shuffles"])
             if K > 0:
                 null = {"K": K, "names": [str(x) for x in z["names"]], "P": np.asarray(z["projections"], float),
                         "NP": np.asarray(z["neutral_projections"], float)}
-        if null is not None and null["P"].shape[0] != len(df):
-            raise SystemExit(f"{null_path} has {null['P'].shape[0]} rows, the scores {len(df)}: rerun score_corpus")
+        if null is not None and null["P"].shape[0] != n_rows:
+            raise SystemExit(f"{null_path} has {null['P'].shape[0]} rows, the scores {n_rows}: rerun score_corpus")
+    return null
 
-    def null_cols(name):
-        """Columns of ``name``'s shuffled counterpart in each shuffle (``valence`` included)."""
-        col = {n: i for i, n in enumerate(null["names"])}
-        return [col[f"valence@shuffle{k}" if name == "valence" else shuffled_name(name, k)] for k in range(null["K"])]
 
-    null_rows = []
-    if null is not None:
-        for e in emotions:
-            cols = null_cols(e)
-            m = shuffled_means(null["P"][scored][:, cols].T, null["NP"][cols])
-            null_rows += [{"shuffle": k, "emotion": e, "mean": float(v)} for k, v in enumerate(m)]
-    if getattr(smk.output, "ranking_null", None):
-        pd.DataFrame(null_rows, columns=["shuffle", "emotion", "mean"]).to_csv(
-            smk.output.ranking_null, sep="\t", index=False, float_format="%.6g")
+def _null_cols(null: dict[str, Any], name: str) -> list[int]:
+    """Columns of ``name``'s shuffled counterpart in each shuffle (``valence`` included)."""
+    from emotion_vectors.vectors.build import shuffled_name
 
-    # Labelled check.
-    spec = smk.params.labelled
+    col = {n: i for i, n in enumerate(null["names"])}
+    return [col[f"valence@shuffle{k}" if name == "valence" else shuffled_name(name, k)] for k in range(null["K"])]
+
+
+def _labelled_report(df: pd.DataFrame, spec: Any, null: dict[str, Any] | None, meta: dict[str, Any],
+                     s: dict[str, Any], corpus: str, log: logging.Logger) -> dict[str, Any]:
+    """labelled_check.json: ``labelled_check`` for a labelled corpus (``spec``), else a stub."""
     if spec:
         if "label" not in df.columns:
             raise SystemExit(f"scoring.labelled.{corpus}: the scores have no label column "
                              f"({spec['label_column']!r} is not in the corpus)")
         check = labelled_check(df, "label", spec["positive"], spec["negative"], n_boot=int(s["n_boot"]),
                                seed=int(s["seed"]),
-                               null_valence=None if null is None else null["P"][:, null_cols("valence")].T)
+                               null_valence=None if null is None else null["P"][:, _null_cols(null, "valence")].T)
         check = {"corpus": corpus, "labelled": True, **check,
                  "valence_direction_check": (meta.get("valence_direction") or {}).get("check")}
         v = check["scorers"]["valence"]
@@ -392,9 +447,15 @@ def corpus_report_job(smk: Any, log: logging.Logger) -> None:
                  check["scorers"]["lexicon"]["auroc"], check["scorers"]["vader"]["auroc"])
     else:
         check = {"corpus": corpus, "labelled": False}
-    write_json_atomic(check, smk.output.labelled)
+    return check
 
-    # Emotion-labelled check.
+
+def _emotion_labelled_report(smk: Any, df: pd.DataFrame, null: dict[str, Any] | None, emotions: list[str],
+                             s: dict[str, Any], corpus: str, log: logging.Logger) -> None:
+    """emotion_check.json / .tsv (when the rule asks for them): ``text_checks.emotion_label_check``
+    for a corpus labelled with emotions, else a stub."""
+    from emotion_vectors.reading.text_checks import emotion_label_check
+
     espec = getattr(smk.params, "emotion_labelled", None)
     ecols = ["emotion", "label", "n_positive", "n_negative", "auroc", "ci_low", "ci_high", "p_mannwhitney",
              "p_mannwhitney_holm", "nrc_category", "nrc_auroc", "n_shuffles", "shuffled_auroc_mean",
@@ -405,7 +466,7 @@ def corpus_report_job(smk: Any, log: logging.Logger) -> None:
         label_map = espec.get("labels") or smk.params.emotion_labels
         echeck = emotion_label_check(
             df, label_map, label_column="label", separator=espec.get("separator"),
-            null_scores=None if null is None else {e: null["P"][:, null_cols(e)].T for e in emotions},
+            null_scores=None if null is None else {e: null["P"][:, _null_cols(null, e)].T for e in emotions},
             min_positive=int(espec.get("min_positive", 5)), n_boot=int(s["n_boot"]), seed=int(s["seed"]))
         echeck = {"corpus": corpus, "labelled": True, **echeck}
         fam = echeck["family"]
@@ -417,23 +478,6 @@ def corpus_report_job(smk: Any, log: logging.Logger) -> None:
         pd.DataFrame(echeck["rows"], columns=ecols).to_csv(smk.output.emotion_tsv, sep="\t", index=False,
                                                            float_format="%.6g")
         write_json_atomic(echeck, smk.output.emotion_json)
-
-    valence = ref.loc[scored, "valence"].to_numpy(float)
-    write_json_atomic({
-        "corpus": corpus,
-        "n_rows": int(len(df)), "n_scored": n, "layer": layer, "pool": meta["pool"], "vector_kind": kind,
-        "per_text_baseline": meta["baseline"]["kind"],
-        "ranking_reference": {**neutral_info, "projection": neutral_proj,
-                              "definition": "score_ref = (x.u - n.u) / sd_corpus(x.u), n = mean neutral activation"},
-        "top": ranking["emotion"].head(5).tolist(), "bottom": ranking["emotion"].tail(5).tolist()[::-1],
-        "valence_mean": float(valence.mean()),
-        "highlight": {"emotions": hl_emotions, "texts": len(items), "colour_scale": scale,
-                      "max_abs_gap_token_mean_vs_score": max_gap},
-        "labelled": bool(spec),
-        "seconds": round(time.perf_counter() - started, 2),
-        "provenance": provenance(stage="corpus_report", config_section=s, model_info=reader.info,
-                                 extra={"scores": str(smk.input.scores)}),
-    }, smk.output.summary)
 
 
 def corpora_comparison_job(smk: Any, log: logging.Logger) -> None:
