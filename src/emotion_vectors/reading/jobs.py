@@ -491,7 +491,34 @@ def corpora_comparison_job(smk: Any, log: logging.Logger) -> None:
     ``log``: its logger (``core.jobs.start_job``).
     """
     corpora = list(smk.params.corpora)
-    rank = {c: pd.read_csv(p, sep="\t").set_index("emotion") for c, p in zip(corpora, smk.input.rankings)}
+    table, emotions = _rank_table(corpora, smk.input.rankings)
+    table.reset_index().to_csv(smk.output.ranks, sep="\t", index=False, float_format="%.6g")
+    agreement, pairs = _corpora_pairs(smk, table, corpora, emotions, log)
+    _comparison_figure(table, corpora, emotions, pairs, smk.output.figure)
+    checks = _labelled_table(corpora, smk.input.labelled, smk.output.labelled)
+    write_json_atomic(checks, smk.output.labelled_json)
+
+    # The stage's claims.
+    claims = agreement_claims(agreement, figure=str(smk.output.figure))
+    for c in checks:
+        claims.append(valence_auroc_claim(c, checks[c], figure=str(smk.output.labelled)))
+    for c, pth in zip(corpora, list(getattr(smk.input, "emotion", []) or [])):
+        echk = json.loads(open(pth, encoding="utf-8").read())
+        if echk.get("labelled"):
+            claims += emotion_claims(c, echk, figure=pth.replace(".json", ".tsv"))
+    if getattr(smk.output, "claims", None):
+        write_claims(claims, smk.output.claims)
+    for cl in claims:
+        log.info("claim %s: %s (statistic %s, p %s, adjusted %s)%s", cl.id, cl.verdict, cl.statistic, cl.p,
+                 cl.p_adjusted, f"; {cl.note}" if cl.note else "")
+
+
+
+
+def _rank_table(corpora: list[str], rankings: Any) -> tuple[pd.DataFrame, list[str]]:
+    """Each corpus's mean and rank per emotion and the range of the ranks, emotions whose rank
+    differs most first; and the emotions in the first corpus's ranking order."""
+    rank = {c: pd.read_csv(p, sep="\t").set_index("emotion") for c, p in zip(corpora, rankings)}
     emotions = list(rank[corpora[0]].index)
     table = pd.DataFrame(index=pd.Index(emotions, name="emotion"))
     for c in corpora:
@@ -500,8 +527,14 @@ def corpora_comparison_job(smk: Any, log: logging.Logger) -> None:
     rank_cols = [f"rank_{c}" for c in corpora]
     table["rank_range"] = table[rank_cols].max(axis=1) - table[rank_cols].min(axis=1)
     table = table.sort_values(["rank_range", f"rank_{corpora[0]}"], ascending=[False, True])
-    table.reset_index().to_csv(smk.output.ranks, sep="\t", index=False, float_format="%.6g")
+    return table, emotions
 
+
+def _corpora_pairs(smk: Any, table: pd.DataFrame, corpora: list[str], emotions: list[str],
+                   log: logging.Logger) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The corpora agreement (``text_checks.corpora_agreement``) and one row per pair of corpora
+    (Spearman, its interval and p against the shuffled-label vectors, the emotions whose rank
+    differs most), written to ``smk.output.spearman``."""
     # The agreement test: the same Spearman with each shuffle's shuffled-label vectors (same offset
     # from the neutral dialogues, no emotion labels) is its null.
     null_paths = list(getattr(smk.input, "ranking_null", []) or [])
@@ -536,7 +569,12 @@ def corpora_comparison_job(smk: Any, log: logging.Logger) -> None:
                                  "null_median", "n_shuffles", "p_shuffled", "n_emotions",
                                  "mean_abs_rank_difference", "most_different"]).to_csv(
         smk.output.spearman, sep="\t", index=False, float_format="%.6g")
+    return agreement, pairs
 
+
+def _comparison_figure(table: pd.DataFrame, corpora: list[str], emotions: list[str], pairs: list[dict[str, Any]],
+                       out: str) -> None:
+    """The Spearman matrix of the corpora and the ranks of the emotions whose rank differs most."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -570,12 +608,16 @@ def corpora_comparison_job(smk: Any, log: logging.Logger) -> None:
     axes[1].set_title("emotions whose rank differs most" if C > 1 else "one corpus: nothing to compare")
     axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(smk.output.figure, dpi=120)
+    fig.savefig(out, dpi=120)
     plt.close(fig)
 
+
+def _labelled_table(corpora: list[str], labelled: Any, out: str) -> dict[str, Any]:
+    """The labelled corpora's checks side by side (``labelled_check.tsv``, written to ``out``);
+    returns the checks by corpus."""
     checks = {}
     rows = []
-    for c, p in zip(corpora, smk.input.labelled):
+    for c, p in zip(corpora, labelled):
         chk = json.loads(open(p, encoding="utf-8").read())
         if not chk.get("labelled"):
             continue
@@ -609,22 +651,8 @@ def corpora_comparison_job(smk: Any, log: logging.Logger) -> None:
                for k in ("auroc", "ci_low", "ci_high", "n")]
             + ["same_texts_n"] + [f"same_{n}_{k}" for n in ("valence", "lexicon", "vader") for k in ("auroc", "ci_low", "ci_high")]
             + [f"same_valence_minus_{o}{k}" for o in ("vader", "lexicon") for k in ("", "_ci_low", "_ci_high")])
-    pd.DataFrame(rows, columns=cols).to_csv(smk.output.labelled, sep="\t", index=False, float_format="%.6g")
-    write_json_atomic(checks, smk.output.labelled_json)
-
-    # The stage's claims.
-    claims = agreement_claims(agreement, figure=str(smk.output.figure))
-    for c in checks:
-        claims.append(valence_auroc_claim(c, checks[c], figure=str(smk.output.labelled)))
-    for c, pth in zip(corpora, list(getattr(smk.input, "emotion", []) or [])):
-        echk = json.loads(open(pth, encoding="utf-8").read())
-        if echk.get("labelled"):
-            claims += emotion_claims(c, echk, figure=pth.replace(".json", ".tsv"))
-    if getattr(smk.output, "claims", None):
-        write_claims(claims, smk.output.claims)
-    for cl in claims:
-        log.info("claim %s: %s (statistic %s, p %s, adjusted %s)%s", cl.id, cl.verdict, cl.statistic, cl.p,
-                 cl.p_adjusted, f"; {cl.note}" if cl.note else "")
+    pd.DataFrame(rows, columns=cols).to_csv(out, sep="\t", index=False, float_format="%.6g")
+    return checks
 
 
 def battery_job(smk: Any, log: logging.Logger) -> None:
