@@ -45,10 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     model = tokenizer = None
+    vectors = args.vectors
     if args.logit_lens:
         from .logit_lens import load_lens
 
-        path = args.model or load_vectors(args.vectors).subject_model_path
+        if not args.model:
+            vectors = load_vectors(args.vectors)  # opened once, analysed below
+        path = args.model or vectors.subject_model_path
         if not path:
             print("--logit-lens: the store records no subject model path; pass --model PATH",
                   file=sys.stderr)
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         # Reads only the final norm and the unembedding from the checkpoint.
         model, tokenizer = load_lens({"name": "subject", "path": path})
     summary = analyze(
-        args.vectors, args.out_dir, kind=args.kind, k_clusters=args.k_clusters,
+        vectors, args.out_dir, kind=args.kind, k_clusters=args.k_clusters,
         k_range=tuple(args.k_range), n_bootstrap=args.n_bootstrap, seed=args.seed,
         model=model, tokenizer=tokenizer, main_layer=args.main_layer, linkage=args.linkage,
         top_k_tokens=args.top_k_tokens, n_model_layers=args.n_model_layers,

@@ -789,17 +789,8 @@ def compare_stores(
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    emotions = shared_emotions(a.store.emotions, b.store.emotions)
-    if len(emotions) < MIN_SHARED:
-        raise CompareError(f"{a.name} and {b.name} share {len(emotions)} emotions ({emotions}); "
-                           f"a comparison needs at least {MIN_SHARED}")
+    emotions = _shared_checked(a, b, k_clusters=k_clusters, nn_k=nn_k)
     n = len(emotions)
-    if not 2 <= k_clusters <= n - 1:
-        raise CompareError(f"compare.k_clusters = {k_clusters} must be between 2 and {n - 1} "
-                           f"(the {n} emotions {a.name} and {b.name} share)")
-    if not 1 <= nn_k <= n - 2:
-        raise CompareError(f"compare.nn_k = {nn_k} must be between 1 and {n - 2} "
-                           f"(the {n} emotions {a.name} and {b.name} share)")
     ra, rb = _rows(a.store, emotions), _rows(b.store, emotions)
     xa = _layer(a.store, a.kind, a.main_layer, ra)
     xb = _layer(b.store, b.kind, b.main_layer, rb)
@@ -808,23 +799,7 @@ def compare_stores(
     full = permutation_tests([(xa, xb)], **{**settings, "n_permutations": 0})
     reliability: dict[str, Any] = {}
     if crossfit:
-        if a.halves is None or b.halves is None:
-            raise CompareError(f"cross-fitting {a.name} and {b.name} needs both split-half stores")
-        h = {}
-        for side, tag in ((a, "a"), (b, "b")):
-            for half in (0, 1):
-                names = [f"{e}{HALF_SEP}{half}" for e in emotions]
-                h[tag, half] = (_layer(side.halves, side.kind if side.kind in side.halves.kinds else "denoised",
-                                       side.main_layer, _rows(side.halves, names)), names)
-        views = [(h["a", 0][0], h["b", 1][0]), (h["a", 1][0], h["b", 0][0])]
-        reliability = {side.name: rsa(h[tag, 0][0], h[tag, 1][0]) for side, tag in ((a, "a"), (b, "b"))}
-        half_layers = {}
-        for side, tag in ((a, "a"), (b, "b")):
-            kind = side.kind if side.kind in side.halves.kinds else "denoised"
-            half_layers[tag] = [_all_layers(side.halves, kind, _rows(side.halves, h[tag, half][1])) for half in (0, 1)]
-        layer_views_a = [half_layers["a"][0], half_layers["a"][1]]
-        layer_views_b = [half_layers["b"][1], half_layers["b"][0]]
-        layers_a, layers_b = a.halves.layers, b.halves.layers
+        views, layer_views_a, layer_views_b, layers_a, layers_b, reliability = _crossfit_views(a, b, emotions)
     else:
         views = [(xa, xb)]
         layer_views_a = [_all_layers(a.store, a.kind, ra)]
@@ -835,31 +810,8 @@ def compare_stores(
     heat = cka_layers(layer_views_a, layer_views_b, layers_a, layers_b, n_permutations=n_permutations, seed=seed)
     t_tests = time.perf_counter() - t0
 
-    va = valence_arousal(xa, emotions, n_bootstrap=n_bootstrap, seed=seed)
-    vb = valence_arousal(xb, emotions, n_bootstrap=n_bootstrap, seed=seed)
-    val_rows = []
-    for fa, fb in zip(va, vb):
-        lo, hi = _paired_interval(fa.resampled, fb.resampled)
-        val_rows.append({"pc": fa.pc, "rating": fa.rating, "n": fa.n,
-                         f"r_{a.name}": fa.r, f"ci_low_{a.name}": fa.ci_low, f"ci_high_{a.name}": fa.ci_high,
-                         f"explained_{a.name}": fa.explained_ratio,
-                         f"r_{b.name}": fb.r, f"ci_low_{b.name}": fb.ci_low, f"ci_high_{b.name}": fb.ci_high,
-                         f"explained_{b.name}": fb.explained_ratio,
-                         "r_difference": fa.r - fb.r, "difference_ci_low": lo, "difference_ci_high": hi})
-    valence = pd.DataFrame(val_rows)
-
-    measure_rows = []
-    for m in MEASURES:
-        t = tests[m]
-        measure_rows.append({
-            "measure": m, "statistic": t.statistic, "views": "cross-fitted halves" if crossfit else "vectors",
-            "per_view": ";".join(f"{v:.6g}" for v in t.per_view),
-            "statistic_same_stories": full[m].statistic if crossfit else None,
-            "null_mean": t.null_mean, "null_q95": t.null_q95, "p": t.p, "n_permutations": t.n_permutations,
-            "ci_low": rsa_ci[0] if m == "rsa" else None, "ci_high": rsa_ci[1] if m == "rsa" else None,
-            "chance": (nn_k / (n - 1)) if m == "nn_overlap" else None,
-        })
-    measures = pd.DataFrame(measure_rows)
+    valence = _valence_table(a, b, xa, xb, emotions, n_bootstrap=n_bootstrap, seed=seed)
+    measures = _measure_table(tests, full, rsa_ci, crossfit=crossfit, nn_k=nn_k, n=n)
     _tsv(measures, out / FILES["measures"])
     _tsv(heat.table(), out / FILES["cka"])
     _tsv(valence, out / FILES["valence"])
@@ -895,6 +847,81 @@ def compare_stores(
     summary = _json_safe(summary)
     (out / FILES["summary"]).write_text(json.dumps(summary, indent=2, allow_nan=False))
     return summary
+
+
+def _shared_checked(a: Side, b: Side, *, k_clusters: int, nn_k: int) -> list[str]:
+    """The emotions both sides hold, checked to be enough for ``k_clusters`` and ``nn_k``."""
+    emotions = shared_emotions(a.store.emotions, b.store.emotions)
+    if len(emotions) < MIN_SHARED:
+        raise CompareError(f"{a.name} and {b.name} share {len(emotions)} emotions ({emotions}); "
+                           f"a comparison needs at least {MIN_SHARED}")
+    n = len(emotions)
+    if not 2 <= k_clusters <= n - 1:
+        raise CompareError(f"compare.k_clusters = {k_clusters} must be between 2 and {n - 1} "
+                           f"(the {n} emotions {a.name} and {b.name} share)")
+    if not 1 <= nn_k <= n - 2:
+        raise CompareError(f"compare.nn_k = {nn_k} must be between 1 and {n - 2} "
+                           f"(the {n} emotions {a.name} and {b.name} share)")
+    return emotions
+
+
+def _crossfit_views(a: Side, b: Side, emotions: list[str]) -> tuple[list, list, list, list[int], list[int], dict[str, Any]]:
+    """The cross-fitted views of ``compare_stores``: (A half 0, B half 1) and (A half 1, B half 0)
+    at the main layers, the same halves at every layer (for the CKA heatmap), the halves' layers,
+    and each side's split-half RSA."""
+    if a.halves is None or b.halves is None:
+        raise CompareError(f"cross-fitting {a.name} and {b.name} needs both split-half stores")
+    h = {}
+    for side, tag in ((a, "a"), (b, "b")):
+        for half in (0, 1):
+            names = [f"{e}{HALF_SEP}{half}" for e in emotions]
+            h[tag, half] = (_layer(side.halves, side.kind if side.kind in side.halves.kinds else "denoised",
+                                   side.main_layer, _rows(side.halves, names)), names)
+    views = [(h["a", 0][0], h["b", 1][0]), (h["a", 1][0], h["b", 0][0])]
+    reliability = {side.name: rsa(h[tag, 0][0], h[tag, 1][0]) for side, tag in ((a, "a"), (b, "b"))}
+    half_layers = {}
+    for side, tag in ((a, "a"), (b, "b")):
+        kind = side.kind if side.kind in side.halves.kinds else "denoised"
+        half_layers[tag] = [_all_layers(side.halves, kind, _rows(side.halves, h[tag, half][1])) for half in (0, 1)]
+    layer_views_a = [half_layers["a"][0], half_layers["a"][1]]
+    layer_views_b = [half_layers["b"][1], half_layers["b"][0]]
+    return views, layer_views_a, layer_views_b, a.halves.layers, b.halves.layers, reliability
+
+
+def _valence_table(a: Side, b: Side, xa: np.ndarray, xb: np.ndarray, emotions: list[str], *, n_bootstrap: int,
+                   seed: int) -> pd.DataFrame:
+    """Each side's PC-rating correlations (``valence_arousal``) side by side, with the interval of
+    their difference."""
+    va = valence_arousal(xa, emotions, n_bootstrap=n_bootstrap, seed=seed)
+    vb = valence_arousal(xb, emotions, n_bootstrap=n_bootstrap, seed=seed)
+    val_rows = []
+    for fa, fb in zip(va, vb):
+        lo, hi = _paired_interval(fa.resampled, fb.resampled)
+        val_rows.append({"pc": fa.pc, "rating": fa.rating, "n": fa.n,
+                         f"r_{a.name}": fa.r, f"ci_low_{a.name}": fa.ci_low, f"ci_high_{a.name}": fa.ci_high,
+                         f"explained_{a.name}": fa.explained_ratio,
+                         f"r_{b.name}": fb.r, f"ci_low_{b.name}": fb.ci_low, f"ci_high_{b.name}": fb.ci_high,
+                         f"explained_{b.name}": fb.explained_ratio,
+                         "r_difference": fa.r - fb.r, "difference_ci_low": lo, "difference_ci_high": hi})
+    return pd.DataFrame(val_rows)
+
+
+def _measure_table(tests: dict[str, Any], full: dict[str, Any], rsa_ci: Any, *, crossfit: bool, nn_k: int,
+                   n: int) -> pd.DataFrame:
+    """One row per measure: its statistic, per-view values, permutation null and p (the RSA with
+    its bootstrap interval, the neighbour overlap with its chance level)."""
+    measure_rows = []
+    for m in MEASURES:
+        t = tests[m]
+        measure_rows.append({
+            "measure": m, "statistic": t.statistic, "views": "cross-fitted halves" if crossfit else "vectors",
+            "per_view": ";".join(f"{v:.6g}" for v in t.per_view),
+            "statistic_same_stories": full[m].statistic if crossfit else None,
+            "null_mean": t.null_mean, "null_q95": t.null_q95, "p": t.p, "n_permutations": t.n_permutations,
+            "ci_low": rsa_ci[0] if m == "rsa" else None, "ci_high": rsa_ci[1] if m == "rsa" else None,
+            "chance": (nn_k / (n - 1)) if m == "nn_overlap" else None,
+        })
+    return pd.DataFrame(measure_rows)
 
 
 def _side_info(s: Side) -> dict[str, Any]:

@@ -40,6 +40,7 @@ import json
 import logging
 import platform
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +149,7 @@ def _tsv(df: pd.DataFrame, path: Path) -> None:
 
 
 def analyze(
-    vectors_path: str | Path,
+    vectors_path: str | Path | VectorSet,
     out_dir: str | Path,
     *,
     kind: str = "denoised",
@@ -167,7 +168,8 @@ def analyze(
     when ``model`` and ``tokenizer`` are given) into ``out_dir``; returns the JSON summary.
 
     Args:
-        vectors_path: the vectors rule's Zarr store (see ``store``).
+        vectors_path: the vectors rule's Zarr store (see ``store``), or that store already
+            opened (``load_vectors``).
         out_dir: output directory (created).
         kind: which vectors: ``raw``, ``denoised``, ``raw_unit`` or ``denoised_unit``.
         k_clusters: fixed number of clusters, cut at every layer (15 = the replication's).
@@ -186,142 +188,34 @@ def analyze(
     timings: dict[str, float] = {}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    vs = load_vectors(vectors_path)
-    emotions, layers = vs.emotions, vs.layers
-    n, n_layers = len(emotions), len(layers)
-    if n < 3:
-        raise ValueError(f"{vectors_path}: the analysis needs at least 3 emotions, found {n}")
-    n_model_layers = n_model_layers or _n_model_layers(vs, model)
-    if main_layer is None:
-        from emotion_vectors.extraction.extract import main_layer as two_thirds
-
-        depth = n_model_layers or max(layers) + 1
-        main_layer = default_main_layer(layers, n_model_layers)
-        main_rule = (f"block at 2/3 of {depth} blocks (extract.main_layer: "
-                     f"round(2 * {depth} / 3) - 1 = {two_thirds(depth)}), or the stored layer "
-                     "nearest it" + ("" if n_model_layers else "; depth unknown, taken as "
-                                     "max stored layer + 1"))
+    if isinstance(vectors_path, VectorSet):
+        vs, where = vectors_path, vectors_path.path
     else:
-        vs.layer_position(main_layer)  # raises if absent
-        main_rule = "set by the caller"
+        vs, where = load_vectors(vectors_path), vectors_path
+    emotions, layers = vs.emotions, vs.layers
+    n = len(emotions)
+    if n < 3:
+        raise ValueError(f"{where}: the analysis needs at least 3 emotions, found {n}")
+    n_model_layers = n_model_layers or _n_model_layers(vs, model)
+    main_layer, main_rule = _main_layer_choice(vs, main_layer, n_model_layers)
 
     ratings = norms.match_ratings(emotions)
     _tsv(ratings.table, out / FILES["norms_mapping"])
-    valence, arousal = ratings.valence, ratings.arousal
-    exact = ratings.exact
-    refs = {"valence": valence, "arousal": arousal}
     timings["load_and_norms"] = time.perf_counter() - t_start
 
-    var_rows, score_frames, corr_rows, pair_frames = [], [], [], []
-    cluster_rows, summary_frames, sil_frames = [], [], []
-    n_pcs = min(N_PCS, n - 1, vs.d)
-    components = np.zeros((n_layers, n_pcs, vs.d), dtype=np.float32)
-    cosines = np.zeros((n_layers, n, n), dtype=np.float32)
-    labels_fixed, labels_sil, best_ks = [], [], []
-    main: dict[str, Any] = {}
-    t_pca = t_corr = t_cluster = 0.0
-    orient_refs, orient_names = orientation_references(valence, arousal, n_pcs)
-    n_rated = min(N_PCS_RATED, n_pcs)
-    for li, (layer, x) in enumerate(vs.iter_layers(kind)):
-        t0 = time.perf_counter()
-        res = geometry.orient(geometry.pca(x, n_pcs), orient_refs, orient_names)
-        ratio = res.explained_ratio
-        for pc in range(n_pcs):
-            var_rows.append((layer, pc + 1, ratio[pc], ratio[: pc + 1].sum()))
-        sf = pd.DataFrame(res.scores, columns=[f"pc{i + 1}" for i in range(n_pcs)])
-        sf.insert(0, "arousal", arousal)
-        sf.insert(0, "valence", valence)
-        sf.insert(0, "emotion", emotions)
-        sf.insert(0, "layer", layer)
-        score_frames.append(sf)
-        components[li] = res.components.astype(np.float32)
-        cos = geometry.cosine_matrix(x)
-        cosines[li] = cos
-        pf = geometry.top_pairs(cos, emotions, N_PAIRS)
-        pf.insert(0, "layer", layer)
-        pair_frames.append(pf)
-        t1 = time.perf_counter()
-        t_pca += t1 - t0
-        boot = stats.pca_bootstrap(x, res.components[:n_rated], res.scores[:, :n_rated],
-                                   n_bootstrap=n_bootstrap, seed=seed)
-        for pc in range(n_rated):
-            for rating, ref in refs.items():
-                for method in stats.METHODS:
-                    for words, mask in (("covered", np.ones(n, bool)), ("exact", exact)):
-                        c, align = stats.correlate_pc(boot, pc, ref, mask, method=method)
-                        corr_rows.append({
-                            "layer": layer, "pc": pc + 1, "rating": rating, "method": method,
-                            "words": words, "sign_oriented_by": res.oriented_by[pc],
-                            "n": c.n, "r": c.r, "ci_low": c.ci_low, "ci_high": c.ci_high,
-                            "ci_method": CI_METHOD, "pc_alignment": align, "p": c.p,
-                            "level": c.level, "n_bootstrap": c.n_bootstrap,
-                        })
-        t2 = time.perf_counter()
-        t_corr += t2 - t1
-        cl = clustering.cluster_layer(x, emotions, method=linkage, k_fixed=k_clusters,
-                                      k_range=k_range, cosine=cos)
-        for cut in ("fixed", "silhouette"):
-            part = cl[cut]
-            for e, lab in zip(emotions, part["labels"]):
-                cluster_rows.append((layer, cut, part["k"], e, int(lab)))
-            cs = part["clusters"].drop(columns=["label"])
-            cs.insert(0, "k", part["k"])
-            cs.insert(0, "cut", cut)
-            cs.insert(0, "layer", layer)
-            summary_frames.append(cs)
-        sil = cl["choice"].silhouette.copy()
-        sil.insert(0, "layer", layer)
-        sil_frames.append(sil)
-        labels_fixed.append(cl["fixed"]["labels"])
-        labels_sil.append(cl["silhouette"]["labels"])
-        best_ks.append(cl["choice"].best_k)
-        t_cluster += time.perf_counter() - t2
-        if layer == main_layer:
-            mean_norm = float(np.linalg.norm(x, axis=1).mean())
-            main = {"pca": res, "cosine": cos, "clusters": cl, "x": x,
-                    "mean_vector_norm": mean_norm,
-                    "grand_mean_norm_ratio": float(np.linalg.norm(x.mean(axis=0)) / mean_norm)
-                    if mean_norm > 0 else float("nan")}
-        log.info("layer %s: PC1 %.1f%%", layer, 100 * ratio[0])
-    timings.update(pca_cosine=t_pca, correlations=t_corr, clustering=t_cluster)
+    lp = _layer_pass(vs, kind, ratings, main_layer=main_layer, n_bootstrap=n_bootstrap, seed=seed,
+                     linkage=linkage, k_clusters=k_clusters, k_range=k_range)
+    main = lp.main
+    timings.update(pca_cosine=lp.t_pca, correlations=lp.t_corr, clustering=lp.t_cluster)
 
     t0 = time.perf_counter()
-    variance = pd.DataFrame(
-        var_rows, columns=["layer", "pc", "explained_ratio", "cumulative_ratio"]
-    )
-    correlations = correlation_table(corr_rows)
-    pairs = pd.concat(pair_frames, ignore_index=True)
-    cluster_table = pd.DataFrame(cluster_rows, columns=["layer", "cut", "k", "emotion", "cluster"])
-    cluster_summary = pd.concat(summary_frames, ignore_index=True)
-    silhouette = pd.concat(sil_frames, ignore_index=True)
-    _tsv(variance, out / FILES["pca_variance"])
-    _tsv(pd.concat(score_frames, ignore_index=True), out / FILES["pca_scores"])
-    np.save(out / FILES["pca_components"], components)
-    _tsv(correlations, out / FILES["rating_correlations"])
-    _tsv(pairs, out / FILES["pairs"])
-    np.save(out / FILES["cosine"], cosines)
-    _tsv(pd.DataFrame(main["cosine"], index=emotions, columns=emotions).rename_axis("emotion")
-         .reset_index(), out / FILES["cosine_main_layer"])
-    _tsv(cluster_table, out / FILES["clusters"])
-    _tsv(cluster_summary, out / FILES["cluster_summary"])
-    _tsv(silhouette, out / FILES["silhouette"])
-
-    ari_fixed = clustering.adjusted_rand_matrix(labels_fixed)
-    ari_sil = clustering.adjusted_rand_matrix(labels_sil)
-    structure = clustering.structure_agreement(cosines)
-    ia, ib = np.triu_indices(n_layers, k=1)
-    agreement = pd.DataFrame({
-        "layer_a": np.asarray(layers)[ia], "layer_b": np.asarray(layers)[ib],
-        "ari_fixed_k": ari_fixed[ia, ib], "ari_silhouette_k": ari_sil[ia, ib],
-        "cosine_r": structure[ia, ib],
-    })
-    _tsv(agreement, out / FILES["layer_agreement"])
+    variance, correlations, pairs, ari_fixed, structure = _write_tables(out, lp, emotions, layers)
     timings["agreement_and_tables"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     mres = main["pca"]
     mcl = main["clusters"]
-    plots.pc_scatter(mres.scores, emotions, valence, mres.explained_ratio,
+    plots.pc_scatter(mres.scores, emotions, ratings.valence, mres.explained_ratio,
                      out / FILES["pc_scatter"],
                      title=f"Emotion vectors ({kind}), layer {main_layer}: PC1 x PC2")
     plots.layer_profile(variance, correlations, out / FILES["layer_profile"],
@@ -337,26 +231,13 @@ def analyze(
     lens_summary = None
     if model is not None and tokenizer is not None:
         t0 = time.perf_counter()
-        rn = vs.residual_norm
-        if rn is not None and np.isfinite(rn[vs.layer_position(main_layer)]):
-            scale = float(rn[vs.layer_position(main_layer)])
-            scale_rule = "residual_norm of the store at the main layer (measured)"
-        else:
-            scale = main["mean_vector_norm"]
-            scale_rule = ("residual norm unknown to the store: the main layer's mean vector "
-                          "norm (matters only through the final norm's epsilon)")
-        lens = logit_lens.logit_lens(main["x"], emotions, model, tokenizer, scale=scale,
-                                     layer=main_layer, top_k=top_k_tokens)
-        _tsv(lens.tokens, out / LENS_FILES["logit_lens_tokens"])
-        _tsv(lens.summary, out / LENS_FILES["logit_lens_summary"])
-        _tsv(lens.pairs, out / LENS_FILES["logit_lens_pairs"])
-        lens_summary = {**logit_lens.summarise(lens, top_k_tokens), "layer": main_layer,
-                        "scale": scale, "scale_rule": scale_rule}
+        lens_summary = _lens(vs, main, emotions, model, tokenizer, out, main_layer=main_layer,
+                             top_k_tokens=top_k_tokens)
         timings["logit_lens"] = time.perf_counter() - t0
 
     summary = _summary(
         vs=vs, kind=kind, main_layer=main_layer, main_rule=main_rule, ratings=ratings,
-        variance=variance, correlations=correlations, pairs=pairs, silhouette_k=best_ks,
+        variance=variance, correlations=correlations, pairs=pairs, silhouette_k=lp.best_ks,
         main=main, linkage=linkage, k_clusters=k_clusters, k_range=k_range,
         n_bootstrap=n_bootstrap, seed=seed, ari_fixed=ari_fixed, structure=structure,
         lens_summary=lens_summary,
@@ -368,6 +249,185 @@ def analyze(
         json.dumps(summary, indent=2, default=_json_default, allow_nan=False)
     )
     return summary
+
+
+def _main_layer_choice(vs: VectorSet, main_layer: int | None, n_model_layers: int | None) -> tuple[int, str]:
+    """``analyze``'s main layer and the rule that chose it (the caller's, else the stored layer
+    nearest two-thirds of the depth)."""
+    if main_layer is None:
+        from emotion_vectors.extraction.extract import main_layer as two_thirds
+
+        layers = vs.layers
+        depth = n_model_layers or max(layers) + 1
+        main_layer = default_main_layer(layers, n_model_layers)
+        main_rule = (f"block at 2/3 of {depth} blocks (extract.main_layer: "
+                     f"round(2 * {depth} / 3) - 1 = {two_thirds(depth)}), or the stored layer "
+                     "nearest it" + ("" if n_model_layers else "; depth unknown, taken as "
+                                     "max stored layer + 1"))
+    else:
+        vs.layer_position(main_layer)  # raises if absent
+        main_rule = "set by the caller"
+    return main_layer, main_rule
+
+
+@dataclass
+class _LayerPass:
+    """What ``analyze``'s pass over the stored layers gathers (rows of the tables, per-layer
+    arrays and labels, the main layer's results, seconds spent per step)."""
+
+    var_rows: list = field(default_factory=list)
+    score_frames: list = field(default_factory=list)
+    corr_rows: list = field(default_factory=list)
+    pair_frames: list = field(default_factory=list)
+    cluster_rows: list = field(default_factory=list)
+    summary_frames: list = field(default_factory=list)
+    sil_frames: list = field(default_factory=list)
+    components: np.ndarray | None = None
+    cosines: np.ndarray | None = None
+    labels_fixed: list = field(default_factory=list)
+    labels_sil: list = field(default_factory=list)
+    best_ks: list = field(default_factory=list)
+    main: dict[str, Any] = field(default_factory=dict)
+    t_pca: float = 0.0
+    t_corr: float = 0.0
+    t_cluster: float = 0.0
+
+
+def _layer_pass(vs: VectorSet, kind: str, ratings: Any, *, main_layer: int, n_bootstrap: int, seed: int,
+                linkage: str, k_clusters: int, k_range: tuple[int, int]) -> _LayerPass:
+    """Every stored layer in turn: oriented PCA, cosines and top pairs; bootstrapped rating
+    correlations of the first PCs; the fixed and silhouette clusterings."""
+    emotions = vs.emotions
+    n, n_layers = len(emotions), len(vs.layers)
+    valence, arousal = ratings.valence, ratings.arousal
+    exact = ratings.exact
+    refs = {"valence": valence, "arousal": arousal}
+    n_pcs = min(N_PCS, n - 1, vs.d)
+    lp = _LayerPass(components=np.zeros((n_layers, n_pcs, vs.d), dtype=np.float32),
+                    cosines=np.zeros((n_layers, n, n), dtype=np.float32))
+    orient_refs, orient_names = orientation_references(valence, arousal, n_pcs)
+    n_rated = min(N_PCS_RATED, n_pcs)
+    for li, (layer, x) in enumerate(vs.iter_layers(kind)):
+        t0 = time.perf_counter()
+        res = geometry.orient(geometry.pca(x, n_pcs), orient_refs, orient_names)
+        ratio = res.explained_ratio
+        for pc in range(n_pcs):
+            lp.var_rows.append((layer, pc + 1, ratio[pc], ratio[: pc + 1].sum()))
+        sf = pd.DataFrame(res.scores, columns=[f"pc{i + 1}" for i in range(n_pcs)])
+        sf.insert(0, "arousal", arousal)
+        sf.insert(0, "valence", valence)
+        sf.insert(0, "emotion", emotions)
+        sf.insert(0, "layer", layer)
+        lp.score_frames.append(sf)
+        lp.components[li] = res.components.astype(np.float32)
+        cos = geometry.cosine_matrix(x)
+        lp.cosines[li] = cos
+        pf = geometry.top_pairs(cos, emotions, N_PAIRS)
+        pf.insert(0, "layer", layer)
+        lp.pair_frames.append(pf)
+        t1 = time.perf_counter()
+        lp.t_pca += t1 - t0
+        boot = stats.pca_bootstrap(x, res.components[:n_rated], res.scores[:, :n_rated],
+                                   n_bootstrap=n_bootstrap, seed=seed)
+        for pc in range(n_rated):
+            for rating, ref in refs.items():
+                for method in stats.METHODS:
+                    for words, mask in (("covered", np.ones(n, bool)), ("exact", exact)):
+                        c, align = stats.correlate_pc(boot, pc, ref, mask, method=method)
+                        lp.corr_rows.append({
+                            "layer": layer, "pc": pc + 1, "rating": rating, "method": method,
+                            "words": words, "sign_oriented_by": res.oriented_by[pc],
+                            "n": c.n, "r": c.r, "ci_low": c.ci_low, "ci_high": c.ci_high,
+                            "ci_method": CI_METHOD, "pc_alignment": align, "p": c.p,
+                            "level": c.level, "n_bootstrap": c.n_bootstrap,
+                        })
+        t2 = time.perf_counter()
+        lp.t_corr += t2 - t1
+        cl = clustering.cluster_layer(x, emotions, method=linkage, k_fixed=k_clusters,
+                                      k_range=k_range, cosine=cos)
+        for cut in ("fixed", "silhouette"):
+            part = cl[cut]
+            for e, lab in zip(emotions, part["labels"]):
+                lp.cluster_rows.append((layer, cut, part["k"], e, int(lab)))
+            cs = part["clusters"].drop(columns=["label"])
+            cs.insert(0, "k", part["k"])
+            cs.insert(0, "cut", cut)
+            cs.insert(0, "layer", layer)
+            lp.summary_frames.append(cs)
+        sil = cl["choice"].silhouette.copy()
+        sil.insert(0, "layer", layer)
+        lp.sil_frames.append(sil)
+        lp.labels_fixed.append(cl["fixed"]["labels"])
+        lp.labels_sil.append(cl["silhouette"]["labels"])
+        lp.best_ks.append(cl["choice"].best_k)
+        lp.t_cluster += time.perf_counter() - t2
+        if layer == main_layer:
+            mean_norm = float(np.linalg.norm(x, axis=1).mean())
+            lp.main = {"pca": res, "cosine": cos, "clusters": cl, "x": x,
+                       "mean_vector_norm": mean_norm,
+                       "grand_mean_norm_ratio": float(np.linalg.norm(x.mean(axis=0)) / mean_norm)
+                       if mean_norm > 0 else float("nan")}
+        log.info("layer %s: PC1 %.1f%%", layer, 100 * ratio[0])
+    return lp
+
+
+def _write_tables(out: Path, lp: _LayerPass, emotions: list[str], layers: list[int]) -> tuple[
+        pd.DataFrame, pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray]:
+    """The per-layer tables and arrays, and the agreement between layers, written into ``out``;
+    returns the variance, correlation and pair tables, the fixed-k ARI and cosine-structure
+    matrices."""
+    n_layers = len(layers)
+    variance = pd.DataFrame(
+        lp.var_rows, columns=["layer", "pc", "explained_ratio", "cumulative_ratio"]
+    )
+    correlations = correlation_table(lp.corr_rows)
+    pairs = pd.concat(lp.pair_frames, ignore_index=True)
+    cluster_table = pd.DataFrame(lp.cluster_rows, columns=["layer", "cut", "k", "emotion", "cluster"])
+    cluster_summary = pd.concat(lp.summary_frames, ignore_index=True)
+    silhouette = pd.concat(lp.sil_frames, ignore_index=True)
+    _tsv(variance, out / FILES["pca_variance"])
+    _tsv(pd.concat(lp.score_frames, ignore_index=True), out / FILES["pca_scores"])
+    np.save(out / FILES["pca_components"], lp.components)
+    _tsv(correlations, out / FILES["rating_correlations"])
+    _tsv(pairs, out / FILES["pairs"])
+    np.save(out / FILES["cosine"], lp.cosines)
+    _tsv(pd.DataFrame(lp.main["cosine"], index=emotions, columns=emotions).rename_axis("emotion")
+         .reset_index(), out / FILES["cosine_main_layer"])
+    _tsv(cluster_table, out / FILES["clusters"])
+    _tsv(cluster_summary, out / FILES["cluster_summary"])
+    _tsv(silhouette, out / FILES["silhouette"])
+
+    ari_fixed = clustering.adjusted_rand_matrix(lp.labels_fixed)
+    ari_sil = clustering.adjusted_rand_matrix(lp.labels_sil)
+    structure = clustering.structure_agreement(lp.cosines)
+    ia, ib = np.triu_indices(n_layers, k=1)
+    agreement = pd.DataFrame({
+        "layer_a": np.asarray(layers)[ia], "layer_b": np.asarray(layers)[ib],
+        "ari_fixed_k": ari_fixed[ia, ib], "ari_silhouette_k": ari_sil[ia, ib],
+        "cosine_r": structure[ia, ib],
+    })
+    _tsv(agreement, out / FILES["layer_agreement"])
+    return variance, correlations, pairs, ari_fixed, structure
+
+
+def _lens(vs: VectorSet, main: dict[str, Any], emotions: list[str], model: Any, tokenizer: Any, out: Path, *,
+          main_layer: int, top_k_tokens: int) -> dict[str, Any]:
+    """The logit lens at the main layer, its tables written into ``out``; returns its summary."""
+    rn = vs.residual_norm
+    if rn is not None and np.isfinite(rn[vs.layer_position(main_layer)]):
+        scale = float(rn[vs.layer_position(main_layer)])
+        scale_rule = "residual_norm of the store at the main layer (measured)"
+    else:
+        scale = main["mean_vector_norm"]
+        scale_rule = ("residual norm unknown to the store: the main layer's mean vector "
+                      "norm (matters only through the final norm's epsilon)")
+    lens = logit_lens.logit_lens(main["x"], emotions, model, tokenizer, scale=scale,
+                                 layer=main_layer, top_k=top_k_tokens)
+    _tsv(lens.tokens, out / LENS_FILES["logit_lens_tokens"])
+    _tsv(lens.summary, out / LENS_FILES["logit_lens_summary"])
+    _tsv(lens.pairs, out / LENS_FILES["logit_lens_pairs"])
+    return {**logit_lens.summarise(lens, top_k_tokens), "layer": main_layer,
+            "scale": scale, "scale_rule": scale_rule}
 
 
 def _json_default(obj: Any) -> Any:

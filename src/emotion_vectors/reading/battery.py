@@ -973,7 +973,7 @@ def run_battery(
     shuffled (the matched null), tiebreak_observed, checks (evaluate_checks rows), claims (dicts,
     ids ``battery.<check>``), leaks, scoring, dropped, thresholds}``.
     """
-    from emotion_vectors.reading.score import default_layer, load_subject, parse_pool, score_texts
+    from emotion_vectors.reading.score import default_layer, parse_pool
     from emotion_vectors.vectors.store_layout import Store, read_store
 
     st = store if isinstance(store, Store) else read_store(store)
@@ -992,13 +992,7 @@ def run_battery(
     templates = [t for t in all_templates if t["emotion"] in emotions]
     dropped = {"items": [x["id"] for x in all_items if x["emotion"] not in emotions],
                "templates": [t["id"] for t in all_templates if t["emotion"] not in emotions]}
-    if reader is None:
-        from emotion_vectors.extraction.reading import LocalReader
-
-        if model is None or tokenizer is None:
-            lm = load_subject(st)
-            model, tokenizer = lm.model, lm.tokenizer
-        reader = LocalReader(model, tokenizer)
+    reader = _battery_reader(st, reader, model, tokenizer)
 
     if isinstance(clusters, (str, Path)):
         cluster_map, source = clusters_from_tsv(clusters, layer), f"clusters.tsv ({clusters})"
@@ -1007,41 +1001,13 @@ def run_battery(
     else:
         cluster_map, source = valence_clusters(st, layer), "valence sign"
 
-    kw = dict(reader=reader, layer=layer, pool=pool, kind=kind,
-              batch_size=batch_size, keep_text=False)
     pool_start = parse_pool(pool)
     res: dict[str, Any] = {"layer": layer, "emotions": emotions, "n_emotions": len(emotions),
                            "dropped": dropped, "scoring": {}, "pool": pool}
-    units_kind = None
-    x_imp = x_int = None
-    consistency = []
-    if items:
-        df = score_texts(st, [x["text"] for x in items], ids=[x["id"] for x in items], **kw)
-        res["scoring"]["implicit"] = {k: df.attrs["scoring"][k] for k in
-                                      ("vector_kind", "n_scored", "seconds")}
-        units_kind = df.attrs["scoring"]["vector_kind"]
-        res["implicit"] = implicit_scenarios(df, items, emotions, cluster_map, cluster_source=source)
-        x_imp = _pooled(reader, [x["text"] for x in items], layer, pool_start, batch_size)
-        consistency.append((x_imp, df[emotions].to_numpy(dtype=float)))
-    if templates:
-        rows = intensity_rows(templates)
-        df = score_texts(st, [r["text"] for r in rows], ids=[r["id"] for r in rows], **kw)
-        res["scoring"]["intensity"] = {k: df.attrs["scoring"][k] for k in
-                                       ("vector_kind", "n_scored", "seconds")}
-        units_kind = df.attrs["scoring"]["vector_kind"]
-        res["intensity"] = intensity(df, templates, emotions)
-        x_int = _pooled(reader, [r["text"] for r in rows], layer, pool_start, batch_size)
-        consistency.append((x_int, df[emotions].to_numpy(dtype=float)))
+    units_kind, x_imp, x_int, units = _score_battery_texts(
+        st, reader, res, items, templates, cluster_map, source, layer=layer, pool=pool, pool_start=pool_start,
+        kind=kind, batch_size=batch_size)
     li = st.layers.index(layer)
-    units_kind = units_kind or f"{_default_kind(st)}_unit"
-    units = np.asarray(st.array(units_kind)[:, li, :], dtype=np.float64)
-    diffs = [float(np.nanmax(np.abs(zscore_projections(x[np.isfinite(x).all(1)], units)
-                                    - z[np.isfinite(x).all(1)]))) for x, z in consistency]
-    res["consistency_max_abs"] = max(diffs) if diffs else None
-    for name, x in (("implicit", x_imp), ("intensity", x_int)):
-        if x is not None and not np.isfinite(x).all():
-            raise BatteryError(f"some {name} texts were too short for the pool {pool}")
-
     rn = st.residual_norm
     scale = float(rn[li]) if rn is not None else float("nan")
     if not np.isfinite(scale):
@@ -1077,6 +1043,64 @@ def run_battery(
     res["leaks"] = leak_report(items, templates)
     res["thresholds"] = thresholds
     return res
+
+
+def _battery_reader(st: Any, reader: Any, model: Any, tokenizer: Any) -> Any:
+    """The reader given, else one on the model given, else on the store's subject loaded here."""
+    if reader is None:
+        from emotion_vectors.extraction.reading import LocalReader
+        from emotion_vectors.reading.score import load_subject
+
+        if model is None or tokenizer is None:
+            lm = load_subject(st)
+            model, tokenizer = lm.model, lm.tokenizer
+        reader = LocalReader(model, tokenizer)
+    return reader
+
+
+def _score_battery_texts(st: Any, reader: Any, res: dict[str, Any], items: list[Mapping[str, Any]],
+                         templates: list[Mapping[str, Any]], cluster_map: Mapping[str, str], source: str, *,
+                         layer: int, pool: str, pool_start: int, kind: str | None,
+                         batch_size: int) -> tuple[str, np.ndarray | None, np.ndarray | None, np.ndarray]:
+    """The implicit items and the intensity levels scored (``score.score_texts``, two corpora)
+    and their checks added to ``res`` (``scoring``, ``implicit``, ``intensity``,
+    ``consistency_max_abs``); returns the unit-vector kind scored, the pooled activations of
+    the items and of the levels (read once more, for the nulls) and the unit vectors at ``layer``."""
+    from emotion_vectors.reading.score import score_texts
+
+    emotions = res["emotions"]
+    kw = dict(reader=reader, layer=layer, pool=pool, kind=kind,
+              batch_size=batch_size, keep_text=False)
+    units_kind = None
+    x_imp = x_int = None
+    consistency = []
+    if items:
+        df = score_texts(st, [x["text"] for x in items], ids=[x["id"] for x in items], **kw)
+        res["scoring"]["implicit"] = {k: df.attrs["scoring"][k] for k in
+                                      ("vector_kind", "n_scored", "seconds")}
+        units_kind = df.attrs["scoring"]["vector_kind"]
+        res["implicit"] = implicit_scenarios(df, items, emotions, cluster_map, cluster_source=source)
+        x_imp = _pooled(reader, [x["text"] for x in items], layer, pool_start, batch_size)
+        consistency.append((x_imp, df[emotions].to_numpy(dtype=float)))
+    if templates:
+        rows = intensity_rows(templates)
+        df = score_texts(st, [r["text"] for r in rows], ids=[r["id"] for r in rows], **kw)
+        res["scoring"]["intensity"] = {k: df.attrs["scoring"][k] for k in
+                                       ("vector_kind", "n_scored", "seconds")}
+        units_kind = df.attrs["scoring"]["vector_kind"]
+        res["intensity"] = intensity(df, templates, emotions)
+        x_int = _pooled(reader, [r["text"] for r in rows], layer, pool_start, batch_size)
+        consistency.append((x_int, df[emotions].to_numpy(dtype=float)))
+    li = st.layers.index(layer)
+    units_kind = units_kind or f"{_default_kind(st)}_unit"
+    units = np.asarray(st.array(units_kind)[:, li, :], dtype=np.float64)
+    diffs = [float(np.nanmax(np.abs(zscore_projections(x[np.isfinite(x).all(1)], units)
+                                    - z[np.isfinite(x).all(1)]))) for x, z in consistency]
+    res["consistency_max_abs"] = max(diffs) if diffs else None
+    for name, x in (("implicit", x_imp), ("intensity", x_int)):
+        if x is not None and not np.isfinite(x).all():
+            raise BatteryError(f"some {name} texts were too short for the pool {pool}")
+    return units_kind, x_imp, x_int, units
 
 
 def _default_kind(st: Any) -> str:

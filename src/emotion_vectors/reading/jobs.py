@@ -241,182 +241,50 @@ def corpus_report_job(smk: Any, log: logging.Logger) -> None:
     basis = np.vstack([units, direction.direction[None, :]])
     neutral_vec, neutral_info = neutral_baseline(store, layer, smk.input.neutral)
     neutral_proj = dict(zip(names, (basis @ neutral_vec).tolist()))
-    base_proj = meta["baseline"]["projection"]
     sd = meta["projection_sd"]
-
-    def raw_col(name):
-        return "valence_raw" if name == "valence" else f"raw_{name}"
 
     # Scores from the neutral dialogues, in corpus-sd units: (raw + baseline - neutral) / sd.
     scored = np.isfinite(df["valence"].to_numpy(float))
-    ref = pd.DataFrame({e: (df[raw_col(e)].to_numpy(float) + base_proj[e] - neutral_proj[e]) / sd[e]
-                        if sd[e] else np.nan for e in names})
+    ref = pd.DataFrame({e: (df[_raw_col(e)].to_numpy(float) + meta["baseline"]["projection"][e] - neutral_proj[e])
+                        / sd[e] if sd[e] else np.nan for e in names})
     Z = ref.loc[scored, emotions].to_numpy(float)
     n = Z.shape[0]
     if n == 0:
         raise SystemExit(f"corpus {corpus}: no text was scored ({meta.get('skipped')})")
-    means = Z.mean(axis=0)
-    rng = np.random.default_rng(s["seed"])
-    B = int(s["n_boot"])
-    boots = np.empty((B, len(emotions)))
-    for start in range(0, B, 200):
-        b = min(200, B - start)
-        w = rng.multinomial(n, np.full(n, 1.0 / n), size=b)
-        boots[start:start + b] = w @ Z / n
-    lo, hi = (np.quantile(boots, [0.025, 0.975], axis=0) if B else (np.full(len(emotions), np.nan),) * 2)
-    order = np.argsort(-means, kind="stable")
-    ranking = pd.DataFrame({
-        "rank": np.arange(1, len(emotions) + 1),
-        "emotion": [emotions[i] for i in order],
-        "mean": means[order], "ci_low": lo[order], "ci_high": hi[order],
-        "share_above_neutral": [float((Z[:, i] > 0).mean()) for i in order],
-        "n": n,
-    })
+    ranking = _ranking(Z, emotions, seed=s["seed"], n_boot=int(s["n_boot"]))
     ranking.to_csv(smk.output.ranking, sep="\t", index=False, float_format="%.6g")
     log.info("corpus %s: %d texts scored; top emotions %s", corpus, n, ranking["emotion"].head(5).tolist())
-
-    # Figure: means with intervals, highest at the top.
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.22 * len(emotions)))
-    y = np.arange(len(emotions))[::-1]
-    ax.errorbar(ranking["mean"], y, xerr=[ranking["mean"] - ranking["ci_low"], ranking["ci_high"] - ranking["mean"]],
-                fmt="o", ms=4, capsize=2, color="#333333")
-    ax.axvline(0, color="#999999", lw=0.8, ls="--")
-    ax.set_yticks(y, ranking["emotion"])
-    ax.set_xlabel("mean score from the neutral dialogues (corpus sd units), 95% bootstrap CI")
-    ax.set_title(f"{corpus}: {n} texts, layer {layer}, pool {meta['pool']}")
-    fig.tight_layout()
-    fig.savefig(smk.output.ranking_figure, dpi=120)
-    plt.close(fig)
-
-    # Top texts per emotion, one line each: backslash, tab, CR and LF written as \\, \t, \r, \n
-    # (the exact text is the corpus row's).
-    def one_line(text):
-        if not isinstance(text, str):
-            return text
-        return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\r", "\\r").replace("\n", "\\n")
-
-    k = int(s["top_texts"])
-    rows = []
-    for e in emotions:
-        col = ref.loc[scored, e].sort_values(ascending=False, kind="stable")
-        for rank, (i, val) in enumerate(col.head(k).items(), start=1):
-            r = df.loc[i]
-            rows.append({"emotion": e, "rank": rank, "row": int(r["row"]), "id": r["id"],
-                         "label": r["label"] if "label" in df.columns else None, "score": float(val),
-                         "z_corpus": float(r[e]), "n_tokens": r["n_tokens"], "truncated": bool(r["truncated"]),
-                         "text": one_line(r["text"]) if "text" in df.columns else None})
-    top = pd.DataFrame(rows)
+    _ranking_figure(ranking, smk.output.ranking_figure,
+                    title=f"{corpus}: {n} texts, layer {layer}, pool {meta['pool']}")
+    top = _top_texts(df, ref, scored, emotions, int(s["top_texts"]))
     top.to_csv(smk.output.top_texts, sep="\t", index=False, float_format="%.6g")
 
     # Token highlights for the top texts of a few emotions.
     hl = s["highlight"]
     hl_emotions = [e for e in hl["emotions"] if e in emotions] or emotions[:3]
     reader = ServerReader(server_from_params(smk.params.server))
-    pool_start = int(meta["pool_start"])
-    items = []
-    max_gap = 0.0
-    for e in hl_emotions:
-        u = units[emotions.index(e)]
-        for _, r in top[top["emotion"] == e].head(int(hl["texts"])).iterrows():
-            if not isinstance(r["text"], str):
-                continue
-            tp = reader.token_projections(r["text"], u, layer, max_tokens=int(meta["max_tokens"]))
-            values = (tp.projections - neutral_proj[e]) / sd[e]
-            pooled = np.arange(len(tp)) >= pool_start
-            if pooled.any():
-                max_gap = max(max_gap, abs(float(values[pooled].mean()) - float(r["score"])))
-            items.append({"emotion": e, "text_id": f"{r['id']} (row {r['row']})", "pieces": tp.pieces,
-                          "tokens": tp.tokens, "values": values, "pooled": pooled.tolist(),
-                          "score": r["score"],
-                          "heading": f"rank {r['rank']}" + (f", label {r['label']}" if isinstance(r["label"], str) else "")})
-    intro = (f"Corpus {corpus}, layer {layer}, vectors {kind}. Each token is coloured by its residual-stream "
-             f"activation at the layer projected on the emotion's unit vector, measured from the mean "
-             f"neutral dialogue and divided by the corpus sd of the texts' scores; a text's score is the "
-             f"mean over its pooled tokens (positions {pool_start}..).")
-    # One colour scale for the page: the 95th percentile of |pooled token values| (at least 1).
-    pooled_vals = [abs(v) for it in items for v, p in zip(it["values"], it["pooled"]) if p]
-    scale = float(max(1.0, np.round(np.quantile(pooled_vals, 0.95), 1))) if pooled_vals else 3.0
-    with open(smk.output.highlights, "w", encoding="utf-8") as fh:
-        fh.write(highlight_html(items, title=f"Token view: {corpus}", scale=scale, intro=intro))
+    items, max_gap, scale = _highlights(reader, top, units, emotions, hl_emotions, int(hl["texts"]), neutral_proj, sd,
+                                        meta, corpus=corpus, layer=layer, kind=kind, out=smk.output.highlights)
     log.info("highlights: %d texts of %s; largest |mean of pooled token values - score| %.2g",
              len(items), hl_emotions, max_gap)
 
     # The shuffled-label vectors' projections (score_corpus), if the run has them.
-    from emotion_vectors.reading.text_checks import emotion_label_check, shuffled_means
-    from emotion_vectors.vectors.build import shuffled_name
-
-    null = None
-    null_path = getattr(smk.input, "shuffled", None)
-    if null_path:
-        with np.load(null_path) as z:
-            K = int(z["n_shuffles"])
-            if K > 0:
-                null = {"K": K, "names": [str(x) for x in z["names"]], "P": np.asarray(z["projections"], float),
-                        "NP": np.asarray(z["neutral_projections"], float)}
-        if null is not None and null["P"].shape[0] != len(df):
-            raise SystemExit(f"{null_path} has {null['P'].shape[0]} rows, the scores {len(df)}: rerun score_corpus")
-
-    def null_cols(name):
-        """Columns of ``name``'s shuffled counterpart in each shuffle (``valence`` included)."""
-        col = {n: i for i, n in enumerate(null["names"])}
-        return [col[f"valence@shuffle{k}" if name == "valence" else shuffled_name(name, k)] for k in range(null["K"])]
-
+    null = _shuffled_projections(getattr(smk.input, "shuffled", None), len(df))
     null_rows = []
     if null is not None:
+        from emotion_vectors.reading.text_checks import shuffled_means
+
         for e in emotions:
-            cols = null_cols(e)
+            cols = _null_cols(null, e)
             m = shuffled_means(null["P"][scored][:, cols].T, null["NP"][cols])
             null_rows += [{"shuffle": k, "emotion": e, "mean": float(v)} for k, v in enumerate(m)]
     if getattr(smk.output, "ranking_null", None):
         pd.DataFrame(null_rows, columns=["shuffle", "emotion", "mean"]).to_csv(
             smk.output.ranking_null, sep="\t", index=False, float_format="%.6g")
 
-    # Labelled check.
     spec = smk.params.labelled
-    if spec:
-        if "label" not in df.columns:
-            raise SystemExit(f"scoring.labelled.{corpus}: the scores have no label column "
-                             f"({spec['label_column']!r} is not in the corpus)")
-        check = labelled_check(df, "label", spec["positive"], spec["negative"], n_boot=int(s["n_boot"]),
-                               seed=int(s["seed"]),
-                               null_valence=None if null is None else null["P"][:, null_cols("valence")].T)
-        check = {"corpus": corpus, "labelled": True, **check,
-                 "valence_direction_check": (meta.get("valence_direction") or {}).get("check")}
-        v = check["scorers"]["valence"]
-        log.info("labelled check: valence AUROC %s %s; lexicon %s; vader %s", v["auroc"], v["ci95"],
-                 check["scorers"]["lexicon"]["auroc"], check["scorers"]["vader"]["auroc"])
-    else:
-        check = {"corpus": corpus, "labelled": False}
-    write_json_atomic(check, smk.output.labelled)
-
-    # Emotion-labelled check.
-    espec = getattr(smk.params, "emotion_labelled", None)
-    ecols = ["emotion", "label", "n_positive", "n_negative", "auroc", "ci_low", "ci_high", "p_mannwhitney",
-             "p_mannwhitney_holm", "nrc_category", "nrc_auroc", "n_shuffles", "shuffled_auroc_mean",
-             "shuffled_auroc_p95", "p_shuffled", "p_shuffled_holm", "skipped"]
-    if espec:
-        if "label" not in df.columns:
-            raise SystemExit(f"scoring.emotion_labelled.{corpus}: the scores have no label column")
-        label_map = espec.get("labels") or smk.params.emotion_labels
-        echeck = emotion_label_check(
-            df, label_map, label_column="label", separator=espec.get("separator"),
-            null_scores=None if null is None else {e: null["P"][:, null_cols(e)].T for e in emotions},
-            min_positive=int(espec.get("min_positive", 5)), n_boot=int(s["n_boot"]), seed=int(s["seed"]))
-        echeck = {"corpus": corpus, "labelled": True, **echeck}
-        fam = echeck["family"]
-        log.info("emotion-label check: %d emotions tested, mean AUROC %s %s (p vs shuffles %s); NRC mean %s",
-                 fam["n_emotions"], fam["mean_auroc"], fam["ci95"], fam.get("p_shuffled"), fam.get("nrc_mean_auroc"))
-    else:
-        echeck = {"corpus": corpus, "labelled": False, "rows": []}
-    if getattr(smk.output, "emotion_tsv", None):
-        pd.DataFrame(echeck["rows"], columns=ecols).to_csv(smk.output.emotion_tsv, sep="\t", index=False,
-                                                           float_format="%.6g")
-        write_json_atomic(echeck, smk.output.emotion_json)
+    write_json_atomic(_labelled_report(df, spec, null, meta, s, corpus, log), smk.output.labelled)
+    _emotion_labelled_report(smk, df, null, emotions, s, corpus, log)
 
     valence = ref.loc[scored, "valence"].to_numpy(float)
     write_json_atomic({
@@ -436,6 +304,182 @@ def corpus_report_job(smk: Any, log: logging.Logger) -> None:
     }, smk.output.summary)
 
 
+def _raw_col(name: str) -> str:
+    return "valence_raw" if name == "valence" else f"raw_{name}"
+
+
+def _ranking(Z: np.ndarray, emotions: list[str], *, seed: Any, n_boot: int) -> pd.DataFrame:
+    """Emotions ranked by their mean score ``Z`` ``(n texts, E)``, with a percentile bootstrap 95%
+    interval (texts resampled, 200 resamples per draw of the generator)."""
+    n = Z.shape[0]
+    means = Z.mean(axis=0)
+    rng = np.random.default_rng(seed)
+    B = n_boot
+    boots = np.empty((B, len(emotions)))
+    for start in range(0, B, 200):
+        b = min(200, B - start)
+        w = rng.multinomial(n, np.full(n, 1.0 / n), size=b)
+        boots[start:start + b] = w @ Z / n
+    lo, hi = (np.quantile(boots, [0.025, 0.975], axis=0) if B else (np.full(len(emotions), np.nan),) * 2)
+    order = np.argsort(-means, kind="stable")
+    return pd.DataFrame({
+        "rank": np.arange(1, len(emotions) + 1),
+        "emotion": [emotions[i] for i in order],
+        "mean": means[order], "ci_low": lo[order], "ci_high": hi[order],
+        "share_above_neutral": [float((Z[:, i] > 0).mean()) for i in order],
+        "n": n,
+    })
+
+
+def _ranking_figure(ranking: pd.DataFrame, out: str, *, title: str) -> None:
+    """Figure: means with intervals, highest at the top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.22 * len(ranking)))
+    y = np.arange(len(ranking))[::-1]
+    ax.errorbar(ranking["mean"], y, xerr=[ranking["mean"] - ranking["ci_low"], ranking["ci_high"] - ranking["mean"]],
+                fmt="o", ms=4, capsize=2, color="#333333")
+    ax.axvline(0, color="#999999", lw=0.8, ls="--")
+    ax.set_yticks(y, ranking["emotion"])
+    ax.set_xlabel("mean score from the neutral dialogues (corpus sd units), 95% bootstrap CI")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def _one_line(text: Any) -> Any:
+    r"""Backslash, tab, CR and LF written as \\, \t, \r, \n (the exact text is the corpus row's)."""
+    if not isinstance(text, str):
+        return text
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _top_texts(df: pd.DataFrame, ref: pd.DataFrame, scored: np.ndarray, emotions: list[str], k: int) -> pd.DataFrame:
+    """The ``k`` highest-scoring texts per emotion, one line each."""
+    rows = []
+    for e in emotions:
+        col = ref.loc[scored, e].sort_values(ascending=False, kind="stable")
+        for rank, (i, val) in enumerate(col.head(k).items(), start=1):
+            r = df.loc[i]
+            rows.append({"emotion": e, "rank": rank, "row": int(r["row"]), "id": r["id"],
+                         "label": r["label"] if "label" in df.columns else None, "score": float(val),
+                         "z_corpus": float(r[e]), "n_tokens": r["n_tokens"], "truncated": bool(r["truncated"]),
+                         "text": _one_line(r["text"]) if "text" in df.columns else None})
+    return pd.DataFrame(rows)
+
+
+def _highlights(reader: Any, top: pd.DataFrame, units: np.ndarray, emotions: list[str], hl_emotions: list[str],
+                n_texts: int, neutral_proj: dict[str, float], sd: dict[str, Any], meta: dict[str, Any], *,
+                corpus: str, layer: int, kind: str, out: str) -> tuple[list[dict[str, Any]], float, float]:
+    """The token view of the top ``n_texts`` texts of each of ``hl_emotions``, written to ``out``
+    (html); returns its items, the largest gap between a text's mean pooled token value and its
+    score, and the page's colour scale."""
+    pool_start = int(meta["pool_start"])
+    items = []
+    max_gap = 0.0
+    for e in hl_emotions:
+        u = units[emotions.index(e)]
+        for _, r in top[top["emotion"] == e].head(n_texts).iterrows():
+            if not isinstance(r["text"], str):
+                continue
+            tp = reader.token_projections(r["text"], u, layer, max_tokens=int(meta["max_tokens"]))
+            values = (tp.projections - neutral_proj[e]) / sd[e]
+            pooled = np.arange(len(tp)) >= pool_start
+            if pooled.any():
+                max_gap = max(max_gap, abs(float(values[pooled].mean()) - float(r["score"])))
+            items.append({"emotion": e, "text_id": f"{r['id']} (row {r['row']})", "pieces": tp.pieces,
+                          "tokens": tp.tokens, "values": values, "pooled": pooled.tolist(),
+                          "score": r["score"],
+                          "heading": f"rank {r['rank']}" + (f", label {r['label']}" if isinstance(r["label"], str) else "")})
+    intro = (f"Corpus {corpus}, layer {layer}, vectors {kind}. Each token is coloured by its residual-stream "
+             f"activation at the layer projected on the emotion's unit vector, measured from the mean "
+             f"neutral dialogue and divided by the corpus sd of the texts' scores; a text's score is the "
+             f"mean over its pooled tokens (positions {pool_start}..).")
+    # One colour scale for the page: the 95th percentile of |pooled token values| (at least 1).
+    pooled_vals = [abs(v) for it in items for v, p in zip(it["values"], it["pooled"]) if p]
+    scale = float(max(1.0, np.round(np.quantile(pooled_vals, 0.95), 1))) if pooled_vals else 3.0
+    with open(out, "w", encoding="utf-8") as fh:
+        fh.write(highlight_html(items, title=f"Token view: {corpus}", scale=scale, intro=intro))
+    return items, max_gap, scale
+
+
+def _shuffled_projections(null_path: Any, n_rows: int) -> dict[str, Any] | None:
+    """The shuffled-label vectors' projections written by ``score_corpus`` (``<corpus>.shuffled.npz``),
+    or None without them (or with no shuffle)."""
+    null = None
+    if null_path:
+        with np.load(null_path) as z:
+            K = int(z["n_shuffles"])
+            if K > 0:
+                null = {"K": K, "names": [str(x) for x in z["names"]], "P": np.asarray(z["projections"], float),
+                        "NP": np.asarray(z["neutral_projections"], float)}
+        if null is not None and null["P"].shape[0] != n_rows:
+            raise SystemExit(f"{null_path} has {null['P'].shape[0]} rows, the scores {n_rows}: rerun score_corpus")
+    return null
+
+
+def _null_cols(null: dict[str, Any], name: str) -> list[int]:
+    """Columns of ``name``'s shuffled counterpart in each shuffle (``valence`` included)."""
+    from emotion_vectors.vectors.build import shuffled_name
+
+    col = {n: i for i, n in enumerate(null["names"])}
+    return [col[f"valence@shuffle{k}" if name == "valence" else shuffled_name(name, k)] for k in range(null["K"])]
+
+
+def _labelled_report(df: pd.DataFrame, spec: Any, null: dict[str, Any] | None, meta: dict[str, Any],
+                     s: dict[str, Any], corpus: str, log: logging.Logger) -> dict[str, Any]:
+    """labelled_check.json: ``labelled_check`` for a labelled corpus (``spec``), else a stub."""
+    if spec:
+        if "label" not in df.columns:
+            raise SystemExit(f"scoring.labelled.{corpus}: the scores have no label column "
+                             f"({spec['label_column']!r} is not in the corpus)")
+        check = labelled_check(df, "label", spec["positive"], spec["negative"], n_boot=int(s["n_boot"]),
+                               seed=int(s["seed"]),
+                               null_valence=None if null is None else null["P"][:, _null_cols(null, "valence")].T)
+        check = {"corpus": corpus, "labelled": True, **check,
+                 "valence_direction_check": (meta.get("valence_direction") or {}).get("check")}
+        v = check["scorers"]["valence"]
+        log.info("labelled check: valence AUROC %s %s; lexicon %s; vader %s", v["auroc"], v["ci95"],
+                 check["scorers"]["lexicon"]["auroc"], check["scorers"]["vader"]["auroc"])
+    else:
+        check = {"corpus": corpus, "labelled": False}
+    return check
+
+
+def _emotion_labelled_report(smk: Any, df: pd.DataFrame, null: dict[str, Any] | None, emotions: list[str],
+                             s: dict[str, Any], corpus: str, log: logging.Logger) -> None:
+    """emotion_check.json / .tsv (when the rule asks for them): ``text_checks.emotion_label_check``
+    for a corpus labelled with emotions, else a stub."""
+    from emotion_vectors.reading.text_checks import emotion_label_check
+
+    espec = getattr(smk.params, "emotion_labelled", None)
+    ecols = ["emotion", "label", "n_positive", "n_negative", "auroc", "ci_low", "ci_high", "p_mannwhitney",
+             "p_mannwhitney_holm", "nrc_category", "nrc_auroc", "n_shuffles", "shuffled_auroc_mean",
+             "shuffled_auroc_p95", "p_shuffled", "p_shuffled_holm", "skipped"]
+    if espec:
+        if "label" not in df.columns:
+            raise SystemExit(f"scoring.emotion_labelled.{corpus}: the scores have no label column")
+        label_map = espec.get("labels") or smk.params.emotion_labels
+        echeck = emotion_label_check(
+            df, label_map, label_column="label", separator=espec.get("separator"),
+            null_scores=None if null is None else {e: null["P"][:, _null_cols(null, e)].T for e in emotions},
+            min_positive=int(espec.get("min_positive", 5)), n_boot=int(s["n_boot"]), seed=int(s["seed"]))
+        echeck = {"corpus": corpus, "labelled": True, **echeck}
+        fam = echeck["family"]
+        log.info("emotion-label check: %d emotions tested, mean AUROC %s %s (p vs shuffles %s); NRC mean %s",
+                 fam["n_emotions"], fam["mean_auroc"], fam["ci95"], fam.get("p_shuffled"), fam.get("nrc_mean_auroc"))
+    else:
+        echeck = {"corpus": corpus, "labelled": False, "rows": []}
+    if getattr(smk.output, "emotion_tsv", None):
+        pd.DataFrame(echeck["rows"], columns=ecols).to_csv(smk.output.emotion_tsv, sep="\t", index=False,
+                                                           float_format="%.6g")
+        write_json_atomic(echeck, smk.output.emotion_json)
+
+
 def corpora_comparison_job(smk: Any, log: logging.Logger) -> None:
     """Rule `corpora_comparison`: where the corpora's emotion rankings differ
     (Spearman correlation between their mean-score vectors; per-emotion ranks), the labelled
@@ -447,7 +491,34 @@ def corpora_comparison_job(smk: Any, log: logging.Logger) -> None:
     ``log``: its logger (``core.jobs.start_job``).
     """
     corpora = list(smk.params.corpora)
-    rank = {c: pd.read_csv(p, sep="\t").set_index("emotion") for c, p in zip(corpora, smk.input.rankings)}
+    table, emotions = _rank_table(corpora, smk.input.rankings)
+    table.reset_index().to_csv(smk.output.ranks, sep="\t", index=False, float_format="%.6g")
+    agreement, pairs = _corpora_pairs(smk, table, corpora, emotions, log)
+    _comparison_figure(table, corpora, emotions, pairs, smk.output.figure)
+    checks = _labelled_table(corpora, smk.input.labelled, smk.output.labelled)
+    write_json_atomic(checks, smk.output.labelled_json)
+
+    # The stage's claims.
+    claims = agreement_claims(agreement, figure=str(smk.output.figure))
+    for c in checks:
+        claims.append(valence_auroc_claim(c, checks[c], figure=str(smk.output.labelled)))
+    for c, pth in zip(corpora, list(getattr(smk.input, "emotion", []) or [])):
+        echk = json.loads(open(pth, encoding="utf-8").read())
+        if echk.get("labelled"):
+            claims += emotion_claims(c, echk, figure=pth.replace(".json", ".tsv"))
+    if getattr(smk.output, "claims", None):
+        write_claims(claims, smk.output.claims)
+    for cl in claims:
+        log.info("claim %s: %s (statistic %s, p %s, adjusted %s)%s", cl.id, cl.verdict, cl.statistic, cl.p,
+                 cl.p_adjusted, f"; {cl.note}" if cl.note else "")
+
+
+
+
+def _rank_table(corpora: list[str], rankings: Any) -> tuple[pd.DataFrame, list[str]]:
+    """Each corpus's mean and rank per emotion and the range of the ranks, emotions whose rank
+    differs most first; and the emotions in the first corpus's ranking order."""
+    rank = {c: pd.read_csv(p, sep="\t").set_index("emotion") for c, p in zip(corpora, rankings)}
     emotions = list(rank[corpora[0]].index)
     table = pd.DataFrame(index=pd.Index(emotions, name="emotion"))
     for c in corpora:
@@ -456,8 +527,14 @@ def corpora_comparison_job(smk: Any, log: logging.Logger) -> None:
     rank_cols = [f"rank_{c}" for c in corpora]
     table["rank_range"] = table[rank_cols].max(axis=1) - table[rank_cols].min(axis=1)
     table = table.sort_values(["rank_range", f"rank_{corpora[0]}"], ascending=[False, True])
-    table.reset_index().to_csv(smk.output.ranks, sep="\t", index=False, float_format="%.6g")
+    return table, emotions
 
+
+def _corpora_pairs(smk: Any, table: pd.DataFrame, corpora: list[str], emotions: list[str],
+                   log: logging.Logger) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The corpora agreement (``text_checks.corpora_agreement``) and one row per pair of corpora
+    (Spearman, its interval and p against the shuffled-label vectors, the emotions whose rank
+    differs most), written to ``smk.output.spearman``."""
     # The agreement test: the same Spearman with each shuffle's shuffled-label vectors (same offset
     # from the neutral dialogues, no emotion labels) is its null.
     null_paths = list(getattr(smk.input, "ranking_null", []) or [])
@@ -492,7 +569,12 @@ def corpora_comparison_job(smk: Any, log: logging.Logger) -> None:
                                  "null_median", "n_shuffles", "p_shuffled", "n_emotions",
                                  "mean_abs_rank_difference", "most_different"]).to_csv(
         smk.output.spearman, sep="\t", index=False, float_format="%.6g")
+    return agreement, pairs
 
+
+def _comparison_figure(table: pd.DataFrame, corpora: list[str], emotions: list[str], pairs: list[dict[str, Any]],
+                       out: str) -> None:
+    """The Spearman matrix of the corpora and the ranks of the emotions whose rank differs most."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -526,12 +608,16 @@ def corpora_comparison_job(smk: Any, log: logging.Logger) -> None:
     axes[1].set_title("emotions whose rank differs most" if C > 1 else "one corpus: nothing to compare")
     axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(smk.output.figure, dpi=120)
+    fig.savefig(out, dpi=120)
     plt.close(fig)
 
+
+def _labelled_table(corpora: list[str], labelled: Any, out: str) -> dict[str, Any]:
+    """The labelled corpora's checks side by side (``labelled_check.tsv``, written to ``out``);
+    returns the checks by corpus."""
     checks = {}
     rows = []
-    for c, p in zip(corpora, smk.input.labelled):
+    for c, p in zip(corpora, labelled):
         chk = json.loads(open(p, encoding="utf-8").read())
         if not chk.get("labelled"):
             continue
@@ -565,22 +651,8 @@ def corpora_comparison_job(smk: Any, log: logging.Logger) -> None:
                for k in ("auroc", "ci_low", "ci_high", "n")]
             + ["same_texts_n"] + [f"same_{n}_{k}" for n in ("valence", "lexicon", "vader") for k in ("auroc", "ci_low", "ci_high")]
             + [f"same_valence_minus_{o}{k}" for o in ("vader", "lexicon") for k in ("", "_ci_low", "_ci_high")])
-    pd.DataFrame(rows, columns=cols).to_csv(smk.output.labelled, sep="\t", index=False, float_format="%.6g")
-    write_json_atomic(checks, smk.output.labelled_json)
-
-    # The stage's claims.
-    claims = agreement_claims(agreement, figure=str(smk.output.figure))
-    for c in checks:
-        claims.append(valence_auroc_claim(c, checks[c], figure=str(smk.output.labelled)))
-    for c, pth in zip(corpora, list(getattr(smk.input, "emotion", []) or [])):
-        echk = json.loads(open(pth, encoding="utf-8").read())
-        if echk.get("labelled"):
-            claims += emotion_claims(c, echk, figure=pth.replace(".json", ".tsv"))
-    if getattr(smk.output, "claims", None):
-        write_claims(claims, smk.output.claims)
-    for cl in claims:
-        log.info("claim %s: %s (statistic %s, p %s, adjusted %s)%s", cl.id, cl.verdict, cl.statistic, cl.p,
-                 cl.p_adjusted, f"; {cl.note}" if cl.note else "")
+    pd.DataFrame(rows, columns=cols).to_csv(out, sep="\t", index=False, float_format="%.6g")
+    return checks
 
 
 def battery_job(smk: Any, log: logging.Logger) -> None:

@@ -80,6 +80,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -291,10 +292,70 @@ def score_texts(
     Returns:
         The rows in input order (see the module docstring), ``df.attrs["scoring"]`` = metadata.
     """
-    from emotion_vectors.steering.readout import check_valence_direction, store_valence_direction
-
     started = time.perf_counter()
     st = _open(store)
+    sb = _scoring_basis(st, texts, kind=kind, layer=layer, baseline=baseline, pool=pool, max_tokens=max_tokens,
+                        ids=ids, labels=labels, neutral_path=neutral_path, extra_basis=extra_basis,
+                        valence_check=valence_check)
+    n = len(texts)
+    reasons, values, good = _usable_rows(texts, skip)
+    reader, info, matches = _scoring_reader(st, sb.basis.shape[1], reader=reader, model=model,
+                                            tokenizer=tokenizer, model_path=model_path, device=device,
+                                            model_info=model_info)
+    rd = _read_and_project(reader, values, good, reasons, sb, max_tokens=max_tokens, batch_size=batch_size,
+                           max_batch_tokens=max_batch_tokens, progress_every=progress_every)
+
+    # Baseline, raw projections and z-scores.
+    proj, scored, n_main = rd.proj, rd.scored, sb.n_main
+    if baseline == "corpus":
+        base_proj = proj[scored].mean(axis=0) if len(scored) else np.full(n_main, np.nan)
+    else:
+        base_proj = sb.base_vec @ sb.basis[:n_main].T
+    raw = proj - base_proj
+    sd = proj[scored].std(axis=0) if len(scored) else np.full(n_main, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(sd > 0, raw / np.where(sd > 0, sd, 1.0), np.nan)
+
+    df = _score_frame(sb.emotions, rd, reasons, values, good, raw, z, ids=ids, labels=labels,
+                      keep_text=keep_text)
+    seconds = time.perf_counter() - started
+    meta = _scoring_meta(st, sb, rd, reasons, info, matches, base_proj, sd, seconds=seconds,
+                         max_tokens=max_tokens, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                         read_by=reader.via)
+    df.attrs["scoring"] = meta
+    if extra_basis is not None:
+        df.attrs["extra_projections"] = rd.extra_proj
+    log.info("scored %d of %d rows in %.1f s (%.1f texts/s); skipped %s; truncated %d",
+             len(scored), n, seconds, meta["texts_per_second"] or 0,
+             {r: v["count"] for r, v in meta["skipped"].items()} or "none", meta["n_truncated"])
+    return df
+
+
+@dataclass
+class _ScoringBasis:
+    """What ``score_texts`` projects on, resolved and checked before any model is touched."""
+
+    kind: str  # "denoised" or "raw"
+    layer: int
+    pool_start: int
+    emotions: list[str]
+    direction: Any  # readout.ValenceDirection
+    vcheck: dict[str, Any]
+    basis: np.ndarray  # (E + 1 + m, d): unit vectors, valence, extra directions
+    n_main: int  # E + 1
+    base_vec: np.ndarray | None  # the neutral baseline (d,), or None for the corpus baseline
+    base_info: dict[str, Any]
+
+
+def _scoring_basis(st: Store, texts: Sequence[Any], *, kind: str | None, layer: int | None, baseline: str,
+                   pool: str | int, max_tokens: int, ids: Sequence[Any] | None, labels: Sequence[Any] | None,
+                   neutral_path: str | Path | None, extra_basis: np.ndarray | None,
+                   valence_check: Mapping[str, Any] | None) -> _ScoringBasis:
+    """``score_texts``'s settings checked and its directions read from the store: the unit
+    vectors at the layer, the valence direction (and its check), the extra directions, the
+    neutral baseline (read now, so that a missing one fails before a model loads)."""
+    from emotion_vectors.steering.readout import check_valence_direction, store_valence_direction
+
     kind = _vector_kind(st, kind)
     layer = default_layer(st) if layer is None else int(layer)
     if layer not in st.layers:
@@ -336,8 +397,13 @@ def score_texts(
         if base_vec.shape[0] != basis.shape[1]:
             raise ScoreError(f"neutral activations have width {base_vec.shape[0]}, the vectors "
                              f"{basis.shape[1]}")
+    return _ScoringBasis(kind, layer, pool_start, emotions, direction, vcheck, basis, n_main, base_vec,
+                         base_info)
 
-    # Which rows can be scored at all.
+
+def _usable_rows(texts: Sequence[Any], skip: Mapping[int, str] | None) -> tuple[dict[int, str], list[Any], list[int]]:
+    """Which rows can be scored at all: row -> reason for the others, every text as read
+    (``as_text``), and the usable rows."""
     reasons: dict[int, str] = {int(k): str(v) for k, v in (skip or {}).items()}
     values: list[Any] = [as_text(t) for t in texts]
     for i, v in enumerate(values):
@@ -345,8 +411,16 @@ def score_texts(
             r = text_problem(v)
             if r is not None:
                 reasons[i] = r
-    good = [i for i in range(n) if i not in reasons]
+    good = [i for i in range(len(texts)) if i not in reasons]
+    return reasons, values, good
 
+
+def _scoring_reader(st: Store, width: int, *, reader: Any, model: Any, tokenizer: Any,
+                    model_path: str | Path | None, device: str | None,
+                    model_info: Mapping[str, Any] | None) -> tuple[Any, dict[str, Any], bool | None]:
+    """The reader of the texts (the one given, else the caller's model, else the store's subject
+    loaded here), what it says about its model, and whether that is the store's subject model
+    (its hidden size must be the vectors' ``width``)."""
     if reader is None:
         if model is None or tokenizer is None:
             if model is not None or tokenizer is not None:
@@ -357,15 +431,37 @@ def score_texts(
             reader = LocalReader(model, tokenizer, model_info)
     info = dict(reader.info)
     hidden = reader.hidden_size
-    if hidden is not None and hidden != basis.shape[1]:
+    if hidden is not None and hidden != width:
         raise ScoreError(f"the model's hidden size {hidden} differs from the vectors' width "
-                         f"{basis.shape[1]}: not the store's subject model")
+                         f"{width}: not the store's subject model")
     matches = _model_matches_store(st, info)
     if matches is False:
         log.warning("the model scoring (%s) is not the store's subject model (%s)",
                     info.get("revision"), _store_subject(st).get("revision"))
+    return reader, info, matches
 
-    # Read every usable text (long ones truncated at a character boundary, recorded), project.
+
+@dataclass
+class _Projections:
+    """The texts as read and projected (rows in input order; NaN rows were not scored)."""
+
+    proj: np.ndarray  # (n, E + 1) projections on the unit vectors and valence
+    extra_proj: np.ndarray  # (n, m) projections on the extra directions
+    scored: np.ndarray  # rows scored
+    n_tokens: np.ndarray  # (n,) tokens read, -1 for rows not read
+    truncated: np.ndarray  # (n,) bool
+    good_texts: list[str]  # the usable rows' texts as scored (truncated ones cut)
+    tokens: Any  # tokens read in all
+    n_done: int  # texts read
+
+
+def _read_and_project(reader: Any, values: list[Any], good: list[int], reasons: dict[int, str],
+                      sb: _ScoringBasis, *, max_tokens: int, batch_size: int, max_batch_tokens: int | None,
+                      progress_every: float) -> _Projections:
+    """Read every usable text (long ones truncated at a character boundary, recorded) and project
+    its pooled activation on ``sb.basis``; rows too short for the pool are added to ``reasons``."""
+    n = len(values)
+    basis, n_main, layer, pool_start = sb.basis, sb.n_main, sb.layer, sb.pool_start
     good_texts = [values[i] for i in good]
     proj = np.full((n, basis.shape[0]), np.nan)
     n_done = 0
@@ -393,27 +489,23 @@ def score_texts(
         log.info("%d texts longer than %d tokens were truncated", int(truncated.sum()), max_tokens)
     for j in summary.too_short:
         reasons[good[j]] = "too_short_for_pool"
-    tokens = summary.tokens
     scored = np.flatnonzero(np.isfinite(proj[:, 0]))
-    extra_proj = proj[:, n_main:]
-    proj = proj[:, :n_main]
+    return _Projections(proj[:, :n_main], proj[:, n_main:], scored, n_tokens, truncated, good_texts,
+                        summary.tokens, n_done)
 
-    # Baseline, raw projections and z-scores.
-    if baseline == "corpus":
-        base_proj = proj[scored].mean(axis=0) if len(scored) else np.full(n_main, np.nan)
-    else:
-        base_proj = base_vec @ basis[:n_main].T
-    raw = proj - base_proj
-    sd = proj[scored].std(axis=0) if len(scored) else np.full(n_main, np.nan)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.where(sd > 0, raw / np.where(sd > 0, sd, 1.0), np.nan)
 
+def _score_frame(emotions: list[str], rd: _Projections, reasons: dict[int, str], values: list[Any],
+                 good: list[int], raw: np.ndarray, z: np.ndarray, *, ids: Sequence[Any] | None,
+                 labels: Sequence[Any] | None, keep_text: bool) -> pd.DataFrame:
+    """The output rows (module docstring): row, id, label, n_tokens, truncated, skipped, the
+    z-scores, the raw projections and the text as scored."""
+    n = len(values)
     df = pd.DataFrame({"row": np.arange(n, dtype=np.int64),
                        "id": [str(x) for x in ids] if ids is not None else [str(i) for i in range(n)]})
     if labels is not None:
         df["label"] = pd.Series([None if _isna(x) else x for x in labels], dtype=object)
-    df["n_tokens"] = pd.array([int(v) if v >= 0 else pd.NA for v in n_tokens], dtype="Int64")
-    df["truncated"] = truncated
+    df["n_tokens"] = pd.array([int(v) if v >= 0 else pd.NA for v in rd.n_tokens], dtype="Int64")
+    df["truncated"] = rd.truncated
     df["skipped"] = pd.Series([reasons.get(i) for i in range(n)], dtype=object)
     df["valence"] = z[:, -1]
     df["valence_raw"] = raw[:, -1]
@@ -424,25 +516,33 @@ def score_texts(
                                for i, v in enumerate(values)]
         for j, i in enumerate(good):
             if i not in reasons:
-                text_col[i] = good_texts[j]
+                text_col[i] = rd.good_texts[j]
         df["text"] = pd.Series(text_col, dtype=object)
+    return df
 
-    seconds = time.perf_counter() - started
+
+def _scoring_meta(st: Store, sb: _ScoringBasis, rd: _Projections, reasons: dict[int, str],
+                  info: dict[str, Any], matches: bool | None, base_proj: np.ndarray, sd: np.ndarray, *,
+                  seconds: float, max_tokens: int, batch_size: int, max_batch_tokens: int | None,
+                  read_by: Any) -> dict[str, Any]:
+    """``df.attrs["scoring"]``: the vectors, layer, pooling, baseline, valence direction, model,
+    skipped rows by reason, truncations and timing."""
     by_reason: dict[str, list[int]] = {}
     for i in sorted(reasons):
         by_reason.setdefault(reasons[i], []).append(i)
+    kind, direction, emotions = sb.kind, sb.direction, sb.emotions
     names = emotions + ["valence"]
-    meta = {
+    return {
         "vectors": str(st.path),
         "vector_kind": f"{kind}_unit",
         "emotions": emotions,
-        "layer": layer,
+        "layer": sb.layer,
         "layer_convention": "layer i = output of decoder block i (0-based)",
-        "pool": pool_name(pool_start),
-        "pool_start": pool_start,
+        "pool": pool_name(sb.pool_start),
+        "pool_start": sb.pool_start,
         "pool_definition": "mean over token positions pool_start..n_tokens-1, counted from each "
                            "text's own first token (add_special_tokens=True)",
-        "baseline": {**base_info, "projection": dict(zip(names, map(_num, base_proj)))},
+        "baseline": {**sb.base_info, "projection": dict(zip(names, map(_num, base_proj)))},
         "projection_sd": dict(zip(names, map(_num, sd))),
         "z_score": Z_DEFINITION,
         "valence_direction": {"kind": f"{kind}_unit", "explained": direction.explained,
@@ -450,32 +550,25 @@ def score_texts(
                               "unpleasant": list(direction.unpleasant),
                               "anchor_gap": direction.anchor_gap,
                               "fitted_on": "the store's vectors only (anchors fix the sign)",
-                              "check": vcheck},
+                              "check": sb.vcheck},
         "model": info,
         "model_matches_store": matches,
         "store_subject_model": _store_subject(st) or None,
-        "n_rows": n,
-        "n_scored": int(len(scored)),
+        "n_rows": len(rd.n_tokens),
+        "n_scored": int(len(rd.scored)),
         "n_skipped": int(len(reasons)),
         "skipped": {r: {"count": len(rows), "rows": rows, "meaning": SCORE_REASONS.get(r, r)}
                     for r, rows in sorted(by_reason.items())},
         "max_tokens": int(max_tokens),
-        "n_truncated": int(truncated.sum()),
-        "truncated_rows": np.flatnonzero(truncated).tolist(),
-        "tokens_scored": tokens,
+        "n_truncated": int(rd.truncated.sum()),
+        "truncated_rows": np.flatnonzero(rd.truncated).tolist(),
+        "tokens_scored": rd.tokens,
         "seconds": round(seconds, 3),
-        "texts_per_second": round(n_done / seconds, 3) if seconds > 0 else None,
+        "texts_per_second": round(rd.n_done / seconds, 3) if seconds > 0 else None,
         "batch_size": batch_size,
         "max_batch_tokens": max_batch_tokens,
-        "read_by": reader.via,
+        "read_by": read_by,
     }
-    df.attrs["scoring"] = meta
-    if extra_basis is not None:
-        df.attrs["extra_projections"] = extra_proj
-    log.info("scored %d of %d rows in %.1f s (%.1f texts/s); skipped %s; truncated %d",
-             len(scored), n, seconds, meta["texts_per_second"] or 0,
-             {r: v["count"] for r, v in meta["skipped"].items()} or "none", meta["n_truncated"])
-    return df
 
 
 def _isna(x: Any) -> bool:
@@ -645,7 +738,7 @@ def labelled_check(
     ``emotions=True`` adds the point AUROC of every emotion column (no interval). AUROC 0.5 =
     chance; above = the score is higher for positive texts.
     """
-    from emotion_vectors.reading.text_checks import aurocs_many, mannwhitney_auroc, paired_auroc_difference
+    from emotion_vectors.reading.text_checks import mannwhitney_auroc
 
     pos = {positive} if isinstance(positive, str) else set(positive)
     neg = {negative} if isinstance(negative, str) else set(negative)
@@ -696,6 +789,27 @@ def labelled_check(
         per_scorer["vader"] = vad
     for name, sc in per_scorer.items():
         result["scorers"][name]["p_mannwhitney"] = mannwhitney_auroc(y, sc)["p_mannwhitney"]
+    result["same_texts"] = _same_texts(y, per_scorer, n_boot=n_boot, seed=seed)
+    if null_valence is not None:
+        result.update(_shuffled_valence_aurocs(y, use, null_valence, result["scorers"]["valence"]["auroc"],
+                                               n_rows=len(scores_df)))
+    if emotions:
+        from sklearn.metrics import roc_auc_score
+
+        emo = (scores_df.attrs.get("scoring") or {}).get("emotions") or [
+            c[4:] for c in scores_df.columns if c.startswith("raw_") and c[4:] in scores_df.columns]
+        if y.any() and (~y).any():
+            result["emotions_auroc"] = {e: float(roc_auc_score(y, sub[e].to_numpy(float)))
+                                        for e in emo if np.isfinite(sub[e].to_numpy(float)).all()}
+    return result
+
+
+def _same_texts(y: np.ndarray, per_scorer: Mapping[str, np.ndarray], *, n_boot: int, seed: int) -> dict[str, Any]:
+    """``labelled_check``'s ``same_texts``: every scorer on the texts where all of them are
+    finite, with the paired differences ``valence - vader`` and ``valence - lexicon``."""
+    from emotion_vectors.reading.text_checks import mannwhitney_auroc, paired_auroc_difference
+
+    val = per_scorer["valence"]
     common = np.all([np.isfinite(v) for v in per_scorer.values()], axis=0)
     same: dict[str, Any] = {"n": int(common.sum()), "n_positive": int(y[common].sum()),
                             "n_negative": int((~y[common]).sum()),
@@ -708,28 +822,24 @@ def labelled_check(
         if other in per_scorer:
             same[f"valence_minus_{other}"] = paired_auroc_difference(
                 y[common], val[common], per_scorer[other][common], n_boot=n_boot, seed=seed)
-    result["same_texts"] = same
-    if null_valence is not None:
-        from emotion_vectors.core.claims import mc_p
+    return same
 
-        nv = np.asarray(null_valence, dtype=float)
-        if nv.ndim != 2 or nv.shape[1] != len(scores_df):
-            raise ScoreError(f"null_valence must be (K, {len(scores_df)}), got shape {nv.shape}")
-        na = aurocs_many(y, nv[:, use])
-        auc = result["scorers"]["valence"]["auroc"]
-        result["n_shuffles"] = int(nv.shape[0])
-        result["shuffled_auroc"] = [_num(v) for v in na]
-        result["shuffled_auroc_p95"] = _num(np.nanquantile(na, 0.95)) if np.isfinite(na).any() else None
-        result["p_shuffled"] = mc_p(auc, na) if auc is not None else None
-    if emotions:
-        from sklearn.metrics import roc_auc_score
 
-        emo = (scores_df.attrs.get("scoring") or {}).get("emotions") or [
-            c[4:] for c in scores_df.columns if c.startswith("raw_") and c[4:] in scores_df.columns]
-        if y.any() and (~y).any():
-            result["emotions_auroc"] = {e: float(roc_auc_score(y, sub[e].to_numpy(float)))
-                                        for e in emo if np.isfinite(sub[e].to_numpy(float)).all()}
-    return result
+def _shuffled_valence_aurocs(y: np.ndarray, use: np.ndarray, null_valence: np.ndarray, auc: float | None, *,
+                             n_rows: int) -> dict[str, Any]:
+    """``labelled_check``'s shuffled-label null: the AUROC of each shuffle's valence scores
+    ``null_valence`` ``(K, n_rows)`` on the rows ``use``, and ``p_shuffled`` of ``auc`` against them."""
+    from emotion_vectors.core.claims import mc_p
+    from emotion_vectors.reading.text_checks import aurocs_many
+
+    nv = np.asarray(null_valence, dtype=float)
+    if nv.ndim != 2 or nv.shape[1] != n_rows:
+        raise ScoreError(f"null_valence must be (K, {n_rows}), got shape {nv.shape}")
+    na = aurocs_many(y, nv[:, use])
+    return {"n_shuffles": int(nv.shape[0]),
+            "shuffled_auroc": [_num(v) for v in na],
+            "shuffled_auroc_p95": _num(np.nanquantile(na, 0.95)) if np.isfinite(na).any() else None,
+            "p_shuffled": mc_p(auc, na) if auc is not None else None}
 
 
 # --------------------------------------------------------------------------- CLI

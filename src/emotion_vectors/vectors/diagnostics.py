@@ -1034,11 +1034,24 @@ def diagnostics_claims(summary: Mapping[str, Any]) -> list[Any]:
     recognisability, Holm-corrected together (the verdict's family); the family's verdict; the
     emotion and interaction variance shares (raw scale, layer-max tests); and the per-emotion
     recognisability family (AUC tests, Holm over the emotions)."""
-    from ..core.claims import EFFECT, family_claims, make_claim
+    from ..core.claims import family_claims
 
     alpha = float(summary.get("alpha", 0.05) or 0.05)
     sep = summary.get("separability", {}) or {}
     rec = summary.get("recognisability")
+    fam = _separability_family(sep, rec, alpha)
+    fam = family_claims(fam, method="holm") if fam else []
+    out = [_family_verdict(fam, alpha), *fam]
+    out += _variance_claims(summary.get("variance_shares", {}) or {}, alpha)
+    out.append(_per_emotion_claim(rec, alpha))
+    return out
+
+
+def _separability_family(sep: Mapping[str, Any], rec: Mapping[str, Any] | None, alpha: float) -> list[Any]:
+    """The verdict's family before correction: one claim per separability method (layer-max
+    permutation tests) and the judge's recognisability (exact binomial test)."""
+    from ..core.claims import make_claim
+
     members = [m for m in METHODS if m in sep] + (["recognisability"] if rec else [])
     m_family = max(1, len(members))
     fam: list[Any] = []
@@ -1090,7 +1103,13 @@ def diagnostics_claims(summary: Mapping[str, Any]) -> list[Any]:
             interval_of=f"share of stories recognised, Wilson 95% (chance {_fmt(rec.get('chance'))}, n = {rec.get('n')})",
             alpha=alpha, extra={k: rec.get(k) for k in ("n", "correct", "chance", "ratio_to_chance", "share_centred", "auc")},
         ))
-    fam = family_claims(fam, method="holm") if fam else []
+    return fam
+
+
+def _family_verdict(fam: list[Any], alpha: float) -> Any:
+    """The family's verdict: its smallest Holm-adjusted p (not testable when no member has one)."""
+    from ..core.claims import EFFECT, make_claim
+
     tested = [c for c in fam if c.p_adjusted is not None]
     n_effect = sum(c.verdict == EFFECT for c in fam)
     verdict_text = ("the corpus carries its emotions: at least one of the separability methods or the judge's "
@@ -1113,8 +1132,14 @@ def diagnostics_claims(summary: Mapping[str, Any]) -> list[Any]:
         why = "; ".join(f"{c.id}: {c.note}" for c in fam if c.note) or "no test of the family has a p-value"
         verdict = make_claim(CLAIM_IDS["verdict"], "diagnostics", verdict_text, statistic=float(n_effect), p=None,
                              note=f"not testable: {why}", **common)
-    out = [verdict, *fam]
-    var = summary.get("variance_shares", {}) or {}
+    return verdict
+
+
+def _variance_claims(var: Mapping[str, Any], alpha: float) -> list[Any]:
+    """The emotion and interaction variance shares (raw scale, layer-max permutation tests)."""
+    from ..core.claims import make_claim
+
+    out: list[Any] = []
     var_text = {
         "emotion": "the emotion explains more of the stories' activation variance (raw) than labels shuffled within topics",
         "interaction": "the emotion's effect on the activations differs between topics (emotion x topic interaction, raw)",
@@ -1151,6 +1176,13 @@ def diagnostics_claims(summary: Mapping[str, Any]) -> list[Any]:
             extra={k: v.get(k) for k in ("best_layer", "share", "chance_expected", "null_mean", "null_p95", "p_perm",
                                          "statistic", "statistic_name")},
         ))
+    return out
+
+
+def _per_emotion_claim(rec: Mapping[str, Any] | None, alpha: float) -> Any:
+    """The per-emotion recognisability family (AUC tests, Holm over the emotions) as one claim."""
+    from ..core.claims import make_claim
+
     per = (rec or {}).get("per_emotion") or {}
     per_text = ("for at least one emotion, the judge scores the emotion's word higher after that emotion's stories "
                 "than after other emotions' stories")
@@ -1158,25 +1190,23 @@ def diagnostics_claims(summary: Mapping[str, Any]) -> list[Any]:
                 "against after other stories it was offered for (AUC); the family's smallest Holm-adjusted p")
     per_null = "the stories carry nothing about their emotion (a word's score does not depend on the story's label)"
     if not (per.get("p_auc") or {}).get("n_tested"):
-        out.append(make_claim(CLAIM_IDS["per_emotion"], "diagnostics", per_text, test=per_test, null=per_null,
-                              statistic=None, p=None, alpha=alpha, note="not testable: no per-emotion AUC test"))
-    else:
-        a = per["p_auc"]
-        m = int(a["n_tested"])
-        p_min = _num(a.get("min_p_holm"))
-        out.append(make_claim(
-            CLAIM_IDS["per_emotion"], "diagnostics", per_text, test=per_test, null=per_null,
-            statistic=float(a["n_holm"]), p=p_min, p_adjusted=p_min, correction=f"Holm over {m} emotions", family=m,
-            interval=[_num(x) for x in per.get("mean_auc_ci", [None, None])],
-            interval_of="mean AUC over emotions, t 95% interval (0.5 = nothing)",
-            alpha=alpha,
-            note=(f"statistic: emotions whose AUC test survives Holm ({a['n_holm']} of {m}; BH: {a['n_bh']}; "
-                  f"uncorrected: {a['n_uncorrected']}). The per-emotion binomial test is not claimed: a judge that "
-                  f"prefers a word after every story passes it for that word's stories"),
-            extra={"emotions_holm": a.get("emotions_holm", []), "n_bh": a.get("n_bh"),
-                   "binomial": per.get("p_binom"), "mean_auc": per.get("mean_auc")},
-        ))
-    return out
+        return make_claim(CLAIM_IDS["per_emotion"], "diagnostics", per_text, test=per_test, null=per_null,
+                          statistic=None, p=None, alpha=alpha, note="not testable: no per-emotion AUC test")
+    a = per["p_auc"]
+    m = int(a["n_tested"])
+    p_min = _num(a.get("min_p_holm"))
+    return make_claim(
+        CLAIM_IDS["per_emotion"], "diagnostics", per_text, test=per_test, null=per_null,
+        statistic=float(a["n_holm"]), p=p_min, p_adjusted=p_min, correction=f"Holm over {m} emotions", family=m,
+        interval=[_num(x) for x in per.get("mean_auc_ci", [None, None])],
+        interval_of="mean AUC over emotions, t 95% interval (0.5 = nothing)",
+        alpha=alpha,
+        note=(f"statistic: emotions whose AUC test survives Holm ({a['n_holm']} of {m}; BH: {a['n_bh']}; "
+              f"uncorrected: {a['n_uncorrected']}). The per-emotion binomial test is not claimed: a judge that "
+              f"prefers a word after every story passes it for that word's stories"),
+        extra={"emotions_holm": a.get("emotions_holm", []), "n_bh": a.get("n_bh"),
+               "binomial": per.get("p_binom"), "mean_auc": per.get("mean_auc")},
+    )
 
 
 def _fmt(v: Any) -> str:

@@ -24,7 +24,9 @@ write through ``write_store``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,16 +213,35 @@ class Store:
         return self._ints("n_stories")
 
 
+#: Open counters of ``counting_opens`` blocks in progress (``read_store`` adds to each).
+_OPEN_COUNTERS: list[Counter] = []
+
+
+@contextmanager
+def counting_opens() -> Iterator[Counter]:
+    """Count the ``read_store`` calls made while the block runs, per resolved store path (the
+    check that a job opens each store once and passes it down)."""
+    counts: Counter = Counter()
+    _OPEN_COUNTERS.append(counts)
+    try:
+        yield counts
+    finally:
+        _OPEN_COUNTERS.remove(counts)
+
+
 def read_store(path: str | Path) -> Store:
     """Open a vector store (its directory or its ``zarr.json``) and check its layout (attributes,
     array shapes, statuses).
 
     A store written before ``residual_norm_status`` existed (``layout_version`` absent) counts
     its ``residual_norm`` as measured when the array is present, finite and positive.
+    Every call is counted by the ``counting_opens`` blocks in progress.
     """
     import zarr
 
     path = zarr_root(path)
+    for counts in _OPEN_COUNTERS:
+        counts[path.resolve()] += 1
     if not path.exists():
         raise StoreLayoutError(f"vector store {path} does not exist; run the vectors rule first.")
     group = zarr.open_group(str(path), mode="r")
@@ -260,5 +281,5 @@ def read_store(path: str | Path) -> Store:
     return Store(path, emotions, layers, attrs, kinds, status, group)
 
 
-__all__ = ["KINDS", "LAYOUT_VERSION", "Store", "StoreLayoutError", "read_store", "unit_rows",
-           "write_store"]
+__all__ = ["KINDS", "LAYOUT_VERSION", "Store", "StoreLayoutError", "counting_opens", "read_store",
+           "unit_rows", "write_store"]
