@@ -70,7 +70,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -472,6 +472,65 @@ def continuation_test(
     n_e = len(emotions)
     s_top = max(strengths)
     grid = [s for s in strengths if s != 0.0]
+    rows, n_k, started = _continuation_directions(store, emotions, layer, grid, s_top, null_store=null_store,
+                                                  shuffle_sets=shuffle_sets, n_shuffled=n_shuffled,
+                                                  n_random=n_random, seed=seed)
+    log(f"continuation: {len(rows)} steered directions x strengths ({n_e} emotions x {len(grid)} strengths, "
+        f"{n_k} shuffles x {n_e}, {n_random} random) x {len(prompts)} prompts, {batch_size} per pass")
+    base = word_logprobs(model, tokenizer, prompts, words).mean(axis=0)  # (W,)
+    lp = steered_word_logprobs(model, tokenizer, prompts, words, rows, positions=positions,
+                               batch_size=batch_size, log=log).mean(axis=1)  # (rows, W)
+    n_curve = n_e * len(grid)
+    curve = lp[:n_curve].reshape(n_e, len(grid), len(words))
+    rise_real = curve[:, grid.index(s_top), :] - base  # (E, W) at s*
+    rise_shuf = (lp[n_curve : n_curve + n_k * n_e] - base).reshape(n_k, n_e, len(words))
+    rise_rand = lp[n_curve + n_k * n_e :] - base  # (R, W)
+
+    x = np.array(strengths)
+    full, per_strength = _continuation_curves(emotions, strengths, grid, base, curve)
+    spec = specificity_test(rise_real, n_permutations=n_permutations, seed=derive_seed("spec", seed))
+    z_real = row_z(rise_real)
+    own_real = np.diag(z_real).copy()
+    own_shuf = np.stack([np.diag(row_z(rise_shuf[k])) for k in range(n_k)]) if n_k else np.zeros((0, n_e))
+    shuf = set_test(own_real, own_shuf)
+    z_rand = row_z(rise_rand) if n_random else np.zeros((0, n_e))
+    rand = pool_test(np.vstack([z_real, z_rand]), n_e, n_permutations=n_permutations,
+                     seed=derive_seed("pool", seed))
+    per_emotion = _continuation_per_emotion(emotions, x, full, rise_real, own_real, own_shuf, z_rand, spec, shuf,
+                                            rand)
+    null_rows = [{"null": "shuffled", "index": k, "emotion": e, "own_z": float(own_shuf[k, i])}
+                 for k in range(n_k) for i, e in enumerate(emotions)]
+    null_rows += [{"null": "random", "index": r, "emotion": e, "own_z": float(z_rand[r, i])}
+                  for r in range(n_random) for i, e in enumerate(emotions)]
+
+    rises = sum(r["rises"] for r in per_emotion)
+    summary = {
+        "n_emotions": n_e, "strengths": strengths, "test_strength": s_top, "layer": layer,
+        "positions": positions, "prompts": list(prompts), "n_shuffled": n_k, "n_random": n_random,
+        "n_permutations": n_permutations, "n_directions_scored": len(rows),
+        "n_rising": rises, "share_rising": rises / n_e,
+        "n_top1_specific": sum(1 for r in per_emotion if r["specificity_rank"] == 1),
+        "median_specificity_rank": float(np.median([r["specificity_rank"] for r in per_emotion])),
+        "n_top1_vector": sum(1 for r in per_emotion if r["vector_rank"] == 1),
+        "median_vector_rank": float(np.median([r["vector_rank"] for r in per_emotion])),
+        "tests": _continuation_tests(spec, shuf, rand),
+        "rise_matrix": {"rows": "emotions' vectors", "columns": "emotion words", "order": emotions,
+                        "strength": s_top, "values": rise_real.tolist()},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    log(f"continuation: own word the top riser under its vector for {summary['n_top1_specific']}/{n_e} "
+        f"(median rank {summary['median_specificity_rank']:g}); own vector the top raiser of its word for "
+        f"{summary['n_top1_vector']}/{n_e}; specificity p {spec['p']:.3g}, shuffled p {shuf['p']:.3g} "
+        f"({n_k} shuffles), random p {rand['p']:.3g} (weak null) [{summary['seconds']:.0f} s]")
+    return ContinuationResult(per_emotion, per_strength, summary, null_rows)
+
+
+def _continuation_directions(store: Any, emotions: list[str], layer: int, grid: list[float], s_top: float, *,
+                             null_store: Any, shuffle_sets: Sequence[Sequence[str]] | None,
+                             n_shuffled: int | None, n_random: int, seed: int) -> tuple[list[list[Steer]], int, float]:
+    """The steered rows of the continuation test: each emotion's vector at every non-zero strength,
+    then each shuffle's pseudo vectors and the random directions at ``s_top``; also the number of
+    shuffles and the clock's start (after the shuffled-label vectors are read)."""
     units = [_unit_steer(store, e, layer) for e in emotions]
     unit_norm = units[0].unit_norm
     shuffled = _null_directions(store, null_store, shuffle_sets, emotions, layer, n_shuffled)
@@ -485,23 +544,19 @@ def continuation_test(
     for u in units:
         rows += [at(u.direction, s) for s in grid]
     for k in range(n_k):
-        rows += [at(shuffled[k][i], s_top) for i in range(n_e)]
+        rows += [at(shuffled[k][i], s_top) for i in range(len(emotions))]
     like = [Steer(layer=layer, direction=units[0].direction, strength=s_top, unit_norm=unit_norm)]
     for r in range(n_random):
         rows.append(random_steers(like, derive_seed("continuation-null", seed, r)))
-    log(f"continuation: {len(rows)} steered directions x strengths ({n_e} emotions x {len(grid)} strengths, "
-        f"{n_k} shuffles x {n_e}, {n_random} random) x {len(prompts)} prompts, {batch_size} per pass")
-    base = word_logprobs(model, tokenizer, prompts, words).mean(axis=0)  # (W,)
-    lp = steered_word_logprobs(model, tokenizer, prompts, words, rows, positions=positions,
-                               batch_size=batch_size, log=log).mean(axis=1)  # (rows, W)
-    n_curve = n_e * len(grid)
-    curve = lp[:n_curve].reshape(n_e, len(grid), len(words))
-    rise_real = curve[:, grid.index(s_top), :] - base  # (E, W) at s*
-    rise_shuf = (lp[n_curve : n_curve + n_k * n_e] - base).reshape(n_k, n_e, len(words))
-    rise_rand = lp[n_curve + n_k * n_e :] - base  # (R, W)
+    return rows, n_k, started
 
-    x = np.array(strengths)
-    per_strength, per_emotion = [], []
+
+def _continuation_curves(emotions: list[str], strengths: list[float], grid: list[float], base: np.ndarray,
+                         curve: np.ndarray) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Each emotion's word log-probabilities at every strength (``(S, W)``, the unsteered ones at 0)
+    and the per-(emotion, strength) rows: its own word's log-probability and rise, the other words'
+    mean rise."""
+    per_strength = []
     full = {}
     for i, e in enumerate(emotions):
         c = np.stack([base if s == 0.0 else curve[i, grid.index(s)] for s in strengths])  # (S, W)
@@ -511,14 +566,17 @@ def continuation_test(
             per_strength.append({"emotion": e, "strength": s, "own_logprob": float(c[si, i]),
                                  "own_rise": float(rise[i]),
                                  "mean_other_rise": float(np.delete(rise, i).mean())})
-    spec = specificity_test(rise_real, n_permutations=n_permutations, seed=derive_seed("spec", seed))
-    z_real = row_z(rise_real)
-    own_real = np.diag(z_real).copy()
-    own_shuf = np.stack([np.diag(row_z(rise_shuf[k])) for k in range(n_k)]) if n_k else np.zeros((0, n_e))
-    shuf = set_test(own_real, own_shuf)
-    z_rand = row_z(rise_rand) if n_random else np.zeros((0, n_e))
-    rand = pool_test(np.vstack([z_real, z_rand]), n_e, n_permutations=n_permutations,
-                     seed=derive_seed("pool", seed))
+    return full, per_strength
+
+
+def _continuation_per_emotion(emotions: list[str], x: np.ndarray, full: Mapping[str, np.ndarray],
+                              rise_real: np.ndarray, own_real: np.ndarray, own_shuf: np.ndarray,
+                              z_rand: np.ndarray, spec: Mapping[str, Any], shuf: Mapping[str, Any],
+                              rand: Mapping[str, Any]) -> list[dict]:
+    """The per-emotion rows: the own word's slope and rise, its ranks, and the three tests' p-values
+    with the nulls' summaries."""
+    n_k, n_random = own_shuf.shape[0], z_rand.shape[0]
+    per_emotion = []
     for i, e in enumerate(emotions):
         c = full[e]
         rise_max = rise_real[i]
@@ -537,15 +595,16 @@ def continuation_test(
             "null_random_q95": float(np.quantile(z_rand[:, i], 0.95)) if n_random else float("nan"),
             "p_random": rand["p_emotion"][i], "p_random_holm": rand["p_emotion_holm"][i],
         })
-    null_rows = [{"null": "shuffled", "index": k, "emotion": e, "own_z": float(own_shuf[k, i])}
-                 for k in range(n_k) for i, e in enumerate(emotions)]
-    null_rows += [{"null": "random", "index": r, "emotion": e, "own_z": float(z_rand[r, i])}
-                  for r in range(n_random) for i, e in enumerate(emotions)]
+    return per_emotion
+
+
+def _continuation_tests(spec: Mapping[str, Any], shuf: Mapping[str, Any], rand: Mapping[str, Any]) -> dict:
+    """The summary's ``tests``: each test's family result and its number of emotions surviving Holm."""
 
     def surviving(p_holm: Sequence[float]) -> int:
         return int(np.sum(np.asarray(p_holm, dtype=float) < ALPHA))
 
-    tests = {
+    return {
         "specificity": {k: spec[k] for k in ("statistic", "p", "n_null", "null_mean", "null_q95")}
         | {"n_surviving_holm": surviving(spec["p_emotion_holm"]), "n_null_emotion": spec["n_null_emotion"]},
         "shuffled": {k: shuf.get(k) for k in ("statistic", "p", "n_null", "null_mean", "null_q95")}
@@ -553,26 +612,6 @@ def continuation_test(
         "random": {k: rand.get(k) for k in ("statistic", "p", "n_null", "null_mean", "null_q95")}
         | {"n_surviving_holm": surviving(rand["p_emotion_holm"]), "n_null_emotion": rand["n_null_emotion"]},
     }
-    rises = sum(r["rises"] for r in per_emotion)
-    summary = {
-        "n_emotions": n_e, "strengths": strengths, "test_strength": s_top, "layer": layer,
-        "positions": positions, "prompts": list(prompts), "n_shuffled": n_k, "n_random": n_random,
-        "n_permutations": n_permutations, "n_directions_scored": len(rows),
-        "n_rising": rises, "share_rising": rises / n_e,
-        "n_top1_specific": sum(1 for r in per_emotion if r["specificity_rank"] == 1),
-        "median_specificity_rank": float(np.median([r["specificity_rank"] for r in per_emotion])),
-        "n_top1_vector": sum(1 for r in per_emotion if r["vector_rank"] == 1),
-        "median_vector_rank": float(np.median([r["vector_rank"] for r in per_emotion])),
-        "tests": tests,
-        "rise_matrix": {"rows": "emotions' vectors", "columns": "emotion words", "order": emotions,
-                        "strength": s_top, "values": rise_real.tolist()},
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    log(f"continuation: own word the top riser under its vector for {summary['n_top1_specific']}/{n_e} "
-        f"(median rank {summary['median_specificity_rank']:g}); own vector the top raiser of its word for "
-        f"{summary['n_top1_vector']}/{n_e}; specificity p {spec['p']:.3g}, shuffled p {shuf['p']:.3g} "
-        f"({n_k} shuffles), random p {rand['p']:.3g} (weak null) [{summary['seconds']:.0f} s]")
-    return ContinuationResult(per_emotion, per_strength, summary, null_rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -770,18 +809,8 @@ def dose_response(
     signs = {e: int(np.sign((signs or {}).get(e, 0))) for e in emotions}
     mask_words = list(store.emotions if mask_words is None else mask_words)
     layer = _layer_for(store, layer)
-    units = [_unit_steer(store, e, layer) for e in emotions]
-    unit_norm = units[0].unit_norm
-    shuffled = _null_directions(store, null_store, shuffle_sets, emotions, layer, n_shuffled)
-    n_k = len(shuffled)
-    # directions: (kind, emotion, index, unit direction)
-    dirs: list[tuple[str, str | None, int | None, np.ndarray]] = [("emotion", e, None, u.direction)
-                                                                  for e, u in zip(emotions, units)]
-    for k in range(n_k):
-        dirs += [("shuffled", e, k, shuffled[k][i]) for i, e in enumerate(emotions)]
-    like = [Steer(layer=layer, direction=units[0].direction, strength=1.0, unit_norm=unit_norm)]
-    for r in range(n_random):
-        dirs.append(("random", None, r, random_steers(like, derive_seed("dose-null", seed, r))[0].direction))
+    dirs, n_k, unit_norm = _dose_directions(store, emotions, layer, null_store=null_store, shuffle_sets=shuffle_sets,
+                                            n_shuffled=n_shuffled, n_random=n_random, seed=seed)
     rendered = [render_chat(tokenizer, p) for p in prompts]
     # rows: (direction index or -1 for the baseline, strength, prompt, sample)
     plan: list[tuple[int, float, int, int]] = [(-1, 0.0, p, j) for p in range(len(prompts)) for j in range(samples)]
@@ -791,43 +820,11 @@ def dose_response(
         f"{n_k} shuffles x {len(emotions)}, {n_random} random; x {len(grid)} strengths x "
         f"{len(prompts)} prompts x {samples}), {batch_size} per batch")
 
-    def name(d: int, s: float) -> str:
-        if d < 0:
-            return "baseline"
-        kind, e, k, _ = dirs[d]
-        tag = {"emotion": f"{e}", "shuffled": f"{e}@shuffle{k}", "random": f"random{k}"}[kind]
-        return f"{tag}@{s:+g}"
-
-    gens: list[Generation] = []
     started = time.perf_counter()
-    n_batches = math.ceil(len(plan) / batch_size)
-    for bi in range(n_batches):
-        chunk = plan[bi * batch_size : (bi + 1) * batch_size]
-        bseed = derive_seed("dose", seed, bi, batch_size)
-        steer_rows = [[] if d < 0 else [Steer(layer=layer, direction=dirs[d][3], strength=s, unit_norm=unit_norm)]
-                      for d, s, _, _ in chunk]
-        with steering_rows(model, steer_rows, positions=positions):
-            replies = sample_batch(model, tokenizer, [rendered[p] for _, _, p, _ in chunk], seed=bseed,
-                                   max_new_tokens=max_new_tokens, temperature=temperature)
-        for (d, s, p, j), (text, n) in zip(chunk, replies):
-            kind, e, k = ("baseline", None, None) if d < 0 else dirs[d][:3]
-            gens.append(Generation(condition=name(d, s), emotion=e if kind in ("emotion", "shuffled") else None,
-                                   random_index=k if kind == "random" else None, strength=s, prompt_index=p,
-                                   sample=j, seed=bseed, text=text, n_tokens=n, kind=kind,
-                                   shuffle=k if kind == "shuffled" else None))
-        el = time.perf_counter() - started
-        log(f"dose-response: batch {bi + 1}/{n_batches} generated ({el:.0f} s, "
-            f"~{el / (bi + 1) * (n_batches - bi - 1):.0f} s left)")
-    texts = [g.text for g in gens]
-    masked = vader_scores([mask_emotion_words(t, mask_words) for t in texts])
-    raw = vader_scores(texts)
-    for g, m, r in zip(gens, masked, raw):
-        g.vader, g.vader_unmasked = float(m), float(r)
-    if direction is not None:
-        own = [i for i, g in enumerate(gens) if g.kind in ("baseline", "emotion")]
-        rs = readout_scores(model, tokenizer, [texts[i] for i in own], direction)
-        for i, v in zip(own, rs):
-            gens[i].readout = float(v)
+    gens = _dose_generate(model, tokenizer, plan, dirs, rendered, layer=layer, unit_norm=unit_norm, seed=seed,
+                          batch_size=batch_size, max_new_tokens=max_new_tokens, temperature=temperature,
+                          positions=positions, started=started, log=log)
+    _dose_score(model, tokenizer, gens, mask_words, direction)
     gen_seconds = time.perf_counter() - started
 
     # slopes of every direction (baseline + its generations)
@@ -836,12 +833,7 @@ def dose_response(
     for (d, *_), g in zip(plan, gens):
         if d >= 0:
             by_dir.setdefault(d, []).append(g)
-
-    def series(d: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
-        ser = base + by_dir[d]
-        return np.array([g.strength for g in ser]), np.array([getattr(g, metric) for g in ser])
-
-    dir_slope = np.array([slope(*series(d, "vader")) for d in range(len(dirs))])
+    dir_slope = np.array([slope(*_dose_series(base, by_dir, d, "vader")) for d in range(len(dirs))])
     n_e = len(emotions)
     sgn = [signs[e] for e in emotions]
     real_slopes = dir_slope[:n_e]
@@ -851,43 +843,12 @@ def dose_response(
     pool_vals = _signed(np.concatenate([real_slopes, rand_slopes])[:, None] * np.ones((1, n_e)), sgn)
     rand = pool_test(pool_vals, n_e, n_permutations=n_permutations, seed=derive_seed("dose-pool", seed))
     rng = np.random.default_rng(derive_seed("dose-bootstrap", seed))
-    boots = np.stack([bootstrap_slopes(*series(i, "vader"), rng, n_boot) for i in range(n_e)])  # (E, B)
+    boots = np.stack([bootstrap_slopes(*_dose_series(base, by_dir, i, "vader"), rng, n_boot)
+                      for i in range(n_e)])  # (E, B)
     fam_boot = _signed(boots.T, sgn).mean(axis=1)
-    slopes_rows, curves = [], []
-    for i, e in enumerate(emotions):
-        row: dict[str, Any] = {"emotion": e, "expected_sign": sgn[i],
-                               "vader_slope": float(real_slopes[i]),
-                               "vader_slope_lo": float(np.quantile(boots[i], 0.025)),
-                               "vader_slope_hi": float(np.quantile(boots[i], 0.975)),
-                               "null_shuffled_q025": float(np.quantile(shuf_slopes[:, i], 0.025)) if n_k else float("nan"),
-                               "null_shuffled_q975": float(np.quantile(shuf_slopes[:, i], 0.975)) if n_k else float("nan"),
-                               "p_shuffled": shuf["p_emotion"][i], "p_shuffled_holm": shuf["p_emotion_holm"][i],
-                               "null_random_q025": float(np.quantile(rand_slopes, 0.025)) if n_random else float("nan"),
-                               "null_random_q975": float(np.quantile(rand_slopes, 0.975)) if n_random else float("nan"),
-                               "p_random": rand["p_emotion"][i], "p_random_holm": rand["p_emotion_holm"][i]}
-        for metric in ("vader_unmasked", "readout"):
-            xs, ys = series(i, metric)
-            row[f"{metric}_slope"] = slope(xs[np.isfinite(ys)], ys[np.isfinite(ys)]) if np.isfinite(ys).sum() > 1 else float("nan")
-        slopes_rows.append(row)
-        for s in strengths:
-            grp = base if s == 0.0 else [g for g in by_dir[i] if g.strength == s]
-            crow = {"emotion": e, "kind": "emotion", "strength": s, "n": len(grp)}
-            for metric in ("vader", "vader_unmasked", "readout"):
-                vals = np.array([getattr(g, metric) for g in grp])
-                lo, hi = bootstrap_mean_ci(vals, rng, n_boot)
-                mean = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
-                crow.update({f"{metric}_mean": mean, f"{metric}_lo": lo, f"{metric}_hi": hi})
-            curves.append(crow)
-    base_mean = float(np.mean([g.vader for g in base]))
-    for label, idx in ([(f"shuffled:{e}", [n_e + k * n_e + i for k in range(n_k)]) for i, e in enumerate(emotions)]
-                       + [("random", list(range(n_e + n_k * n_e, len(dirs))))]):
-        if not idx:
-            continue
-        for s in strengths:
-            vals = [base_mean] if s == 0.0 else [np.mean([g.vader for g in by_dir[d] if g.strength == s]) for d in idx]
-            curves.append({"emotion": label, "kind": label.split(":")[0], "strength": s, "n": len(idx),
-                           "vader_mean": float(np.mean(vals)), "vader_lo": float(np.quantile(vals, 0.025)),
-                           "vader_hi": float(np.quantile(vals, 0.975))})
+    slopes_rows, curves = _dose_rows(emotions, sgn, strengths, base, by_dir, real_slopes, shuf_slopes, rand_slopes,
+                                     boots, shuf, rand, rng, n_boot)
+    curves += _dose_null_curves(emotions, strengths, base, by_dir, n_k, len(dirs))
     summary = {
         "emotions": emotions, "expected_signs": signs, "strengths": strengths, "layer": layer,
         "positions": positions, "samples_per_prompt": samples, "n_prompts": len(prompts),
@@ -910,6 +871,140 @@ def dose_response(
         "seconds": round(time.perf_counter() - started, 1),
     }
     return DoseResult(gens, curves, slopes_rows, summary)
+
+
+_DoseDirection = tuple[str, str | None, int | None, np.ndarray]  # (kind, emotion, index, unit direction)
+
+
+def _dose_directions(store: Any, emotions: list[str], layer: int, *, null_store: Any,
+                     shuffle_sets: Sequence[Sequence[str]] | None, n_shuffled: int | None, n_random: int,
+                     seed: int) -> tuple[list[_DoseDirection], int, float]:
+    """The sampled directions, ``(kind, emotion, index, unit direction)``: the emotions' vectors,
+    each shuffle's pseudo vectors, the random directions; also the number of shuffles and the
+    layer's residual norm."""
+    units = [_unit_steer(store, e, layer) for e in emotions]
+    unit_norm = units[0].unit_norm
+    shuffled = _null_directions(store, null_store, shuffle_sets, emotions, layer, n_shuffled)
+    n_k = len(shuffled)
+    # directions: (kind, emotion, index, unit direction)
+    dirs: list[_DoseDirection] = [("emotion", e, None, u.direction) for e, u in zip(emotions, units)]
+    for k in range(n_k):
+        dirs += [("shuffled", e, k, shuffled[k][i]) for i, e in enumerate(emotions)]
+    like = [Steer(layer=layer, direction=units[0].direction, strength=1.0, unit_norm=unit_norm)]
+    for r in range(n_random):
+        dirs.append(("random", None, r, random_steers(like, derive_seed("dose-null", seed, r))[0].direction))
+    return dirs, n_k, unit_norm
+
+
+def _dose_generate(model: Any, tokenizer: Any, plan: Sequence[tuple[int, float, int, int]],
+                   dirs: Sequence[_DoseDirection], rendered: Sequence[str], *, layer: int, unit_norm: float,
+                   seed: int, batch_size: int, max_new_tokens: int, temperature: float, positions: str | int,
+                   started: float, log: Log) -> list[Generation]:
+    """Sample every row of ``plan`` in seeded batches of ``batch_size``, one direction per row."""
+
+    def name(d: int, s: float) -> str:
+        if d < 0:
+            return "baseline"
+        kind, e, k, _ = dirs[d]
+        tag = {"emotion": f"{e}", "shuffled": f"{e}@shuffle{k}", "random": f"random{k}"}[kind]
+        return f"{tag}@{s:+g}"
+
+    gens: list[Generation] = []
+    n_batches = math.ceil(len(plan) / batch_size)
+    for bi in range(n_batches):
+        chunk = plan[bi * batch_size : (bi + 1) * batch_size]
+        bseed = derive_seed("dose", seed, bi, batch_size)
+        steer_rows = [[] if d < 0 else [Steer(layer=layer, direction=dirs[d][3], strength=s, unit_norm=unit_norm)]
+                      for d, s, _, _ in chunk]
+        with steering_rows(model, steer_rows, positions=positions):
+            replies = sample_batch(model, tokenizer, [rendered[p] for _, _, p, _ in chunk], seed=bseed,
+                                   max_new_tokens=max_new_tokens, temperature=temperature)
+        for (d, s, p, j), (text, n) in zip(chunk, replies):
+            kind, e, k = ("baseline", None, None) if d < 0 else dirs[d][:3]
+            gens.append(Generation(condition=name(d, s), emotion=e if kind in ("emotion", "shuffled") else None,
+                                   random_index=k if kind == "random" else None, strength=s, prompt_index=p,
+                                   sample=j, seed=bseed, text=text, n_tokens=n, kind=kind,
+                                   shuffle=k if kind == "shuffled" else None))
+        el = time.perf_counter() - started
+        log(f"dose-response: batch {bi + 1}/{n_batches} generated ({el:.0f} s, "
+            f"~{el / (bi + 1) * (n_batches - bi - 1):.0f} s left)")
+    return gens
+
+
+def _dose_score(model: Any, tokenizer: Any, gens: list[Generation], mask_words: Sequence[str], direction) -> None:
+    """Fill the generations' masked and unmasked VADER scores, and (with ``direction``) the
+    valence readout of the baseline's and the emotions' own generations."""
+    texts = [g.text for g in gens]
+    masked = vader_scores([mask_emotion_words(t, mask_words) for t in texts])
+    raw = vader_scores(texts)
+    for g, m, r in zip(gens, masked, raw):
+        g.vader, g.vader_unmasked = float(m), float(r)
+    if direction is not None:
+        own = [i for i, g in enumerate(gens) if g.kind in ("baseline", "emotion")]
+        rs = readout_scores(model, tokenizer, [texts[i] for i in own], direction)
+        for i, v in zip(own, rs):
+            gens[i].readout = float(v)
+
+
+def _dose_series(base: list[Generation], by_dir: Mapping[int, list[Generation]], d: int,
+                 metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Strengths and ``metric`` of direction ``d``'s series: the baseline and its generations."""
+    ser = base + by_dir[d]
+    return np.array([g.strength for g in ser]), np.array([getattr(g, metric) for g in ser])
+
+
+def _dose_rows(emotions: list[str], sgn: list[int], strengths: list[float], base: list[Generation],
+               by_dir: Mapping[int, list[Generation]], real_slopes: np.ndarray, shuf_slopes: np.ndarray,
+               rand_slopes: np.ndarray, boots: np.ndarray, shuf: Mapping[str, Any], rand: Mapping[str, Any],
+               rng: np.random.Generator, n_boot: int) -> tuple[list[dict], list[dict]]:
+    """Per emotion: its slopes row (VADER slope, interval, nulls, p-values; the unmasked VADER and
+    readout slopes) and its curve (the metrics' means and intervals at every strength)."""
+    n_k, n_random = shuf_slopes.shape[0], rand_slopes.size
+    slopes_rows, curves = [], []
+    for i, e in enumerate(emotions):
+        row: dict[str, Any] = {"emotion": e, "expected_sign": sgn[i],
+                               "vader_slope": float(real_slopes[i]),
+                               "vader_slope_lo": float(np.quantile(boots[i], 0.025)),
+                               "vader_slope_hi": float(np.quantile(boots[i], 0.975)),
+                               "null_shuffled_q025": float(np.quantile(shuf_slopes[:, i], 0.025)) if n_k else float("nan"),
+                               "null_shuffled_q975": float(np.quantile(shuf_slopes[:, i], 0.975)) if n_k else float("nan"),
+                               "p_shuffled": shuf["p_emotion"][i], "p_shuffled_holm": shuf["p_emotion_holm"][i],
+                               "null_random_q025": float(np.quantile(rand_slopes, 0.025)) if n_random else float("nan"),
+                               "null_random_q975": float(np.quantile(rand_slopes, 0.975)) if n_random else float("nan"),
+                               "p_random": rand["p_emotion"][i], "p_random_holm": rand["p_emotion_holm"][i]}
+        for metric in ("vader_unmasked", "readout"):
+            xs, ys = _dose_series(base, by_dir, i, metric)
+            row[f"{metric}_slope"] = slope(xs[np.isfinite(ys)], ys[np.isfinite(ys)]) if np.isfinite(ys).sum() > 1 else float("nan")
+        slopes_rows.append(row)
+        for s in strengths:
+            grp = base if s == 0.0 else [g for g in by_dir[i] if g.strength == s]
+            crow = {"emotion": e, "kind": "emotion", "strength": s, "n": len(grp)}
+            for metric in ("vader", "vader_unmasked", "readout"):
+                vals = np.array([getattr(g, metric) for g in grp])
+                lo, hi = bootstrap_mean_ci(vals, rng, n_boot)
+                mean = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+                crow.update({f"{metric}_mean": mean, f"{metric}_lo": lo, f"{metric}_hi": hi})
+            curves.append(crow)
+    return slopes_rows, curves
+
+
+def _dose_null_curves(emotions: list[str], strengths: list[float], base: list[Generation],
+                      by_dir: Mapping[int, list[Generation]], n_k: int, n_dirs: int) -> list[dict]:
+    """The nulls' curves: per emotion its pseudo vectors' mean VADER at every strength (spread over
+    the shuffles), and the random directions' (spread over the directions)."""
+    n_e = len(emotions)
+    curves = []
+    base_mean = float(np.mean([g.vader for g in base]))
+    for label, idx in ([(f"shuffled:{e}", [n_e + k * n_e + i for k in range(n_k)]) for i, e in enumerate(emotions)]
+                       + [("random", list(range(n_e + n_k * n_e, n_dirs)))]):
+        if not idx:
+            continue
+        for s in strengths:
+            vals = [base_mean] if s == 0.0 else [np.mean([g.vader for g in by_dir[d] if g.strength == s]) for d in idx]
+            curves.append({"emotion": label, "kind": label.split(":")[0], "strength": s, "n": len(idx),
+                           "vader_mean": float(np.mean(vals)), "vader_lo": float(np.quantile(vals, 0.025)),
+                           "vader_hi": float(np.quantile(vals, 0.975))})
+    return curves
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import logging
 import os
 import resource
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -51,6 +52,88 @@ def steering_eval_job(smk: Any, log: logging.Logger) -> None:
     """
     s = dict(smk.params.settings)
     c, sc = s["continuation"], s["scores"]
+    inp = _steering_inputs(smk, s, log)
+    store, null_store, sets, layer = inp.store, inp.null_store, inp.sets, inp.layer
+    lm = load_model(smk.params.subject, smk.params.models_dir)
+    log.info("subject %s loaded in %.1f s", lm.info["name"], lm.info["load_seconds"])
+    started = time.perf_counter()
+
+    # ---- the concept scorer: the lexicon always; a judge where configured, once it passes ---------
+    judge, judge_note, validation = _concept_scorer(smk, s, inp, lm, log)
+
+    # ---- the continuation test ---------------------------------------------------------------
+    cont = continuation_test(
+        lm.model, lm.tokenizer, store, store.emotions, prompts=c["prompts"], strengths=c["strengths"], layer=layer,
+        null_store=null_store, shuffle_sets=sets, n_shuffled=c["n_shuffled"], n_random=c["n_random"],
+        n_permutations=s["n_permutations"], seed=s["seed"], positions=s["positions"], batch_size=s["batch_size"],
+        log=log.info)
+    pd.DataFrame(cont.per_emotion).to_csv(smk.output.continuation, sep="\t", index=False, float_format="%.6g")
+    pd.DataFrame(cont.per_strength).to_csv(smk.output.continuation_strengths, sep="\t", index=False, float_format="%.6g")
+    continuation_figure(cont.per_strength, smk.output.continuation_figure, per_emotion=cont.per_emotion,
+                        null_rows=cont.null_rows)
+    seconds_continuation = time.perf_counter() - started
+
+    # ---- steering against prompting ------------------------------------------------------------
+    res = steering_scores(
+        lm.model, lm.tokenizer, store, sc["emotions"], prompts=sc["prompts"], strengths=sc["strengths"],
+        test_strength=sc["test_strength"], samples=sc["samples"], max_new_tokens=sc["max_new_tokens"],
+        temperature=sc["temperature"], instruction=sc["instruction"], concept=sc.get("concept_map"),
+        mask_words=store.emotions, neutral_texts=inp.neutral_texts, kl_tokens=sc["kl_tokens"], kl_null=sc["kl_null"], n_other=sc["n_other"],
+        relevance_tokens=sc["relevance_tokens"],
+        controls_prompts=sc["controls_prompts"], signs=inp.signs, layer=layer, null_store=null_store, shuffle_sets=sets,
+        n_shuffled=sc["n_shuffled"], n_random=sc["n_random"], n_permutations=s["n_permutations"], seed=s["seed"],
+        positions=s["positions"], batch_size=s["batch_size"], judge=judge, log=log.info)
+    _write_scores(smk, sc, res, cont, log)
+
+    claims = (continuation_claims(cont.summary, cont.per_emotion, figure=str(smk.output.continuation_figure))
+              + scores_claims(res.summary, figure=str(smk.output.methods_figure))
+              + dose_claims(res.dose, figure=str(smk.output.tradeoff_figure)))
+    write_claims(claims, smk.output.claims)
+    for cl in claims:
+        log.info("claim %s: %s (p %s, adjusted %s, %s)", cl.id, cl.verdict, cl.p, cl.p_adjusted, cl.note)
+    seconds = time.perf_counter() - started
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    log.info("steering_eval: continuation %.0f s, scores %.0f s, %.0f s in all (CPU time %.0f s); load average %s",
+             seconds_continuation, res.summary["seconds"], seconds, usage.ru_utime + usage.ru_stime,
+             " / ".join(f"{x:.2f}" for x in os.getloadavg()))
+    write_json_atomic(
+        {
+            "layer": layer,
+            "residual_norm": float(store.residual_norm[store.layers.index(layer)]) if store.residual_norm is not None else None,
+            "n_shuffles_available": len(sets),
+            "continuation": cont.summary,
+            "scores": res.summary,
+            "dose_response": res.dose,
+            "concept_scorer": {"used": res.summary["concept_scorer"], "note": judge_note, "validation": validation},
+            "claims": {cl.id: cl.verdict for cl in claims},
+            "seconds": {"continuation": round(seconds_continuation, 1), "scores": res.summary["seconds"],
+                        "total": round(seconds, 1), "cpu": round(usage.ru_utime + usage.ru_stime, 1),
+                        "load_average": list(os.getloadavg())},
+            "provenance": provenance(stage="steering_eval", config_section=s, model_info=lm.info),
+        },
+        smk.output.summary,
+    )
+
+
+@dataclass
+class _Inputs:
+    """What rule `steering_eval` reads and checks before the model is loaded."""
+
+    store: Any
+    null_store: Any
+    sets: list
+    layer: int
+    cats: dict[str, str]
+    validation_items: list
+    neutral_texts: list[str]
+    signs: dict[str, int]
+
+
+def _steering_inputs(smk: Any, s: dict[str, Any], log: logging.Logger) -> _Inputs:
+    """Read the stores, the neutral dialogues and the labelled concept sentences, and check the
+    settings against them (``SystemExit`` naming the setting at fault): everything checked before
+    the model is loaded."""
+    c, sc = s["continuation"], s["scores"]
     store = read_store(smk.input.vectors)
     null_store = read_store(smk.input.shuffled)
     sets = shuffled_sets(null_store)
@@ -90,11 +173,16 @@ def steering_eval_job(smk: Any, log: logging.Logger) -> None:
              "load average %s", layer,
              store.residual_norm[store.layers.index(layer)] if store.residual_norm is not None else float("nan"),
              len(sets), cats, signs, " / ".join(f"{x:.2f}" for x in os.getloadavg()))
-    lm = load_model(smk.params.subject, smk.params.models_dir)
-    log.info("subject %s loaded in %.1f s", lm.info["name"], lm.info["load_seconds"])
-    started = time.perf_counter()
+    return _Inputs(store=store, null_store=null_store, sets=sets, layer=layer, cats=cats,
+                   validation_items=validation_items, neutral_texts=neutral_texts, signs=signs)
 
-    # ---- the concept scorer: the lexicon always; a judge where configured, once it passes ---------
+
+def _concept_scorer(smk: Any, s: dict[str, Any], inp: _Inputs, lm: Any,
+                    log: logging.Logger) -> tuple[ConceptJudge | None, str, list[dict]]:
+    """The concept scorer: the lexicon always validated on the labelled sentences; a judge where
+    configured, used once it passes. Writes the validation table; returns the judge (or ``None``),
+    the note saying which scorer is used, and the validation results."""
+    sc, store, cats, validation_items = s["scores"], inp.store, inp.cats, inp.validation_items
     validation = [validate_concept_scorer(lambda texts, e: lexicon_concept(texts, cats[e], mask_words=[]),
                                           validation_items, sc["emotions"], mask_words=store.emotions, threshold=0.5,
                                           name="nrc-lexicon", seed=s["seed"])]
@@ -125,29 +213,12 @@ def steering_eval_job(smk: Any, log: logging.Logger) -> None:
     log.info("%s", judge_note)
     pd.DataFrame([{k: (json.dumps(x) if isinstance(x, (list, dict)) else x) for k, x in v.items()} for v in validation]
                  ).to_csv(smk.output.validation, sep="\t", index=False, float_format="%.4g")
+    return judge, judge_note, validation
 
-    # ---- the continuation test ---------------------------------------------------------------
-    cont = continuation_test(
-        lm.model, lm.tokenizer, store, store.emotions, prompts=c["prompts"], strengths=c["strengths"], layer=layer,
-        null_store=null_store, shuffle_sets=sets, n_shuffled=c["n_shuffled"], n_random=c["n_random"],
-        n_permutations=s["n_permutations"], seed=s["seed"], positions=s["positions"], batch_size=s["batch_size"],
-        log=log.info)
-    pd.DataFrame(cont.per_emotion).to_csv(smk.output.continuation, sep="\t", index=False, float_format="%.6g")
-    pd.DataFrame(cont.per_strength).to_csv(smk.output.continuation_strengths, sep="\t", index=False, float_format="%.6g")
-    continuation_figure(cont.per_strength, smk.output.continuation_figure, per_emotion=cont.per_emotion,
-                        null_rows=cont.null_rows)
-    seconds_continuation = time.perf_counter() - started
 
-    # ---- steering against prompting ------------------------------------------------------------
-    res = steering_scores(
-        lm.model, lm.tokenizer, store, sc["emotions"], prompts=sc["prompts"], strengths=sc["strengths"],
-        test_strength=sc["test_strength"], samples=sc["samples"], max_new_tokens=sc["max_new_tokens"],
-        temperature=sc["temperature"], instruction=sc["instruction"], concept=sc.get("concept_map"),
-        mask_words=store.emotions, neutral_texts=neutral_texts, kl_tokens=sc["kl_tokens"], kl_null=sc["kl_null"], n_other=sc["n_other"],
-        relevance_tokens=sc["relevance_tokens"],
-        controls_prompts=sc["controls_prompts"], signs=signs, layer=layer, null_store=null_store, shuffle_sets=sets,
-        n_shuffled=sc["n_shuffled"], n_random=sc["n_random"], n_permutations=s["n_permutations"], seed=s["seed"],
-        positions=s["positions"], batch_size=s["batch_size"], judge=judge, log=log.info)
+def _write_scores(smk: Any, sc: dict[str, Any], res: Any, cont: Any, log: logging.Logger) -> None:
+    """Write the steering scores' generations, table (with the continuation test's line per
+    emotion), trade-off curves, dose slopes and figures; log the methods' rows."""
     write_jsonl_atomic((g.record() for g in res.generations), smk.output.generations)
     # the continuation test, one line per emotion, with its corrected null
     cont_rows = [{"emotion": r["emotion"], "method": f"continuation (own word, {cont.summary['test_strength']:g})",
@@ -167,32 +238,3 @@ def steering_eval_job(smk: Any, log: logging.Logger) -> None:
                      row["relevance"], row["strength"],
                      f"; vs prompting {row['vs_prompting']:+.3f}, p {row['p_vs_prompting']:.3g} (Holm "
                      f"{row['p_vs_prompting_holm']:.3g})" if "vs_prompting" in row else "")
-
-    claims = (continuation_claims(cont.summary, cont.per_emotion, figure=str(smk.output.continuation_figure))
-              + scores_claims(res.summary, figure=str(smk.output.methods_figure))
-              + dose_claims(res.dose, figure=str(smk.output.tradeoff_figure)))
-    write_claims(claims, smk.output.claims)
-    for cl in claims:
-        log.info("claim %s: %s (p %s, adjusted %s, %s)", cl.id, cl.verdict, cl.p, cl.p_adjusted, cl.note)
-    seconds = time.perf_counter() - started
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    log.info("steering_eval: continuation %.0f s, scores %.0f s, %.0f s in all (CPU time %.0f s); load average %s",
-             seconds_continuation, res.summary["seconds"], seconds, usage.ru_utime + usage.ru_stime,
-             " / ".join(f"{x:.2f}" for x in os.getloadavg()))
-    write_json_atomic(
-        {
-            "layer": layer,
-            "residual_norm": float(store.residual_norm[store.layers.index(layer)]) if store.residual_norm is not None else None,
-            "n_shuffles_available": len(sets),
-            "continuation": cont.summary,
-            "scores": res.summary,
-            "dose_response": res.dose,
-            "concept_scorer": {"used": res.summary["concept_scorer"], "note": judge_note, "validation": validation},
-            "claims": {cl.id: cl.verdict for cl in claims},
-            "seconds": {"continuation": round(seconds_continuation, 1), "scores": res.summary["seconds"],
-                        "total": round(seconds, 1), "cpu": round(usage.ru_utime + usage.ru_stime, 1),
-                        "load_average": list(os.getloadavg())},
-            "provenance": provenance(stage="steering_eval", config_section=s, model_info=lm.info),
-        },
-        smk.output.summary,
-    )

@@ -632,17 +632,118 @@ def steering_scores(
     """Concept, fluency and relevance of steered, prompted and unsteered replies; strength chosen
     on the selection half, reported on the other; KL on neutral text; controls; the VADER dose
     numbers (module docstring)."""
-    from emotion_vectors.steering.evaluate import (
-        _layer_for,
-        _null_directions,
-        _signed,
-        _unit_steer,
-        bootstrap_slopes,
-        mask_emotion_words,
-        pool_test,
-        set_test,
-        vader_scores,
-    )
+    d = _design(store, emotions, prompts=prompts, strengths=strengths, test_strength=test_strength, samples=samples,
+                max_new_tokens=max_new_tokens, instruction=instruction, concept=concept, mask_words=mask_words,
+                neutral_texts=neutral_texts, n_other=n_other, relevance_tokens=relevance_tokens,
+                controls_prompts=controls_prompts, signs=signs, layer=layer, null_store=null_store,
+                shuffle_sets=shuffle_sets, n_shuffled=n_shuffled, n_random=n_random, seed=seed)
+    emotions, strengths, prompts = d.emotions, d.strengths, d.prompts
+    started = time.perf_counter()
+
+    plain = [_render(tokenizer, p) for p in prompts]
+    asked = {e: [_render(tokenizer, f"{p} {instruction.format(emotion=e)}") for p in prompts] for e in emotions}
+    half = {p: ("select" if p in d.select_p else "report") for p in range(len(prompts))}
+    sampling = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                    positions=positions, log=log)
+
+    # ---- phase 1: unsteered (all prompts), steering sweep (selection half), controls ----------
+    plan1 = _phase1_plan(d, plain, half, samples)
+    log(f"scores: phase 1, {len(plan1)} replies ({len(emotions)} emotions x {len(strengths)} strengths x "
+        f"{len(d.select_p)} selection prompts x {samples}; unsteered {len(prompts)} x {samples}; controls at "
+        f"{test_strength:g} on {len(d.ctrl_p)} prompts: {d.n_k} shuffles x {len(emotions)}, {d.n_random} random)")
+    _sample(model, tokenizer, plan1, phase=1, **sampling)
+    gens = [r.gen for r in plan1]
+
+    contexts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in plain]
+    ppl_ref = _score_replies(model, d, contexts, gens, None, judge=judge, batch_size=batch_size)
+
+    # ---- choose each emotion's strength on the selection half --------------------------------
+    chosen = _choose_strengths(d, gens)
+    log("scores: strengths chosen on the selection half: " + ", ".join(f"{e} {s:g}" for e, s in chosen.items()))
+
+    # ---- phase 2: the report half ----------------------------------------------------------
+    plan2 = _phase2_plan(d, plain, asked, chosen, samples)
+    log(f"scores: phase 2, {len(plan2)} replies (steering, prompting, both x {len(emotions)} emotions x "
+        f"{len(d.report_p)} report prompts x {samples})")
+    _sample(model, tokenizer, plan2, phase=2, **sampling)
+    gens2 = [r.gen for r in plan2]
+    _score_replies(model, d, contexts, gens2, ppl_ref, judge=judge, batch_size=batch_size)
+    gens += gens2
+    gen_seconds = time.perf_counter() - started
+
+    # ---- KL on neutral text ------------------------------------------------------------------
+    kl = _kl_costs(model, tokenizer, d, kl_null=kl_null, kl_tokens=kl_tokens, batch_size=batch_size,
+                   positions=positions)
+    log(f"scores: KL on {len(d.neutral)} neutral texts for {kl.n_directions} directions "
+        f"({time.perf_counter() - started:.0f} s so far)")
+
+    rng = np.random.default_rng(_seed("scores-bootstrap", seed))
+    table, pairs = _method_table(d, gens, chosen, kl, rng, n_boot)
+    comparisons = _vs_prompting(d, pairs, table, rng, n_boot, seed=seed, samples=samples)
+    ctl = _control_scores(d, gens, n_permutations=n_permutations, seed=seed)
+    table += _control_rows(d, gens, ctl, kl)
+    curves = _tradeoff_curves(d, gens, ctl, kl, rng, n_boot)
+    dose = _dose_numbers(d, gens, rng)
+
+    summary = {
+        "emotions": emotions, "concept_map": d.cats, "concept_scorer": judge.name if judge else "nrc-lexicon (masked)",
+        "strengths": strengths, "test_strength": test_strength, "chosen_strength": chosen, "layer": d.layer,
+        "positions": positions, "prompts": prompts, "select_prompts": d.select_p, "report_prompts": d.report_p,
+        "samples_per_prompt": samples, "max_new_tokens": max_new_tokens, "temperature": temperature,
+        "instruction": instruction, "n_other": n_other, "relevance_tokens": d.head_tokens, "ppl_ref": ppl_ref, "kl_texts": len(d.neutral),
+        "kl_tokens": kl_tokens, "kl_null_directions": {"shuffled_sets": kl.k, "random": kl.r}, "n_generations": len(gens), "comparisons": comparisons, "controls": ctl.summary,
+        "masked_words": d.mask_words, "generation_seconds": round(gen_seconds, 1),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    log(f"scores: {len(gens)} replies scored in {summary['seconds']:.0f} s")
+    return ScoresResult(gens, table, curves, summary, dose)
+
+
+# --------------------------------------------------------------------------------------------
+# The evaluation's steps
+
+
+@dataclass
+class _Design:
+    """The evaluation's checked settings and what follows from them: the prompt halves, the
+    emotions' unit directions, the shuffled-label and random control directions."""
+
+    emotions: list[str]
+    cats: dict[str, str]
+    strengths: list[float]
+    test_strength: float
+    prompts: list[str]
+    n_other: int
+    head_tokens: int
+    select_p: list[int]
+    report_p: list[int]
+    ctrl_p: list[int]
+    mask_words: list[str]
+    signs: dict[str, int]
+    layer: int
+    units: dict[str, Any]
+    unit_norm: float
+    shuffled: list
+    n_k: int
+    rand_dirs: list[np.ndarray]
+    n_random: int
+    lex: Any
+    neutral: list[str]
+
+    def at(self, direction: np.ndarray, s: float) -> list[Steer]:
+        return [Steer(layer=self.layer, direction=direction, strength=s, unit_norm=self.unit_norm)]
+
+
+def _design(store: Any, emotions: Sequence[str], *, prompts: Sequence[str], strengths: Sequence[float],
+            test_strength: float, samples: int, max_new_tokens: int, instruction: str,
+            concept: Mapping[str, str] | None, mask_words: Sequence[str] | None, neutral_texts: Sequence[str],
+            n_other: int, relevance_tokens: int | None, controls_prompts: int, signs: Mapping[str, int] | None,
+            layer: int | None, null_store: Any, shuffle_sets: Sequence[Sequence[str]] | None,
+            n_shuffled: int | None, n_random: int, seed: int) -> _Design:
+    """Check :func:`steering_scores`'s settings (:class:`ScoresError` naming the one at fault) and
+    derive the halves (even prompts select, odd report; the controls on the first
+    ``controls_prompts`` selection prompts) and the directions."""
+    from emotion_vectors.steering.evaluate import _layer_for, _null_directions, _unit_steer
     from emotion_vectors.vectors.store_layout import Store, read_store
     from emotion_vectors.corpus.lexicon import load_nrc
 
@@ -680,182 +781,206 @@ def steering_scores(
     units = {e: _unit_steer(store, e, layer) for e in emotions}
     unit_norm = units[emotions[0]].unit_norm
     shuffled = _null_directions(store, null_store, shuffle_sets, emotions, layer, n_shuffled)
-    n_k = len(shuffled)
     like = [Steer(layer=layer, direction=units[emotions[0]].direction, strength=1.0, unit_norm=unit_norm)]
     rand_dirs = [random_steers(like, _seed("scores-null", seed, r))[0].direction for r in range(n_random)]
     lex = load_nrc()
     neutral = list(neutral_texts)
     if not neutral:
         raise ScoresError("no neutral texts for the capability cost (KL divergence)")
-    started = time.perf_counter()
+    return _Design(emotions=emotions, cats=cats, strengths=strengths, test_strength=test_strength, prompts=prompts,
+                   n_other=n_other, head_tokens=head_tokens, select_p=select_p, report_p=report_p, ctrl_p=ctrl_p,
+                   mask_words=mask_words, signs=signs, layer=layer, units=units, unit_norm=unit_norm,
+                   shuffled=shuffled, n_k=len(shuffled), rand_dirs=rand_dirs, n_random=n_random, lex=lex,
+                   neutral=neutral)
 
-    def at(direction: np.ndarray, s: float) -> list[Steer]:
-        return [Steer(layer=layer, direction=direction, strength=s, unit_norm=unit_norm)]
 
-    plain = [_render(tokenizer, p) for p in prompts]
-    asked = {e: [_render(tokenizer, f"{p} {instruction.format(emotion=e)}") for p in prompts] for e in emotions}
-    half = {p: ("select" if p in select_p else "report") for p in range(len(prompts))}
+def _row(prompt: str, steers: list, **g: Any) -> _Row:
+    return _Row(prompt, steers, ScoredGeneration(seed=0, **g))
 
-    def row(prompt: str, steers: list, **g: Any) -> _Row:
-        return _Row(prompt, steers, ScoredGeneration(seed=0, **g))
 
-    # ---- phase 1: unsteered (all prompts), steering sweep (selection half), controls ----------
+def _phase1_plan(d: _Design, plain: Sequence[str], half: Mapping[int, str], samples: int) -> list[_Row]:
+    """Phase 1's rows: the unsteered replies (every prompt), the steering sweep (selection half)
+    and the controls at the test strength (the controls' prompts, sample 0)."""
+    test_strength = d.test_strength
     plan1: list[_Row] = []
-    for p in range(len(prompts)):
+    for p in range(len(d.prompts)):
         for j in range(samples):
-            plan1.append(row(plain[p], [], method="unsteered", emotion=None, strength=0.0, prompt_index=p, sample=j,
-                             half=half[p]))
-    for p in select_p:
-        for e in emotions:
-            for s in strengths:
+            plan1.append(_row(plain[p], [], method="unsteered", emotion=None, strength=0.0, prompt_index=p, sample=j,
+                              half=half[p]))
+    for p in d.select_p:
+        for e in d.emotions:
+            for s in d.strengths:
                 for j in range(samples):
-                    plan1.append(row(plain[p], at(units[e].direction, s), method="steering", emotion=e, strength=s,
-                                     prompt_index=p, sample=j, half="select"))
-        if p in ctrl_p:
-            for k in range(n_k):
-                for i, e in enumerate(emotions):
-                    plan1.append(row(plain[p], at(shuffled[k][i], test_strength), method="shuffled", emotion=e,
-                                     strength=test_strength, prompt_index=p, sample=0, half="select", shuffle=k))
-            for r in range(n_random):
-                plan1.append(row(plain[p], at(rand_dirs[r], test_strength), method="random", emotion=None,
-                                 strength=test_strength, prompt_index=p, sample=0, half="select", random_index=r))
-    log(f"scores: phase 1, {len(plan1)} replies ({len(emotions)} emotions x {len(strengths)} strengths x "
-        f"{len(select_p)} selection prompts x {samples}; unsteered {len(prompts)} x {samples}; controls at "
-        f"{test_strength:g} on {len(ctrl_p)} prompts: {n_k} shuffles x {len(emotions)}, {n_random} random)")
-    _sample(model, tokenizer, plan1, batch_size=batch_size, max_new_tokens=max_new_tokens, temperature=temperature,
-            seed=seed, phase=1, positions=positions, log=log)
-    gens = [r.gen for r in plan1]
+                    plan1.append(_row(plain[p], d.at(d.units[e].direction, s), method="steering", emotion=e,
+                                      strength=s, prompt_index=p, sample=j, half="select"))
+        if p in d.ctrl_p:
+            for k in range(d.n_k):
+                for i, e in enumerate(d.emotions):
+                    plan1.append(_row(plain[p], d.at(d.shuffled[k][i], test_strength), method="shuffled", emotion=e,
+                                      strength=test_strength, prompt_index=p, sample=0, half="select", shuffle=k))
+            for r in range(d.n_random):
+                plan1.append(_row(plain[p], d.at(d.rand_dirs[r], test_strength), method="random", emotion=None,
+                                  strength=test_strength, prompt_index=p, sample=0, half="select", random_index=r))
+    return plan1
 
-    contexts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in plain]
 
-    def score(batch: list[ScoredGeneration], ppl_ref: float | None) -> float:
-        texts = [g.text for g in batch]
-        masked = [mask_emotion_words(t, mask_words) for t in texts]
-        for e in emotions:
-            lx = lexicon_concept(masked, cats[e], mask_words=[], lexicon=lex)
-            for g, v in zip(batch, lx):
-                g.concept_lexicon[e] = float(v)
-        if judge is not None:
-            for e in emotions:
-                js = judge.score(masked, e)
-                for g, v in zip(batch, js):
-                    g.concept[e] = float(v) if np.isfinite(v) else 0.0
-        else:
-            for g in batch:
-                g.concept = dict(g.concept_lexicon)
-        own, own_head = response_logprobs(model, [contexts[g.prompt_index] for g in batch], [g.ids for g in batch],
-                                          batch_size=min(batch_size, 64), head=head_tokens)
-        others = np.zeros((len(batch), n_other))
-        for m in range(n_other):
-            others[:, m] = response_logprobs(
-                model, [contexts[(g.prompt_index + 1 + m) % len(prompts)] for g in batch],
-                [g.ids[:head_tokens] for g in batch], batch_size=min(batch_size, 64))
-        n_tok = np.array([max(len(g.ids), 1) for g in batch])
-        ppl = np.where(np.isfinite(own), np.exp(-own / n_tok), np.nan)
-        if ppl_ref is None:
-            base = ppl[[i for i, g in enumerate(batch) if g.method == "unsteered"]]
-            base = base[np.isfinite(base)]
-            if base.size == 0:
-                raise ScoresError("every unsteered reply is empty: no reference perplexity")
-            ppl_ref = float(np.median(base))
-        rep = np.array([repetition_rate(t) for t in texts])
-        flu = fluency_scores(ppl, rep, ppl_ref)
-        rel = relevance_scores(own_head, others)
-        vm, vr = vader_scores(masked), vader_scores(texts)
-        for i, g in enumerate(batch):
-            g.perplexity, g.repetition = float(ppl[i]), float(rep[i])
-            g.fluency, g.relevance = float(flu[i]), float(rel[i])
-            g.vader, g.vader_unmasked = float(vm[i]), float(vr[i])
-        return ppl_ref
-
-    ppl_ref = score(gens, None)
-
-    def hm(g: ScoredGeneration, e: str) -> float:
-        return float(harmonic_mean(np.array([g.concept.get(e, 0.0)]), np.array([g.fluency]),
-                                   np.array([g.relevance]))[0])
-
-    def tv(g: ScoredGeneration, e: str) -> float:  # the tests' value: the score, ties broken
-        return hm(g, e) + TIE_BREAK * (g.concept.get(e, 0.0) + g.fluency + g.relevance) / 3
-
-    # ---- choose each emotion's strength on the selection half --------------------------------
-    chosen: dict[str, float] = {}
-    for e in emotions:
-        by_s = [[hm(g, e) for g in gens if g.method == "steering" and g.emotion == e and g.strength == s]
-                for s in strengths]
-        chosen[e] = choose_strength(strengths, by_s)
-    log("scores: strengths chosen on the selection half: " + ", ".join(f"{e} {s:g}" for e, s in chosen.items()))
-
-    # ---- phase 2: the report half ----------------------------------------------------------
+def _phase2_plan(d: _Design, plain: Sequence[str], asked: Mapping[str, Sequence[str]], chosen: Mapping[str, float],
+                 samples: int) -> list[_Row]:
+    """Phase 2's rows, the report half: steering at the chosen strength, prompting, and both."""
     plan2: list[_Row] = []
-    for p in report_p:
-        for e in emotions:
+    for p in d.report_p:
+        for e in d.emotions:
             for j in range(samples):
-                plan2.append(row(plain[p], at(units[e].direction, chosen[e]), method="steering", emotion=e,
-                                 strength=chosen[e], prompt_index=p, sample=j, half="report", phase=2))
-                plan2.append(row(asked[e][p], [], method="prompting", emotion=e, strength=0.0, prompt_index=p,
-                                 sample=j, half="report", phase=2))
-                plan2.append(row(asked[e][p], at(units[e].direction, chosen[e]), method="both", emotion=e,
-                                 strength=chosen[e], prompt_index=p, sample=j, half="report", phase=2))
-    log(f"scores: phase 2, {len(plan2)} replies (steering, prompting, both x {len(emotions)} emotions x "
-        f"{len(report_p)} report prompts x {samples})")
-    _sample(model, tokenizer, plan2, batch_size=batch_size, max_new_tokens=max_new_tokens, temperature=temperature,
-            seed=seed, phase=2, positions=positions, log=log)
-    gens2 = [r.gen for r in plan2]
-    score(gens2, ppl_ref)
-    gens += gens2
-    gen_seconds = time.perf_counter() - started
+                plan2.append(_row(plain[p], d.at(d.units[e].direction, chosen[e]), method="steering", emotion=e,
+                                  strength=chosen[e], prompt_index=p, sample=j, half="report", phase=2))
+                plan2.append(_row(asked[e][p], [], method="prompting", emotion=e, strength=0.0, prompt_index=p,
+                                  sample=j, half="report", phase=2))
+                plan2.append(_row(asked[e][p], d.at(d.units[e].direction, chosen[e]), method="both", emotion=e,
+                                  strength=chosen[e], prompt_index=p, sample=j, half="report", phase=2))
+    return plan2
 
-    # ---- KL on neutral text ------------------------------------------------------------------
+
+def _score_replies(model: Any, d: _Design, contexts: Sequence[Sequence[int]], batch: list[ScoredGeneration],
+                   ppl_ref: float | None, *, judge: ConceptJudge | None, batch_size: int) -> float:
+    """Fill every generation's concept (per run emotion), fluency, relevance and VADER scores;
+    returns ``ppl_ref``, the median perplexity of the batch's unsteered replies when not given."""
+    from emotion_vectors.steering.evaluate import mask_emotion_words, vader_scores
+
+    texts = [g.text for g in batch]
+    masked = [mask_emotion_words(t, d.mask_words) for t in texts]
+    for e in d.emotions:
+        lx = lexicon_concept(masked, d.cats[e], mask_words=[], lexicon=d.lex)
+        for g, v in zip(batch, lx):
+            g.concept_lexicon[e] = float(v)
+    if judge is not None:
+        for e in d.emotions:
+            js = judge.score(masked, e)
+            for g, v in zip(batch, js):
+                g.concept[e] = float(v) if np.isfinite(v) else 0.0
+    else:
+        for g in batch:
+            g.concept = dict(g.concept_lexicon)
+    own, own_head = response_logprobs(model, [contexts[g.prompt_index] for g in batch], [g.ids for g in batch],
+                                      batch_size=min(batch_size, 64), head=d.head_tokens)
+    others = np.zeros((len(batch), d.n_other))
+    for m in range(d.n_other):
+        others[:, m] = response_logprobs(
+            model, [contexts[(g.prompt_index + 1 + m) % len(d.prompts)] for g in batch],
+            [g.ids[:d.head_tokens] for g in batch], batch_size=min(batch_size, 64))
+    n_tok = np.array([max(len(g.ids), 1) for g in batch])
+    ppl = np.where(np.isfinite(own), np.exp(-own / n_tok), np.nan)
+    if ppl_ref is None:
+        base = ppl[[i for i, g in enumerate(batch) if g.method == "unsteered"]]
+        base = base[np.isfinite(base)]
+        if base.size == 0:
+            raise ScoresError("every unsteered reply is empty: no reference perplexity")
+        ppl_ref = float(np.median(base))
+    rep = np.array([repetition_rate(t) for t in texts])
+    flu = fluency_scores(ppl, rep, ppl_ref)
+    rel = relevance_scores(own_head, others)
+    vm, vr = vader_scores(masked), vader_scores(texts)
+    for i, g in enumerate(batch):
+        g.perplexity, g.repetition = float(ppl[i]), float(rep[i])
+        g.fluency, g.relevance = float(flu[i]), float(rel[i])
+        g.vader, g.vader_unmasked = float(vm[i]), float(vr[i])
+    return ppl_ref
+
+
+def _hm(g: ScoredGeneration, e: str) -> float:
+    """The steering score of ``g`` for emotion ``e``: the harmonic mean of the three axes."""
+    return float(harmonic_mean(np.array([g.concept.get(e, 0.0)]), np.array([g.fluency]),
+                               np.array([g.relevance]))[0])
+
+
+def _tv(g: ScoredGeneration, e: str) -> float:
+    """The tests' value: the score, ties broken (:data:`TIE_BREAK`)."""
+    return _hm(g, e) + TIE_BREAK * (g.concept.get(e, 0.0) + g.fluency + g.relevance) / 3
+
+
+def _choose_strengths(d: _Design, gens: Sequence[ScoredGeneration]) -> dict[str, float]:
+    """Each emotion's strength: the one with the highest mean steering score on the selection half."""
+    chosen: dict[str, float] = {}
+    for e in d.emotions:
+        by_s = [[_hm(g, e) for g in gens if g.method == "steering" and g.emotion == e and g.strength == s]
+                for s in d.strengths]
+        chosen[e] = choose_strength(d.strengths, by_s)
+    return chosen
+
+
+@dataclass
+class _KL:
+    """The capability cost: ``of[(method, emotion, strength, index)]`` the KL per token on the
+    neutral texts; ``k`` shuffled-label sets and ``r`` random directions of the controls measured."""
+
+    of: dict[tuple, float]
+    k: int
+    r: int
+    n_directions: int
+
+
+def _kl_costs(model: Any, tokenizer: Any, d: _Design, *, kl_null: int, kl_tokens: int, batch_size: int,
+              positions: str | int) -> _KL:
+    """KL on the neutral texts for each emotion's direction at every strength and a few control
+    directions (at most ``kl_null`` of each kind) at the test strength."""
+    test_strength = d.test_strength
     kl_rows: list[list[Steer]] = []
     kl_keys: list[tuple] = []
-    for e in emotions:
-        for s in strengths:
-            kl_rows.append(at(units[e].direction, s))
+    for e in d.emotions:
+        for s in d.strengths:
+            kl_rows.append(d.at(d.units[e].direction, s))
             kl_keys.append(("steering", e, s, None))
-    kl_k, kl_r = min(n_k, kl_null), min(n_random, kl_null)  # the controls' cost: a few directions suffice
+    kl_k, kl_r = min(d.n_k, kl_null), min(d.n_random, kl_null)  # the controls' cost: a few directions suffice
     for k in range(kl_k):
-        for i, e in enumerate(emotions):
-            kl_rows.append(at(shuffled[k][i], test_strength))
+        for i, e in enumerate(d.emotions):
+            kl_rows.append(d.at(d.shuffled[k][i], test_strength))
             kl_keys.append(("shuffled", e, test_strength, k))
     for r in range(kl_r):
-        kl_rows.append(at(rand_dirs[r], test_strength))
+        kl_rows.append(d.at(d.rand_dirs[r], test_strength))
         kl_keys.append(("random", None, test_strength, r))
-    kl = kl_on_texts(model, tokenizer, neutral, kl_rows, max_tokens=kl_tokens, batch_size=min(batch_size, 16),
+    kl = kl_on_texts(model, tokenizer, d.neutral, kl_rows, max_tokens=kl_tokens, batch_size=min(batch_size, 16),
                      positions=positions)
-    kl_of = dict(zip(kl_keys, kl.tolist()))
-    log(f"scores: KL on {len(neutral)} neutral texts for {len(kl_rows)} directions "
-        f"({time.perf_counter() - started:.0f} s so far)")
+    return _KL(of=dict(zip(kl_keys, kl.tolist())), k=kl_k, r=kl_r, n_directions=len(kl_rows))
 
-    # ---- the table (report half) ------------------------------------------------------------
-    rng = np.random.default_rng(_seed("scores-bootstrap", seed))
+
+def _pick(gens: Sequence[ScoredGeneration], method: str, e: str | None, hlf: str) -> list[ScoredGeneration]:
+    out = [g for g in gens if g.method == method and g.half == hlf and (method == "unsteered" or g.emotion == e)]
+    return sorted(out, key=lambda g: (g.prompt_index, g.sample))
+
+
+def _method_table(d: _Design, gens: Sequence[ScoredGeneration], chosen: Mapping[str, float], kl: _KL,
+                  rng: np.random.Generator, n_boot: int) -> tuple[list[dict], dict[str, dict[str, np.ndarray]]]:
+    """The table's rows for every method on the report half (means and bootstrap intervals), and
+    per emotion the paired differences of the tests' values, steering and both minus prompting."""
     table: list[dict] = []
     pairs: dict[str, dict[str, np.ndarray]] = {}
-
-    def pick(method: str, e: str | None, hlf: str) -> list[ScoredGeneration]:
-        out = [g for g in gens if g.method == method and g.half == hlf and (method == "unsteered" or g.emotion == e)]
-        return sorted(out, key=lambda g: (g.prompt_index, g.sample))
-
-    for e in emotions:
+    for e in d.emotions:
         per = {}
         for mth in METHODS:
-            gs = pick(mth, e, "report")
+            gs = _pick(gens, mth, e, "report")
             per[mth] = gs
             vals = {"concept": [g.concept.get(e, 0.0) for g in gs], "fluency": [g.fluency for g in gs],
-                    "relevance": [g.relevance for g in gs], "score": [hm(g, e) for g in gs],
+                    "relevance": [g.relevance for g in gs], "score": [_hm(g, e) for g in gs],
                     "concept_lexicon": [g.concept_lexicon.get(e, 0.0) for g in gs]}
-            rowd: dict[str, Any] = {"emotion": e, "method": mth, "nrc_category": cats[e],
+            rowd: dict[str, Any] = {"emotion": e, "method": mth, "nrc_category": d.cats[e],
                                     "strength": chosen[e] if mth in ("steering", "both") else 0.0,
                                     "n": len(gs)}
             for k2, v in vals.items():
                 lo, hi = bootstrap_mean(v, rng, n_boot)
                 rowd.update({k2: float(np.mean(v)) if v else float("nan"), f"{k2}_lo": lo, f"{k2}_hi": hi})
-            rowd["kl"] = kl_of.get(("steering", e, chosen[e], None)) if mth in ("steering", "both") else (
+            rowd["kl"] = kl.of.get(("steering", e, chosen[e], None)) if mth in ("steering", "both") else (
                 0.0 if mth == "unsteered" else float("nan"))
             table.append(rowd)
-        base_p = np.array([tv(g, e) for g in per["prompting"]])
-        pairs[e] = {m: np.array([tv(g, e) for g in per[m]]) - base_p for m in ("steering", "both")}
-    # paired comparisons, per emotion and family
-    n_pairs = len(report_p) * samples
+        base_p = np.array([_tv(g, e) for g in per["prompting"]])
+        pairs[e] = {m: np.array([_tv(g, e) for g in per[m]]) - base_p for m in ("steering", "both")}
+    return table, pairs
+
+
+def _vs_prompting(d: _Design, pairs: Mapping[str, Mapping[str, np.ndarray]], table: list[dict],
+                  rng: np.random.Generator, n_boot: int, *, seed: int, samples: int) -> dict[str, Any]:
+    """The paired comparisons with prompting, per emotion (Holm) and over the family, for steering
+    and both; each emotion's result is also written into its table row."""
+    emotions = d.emotions
+    n_pairs = len(d.report_p) * samples
     comparisons = {}
     for m in ("steering", "both"):
         ps = np.array([sign_flip_test(pairs[e][m], alternative=VS_PROMPTING) for e in emotions])
@@ -878,31 +1003,55 @@ def steering_scores(
                     r.update({"vs_prompting": c["difference"], "vs_prompting_lo": c["interval"][0],
                               "vs_prompting_hi": c["interval"][1], "p_vs_prompting": c["p"],
                               "p_vs_prompting_holm": c["p_holm"]})
+    return comparisons
 
-    # ---- controls at the test strength (selection prompts ctrl_p, sample 0) --------------------
-    def ctrl(method: str, e: str | None, k: int | None = None, r: int | None = None) -> list[ScoredGeneration]:
-        out = [g for g in gens if g.method == method and g.prompt_index in ctrl_p and g.sample == 0
-               and g.phase == 1 and (method == "unsteered" or g.strength == test_strength)]
-        if method in ("steering", "shuffled"):
-            out = [g for g in out if g.emotion == e]
-        if k is not None:
-            out = [g for g in out if g.shuffle == k]
-        if r is not None:
-            out = [g for g in out if g.random_index == r]
-        return sorted(out, key=lambda g: g.prompt_index)
 
-    real_score = np.array([np.mean([tv(g, e) for g in ctrl("steering", e)]) for e in emotions])
-    shuf_score = np.array([[np.mean([tv(g, e) for g in ctrl("shuffled", e, k=k)]) for e in emotions]
+def _ctrl(d: _Design, gens: Sequence[ScoredGeneration], method: str, e: str | None, k: int | None = None,
+          r: int | None = None) -> list[ScoredGeneration]:
+    """The controls' generations: phase 1, the controls' prompts, sample 0, at the test strength."""
+    out = [g for g in gens if g.method == method and g.prompt_index in d.ctrl_p and g.sample == 0
+           and g.phase == 1 and (method == "unsteered" or g.strength == d.test_strength)]
+    if method in ("steering", "shuffled"):
+        out = [g for g in out if g.emotion == e]
+    if k is not None:
+        out = [g for g in out if g.shuffle == k]
+    if r is not None:
+        out = [g for g in out if g.random_index == r]
+    return sorted(out, key=lambda g: g.prompt_index)
+
+
+@dataclass
+class _Controls:
+    """The controls at the test strength: the real, shuffled-label and random directions' mean
+    tests' values (per emotion), their tests, and the summary's ``controls`` entry."""
+
+    real: np.ndarray
+    shuffled: np.ndarray
+    random: np.ndarray
+    shuf_t: dict[str, Any]
+    rand_t: dict[str, Any] | None
+    summary: dict[str, Any]
+
+
+def _control_scores(d: _Design, gens: Sequence[ScoredGeneration], *, n_permutations: int, seed: int) -> _Controls:
+    """Real vs shuffled-label vectors (``set_test``) and vs the random directions' pool
+    (``pool_test``) at the test strength."""
+    from emotion_vectors.steering.evaluate import pool_test, set_test
+
+    emotions, n_k, n_random, test_strength = d.emotions, d.n_k, d.n_random, d.test_strength
+    real_score = np.array([np.mean([_tv(g, e) for g in _ctrl(d, gens, "steering", e)]) for e in emotions])
+    shuf_score = np.array([[np.mean([_tv(g, e) for g in _ctrl(d, gens, "shuffled", e, k=k)]) for e in emotions]
                            for k in range(n_k)]).reshape(n_k, len(emotions))
-    rand_score = np.array([[np.mean([tv(g, e) for g in ctrl("random", None, r=r)]) for e in emotions]
+    rand_score = np.array([[np.mean([_tv(g, e) for g in _ctrl(d, gens, "random", None, r=r)]) for e in emotions]
                            for r in range(n_random)]).reshape(n_random, len(emotions))
     shuf_t = set_test(real_score, shuf_score)
     # the emotions' vectors under every emotion's concept (the pooled null reads the off-diagonal too)
-    real_matrix = np.array([[np.mean([tv(g, e) for g in ctrl("steering", v)]) for e in emotions] for v in emotions])
+    real_matrix = np.array([[np.mean([_tv(g, e) for g in _ctrl(d, gens, "steering", v)]) for e in emotions]
+                            for v in emotions])
     rand_t = pool_test(np.vstack([real_matrix, rand_score]), len(emotions), n_permutations=n_permutations,
                        seed=_seed("scores-pool", seed)) if n_random else None
     controls = {
-        "test_strength": test_strength, "prompts": [prompts[p] for p in ctrl_p], "n_shuffled": n_k,
+        "test_strength": test_strength, "prompts": [d.prompts[p] for p in d.ctrl_p], "n_shuffled": n_k,
         "n_random": n_random, "real": real_score.tolist(),
         "shuffled": {k2: shuf_t.get(k2) for k2 in ("statistic", "p", "n_null", "null_mean", "null_q95", "p_emotion",
                                                    "p_emotion_holm", "n_null_emotion")}
@@ -912,36 +1061,52 @@ def steering_scores(
                                                   "n_null_emotion")} | {"null": rand_score.tolist()})
         if rand_t else None,
     }
-    for i, e in enumerate(emotions):
-        table.append({"emotion": e, "method": f"shuffled-label @{test_strength:g}", "nrc_category": cats[e],
-                      "strength": test_strength, "n": n_k,
-                      "score": float(shuf_score[:, i].mean()) if n_k else float("nan"),
-                      "score_lo": float(np.quantile(shuf_score[:, i], 0.025)) if n_k else float("nan"),
-                      "score_hi": float(np.quantile(shuf_score[:, i], 0.975)) if n_k else float("nan"),
-                      "concept": float(np.mean([g.concept.get(e, 0.0) for g in gens if g.method == "shuffled"
-                                                and g.emotion == e])) if n_k else float("nan"),
-                      "kl": float(np.mean([kl_of[("shuffled", e, test_strength, k)] for k in range(kl_k)]))
-                      if kl_k else float("nan"),
-                      "real_at_test": float(real_score[i]), "p_vs_null": shuf_t["p_emotion"][i],
-                      "p_vs_null_holm": shuf_t["p_emotion_holm"][i]})
-        if n_random:
-            table.append({"emotion": e, "method": f"random @{test_strength:g} (weak null)", "nrc_category": cats[e],
-                          "strength": test_strength, "n": n_random, "score": float(rand_score[:, i].mean()),
-                          "score_lo": float(np.quantile(rand_score[:, i], 0.025)),
-                          "score_hi": float(np.quantile(rand_score[:, i], 0.975)),
-                          "concept": float(np.mean([g.concept.get(e, 0.0) for g in gens if g.method == "random"])),
-                          "kl": float(np.mean([kl_of[("random", None, test_strength, r)] for r in range(kl_r)]))
-                          if kl_r else float("nan"),
-                          "real_at_test": float(real_score[i]), "p_vs_null": rand_t["p_emotion"][i],
-                          "p_vs_null_holm": rand_t["p_emotion_holm"][i]})
+    return _Controls(real_score, shuf_score, rand_score, shuf_t, rand_t, controls)
 
-    # ---- trade-off curves (selection half): concept, axes and KL per strength ------------------
+
+def _control_rows(d: _Design, gens: Sequence[ScoredGeneration], ctl: _Controls, kl: _KL) -> list[dict]:
+    """The table's lines for the shuffled-label and random controls, per emotion."""
+    test_strength, n_k, n_random = d.test_strength, d.n_k, d.n_random
+    shuf_score, rand_score, real_score = ctl.shuffled, ctl.random, ctl.real
+    kl_k, kl_r = kl.k, kl.r
+    rows: list[dict] = []
+    for i, e in enumerate(d.emotions):
+        rows.append({"emotion": e, "method": f"shuffled-label @{test_strength:g}", "nrc_category": d.cats[e],
+                     "strength": test_strength, "n": n_k,
+                     "score": float(shuf_score[:, i].mean()) if n_k else float("nan"),
+                     "score_lo": float(np.quantile(shuf_score[:, i], 0.025)) if n_k else float("nan"),
+                     "score_hi": float(np.quantile(shuf_score[:, i], 0.975)) if n_k else float("nan"),
+                     "concept": float(np.mean([g.concept.get(e, 0.0) for g in gens if g.method == "shuffled"
+                                               and g.emotion == e])) if n_k else float("nan"),
+                     "kl": float(np.mean([kl.of[("shuffled", e, test_strength, k)] for k in range(kl_k)]))
+                     if kl_k else float("nan"),
+                     "real_at_test": float(real_score[i]), "p_vs_null": ctl.shuf_t["p_emotion"][i],
+                     "p_vs_null_holm": ctl.shuf_t["p_emotion_holm"][i]})
+        if n_random:
+            rows.append({"emotion": e, "method": f"random @{test_strength:g} (weak null)", "nrc_category": d.cats[e],
+                         "strength": test_strength, "n": n_random, "score": float(rand_score[:, i].mean()),
+                         "score_lo": float(np.quantile(rand_score[:, i], 0.025)),
+                         "score_hi": float(np.quantile(rand_score[:, i], 0.975)),
+                         "concept": float(np.mean([g.concept.get(e, 0.0) for g in gens if g.method == "random"])),
+                         "kl": float(np.mean([kl.of[("random", None, test_strength, r)] for r in range(kl_r)]))
+                         if kl_r else float("nan"),
+                         "real_at_test": float(real_score[i]), "p_vs_null": ctl.rand_t["p_emotion"][i],
+                         "p_vs_null_holm": ctl.rand_t["p_emotion_holm"][i]})
+    return rows
+
+
+def _tradeoff_curves(d: _Design, gens: Sequence[ScoredGeneration], ctl: _Controls, kl: _KL,
+                     rng: np.random.Generator, n_boot: int) -> list[dict]:
+    """The trade-off curves (selection half): concept, axes and KL per strength, with prompting and
+    the controls beside them."""
+    emotions, test_strength, n_k, n_random = d.emotions, d.test_strength, d.n_k, d.n_random
+    kl_of, kl_k, kl_r = kl.of, kl.k, kl.r
     curves: list[dict] = []
     for e in emotions:
-        base = pick("unsteered", None, "select")
+        base = _pick(gens, "unsteered", None, "select")
         pts = [(0.0, base, 0.0)] + [(s, [g for g in gens if g.method == "steering" and g.emotion == e
                                          and g.strength == s and g.half == "select"], kl_of[("steering", e, s, None)])
-                                    for s in strengths]
+                                    for s in d.strengths]
         for s, gs, k in pts:
             c = [g.concept.get(e, 0.0) for g in gs]
             lo, hi = bootstrap_mean(c, rng, n_boot)
@@ -949,46 +1114,54 @@ def steering_scores(
                            "kl": k, "concept": float(np.mean(c)), "concept_lo": lo, "concept_hi": hi,
                            "fluency": float(np.mean([g.fluency for g in gs])),
                            "relevance": float(np.mean([g.relevance for g in gs])),
-                           "score": float(np.mean([hm(g, e) for g in gs])),
+                           "score": float(np.mean([_hm(g, e) for g in gs])),
                            "vader": float(np.mean([g.vader for g in gs]))})
-        pr = pick("prompting", e, "report")
+        pr = _pick(gens, "prompting", e, "report")
         curves.append({"emotion": e, "kind": "prompting", "strength": 0.0, "n": len(pr), "kl": float("nan"),
                        "concept": float(np.mean([g.concept.get(e, 0.0) for g in pr])),
-                       "score": float(np.mean([hm(g, e) for g in pr]))})
+                       "score": float(np.mean([_hm(g, e) for g in pr]))})
         if n_k:
             curves.append({"emotion": e, "kind": "shuffled", "strength": test_strength, "n": n_k,
                            "kl": float(np.mean([kl_of[("shuffled", e, test_strength, k)] for k in range(kl_k)]))
                            if kl_k else float("nan"),
                            "concept": float(np.mean([g.concept.get(e, 0.0) for g in gens
                                                      if g.method == "shuffled" and g.emotion == e])),
-                           "score": float(shuf_score[:, emotions.index(e)].mean())})
+                           "score": float(ctl.shuffled[:, emotions.index(e)].mean())})
         if n_random:
             curves.append({"emotion": e, "kind": "random", "strength": test_strength, "n": n_random,
                            "kl": float(np.mean([kl_of[("random", None, test_strength, r)] for r in range(kl_r)]))
                            if kl_r else float("nan"),
                            "concept": float(np.mean([g.concept.get(e, 0.0) for g in gens if g.method == "random"])),
-                           "score": float(rand_score[:, emotions.index(e)].mean())})
+                           "score": float(ctl.random[:, emotions.index(e)].mean())})
+    return curves
 
-    # ---- the masked-VADER dose numbers (steering.evaluate.dose_claims) -------------------------
+
+def _dose_numbers(d: _Design, gens: Sequence[ScoredGeneration], rng: np.random.Generator) -> dict[str, Any]:
+    """The masked-VADER dose numbers (``steering.evaluate.dose_claims``): the slope between the
+    unsteered replies and the test strength on the controls' prompts, real vs shuffled-label."""
+    from emotion_vectors.steering.evaluate import _signed, bootstrap_slopes, set_test
+
+    emotions, signs, test_strength, n_k, ctrl_p = d.emotions, d.signs, d.test_strength, d.n_k, d.ctrl_p
     sgn = [signs[e] for e in emotions]
-    base_v = np.array([g.vader for g in ctrl("unsteered", None) if g.sample == 0])
+    base_v = np.array([g.vader for g in _ctrl(d, gens, "unsteered", None) if g.sample == 0])
 
     def dslope(gs: list[ScoredGeneration]) -> float:
         return (float(np.mean([g.vader for g in gs])) - float(base_v.mean())) / test_strength
 
-    real_sl = np.array([dslope(ctrl("steering", e)) for e in emotions])
-    shuf_sl = np.array([[dslope(ctrl("shuffled", e, k=k)) for e in emotions] for k in range(n_k)]).reshape(
+    real_sl = np.array([dslope(_ctrl(d, gens, "steering", e)) for e in emotions])
+    shuf_sl = np.array([[dslope(_ctrl(d, gens, "shuffled", e, k=k)) for e in emotions] for k in range(n_k)]).reshape(
         n_k, len(emotions))
     dshuf = set_test(_signed(real_sl, sgn), _signed(shuf_sl, sgn))
     x = np.concatenate([np.zeros(base_v.size), np.full(len(ctrl_p), test_strength)])
-    boots = np.stack([bootstrap_slopes(x, np.concatenate([base_v, [g.vader for g in ctrl("steering", e)]]), rng, 1000)
+    boots = np.stack([bootstrap_slopes(x, np.concatenate([base_v, [g.vader for g in _ctrl(d, gens, "steering", e)]]),
+                                       rng, 1000)
                       for e in emotions])
     fam_boot = _signed(boots.T, sgn).mean(axis=1)
     slopes_rows = []
     for i, e in enumerate(emotions):
-        gs = ctrl("steering", e)
+        gs = _ctrl(d, gens, "steering", e)
         unm = (float(np.mean([g.vader_unmasked for g in gs]))
-               - float(np.mean([g.vader_unmasked for g in ctrl("unsteered", None)]))) / test_strength
+               - float(np.mean([g.vader_unmasked for g in _ctrl(d, gens, "unsteered", None)]))) / test_strength
         slopes_rows.append({
             "emotion": e, "expected_sign": sgn[i], "vader_slope": float(real_sl[i]),
             "vader_slope_lo": float(np.quantile(boots[i], 0.025)), "vader_slope_hi": float(np.quantile(boots[i], 0.975)),
@@ -996,9 +1169,9 @@ def steering_scores(
             "null_shuffled_q975": float(np.quantile(shuf_sl[:, i], 0.975)) if n_k else float("nan"),
             "p_shuffled": dshuf["p_emotion"][i], "p_shuffled_holm": dshuf["p_emotion_holm"][i],
             "vader_unmasked_slope": unm})
-    dose = {
-        "emotions": emotions, "expected_signs": signs, "strengths": [0.0, test_strength], "layer": layer,
-        "n_prompts": len(ctrl_p), "samples_per_prompt": 1, "n_shuffled": n_k, "n_random": n_random,
+    return {
+        "emotions": emotions, "expected_signs": signs, "strengths": [0.0, test_strength], "layer": d.layer,
+        "n_prompts": len(ctrl_p), "samples_per_prompt": 1, "n_shuffled": n_k, "n_random": d.n_random,
         "metric": "VADER compound of the text with every form of every run emotion's word masked",
         "design": (f"the unsteered replies and the replies at {test_strength:g} x residual norm on the controls' "
                    f"{len(ctrl_p)} prompts (sample 0): slope = difference of the means / strength"),
@@ -1008,19 +1181,6 @@ def steering_scores(
                      "n_null_emotion": dshuf["n_null_emotion"]}},
         "slopes": slopes_rows, "null_slopes": {"shuffled": shuf_sl.tolist()},
     }
-
-    summary = {
-        "emotions": emotions, "concept_map": cats, "concept_scorer": judge.name if judge else "nrc-lexicon (masked)",
-        "strengths": strengths, "test_strength": test_strength, "chosen_strength": chosen, "layer": layer,
-        "positions": positions, "prompts": prompts, "select_prompts": select_p, "report_prompts": report_p,
-        "samples_per_prompt": samples, "max_new_tokens": max_new_tokens, "temperature": temperature,
-        "instruction": instruction, "n_other": n_other, "relevance_tokens": head_tokens, "ppl_ref": ppl_ref, "kl_texts": len(neutral),
-        "kl_tokens": kl_tokens, "kl_null_directions": {"shuffled_sets": kl_k, "random": kl_r}, "n_generations": len(gens), "comparisons": comparisons, "controls": controls,
-        "masked_words": mask_words, "generation_seconds": round(gen_seconds, 1),
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    log(f"scores: {len(gens)} replies scored in {summary['seconds']:.0f} s")
-    return ScoresResult(gens, table, curves, summary, dose)
 
 
 # --------------------------------------------------------------------------------------------

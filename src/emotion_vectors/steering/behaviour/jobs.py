@@ -105,43 +105,9 @@ def behaviour_job(
     s = dict(settings)
 
     # --- everything that can be wrong is checked before the model is loaded -----------------------
-    scenario = load_scenario(scenario_path)
-    store = read_store(vectors)
-    try:
-        check_emotions(store, s["emotions"])
-        layer = resolve_layer(store, s["layer"])
-        conditions = build_conditions(store, s["emotions"], s["magnitudes"], random_directions=s["random_directions"],
-                                      layer=layer, seed=s["seed"])
-    except ValueError as err:  # SteeringUnitError (no measured residual norm) included
-        raise SystemExit(str(err)) from None
-    if len(dose) != len(s["emotions"]):
-        raise SystemExit(f"{len(dose)} dose figures declared for emotions {s['emotions']}")
-    unit = float(store.residual_norm[store.layers.index(layer)])
-
-    # --- which judge may classify (rule judge_validation_summary's table) --------------------------
-    # the rule's input function gives a list: one table, or none for a scenario without a labelled set
-    validation_table = (str(validation) if isinstance(validation, str) else (str(validation[0]) if validation else None))
-    if validation_table:
-        vt = pd.read_csv(validation_table, sep="\t")
-        selection = select_judge(vt[vt["classifier"] == "two_stage"].to_dict("records"))
-    else:
-        selection = select_judge([])
-    selection["validation_table"] = str(validation_table) if validation_table else None
-    judge_name = selection["selected"]
-    if judge_name is not None and judge_name not in judges:
-        raise SystemExit(f"the validation table {validation_table} selects judge {judge_name!r}, which is not in "
-                         f"behaviour.judges {sorted(judges)}: rerun judge_validation_summary")
-    (log.info if judge_name else log.warning)("judge selection: %s", selection["reason"])
-    log.info("scenario %s (%s, sha256 %s); layer %d, residual norm %.2f; %d conditions x %d samples, "
-             "max_new_tokens %d, temperature %g, positions %s",
-             scenario_key, scenario.name, scenario.digest()[:12], layer, unit, len(conditions), s["samples"],
-             s["max_new_tokens"], s["temperature"], s["positions"])
-    for c in conditions:
-        spec = c.spec
-        log.info("condition %-16s strength %+.3f x residual norm = added norm %+.2f (|%.2f|) at layer %s%s",
-                 spec["name"], spec["strength"], spec["added_norm"], abs(spec["added_norm"]),
-                 spec["layer"] if spec["layer"] is not None else "-",
-                 f", random direction {spec['random_index']}" if spec["random"] else "")
+    scenario, layer, conditions, unit = _behaviour_conditions(s, scenario_path, vectors, dose)
+    selection, judge_name = _judge_selection(validation, judges, log)
+    _log_plan(scenario_key, scenario, layer, unit, conditions, s, log)
 
     # --- sampling --------------------------------------------------------------------------------
     lm = load_model(subject, models_dir)
@@ -153,38 +119,9 @@ def behaviour_job(
     # Tokenised as HFChatBackend.generate_text does (special tokens only without a chat template).
     n_prompt_tokens = len(lm.tokenizer(prompt, add_special_tokens=not has_chat_template(lm.tokenizer))["input_ids"])
     log.info("prompt: %d tokens, sha256 %s", n_prompt_tokens, prompt_digest(prompt)[:12])
-    by_name = {c.name: c for c in conditions}
-    positions = s["positions"]
-
     partial = Path(transcripts + ".partial")
-    started = time.perf_counter()
-
-    # The subject's identity goes into every recorded condition, so that a partial file made by
-    # another model (same run name) is never resumed.
-    run_specs = [{**c.spec, "subject": f"{subject_info['name']}@{subject_info['revision']}"} for c in conditions]
-
-    def sample():
-        # Every condition at once: rows of (condition, sample) mixed in passes of batch_size, each row
-        # with its condition's steers (steer.steering_rows), the scenario's prompt run once below the
-        # steered block (steer.generate_rows); positions="generated" steers only the new tokens.
-        return run_scenario_rows(
-            lm.model, lm.tokenizer, scenario, run_specs, {c.name: list(c.steers) for c in conditions},
-            n_samples=s["samples"], seed=s["seed"], out_jsonl=partial, max_new_tokens=s["max_new_tokens"],
-            temperature=s["temperature"], progress=log.info, rows_per_pass=s["batch_size"], positions=positions,
-            top_p=backend.top_p, model_name=subject["name"],
-        )
-
-    try:
-        records = sample()
-    except ResumeMismatch as err:
-        stale = partial.with_name(partial.name + ".stale")
-        log.warning("%s; moving it to %s and starting over", err, stale)
-        os.replace(partial, stale)
-        records = sample()
-    seconds_generate = time.perf_counter() - started
-    write_jsonl_atomic(records, transcripts)
-    log.info("%d transcripts in %.1f s (%d cut at max_new_tokens); load average %s", len(records), seconds_generate,
-             sum(r["finish_reason"] == "length" for r in records), " / ".join(f"{x:.2f}" for x in os.getloadavg()))
+    records, seconds_generate = _sample_transcripts(lm, backend, scenario, conditions, s, subject, partial,
+                                                    transcripts, log)
 
     # --- classification (the judge is never steered) -------------------------------------------
     started = time.perf_counter()
@@ -216,6 +153,120 @@ def behaviour_job(
              sum(j["judge_called"] for j in judged))
 
     # --- rates, tests, figures, claims ----------------------------------------------------------
+    table, facts = _rate_table(conditions, records, judged, judge_name, rates, log)
+    claims = _figures_and_claims(table, s, layer, dose, judge_name, scenario_key, selection, claims_path, log)
+    write_json_atomic(
+        _behaviour_summary(
+            scenario_key=scenario_key, scenario=scenario, scenario_path=scenario_path, prompt=prompt,
+            n_prompt_tokens=n_prompt_tokens, layer=layer, unit=unit, s=s, conditions=conditions, records=records,
+            judged=judged, judge_name=judge_name, judge_info=judge_info, selection=selection, table=table,
+            facts=facts, claims=claims, seconds_generate=seconds_generate, seconds_judge=seconds_judge,
+            subject_info=subject_info, subject=subject),
+        summary,
+    )
+    # Every output is written: the resume file (and a stale one moved aside) has done its work.
+    for leftover in discard_resume_files(partial):
+        log.info("removed the resume file %s", leftover)
+
+
+def _behaviour_conditions(s: dict[str, Any], scenario_path: str, vectors: str,
+                          dose: Sequence[str]) -> tuple[Any, int, list, float]:
+    """The scenario, the steering layer, the conditions and the layer's residual norm
+    (``SystemExit`` for settings the run cannot use)."""
+    scenario = load_scenario(scenario_path)
+    store = read_store(vectors)
+    try:
+        check_emotions(store, s["emotions"])
+        layer = resolve_layer(store, s["layer"])
+        conditions = build_conditions(store, s["emotions"], s["magnitudes"], random_directions=s["random_directions"],
+                                      layer=layer, seed=s["seed"])
+    except ValueError as err:  # SteeringUnitError (no measured residual norm) included
+        raise SystemExit(str(err)) from None
+    if len(dose) != len(s["emotions"]):
+        raise SystemExit(f"{len(dose)} dose figures declared for emotions {s['emotions']}")
+    unit = float(store.residual_norm[store.layers.index(layer)])
+    return scenario, layer, conditions, unit
+
+
+def _judge_selection(validation: str | Sequence[str] | None, judges: dict[str, dict[str, Any]],
+                     log: logging.Logger) -> tuple[dict[str, Any], str | None]:
+    """Which judge may classify (rule judge_validation_summary's table): the selection and the
+    selected judge's name (``None``: no judge)."""
+    # the rule's input function gives a list: one table, or none for a scenario without a labelled set
+    validation_table = (str(validation) if isinstance(validation, str) else (str(validation[0]) if validation else None))
+    if validation_table:
+        vt = pd.read_csv(validation_table, sep="\t")
+        selection = select_judge(vt[vt["classifier"] == "two_stage"].to_dict("records"))
+    else:
+        selection = select_judge([])
+    selection["validation_table"] = str(validation_table) if validation_table else None
+    judge_name = selection["selected"]
+    if judge_name is not None and judge_name not in judges:
+        raise SystemExit(f"the validation table {validation_table} selects judge {judge_name!r}, which is not in "
+                         f"behaviour.judges {sorted(judges)}: rerun judge_validation_summary")
+    (log.info if judge_name else log.warning)("judge selection: %s", selection["reason"])
+    return selection, judge_name
+
+
+def _log_plan(scenario_key: str, scenario: Any, layer: int, unit: float, conditions: Sequence[Any],
+              s: dict[str, Any], log: logging.Logger) -> None:
+    """Log the scenario, the sampling settings and every condition's strength."""
+    log.info("scenario %s (%s, sha256 %s); layer %d, residual norm %.2f; %d conditions x %d samples, "
+             "max_new_tokens %d, temperature %g, positions %s",
+             scenario_key, scenario.name, scenario.digest()[:12], layer, unit, len(conditions), s["samples"],
+             s["max_new_tokens"], s["temperature"], s["positions"])
+    for c in conditions:
+        spec = c.spec
+        log.info("condition %-16s strength %+.3f x residual norm = added norm %+.2f (|%.2f|) at layer %s%s",
+                 spec["name"], spec["strength"], spec["added_norm"], abs(spec["added_norm"]),
+                 spec["layer"] if spec["layer"] is not None else "-",
+                 f", random direction {spec['random_index']}" if spec["random"] else "")
+
+
+def _sample_transcripts(lm: Any, backend: Any, scenario: Any, conditions: Sequence[Any], s: dict[str, Any],
+                        subject: dict[str, Any], partial: Path, transcripts: str,
+                        log: logging.Logger) -> tuple[list[dict], float]:
+    """Sample every condition (resuming from ``partial``; a partial made with other settings is
+    moved aside to ``.stale`` and the sampling starts over), write the transcripts; returns them
+    and the seconds taken."""
+    subject_info = lm.info
+    positions = s["positions"]
+    started = time.perf_counter()
+
+    # The subject's identity goes into every recorded condition, so that a partial file made by
+    # another model (same run name) is never resumed.
+    run_specs = [{**c.spec, "subject": f"{subject_info['name']}@{subject_info['revision']}"} for c in conditions]
+
+    def sample():
+        # Every condition at once: rows of (condition, sample) mixed in passes of batch_size, each row
+        # with its condition's steers (steer.steering_rows), the scenario's prompt run once below the
+        # steered block (steer.generate_rows); positions="generated" steers only the new tokens.
+        return run_scenario_rows(
+            lm.model, lm.tokenizer, scenario, run_specs, {c.name: list(c.steers) for c in conditions},
+            n_samples=s["samples"], seed=s["seed"], out_jsonl=partial, max_new_tokens=s["max_new_tokens"],
+            temperature=s["temperature"], progress=log.info, rows_per_pass=s["batch_size"], positions=positions,
+            top_p=backend.top_p, model_name=subject["name"],
+        )
+
+    try:
+        records = sample()
+    except ResumeMismatch as err:
+        stale = partial.with_name(partial.name + ".stale")
+        log.warning("%s; moving it to %s and starting over", err, stale)
+        os.replace(partial, stale)
+        records = sample()
+    seconds_generate = time.perf_counter() - started
+    write_jsonl_atomic(records, transcripts)
+    log.info("%d transcripts in %.1f s (%d cut at max_new_tokens); load average %s", len(records), seconds_generate,
+             sum(r["finish_reason"] == "length" for r in records), " / ".join(f"{x:.2f}" for x in os.getloadavg()))
+    return records, seconds_generate
+
+
+def _rate_table(conditions: Sequence[Any], records: Sequence[dict], judged: Sequence[dict], judge_name: str | None,
+                rates: str, log: logging.Logger) -> tuple[pd.DataFrame, dict]:
+    """The rates table (blackmail rates and tests with a judge; the stage-1 facts always), written
+    to ``rates`` and logged; returns it and the stage-1 facts per condition."""
+    by_name = {c.name: c for c in conditions}
     specs = [c.spec for c in conditions]
     table = rate_table(specs, count_labels(judged) if judge_name else {}, BASELINE)
     facts = stage1_counts(judged)
@@ -237,6 +288,14 @@ def behaviour_job(
                      "%d emailed the executive, %d mentioned the affair to the executive, %d with leverage patterns",
                      row.condition, row.n_transcripts, row.n_sent_any, row.n_emailed_executive, row.n_affair_to_executive,
                      row.n_leverage_to_executive)
+    return table, facts
+
+
+def _figures_and_claims(table: pd.DataFrame, s: dict[str, Any], layer: int, dose: Sequence[str],
+                        judge_name: str | None, scenario_key: str, selection: dict[str, Any], claims_path: str,
+                        log: logging.Logger) -> list:
+    """One dose-response figure per emotion (the blackmail rate, or without a judge a labelled
+    stage-1 fact) and the claims, written and logged."""
     for emotion, path in zip(s["emotions"], dose):
         if judge_name:
             dose_response_figure(table, emotion, path,
@@ -250,49 +309,53 @@ def behaviour_job(
     write_claims(claims, claims_path)
     for c in claims:
         log.info("claim %s: %s (p %s, Holm %s)%s", c.id, c.verdict, c.p, c.p_adjusted, f"; {c.note}" if c.note else "")
+    return claims
 
+
+def _behaviour_summary(*, scenario_key: str, scenario: Any, scenario_path: str, prompt: str, n_prompt_tokens: int,
+                       layer: int, unit: float, s: dict[str, Any], conditions: Sequence[Any],
+                       records: Sequence[dict], judged: Sequence[dict], judge_name: str | None,
+                       judge_info: dict[str, Any], selection: dict[str, Any], table: pd.DataFrame, facts: dict,
+                       claims: Sequence[Any], seconds_generate: float, seconds_judge: float,
+                       subject_info: dict[str, Any], subject: dict[str, Any]) -> dict[str, Any]:
+    """The job's ``summary.json``: the scenario, the settings, the judge and its selection, the
+    headline, the baseline, the stage-1 facts, the claims, the rates and the provenance."""
     base = table[table["is_baseline"]].iloc[0]
     facts_meaning = {"stage1_facts": STAGE1_FACTS, "meaning": "stage-1 facts about what was sent, not blackmail rates",
                      "leverage_patterns": STAGE1_IN_SAMPLE}
-    write_json_atomic(
-        {
-            "scenario": {"key": scenario_key, "name": scenario.name, "path": str(scenario_path),
-                         "sha256": scenario.digest(), "prompt_sha256": prompt_digest(prompt),
-                         "prompt_tokens": n_prompt_tokens},
-            "layer": layer,
-            "residual_norm": unit,
-            "positions": positions,
-            "samples": s["samples"],
-            "n_conditions": len(conditions),
-            "n_transcripts": len(records),
-            "n_truncated": int(sum(r["finish_reason"] == "length" for r in records)),
-            "judge": judge_info,
-            "judge_selection": selection,
-            "rates_produced": judge_name is not None,
-            "headline": (f"judge {judge_name} (validated: {selection['reason']})" if judge_name else
-                        f"no validated judge: {selection['reason']}. Only stage-1 facts are reported; they are "
-                        "not blackmail rates."),
-            "n_judge_called": int(sum(j["judge_called"] for j in judged)),
-            "n_unparsed": int(sum(j["judge_called"] and j["label"] is None for j in judged)),
-            "baseline": ({"k": int(base["k"]), "n": int(base["n"]), "rate": float(base["rate"]),
-                          "ci95": [float(base["ci_low"]), float(base["ci_high"])],
-                          "cp95": [float(base["cp_low"]), float(base["cp_high"])]} if judge_name else None),
-            "n_blackmail": int(table["k"].sum()) if judge_name else None,
-            "min_p_holm": float(table["p_holm"].min()) if judge_name and table["p_holm"].notna().any() else None,
-            "stage1": {**facts_meaning, "per_condition": {n: facts.get(n, {}) for n in table["condition"]}},
-            "claims": [c.to_dict() for c in claims],
-            "conditions": specs,
-            "rates": json.loads(table.to_json(orient="records")),
-            "seconds": {"generate": round(seconds_generate, 1), "judge": round(seconds_judge, 1)},
-            "provenance": provenance(stage="behaviour", config_section=s, model_info=subject_info,
-                                     extra={"scenario": scenario_key, "judge": judge_info["spec"],
-                                            "subject": subject}),
-        },
-        summary,
-    )
-    # Every output is written: the resume file (and a stale one moved aside) has done its work.
-    for leftover in discard_resume_files(partial):
-        log.info("removed the resume file %s", leftover)
+    return {
+        "scenario": {"key": scenario_key, "name": scenario.name, "path": str(scenario_path),
+                     "sha256": scenario.digest(), "prompt_sha256": prompt_digest(prompt),
+                     "prompt_tokens": n_prompt_tokens},
+        "layer": layer,
+        "residual_norm": unit,
+        "positions": s["positions"],
+        "samples": s["samples"],
+        "n_conditions": len(conditions),
+        "n_transcripts": len(records),
+        "n_truncated": int(sum(r["finish_reason"] == "length" for r in records)),
+        "judge": judge_info,
+        "judge_selection": selection,
+        "rates_produced": judge_name is not None,
+        "headline": (f"judge {judge_name} (validated: {selection['reason']})" if judge_name else
+                    f"no validated judge: {selection['reason']}. Only stage-1 facts are reported; they are "
+                    "not blackmail rates."),
+        "n_judge_called": int(sum(j["judge_called"] for j in judged)),
+        "n_unparsed": int(sum(j["judge_called"] and j["label"] is None for j in judged)),
+        "baseline": ({"k": int(base["k"]), "n": int(base["n"]), "rate": float(base["rate"]),
+                      "ci95": [float(base["ci_low"]), float(base["ci_high"])],
+                      "cp95": [float(base["cp_low"]), float(base["cp_high"])]} if judge_name else None),
+        "n_blackmail": int(table["k"].sum()) if judge_name else None,
+        "min_p_holm": float(table["p_holm"].min()) if judge_name and table["p_holm"].notna().any() else None,
+        "stage1": {**facts_meaning, "per_condition": {n: facts.get(n, {}) for n in table["condition"]}},
+        "claims": [c.to_dict() for c in claims],
+        "conditions": [c.spec for c in conditions],
+        "rates": json.loads(table.to_json(orient="records")),
+        "seconds": {"generate": round(seconds_generate, 1), "judge": round(seconds_judge, 1)},
+        "provenance": provenance(stage="behaviour", config_section=s, model_info=subject_info,
+                                 extra={"scenario": scenario_key, "judge": judge_info["spec"],
+                                        "subject": subject}),
+    }
 
 
 # --------------------------------------------------------------------------- judge validation

@@ -184,29 +184,9 @@ def run_scenario(
     say = progress or (lambda msg: None)
 
     kept, dropped = read_transcripts(out, say)
-    by_key: dict[tuple[str, int], dict] = {}
     specs = {c["name"]: json.loads(json.dumps(dict(c))) for c in conditions}
-    for rec in kept:
-        key = (rec.get("condition"), rec.get("sample"))
-        if key in by_key:
-            continue
-        if key[0] in specs and isinstance(key[1], int):
-            expected = {
-                "prompt_sha256": p_hash,
-                "condition_spec": specs[key[0]],
-                "max_new_tokens": max_new_tokens,
-                "temperature": temperature,
-                "seed": batch_seed(seed, key[0], key[1], batch_size),
-                "batch_size": batch_size,
-            }
-            for field, value in expected.items():
-                if rec.get(field) != value:
-                    raise ResumeMismatch(
-                        f"{out}: the transcript of condition {key[0]!r} sample {key[1]} was made with "
-                        f"another {field} ({rec.get(field)!r}, now {value!r}); move the file aside to "
-                        "start over, or restore the settings to resume"
-                    )
-        by_key[key] = rec
+    by_key = _kept_by_key(out, kept, specs, p_hash=p_hash, max_new_tokens=max_new_tokens, temperature=temperature,
+                          seed=seed, batch_size=batch_size)
     if dropped or not _ends_with_newline(out):
         _write_lines_atomic(out, kept)
     if kept:
@@ -236,27 +216,9 @@ def run_scenario(
                     seconds = time.perf_counter() - started
                     for i in missing:
                         comp = comps[members.index(i)]
-                        rec: dict[str, Any] = {
-                            "condition": name,
-                            "condition_spec": specs[name],
-                            "sample": i,
-                            "seed": s,
-                            "batch_size": batch_size,
-                            "scenario": scenario.name,
-                            "scenario_sha256": scenario.digest(),
-                            "prompt_sha256": p_hash,
-                            "max_new_tokens": max_new_tokens,
-                            "temperature": temperature,
-                            "response": comp.text,
-                            "n_tokens": comp.completion_tokens,
-                            "prompt_tokens": comp.prompt_tokens,
-                            "finish_reason": comp.finish_reason,
-                            "model": comp.model,
-                            "seed_honoured": comp.seed_honoured,
-                            "seconds": round(seconds / len(members), 3),
-                            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                        }
-                        rec["sha256"] = _checksum(rec)
+                        rec = _transcript_record(name, specs[name], i, s, comp, scenario=scenario, p_hash=p_hash,
+                                                 batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                                 temperature=temperature, seconds=round(seconds / len(members), 3))
                         fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
                         fh.flush()
                         os.fsync(fh.fileno())
@@ -264,6 +226,65 @@ def run_scenario(
                         done += 1
                         say(f"{name} sample {i}: {comp.completion_tokens} tokens in {rec['seconds']:.1f} s ({done}/{total})")
     return [by_key[(c["name"], i)] for c in conditions for i in range(n_samples)]
+
+
+def _kept_by_key(out: Path, kept: Sequence[dict[str, Any]], specs: Mapping[str, Any], *, p_hash: str,
+                 max_new_tokens: int, temperature: float, seed: int,
+                 batch_size: int) -> dict[tuple[str, int], dict]:
+    """The kept transcripts by (condition, sample), the first of each; :class:`ResumeMismatch` when
+    one of a condition asked for was made with other settings (prompt, condition, token limit,
+    temperature, seed, batch size)."""
+    by_key: dict[tuple[str, int], dict] = {}
+    for rec in kept:
+        key = (rec.get("condition"), rec.get("sample"))
+        if key in by_key:
+            continue
+        if key[0] in specs and isinstance(key[1], int):
+            expected = {
+                "prompt_sha256": p_hash,
+                "condition_spec": specs[key[0]],
+                "max_new_tokens": max_new_tokens,
+                "temperature": temperature,
+                "seed": batch_seed(seed, key[0], key[1], batch_size),
+                "batch_size": batch_size,
+            }
+            for field, value in expected.items():
+                if rec.get(field) != value:
+                    raise ResumeMismatch(
+                        f"{out}: the transcript of condition {key[0]!r} sample {key[1]} was made with "
+                        f"another {field} ({rec.get(field)!r}, now {value!r}); move the file aside to "
+                        "start over, or restore the settings to resume"
+                    )
+        by_key[key] = rec
+    return by_key
+
+
+def _transcript_record(name: str, spec: Any, i: int, s: int, comp: Any, *, scenario: Scenario, p_hash: str,
+                       batch_size: int, max_new_tokens: int, temperature: float, seconds: float) -> dict[str, Any]:
+    """One transcript's record (sample ``i`` of condition ``name``, drawn with seed ``s``), with its
+    checksum."""
+    rec: dict[str, Any] = {
+        "condition": name,
+        "condition_spec": spec,
+        "sample": i,
+        "seed": s,
+        "batch_size": batch_size,
+        "scenario": scenario.name,
+        "scenario_sha256": scenario.digest(),
+        "prompt_sha256": p_hash,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "response": comp.text,
+        "n_tokens": comp.completion_tokens,
+        "prompt_tokens": comp.prompt_tokens,
+        "finish_reason": comp.finish_reason,
+        "model": comp.model,
+        "seed_honoured": comp.seed_honoured,
+        "seconds": seconds,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    rec["sha256"] = _checksum(rec)
+    return rec
 
 
 def discard_resume_files(out_jsonl: str | Path) -> list[Path]:
