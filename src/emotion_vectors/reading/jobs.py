@@ -174,7 +174,7 @@ def score_corpus_job(smk: Any, log: logging.Logger) -> None:
                      "label_column": label_column, "id_column": "id"}
     meta["provenance"] = provenance(stage="score", config_section=s | {"layer": layer},
                                     model_info=reader.info,
-                                    extra={"vectors": str(smk.input.vectors), "input": meta["input"]})
+                                    extra={"vectors": str(store.path), "input": meta["input"]})
     write_scores(df, smk.output.scores, meta)
     out_null = getattr(smk.output, "shuffled", None)
     if out_null:

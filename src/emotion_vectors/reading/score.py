@@ -87,6 +87,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from emotion_vectors.core.common import zarr_root
 from emotion_vectors.extraction.reading import LocalReader, ReadError, truncate_text
 from emotion_vectors.reading.common import ScoreError, _num, bootstrap_auroc, store_model_spec
 from emotion_vectors.reading.corpora import (
@@ -185,7 +186,7 @@ def neutral_baseline(store: Store, layer: int, path: str | Path | None = None) -
     """The mean neutral-dialogue activation ``(d,)`` at ``layer`` and a description of it."""
     from emotion_vectors.extraction.shards import ShardError, open_shard
 
-    path = Path(path) if path is not None else neutral_path_for(store)
+    path = zarr_root(path) if path is not None else neutral_path_for(store)
     if not path.exists():
         raise ScoreError(
             f"baseline 'neutral' needs the run's neutral activations {path} (beside the vectors' "
