@@ -215,3 +215,42 @@ def test_the_checks_find_cycles_and_upward_imports(toy: Path):
     assert len(layering) == 2  # core.config's import of the package's version and findings' import are fine
     assert placement_problems(toy) == [f"{PACKAGE}.{m} lies outside the stages {STAGES} and is none of {GATHERERS}"
                                        for m in ("a", "b")]
+
+
+#: The longest unit (function, method or class) the package keeps without a written reason.
+MAX_UNIT_LINES = 120
+REASON = "# Over 120 lines:"
+
+
+def long_unit_problems(package_dir: Path = PACKAGE_DIR) -> list[str]:
+    """Every def or class longer than ``MAX_UNIT_LINES`` with no ``# Over 120 lines: <why>`` comment
+    on the line above it (or above its decorators)."""
+    found = []
+    for path in sorted(package_dir.rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        source = path.read_text(encoding="utf-8")
+        lines = source.splitlines()
+        for node in ast.walk(ast.parse(source, str(path))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                continue
+            n = node.end_lineno - node.lineno + 1
+            first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+            above = lines[first - 2].strip() if first >= 2 else ""
+            if n > MAX_UNIT_LINES and not (above.startswith(REASON) and len(above) > len(REASON) + 3):
+                found.append(f"{path.relative_to(package_dir.parent)}:{node.lineno} {node.name}: {n} lines "
+                             f"(split it by concern, or write '{REASON} <why>' above it)")
+    return found
+
+
+def test_no_unit_over_120_lines_without_a_reason():
+    problems = long_unit_problems()
+    assert not problems, "\n".join(problems)
+
+
+def test_the_long_unit_check_finds_a_long_function_and_accepts_a_reason(tmp_path: Path):
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_UNIT_LINES))
+    (tmp_path / "m.py").write_text(f"def long():\n{body}\n\n{REASON} one table of cases\n@staticmethod\n"
+                                   f"def kept():\n{body}\n\ndef short():\n    return 1\n")
+    found = long_unit_problems(tmp_path)
+    assert len(found) == 1 and "m.py:1 long: 121 lines" in found[0], found
