@@ -106,7 +106,10 @@ rule behaviour:
         f"{LOGS}/behaviour/{{scenario}}.log",
     benchmark:
         f"{BENCH}/behaviour/{{scenario}}.tsv"
-    threads: 2
+    # One thread: on a small CPU two 1-thread jobs side by side do more than one 2-thread job
+    # (small batches; a model server's jobs wait on its own threads). More with --set-threads.
+    threads: 1
+    priority: 1  # with steering_eval, the longest job after the vectors: started first
     resources:
         gpu=wants_gpu(SUBJECT),
         mem_mb=4000,
@@ -134,7 +137,9 @@ rule judge_validation:
         f"{LOGS}/behaviour/judge_validation/{{scenario}}/{{judge}}.log",
     benchmark:
         f"{BENCH}/behaviour/judge_validation/{{scenario}}/{{judge}}.tsv"
-    threads: 2
+    # One thread: on a small CPU two 1-thread jobs side by side do more than one 2-thread job
+    # (small batches; a model server's jobs wait on its own threads). More with --set-threads.
+    threads: 1
     resources:
         gpu=lambda wc: wants_gpu(BEH_JUDGES[wc.judge]),
         mem_mb=4000,

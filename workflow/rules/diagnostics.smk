@@ -74,7 +74,9 @@ rule recognisability:
         f"{LOGS}/diagnostics/recognisability.log",
     benchmark:
         f"{BENCH}/diagnostics/recognisability.tsv"
-    threads: 2
+    # One thread: on a small CPU two 1-thread jobs side by side do more than one 2-thread job
+    # (small batches; a model server's jobs wait on its own threads). More with --set-threads.
+    threads: 1
     resources:
         gpu=wants_gpu(JUDGE),
         mem_mb=4000,

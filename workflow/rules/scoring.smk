@@ -92,7 +92,9 @@ rule score_corpus:
         f"{LOGS}/scoring/score_{{corpus}}.log",
     benchmark:
         f"{BENCH}/scoring/score_{{corpus}}.tsv"
-    threads: 2
+    # One thread: on a small CPU two 1-thread jobs side by side do more than one 2-thread job
+    # (small batches; a model server's jobs wait on its own threads). More with --set-threads.
+    threads: 1
     resources:
         gpu=wants_gpu(SUBJECT),
         mem_mb=4000,
@@ -159,7 +161,9 @@ rule corpus_report:
         f"{LOGS}/scoring/report_{{corpus}}.log",
     benchmark:
         f"{BENCH}/scoring/report_{{corpus}}.tsv"
-    threads: 2
+    # One thread: on a small CPU two 1-thread jobs side by side do more than one 2-thread job
+    # (small batches; a model server's jobs wait on its own threads). More with --set-threads.
+    threads: 1
     resources:
         gpu=wants_gpu(SUBJECT),
         mem_mb=4000,

@@ -70,7 +70,10 @@ rule steering_eval:
         f"{LOGS}/steering/steering_eval.log",
     benchmark:
         f"{BENCH}/steering/steering_eval.tsv"
-    threads: 2
+    # One thread: on a small CPU two 1-thread jobs side by side do more than one 2-thread job
+    # (small batches; a model server's jobs wait on its own threads). More with --set-threads.
+    threads: 1
+    priority: 1  # with behaviour, the longest job after the vectors: started first
     resources:
         gpu=wants_gpu(SUBJECT),
         mem_mb=4000,
