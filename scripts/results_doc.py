@@ -2,12 +2,15 @@
 
     .venv/bin/python scripts/results_doc.py [--run default] [--control negative-control]
                                             [--fresh fresh-seed] [--doc DOC ...] [--check]
+                                            [--results DIR] [--only BLOCK ...]
 
 The docs are ``docs/results.md`` and ``README.md`` unless ``--doc`` names others. Each table
 sits between ``<!-- generated: NAME -->`` and ``<!-- end generated: NAME -->``; only
 those blocks change, the measured prose around them stays. A block whose runs have not been made
 is left as it is and named on stderr. ``--check`` changes nothing and exits 1 when a block would
-change (the doc is stale against the runs on disk).
+change (the doc is stale against the runs on disk). ``--only`` rewrites the named blocks and no
+other (e.g. the ``stages`` table from a fresh clone's run: ``--results ../clone/results --only
+stages``).
 
 Blocks: ``findings`` (every claim of the run beside the control's verdict), ``diagnostics`` (the
 corpus diagnostics of the run, its fresh-seed corpus and the control), ``compare`` (the subjects'
@@ -138,6 +141,8 @@ def rewrite(doc: Path, args: argparse.Namespace) -> bool:
     missing: list[str] = []
 
     def replace(m: re.Match) -> str:
+        if args.only and m["name"] not in args.only:
+            return m[0]
         body = render(m["name"], args)
         if body is None:
             missing.append(m["name"])
@@ -162,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--control", default="negative-control")
     ap.add_argument("--fresh", default="fresh-seed")
     ap.add_argument("--check", action="store_true")
+    ap.add_argument("--only", nargs="+", metavar="BLOCK", help="rewrite only these blocks")
     args = ap.parse_args(argv)
     changed = [rewrite(Path(doc), args) for doc in args.doc]
     return int(args.check and any(changed))

@@ -89,3 +89,13 @@ def test_steering_block_reads_the_scores_table(runs):
     assert lines[2] == ("| joy | 0.10 | 0.50 [0.25, 0.75] | 0.30 [0.10, 0.50] (0.2; 0.24) | 0.60 [0.40, 0.80] "
                         "| −0.20 [−0.45, 0.05] (0.38) |")
     assert results_doc.steering_block(runs / "results", "absent") is None
+
+
+def test_only_rewrites_the_named_blocks(runs):
+    doc = runs / "doc.md"
+    doc.write_text(DOC)
+    args = ["--results", str(runs / "results"), "--run", "r", "--doc", str(doc), "--only", "stages"]
+    assert results_doc.main(args) == 0
+    text = doc.read_text()
+    assert "| corpus: stories | 2 | 30 | 27 |" in text and "old table" not in text
+    assert "<!-- generated: compare -->\n<!-- end generated: compare -->" in text  # not named: left as it was
