@@ -238,6 +238,19 @@ def render_messages(tokenizer: Any, messages: Sequence[Mapping[str, Any]], add_g
         )
 
 
+def _seeded_generate(model: Any, enc: Any, kwargs: dict[str, Any], seed: int | None, device: Any) -> Any:
+    """``model.generate(**enc, **kwargs)`` seeded by ``seed``, leaving the global RNG (and the
+    device's, on CUDA) as it found them."""
+    import torch
+
+    cuda = [device] if getattr(device, "type", "cpu") == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        with torch.inference_mode():
+            return model.generate(**enc, **kwargs)
+
+
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     ids: set[int] = set()
     for value in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
@@ -269,8 +282,6 @@ class _RenderedPrompts:
         tokenizer adds none; a plain prompt (no template) gets the tokenizer's usual ones. The
         same prompt, ``n``, seed and settings give the same texts.
         """
-        import torch
-
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, not {max_tokens}")
         if temperature < 0:
@@ -288,12 +299,7 @@ class _RenderedPrompts:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
             kwargs.update(do_sample=True, temperature=float(temperature), top_p=self.top_p, top_k=None)
-        cuda = [device] if getattr(device, "type", "cpu") == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
-            if seed is not None:
-                torch.manual_seed(int(seed))
-            with torch.inference_mode():
-                out = self.model.generate(**enc, **kwargs)
+        out = _seeded_generate(self.model, enc, kwargs, seed, device)
         eos = _eos_ids(self.model, self.tokenizer)
         done = []
         for row in out[:, n_prompt:].tolist():
@@ -349,8 +355,6 @@ class HFChatBackend(_RenderedPrompts):
         (e.g. ``top_k``), as ``model.generate`` does. The same requests, seed and model give the
         same texts; each completion's ``seed`` is the batch seed.
         """
-        import torch
-
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, not {max_tokens}")
         if not requests:
@@ -370,12 +374,7 @@ class HFChatBackend(_RenderedPrompts):
             kwargs.update(do_sample=False, temperature=None, top_p=None)
         else:
             kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
-        cuda = [device] if getattr(device, "type", "cpu") == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
-            if seed is not None:
-                torch.manual_seed(int(seed))
-            with torch.inference_mode():
-                out = self.model.generate(**enc, **kwargs)
+        out = _seeded_generate(self.model, enc, kwargs, seed, device)
         n_prompt = enc["attention_mask"].sum(dim=1).tolist()
         eos = _eos_ids(self.model, tok)
         done = []

@@ -82,6 +82,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -495,20 +496,26 @@ class _SteeringHooks:
         return hook
 
 
+def _filled_cache_layers(cache: Any, needed_by: str) -> Iterator[Any]:
+    """The cache layers that hold keys (``needed_by`` names the caller in the error when the cache
+    has no per-layer storage)."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        raise SteeringPositionError(
+            f"{needed_by} needs a KV cache with per-layer storage (transformers' DynamicCache), "
+            f"got {type(cache).__name__}")
+    for lay in layers:
+        keys = getattr(lay, "keys", None)
+        if getattr(lay, "is_initialized", keys is not None) and isinstance(keys, torch.Tensor) and keys.numel():
+            yield lay
+
+
 def _repeat_cache_rows(cache: Any, n_rows: int) -> None:
     """Tile every cache layer that holds ``m`` rows (``m`` dividing ``n_rows``) to ``n_rows`` rows,
     row ``r * m + q`` a copy of row ``q`` (the blocks below the steered one, run once by a
     broadcast call); layers already at ``n_rows`` are left alone."""
-    layers = getattr(cache, "layers", None)
-    if layers is None:
-        raise SteeringPositionError(
-            f"a broadcast call (batch 1 for {n_rows} rows) needs a KV cache with per-layer storage "
-            f"(transformers' DynamicCache), got {type(cache).__name__}")
-    for lay in layers:
-        keys = getattr(lay, "keys", None)
-        if not getattr(lay, "is_initialized", keys is not None) or not isinstance(keys, torch.Tensor) \
-                or keys.numel() == 0:
-            continue
+    for lay in _filled_cache_layers(cache, f"a broadcast call (batch 1 for {n_rows} rows)"):
+        keys = lay.keys
         m = int(keys.shape[0])
         if m != n_rows and n_rows % m == 0:  # tiled: row r * m + q is row q
             lay.keys = keys.repeat(n_rows // m, *([1] * (keys.dim() - 1)))
@@ -521,11 +528,11 @@ def _repeat_cache_rows(cache: Any, n_rows: int) -> None:
 def _distinct_rows(rows: Sequence[Sequence[Steer]]) -> tuple[list[list[Steer]], list[int]]:
     """The distinct rows (first occurrence order, steers of strength 0 dropped) and, for each row,
     the index of its distinct row: rows with the same steers read the same prompt identically."""
-    first: dict[tuple, int] = {}
+    first: dict[frozenset, int] = {}
     unique: list[list[Steer]] = []
     index = []
     for r in rows:
-        key = tuple(sorted((s for s in r if s.strength != 0), key=lambda s: (s.layer, s.strength, hash(s))))
+        key = frozenset(Counter(s for s in r if s.strength != 0).items())  # the row's steers, as a multiset
         if key not in first:
             first[key] = len(unique)
             unique.append(list(r))
@@ -535,15 +542,8 @@ def _distinct_rows(rows: Sequence[Sequence[Steer]]) -> tuple[list[list[Steer]], 
 
 def _select_cache_rows(cache: Any, index: Sequence[int]) -> None:
     """Make row ``i`` of every cache layer a copy of its row ``index[i]``."""
-    layers = getattr(cache, "layers", None)
-    if layers is None:
-        raise SteeringPositionError(
-            f"sharing a prompt between equal rows needs a KV cache with per-layer storage "
-            f"(transformers' DynamicCache), got {type(cache).__name__}")
-    for lay in layers:
-        keys = getattr(lay, "keys", None)
-        if not isinstance(keys, torch.Tensor) or keys.numel() == 0:
-            continue
+    for lay in _filled_cache_layers(cache, "sharing a prompt between equal rows"):
+        keys = lay.keys
         idx = torch.as_tensor(list(index), dtype=torch.long, device=keys.device)
         lay.keys = keys.index_select(0, idx)
         lay.values = lay.values.index_select(0, idx.to(lay.values.device))
