@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= 2
+# More snakemake flags for run, controls and dryrun (e.g. SNAKEMAKE_FLAGS=--dry-run).
+SNAKEMAKE_FLAGS ?=
 
 .PHONY: install run test test-fast dryrun report bench lint clean faults controls
 
@@ -24,14 +26,15 @@ $(STAMP): pyproject.toml requirements.lock
 install: $(STAMP)
 
 run: install  ## install, then run the whole workflow on the default config
-	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_FLAGS)
 
 controls: install  ## the negative control (no emotion in the stories: must claim nothing) and the default's corpus on fresh seeds
-	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml config/controls/negative-control.yaml
-	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml config/controls/fresh-seed.yaml \
-	    results/fresh-seed/diagnostics/summary.json
+	# Targets before the flags: --configfile and --forcerun take every word after them.
+	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_FLAGS) --configfile config/config.yaml config/controls/negative-control.yaml
+	$(BIN)/snakemake results/fresh-seed/diagnostics/summary.json --cores $(CORES) $(SNAKEMAKE_FLAGS) \
+	    --configfile config/config.yaml config/controls/fresh-seed.yaml
 	# the default's findings again, now beside the negative control's
-	$(BIN)/snakemake --cores $(CORES) --forcerun findings results/default/findings/findings.html
+	$(BIN)/snakemake results/default/findings/findings.html --cores $(CORES) $(SNAKEMAKE_FLAGS) --forcerun findings
 
 test: install  ## install, then run the test suite (unit + real-model integration)
 	$(BIN)/python -m pytest -q -rs --durations=15

@@ -146,6 +146,32 @@ def test_base_url_never_carries_a_credential_and_keys_stay_off_plain_networks(ca
         OpenAIChatBackend("http:///v1", "m")
 
 
+def test_a_credential_in_any_servers_base_url_stops_the_config_before_any_job(caplog):
+    """Every ``backend: openai`` spec of a config (generator, behaviour judges, ...) has its
+    base_url checked when the config is read, naming the key and never the secret; the run's
+    announcement of its models never prints one either."""
+    from emotion_vectors.core.config import ConfigError, REPO_ROOT, describe_model, validate_config
+
+    secret = "sk-ev-cfg-7Hq2"
+    local = {"name": "smollm2-135m-instruct", "gguf": DEFAULT_SPEC["gguf"]}
+    good = {"backend": "openai", "name": "served", "base_url": "https://api.example.org/v1", "model": "m",
+            "api_key_env": "EV_GEN_KEY"}
+    leaky = {**good, "base_url": f"https://user:{secret}@api.example.org/v1"}
+    plain = {**good, "base_url": "http://api.example.org/v1"}
+    cases = [({"models": {"generator": leaky, "subject": local, "judge": local}}, "models.generator.base_url"),
+             ({"models": {"generator": plain, "subject": local, "judge": local}}, "models.generator.base_url"),
+             ({"models": {"generator": local, "subject": local}, "behaviour": {"judges": [local, leaky]}},
+              r"behaviour.judges\[1\].base_url")]
+    for overrides, where in cases:
+        with pytest.raises(ConfigError, match=where) as err:
+            validate_config({"run": "t", **overrides}, REPO_ROOT)
+        assert secret not in str(err.value)
+    assert validate_config({"run": "t", "models": {"generator": good, "subject": local, "judge": local},
+                            "behaviour": {"judges": [good]}}, REPO_ROOT)["behaviour"]["judges"] == [good]
+    assert secret not in describe_model(leaky) and "***@api.example.org" in describe_model(leaky)
+    assert secret not in caplog.text
+
+
 # --- HTTP client ----------------------------------------------------------------------------
 
 

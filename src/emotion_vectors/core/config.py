@@ -31,6 +31,8 @@ from typing import Any
 
 import yaml
 
+from emotion_vectors.core.urls import check_base_url, redact_url
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG = REPO_ROOT / "config" / "config.yaml"
@@ -225,6 +227,7 @@ def validate_config(config: dict[str, Any], base_dir: str | Path = ".") -> dict[
                 f"config key models.{role}: gives both `path` ({spec['path']}) and `gguf` "
                 f"({spec['gguf'].get('file')}); a model has one source: keep one of them"
             )
+    _check_server_urls(config)
     _check_generator_backend(config)
     base_dir = Path(base_dir)
     for role, spec in _model_specs(config["models"]):
@@ -399,6 +402,32 @@ def check_layers(config: dict[str, Any], n_blocks: int | None) -> list[int] | No
     return stored
 
 
+def _server_specs(node: Any, where: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """``(key, spec)`` of every ``backend: openai`` spec anywhere in a config (the generator,
+    behaviour and steering judges, ...), keys written as in error messages (``behaviour.judges[0]``)."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(node, dict):
+        if node.get("backend") == "openai":
+            found.append((where, node))
+        for key, value in node.items():
+            found += _server_specs(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += _server_specs(value, f"{where}[{i}]")
+    return found
+
+
+def _check_server_urls(config: dict[str, Any]) -> None:
+    """Every OpenAI-compatible server's ``base_url`` carries no credential, and a key goes over
+    plain http only to this machine (``core.urls.check_base_url``): checked here, before any job,
+    since the URL is announced at the start of the run and recorded in provenance."""
+    for where, spec in _server_specs(config):
+        try:
+            check_base_url(spec.get("base_url", ""), spec.get("api_key_env"))
+        except ValueError as err:
+            raise ConfigError(f"config key {where}.base_url: {err}") from None
+
+
 def _check_generator_backend(config: dict[str, Any]) -> None:
     """A generator behind an OpenAI-compatible server only writes text: the roles that default
     to the generator but read log-probabilities in this process (the selection judge, the corpus
@@ -406,7 +435,7 @@ def _check_generator_backend(config: dict[str, Any]) -> None:
     models = config["models"]
     if models["generator"].get("backend") != "openai":
         return
-    where = f"models.generator is an OpenAI-compatible server ({models['generator'].get('base_url')})"
+    where = f"models.generator is an OpenAI-compatible server ({redact_url(models['generator'].get('base_url', ''))})"
     if not models.get("judge"):
         raise ConfigError(
             f"config key models.judge: absent, so the corpus diagnostics' judge would be the generator, but "
@@ -436,7 +465,7 @@ def describe_model(spec: dict[str, Any]) -> str:
     dtype, device[, quantization])``."""
     if spec.get("backend") == "openai":
         key = f", key from ${spec['api_key_env']}" if spec.get("api_key_env") else ""
-        return f"{spec.get('name')} (OpenAI-compatible server {spec.get('base_url')}, model {spec.get('model')}{key})"
+        return f"{spec.get('name')} (OpenAI-compatible server {redact_url(spec.get('base_url', ''))}, model {spec.get('model')}{key})"
     if spec.get("gguf"):
         source = f"gguf {spec['gguf']['package']}/{spec['gguf']['file']}"
     else:

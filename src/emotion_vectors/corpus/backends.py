@@ -66,18 +66,18 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import hashlib
-import ipaddress
 import logging
 import os
 import random
 import threading
 import time
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
+
+from emotion_vectors.core.urls import check_base_url, redact_url
 
 LOG = logging.getLogger("emotion_vectors.corpus.backends")
 
@@ -834,66 +834,6 @@ def _parse_reply(resp: Any, url: str, key: Callable[[], str | None]) -> tuple[di
 
 def _scrub(text: str, key: str | None) -> str:
     return text.replace(key, "[key]") if key else text
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its user name, password, query and fragment replaced by ``***`` (for messages)."""
-    try:
-        parts = urllib.parse.urlsplit(str(url))
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "<unparsable URL>"
-    netloc = ("***@" if "@" in parts.netloc else "") + host + port
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "",
-                                    "***" if parts.fragment else ""))
-
-
-def is_loopback(host: str | None) -> bool:
-    """``localhost`` or a loopback IP address (127.0.0.0/8, ::1)."""
-    if not host:
-        return False
-    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_base_url(base_url: str, api_key_env: str | None = None) -> None:
-    """Refuse a ``base_url`` that would leak a credential.
-
-    It must be ``http://`` or ``https://`` with a host, and carry no user name or password
-    (``https://user:pw@host``), query string (``?key=...``) or fragment: those would be recorded
-    in provenance and named in logs and errors (a key belongs in the environment variable named
-    by ``api_key_env``). With a key (``api_key_env``), plain ``http://`` is accepted only to a
-    loopback host: the ``Authorization`` header would otherwise cross the network in clear text.
-    Messages name the URL with its secret parts replaced by ``***``.
-
-    Raises:
-        ValueError: any of these.
-    """
-    shown = redact_url(base_url)
-    try:
-        parts = urllib.parse.urlsplit(str(base_url))
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises on a malformed port
-    except ValueError as err:
-        raise ValueError(f"base_url {shown} is not a URL: {err}") from None
-    if parts.scheme not in ("http", "https") or not host:
-        raise ValueError(f"base_url must start with http:// or https:// and name a host, not {shown!r}")
-    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
-        raise ValueError(f"base_url {shown} carries a user name or password: put the key in an environment "
-                         "variable and name it in api_key_env (the URL is recorded in provenance and logs)")
-    if parts.query or parts.fragment:
-        raise ValueError(f"base_url {shown} carries a query string or fragment (a key?): give the server's base URL "
-                         "only, and the key through api_key_env")
-    if api_key_env and parts.scheme == "http" and not is_loopback(host):
-        raise ValueError(f"base_url {shown} is plain http:// to {host}, which is not this machine: the key in "
-                         f"${api_key_env} would cross the network unencrypted; use https:// (or a loopback address)")
 
 
 BACKENDS = ("hf", "openai")
