@@ -211,6 +211,42 @@ def default_model() -> tuple[Any, Any]:
     return loaded.model, loaded.tokenizer
 
 
+TINY_RUN_EMOTIONS = ["happy", "calm", "sad", "afraid", "bored"]
+
+
+def tiny_subject_run(root: Path, tiny_model: tuple[Any, Any], neutral: bool = True) -> dict[str, Any]:
+    """A run directory for the reading tests: ``tiny_model`` saved as the subject (``model/``), a
+    store of seeded random vectors of ``TINY_RUN_EMOTIONS`` at blocks 1 and 3 naming it in its
+    provenance (``vectors/vectors.zarr``) and, with ``neutral``, four neutral activations beside
+    it (``activations/neutral.zarr``). Returns root, store, model_dir, spec, neutral, model, tok."""
+    import zarr
+
+    from emotion_vectors.vectors.store_layout import write_store
+
+    model, tok = tiny_model
+    mdir = root / "model"
+    model.save_pretrained(mdir)
+    tok.save_pretrained(mdir)
+    spec = {"name": "tiny", "path": str(mdir), "dtype": "float32", "device": "cpu"}
+    rng = np.random.default_rng(0)
+    d = model.config.hidden_size
+    vecs = rng.standard_normal((len(TINY_RUN_EMOTIONS), 2, d))
+    store = write_store(
+        root / "vectors" / "vectors.zarr", emotions=TINY_RUN_EMOTIONS, layers=[1, 3], raw=vecs,
+        denoised=vecs + 0.1 * rng.standard_normal(vecs.shape), residual_norm=None,
+        n_neutral_pcs_removed=None, n_stories=None,
+        attrs={"num_hidden_layers": 5, "provenance": {"subject_model": dict(spec)}},
+    )
+    acts = None
+    if neutral:
+        acts = rng.standard_normal((4, 2, d)).astype(np.float32)
+        g = zarr.open_group(str(root / "activations" / "neutral.zarr"), mode="w")
+        g.create_array("activations", data=acts)
+        g.attrs.update({"layers": [1, 3], "pool_start": 50, "complete": True})
+    return {"root": root, "store": Path(store), "model_dir": mdir, "spec": spec, "neutral": acts,
+            "model": model, "tok": tok}
+
+
 TINY_MODEL_FIXTURES = ("tiny_llama", "tiny_gemma3", "tiny_gemma4_text", "tiny_gemma4_mm")
 
 

@@ -11,14 +11,14 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import TINY_RUN_EMOTIONS, tiny_subject_run
 from emotion_vectors.extraction.reading import LocalReader
-from emotion_vectors.vectors.store_layout import counting_opens, read_store, write_store
+from emotion_vectors.vectors.store_layout import counting_opens, read_store
 
-EMOTIONS = ["happy", "calm", "sad", "afraid", "bored"]
+EMOTIONS = TINY_RUN_EMOTIONS
 TEXTS = [
     "The sun came out and we laughed all afternoon in the park.",
     "Rain again. The bus was late and nobody answered the phone.",
@@ -31,28 +31,8 @@ TEXTS = [
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_llama):
     """The tiny Llama saved as the subject model, a store of random vectors naming it, and
-    neutral activations beside the store."""
-    import zarr
-
-    model, tok = tiny_llama
-    root = tmp_path_factory.mktemp("run")
-    mdir = root / "model"
-    model.save_pretrained(mdir)
-    tok.save_pretrained(mdir)
-    rng = np.random.default_rng(0)
-    d = model.config.hidden_size
-    vecs = rng.standard_normal((len(EMOTIONS), 2, d))
-    store = write_store(
-        root / "vectors" / "vectors.zarr", emotions=EMOTIONS, layers=[1, 3], raw=vecs,
-        denoised=vecs + 0.1 * rng.standard_normal(vecs.shape), residual_norm=None,
-        n_neutral_pcs_removed=None, n_stories=None,
-        attrs={"num_hidden_layers": 5, "provenance": {"subject_model": {
-            "name": "tiny", "path": str(mdir), "dtype": "float32", "device": "cpu"}}},
-    )
-    g = zarr.open_group(str(root / "activations" / "neutral.zarr"), mode="w")
-    g.create_array("activations", data=rng.standard_normal((4, 2, d)).astype(np.float32))
-    g.attrs.update({"layers": [1, 3], "pool_start": 50, "complete": True})
-    return {"root": root, "store": Path(store), "model_dir": mdir, "model": model, "tok": tok}
+    neutral activations beside the store (conftest.tiny_subject_run)."""
+    return tiny_subject_run(tmp_path_factory.mktemp("run"), tiny_llama)
 
 
 def _once(counts, *paths) -> None:

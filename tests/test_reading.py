@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import TINY_RUN_EMOTIONS, tiny_subject_run
 from emotion_vectors.extraction import reading, serve_subject
 from emotion_vectors.reading import score as score_mod
 from emotion_vectors.core.models import load_model
@@ -28,11 +29,10 @@ from emotion_vectors.extraction.reading import LocalReader, ReadError, ServerRea
 from emotion_vectors.reading.score import score_texts
 from emotion_vectors.extraction.serve_subject import ServerHandle, find_live_server, subject_server
 from emotion_vectors.core.private_files import ServiceError
-from emotion_vectors.vectors.store_layout import write_store
 
 SETTINGS = {"layers": [1, 3], "layer_step": 5, "pool_start": 2, "short_text_policy": "skip",
             "batch_size": 4, "max_batch_tokens": None, "storage_dtype": "float32"}
-EMOTIONS = ["happy", "calm", "sad", "afraid", "bored"]
+EMOTIONS = TINY_RUN_EMOTIONS
 LONG = " ".join(["the quiet road ran past the old mill and on toward the sea"] * 30)
 TEXTS = [
     "The sun came out and we laughed all afternoon in the park.",
@@ -48,21 +48,8 @@ def served(tmp_path_factory, tiny_llama, code_snapshot):
     """A run root with the tiny Llama as its subject, a vector store naming it, neutral
     activations, a live server (the handle the workflow's jobs build) and the same model loaded
     here."""
-    model, tok = tiny_llama
-    root = tmp_path_factory.mktemp("run")
-    mdir = root / "model"
-    model.save_pretrained(mdir)
-    tok.save_pretrained(mdir)
-    spec = {"name": "tiny", "path": str(mdir), "dtype": "float32", "device": "cpu"}
-    rng = np.random.default_rng(0)
-    d = model.config.hidden_size
-    vecs = rng.standard_normal((len(EMOTIONS), 2, d))
-    store = write_store(
-        root / "vectors" / "vectors.zarr", emotions=EMOTIONS, layers=[1, 3], raw=vecs,
-        denoised=vecs + 0.1 * rng.standard_normal(vecs.shape), residual_norm=None,
-        n_neutral_pcs_removed=None, n_stories=None,
-        attrs={"num_hidden_layers": 5, "provenance": {"subject_model": dict(spec)}},
-    )
+    run = tiny_subject_run(tmp_path_factory.mktemp("run"), tiny_llama, neutral=False)
+    root, spec, store = run["root"], run["spec"], run["store"]
     (root / "models").mkdir()
     handle = subject_server(subject=spec, extraction=SETTINGS, models_dir=root / "models", root=root,
                             server_dir=root / "activations" / ".server", idle_timeout=120, threads=1)

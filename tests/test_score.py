@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import TINY_RUN_EMOTIONS, tiny_subject_run
 from emotion_vectors.extraction.extract import extract_pooled
 from emotion_vectors.reading import score as score_mod
 from emotion_vectors.reading.common import auroc_fast, bootstrap_auroc, store_model_spec
@@ -35,7 +36,7 @@ from emotion_vectors.vectors.store_layout import read_store, write_store
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STORE = REPO_ROOT / "results" / "default" / "vectors" / "vectors.zarr"
-EMOTIONS = ["happy", "calm", "sad", "afraid", "bored"]
+EMOTIONS = TINY_RUN_EMOTIONS
 TEXTS = [
     "The sun came out and we laughed all afternoon in the park.",
     "",
@@ -50,31 +51,9 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_llama):
-    """A run directory: the tiny Llama saved as the subject model, a store of random vectors
-    (two layers) naming it in its provenance, and neutral activations beside it."""
-    model, tok = tiny_llama
-    root = tmp_path_factory.mktemp("run")
-    mdir = root / "model"
-    model.save_pretrained(mdir)
-    tok.save_pretrained(mdir)
-    rng = np.random.default_rng(0)
-    d = model.config.hidden_size
-    vecs = rng.standard_normal((len(EMOTIONS), 2, d))
-    store = write_store(
-        root / "vectors" / "vectors.zarr", emotions=EMOTIONS, layers=[1, 3], raw=vecs,
-        denoised=vecs + 0.1 * rng.standard_normal(vecs.shape), residual_norm=None,
-        n_neutral_pcs_removed=None, n_stories=None,
-        attrs={"num_hidden_layers": 5, "provenance": {"subject_model": {
-            "name": "tiny", "path": str(mdir), "dtype": "float32", "device": "cpu"}}},
-    )
-    import zarr
-
-    neutral = rng.standard_normal((4, 2, d)).astype(np.float32)
-    g = zarr.open_group(str(root / "activations" / "neutral.zarr"), mode="w")
-    g.create_array("activations", data=neutral)
-    g.attrs.update({"layers": [1, 3], "pool_start": 50, "complete": True})
-    return {"root": root, "store": store, "model_dir": mdir, "neutral": neutral, "model": model,
-            "tok": tok}
+    """A run directory: the tiny Llama as the subject, a store of random vectors (two layers)
+    naming it, and neutral activations beside it (conftest.tiny_subject_run)."""
+    return tiny_subject_run(tmp_path_factory.mktemp("run"), tiny_llama)
 
 
 def _direct(run, texts, layer, pool_start, baseline):

@@ -34,6 +34,7 @@ from emotion_vectors.extraction import service
 from emotion_vectors.core import devices, private_files, protocol
 from emotion_vectors.core.private_files import DirFd, ServiceError
 from emotion_vectors.core.protocol import MessageTooLarge, ServerHung
+from emotion_vectors.faults.server_tools import fill_listen_queue
 
 # argv: address, root, handshake timeout, request timeout, backlog
 STANDIN = textwrap.dedent(
@@ -99,21 +100,6 @@ def standin(tmp_path, code_snapshot):
         s.stop()
 
 
-def _fill_queue(path: str, limit: int = 10000) -> list[socket.socket]:
-    """Connect without speaking until the kernel refuses with EAGAIN (the listen queue is full)."""
-    held = []
-    for _ in range(limit):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.setblocking(False)
-        try:
-            s.connect(path)
-        except BlockingIOError:
-            s.close()
-            return held
-        held.append(s)
-    raise AssertionError(f"the queue of {path} never filled ({limit} connections)")
-
-
 def _wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -132,7 +118,7 @@ def test_a_busy_server_with_a_full_queue_is_waited_for_not_killed(standin, caplo
     slow = threading.Thread(target=lambda: s.call({"kind": "slow", "seconds": 4}))
     slow.start()
     _wait_for(lambda: "request 'slow'" in s.log(), what="the slow request")
-    fillers = _fill_queue(info["socket"])
+    fillers = fill_listen_queue(info["socket"])
     assert len(fillers) >= 8  # backlog 8: the kernel queues backlog (+1) connections, then says EAGAIN
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.setblocking(False)
