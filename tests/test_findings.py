@@ -27,6 +27,7 @@ from emotion_vectors.findings import (
     main,
     read_table,
     run_wide,
+    to_compact_markdown,
     to_html,
     to_markdown,
     write_table,
@@ -127,6 +128,16 @@ def test_collect_compare_and_render(tmp_path):
     page = to_html(shown, run="default", control_name="negative-control")
     assert "1 claim(s) find an effect on the control" in page and "<b>steering.a</b>" in page
     assert "3 effect(s), 1 without effect, 0 not testable" in page
+    # an effect on the control within its family only (its run-wide Holm says no effect) is
+    # flagged too: a control must claim nothing at either level
+    control.loc[control["id"] == "steering.a", "run_verdict"] = NO_EFFECT
+    shown = compare(back, control)
+    assert shown.set_index("id").loc["steering.a", "control_flag"] == "EFFECT ON THE CONTROL (family level)"
+    assert (shown.set_index("id").drop(index="steering.a")["control_flag"] == "").all()
+    assert "⚠ effect on the control at family level" in to_markdown(shown, control_name="c").splitlines()[-1]
+    assert "⚠ effect on the control at family level" in to_compact_markdown(shown, control_name="c").splitlines()[-1]
+    page = to_html(shown, run="default", control_name="c")
+    assert "No claim finds an effect on the control run-wide. <b>1 more find one on the control within their family" in page
     # a claim id given twice is refused: ids name claims across runs
     with pytest.raises(ValueError, match="given twice"):
         collect(run + run)

@@ -139,9 +139,15 @@ def _p(v: Any) -> str:
     return "no p (see note)" if v is None or v == "" or (isinstance(v, float) and math.isnan(v)) else _num(v)
 
 
+CONTROL_FLAG = "EFFECT ON THE CONTROL"
+
+
 def compare(df: pd.DataFrame, control: pd.DataFrame | None) -> pd.DataFrame:
-    """``df`` with the control run's statistic, adjusted p and verdict for the same claim ids,
-    and ``control_flag``: "EFFECT ON THE CONTROL" where the control finds an effect."""
+    """``df`` with the control run's statistic, adjusted p and verdicts for the same claim ids
+    (``control_verdict`` run-wide, as the run's own claims are judged; ``control_family_verdict``
+    within its family only), and ``control_flag``: "EFFECT ON THE CONTROL" where the control
+    finds an effect run-wide, "EFFECT ON THE CONTROL (family level)" where it finds one only
+    before the run-wide correction (a control must claim nothing at either level)."""
     out = df.copy()
     if control is None or control.empty:
         return out
@@ -149,7 +155,9 @@ def compare(df: pd.DataFrame, control: pd.DataFrame | None) -> pd.DataFrame:
     out["control_statistic"] = out["id"].map(c["statistic"]) if "statistic" in c else None
     out["control_p_adjusted"] = out["id"].map(c["p_adjusted"])
     out["control_verdict"] = out["id"].map(c["run_verdict"] if "run_verdict" in c else c["verdict"]).fillna("not run")
-    out["control_flag"] = out["control_verdict"].map(lambda v: "EFFECT ON THE CONTROL" if v == EFFECT else "")
+    out["control_family_verdict"] = out["id"].map(c["verdict"]).fillna("not run")
+    out["control_flag"] = [CONTROL_FLAG if run == EFFECT else f"{CONTROL_FLAG} (family level)" if fam == EFFECT else ""
+                           for run, fam in zip(out["control_verdict"], out["control_family_verdict"])]
     return out
 
 
@@ -167,7 +175,7 @@ def to_markdown(df: pd.DataFrame, *, control_name: str | None = None) -> str:
                  f"{_p(r['p_adjusted'])} ({r['correction']}); {_p(r.get('p_run'))}", _verdict_text(r)]
         if has_control:
             cells.append(f"{_num(r.get('control_statistic'))}, {_p(r['control_p_adjusted'])}, {r['control_verdict']}"
-                         + (" ⚠ effect on the control" if r.get("control_flag") else ""))
+                         + _flag_text(r))
         lines.append("| " + " | ".join(str(c).replace("|", "/").replace("\n", " ") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -187,9 +195,17 @@ def to_compact_markdown(df: pd.DataFrame, *, control_name: str | None = None) ->
         cells = [f"`{r['id']}`", stat, _p(r["p_adjusted"]), _p(r.get("p_run")), f"**{verdict}**" if verdict == EFFECT else verdict]
         if has_control:
             cv = str(r["control_verdict"])
-            cells.append(f"**{cv}** ⚠" if cv == EFFECT else f"{cv} ({_p(r.get('control_p_adjusted'))})")
+            cells.append(f"**{cv}** ⚠" if cv == EFFECT else f"{cv} ({_p(r.get('control_p_adjusted'))})" + _flag_text(r))
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _flag_text(r: pd.Series) -> str:
+    """The control's warning for a table cell: an effect run-wide, or at family level only."""
+    flag = _text(r.get("control_flag"))
+    if not flag:
+        return ""
+    return " ⚠ effect on the control" + (" at family level" if flag != CONTROL_FLAG else "")
 
 
 def _text(v: Any) -> str:
@@ -227,7 +243,7 @@ def to_html(df: pd.DataFrame, *, run: str, control_name: str | None = None) -> s
         if has_control:
             flag = ' style="background:#f4cccc"' if r.get("control_flag") else ""
             ctrl = (f"<td{flag}>{html.escape(_num(r.get('control_statistic')))}; p {html.escape(_p(r['control_p_adjusted']))}; "
-                    f"<b>{html.escape(str(r['control_verdict']))}</b></td>")
+                    f"<b>{html.escape(str(r['control_verdict']))}</b>{html.escape(_flag_text(r))}</td>")
         rows.append(
             f"<tr><td>{html.escape(str(r['stage']))}</td>"
             f"<td><b>{html.escape(str(r['id']))}</b><br>{html.escape(str(r['claim']))}{fig}</td>"
@@ -240,13 +256,16 @@ def to_html(df: pd.DataFrame, *, run: str, control_name: str | None = None) -> s
             f"<br><small>{html.escape(_text(r['note']))}</small></td>{ctrl}</tr>"
         )
     ctrl_head = f"<th>{html.escape(control_name or 'control')}</th>" if has_control else ""
-    flagged = int((df["control_flag"] == "EFFECT ON THE CONTROL").sum()) if has_control else 0
+    flagged = int((df["control_flag"] == CONTROL_FLAG).sum()) if has_control else 0
+    family_only = int(df["control_flag"].astype(str).str.endswith("(family level)").sum()) if has_control else 0
     control_line = ""
     if has_control:
+        family_line = (f" <b>{family_only} more find one on the control within their family (before the run-wide "
+                       "correction): read them as measuring the setup too.</b>" if family_only else "")
         control_line = (f"<p>Beside each claim: the same claim on the negative control "
                         f"(<code>{html.escape(control_name or '')}</code>: stories written without the emotion). "
                         + (f"<b>{flagged} claim(s) find an effect on the control: they measure the setup, not emotion.</b>"
-                           if flagged else "No claim finds an effect on the control.") + "</p>")
+                           if flagged else "No claim finds an effect on the control run-wide.") + family_line + "</p>")
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>findings</title>"
         "<style>body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}"
