@@ -181,3 +181,29 @@ def test_run_wide_holm_keeps_a_run_without_emotion_from_claiming_anything():
     df = run_wide(pd.DataFrame({"p_adjusted": [1e-5, 0.04, 0.03, None], "verdict": [EFFECT, EFFECT, EFFECT, NOT_TESTABLE]}))
     assert list(df["run_verdict"]) == [EFFECT, NO_EFFECT, NO_EFFECT, NOT_TESTABLE]
     np.testing.assert_allclose(df["p_run"][:3], [3e-5, 0.06, 0.06])
+
+
+def test_a_null_too_small_for_the_run_wide_correction_is_said_beside_its_no_effect():
+    """Among 51 tested claims, a Monte-Carlo claim at its floor passes Holm's first step only
+    with >= 1,020 draws (1 / (K + 1) < 0.05 / 51): with 200 it is "no effect" run-wide, and its
+    note says that this says little; with 1,020 draws, or an analytic p, no note."""
+    m = 51
+    df = pd.DataFrame({"id": [f"c{i}" for i in range(m)], "p_adjusted": [0.5] * m, "verdict": [NO_EFFECT] * m,
+                       "n_null": [None] * m, "note": [""] * m})
+    df.loc[0, ["p_adjusted", "verdict", "n_null"]] = [1 / 201, EFFECT, 200]
+    df.loc[1, ["p_adjusted", "verdict", "n_null"]] = [1 / 1021, EFFECT, 1020]
+    df.loc[2, ["p_adjusted", "verdict", "n_null"]] = [1 / 1020, EFFECT, 1019]
+    df.loc[3, ["p_adjusted", "verdict"]] = [1e-6, EFFECT]  # analytic p
+    out = run_wide(df).set_index("id")
+    # c2's 1,019 draws could not pass Holm's first step, but after c3 and c1 passed it does
+    assert list(out.loc[["c0", "c1", "c2", "c3"], "run_verdict"]) == [NO_EFFECT, EFFECT, EFFECT, EFFECT]
+    assert "200 draws" in out.loc["c0", "run_note"] and "1020 draws would let it" in out.loc["c0", "run_note"]
+    assert out.loc[["c1", "c2", "c3"], "run_note"].eq("").all()
+    # a claim of no effect anyway (p 0.5 with 200 draws) gets the note too: its draws could not have said more
+    df.loc[4, "n_null"] = 200
+    assert run_wide(df).set_index("id").loc["c4", "run_note"] != ""
+    assert out.loc[[f"c{i}" for i in range(5, m)], "run_note"].eq("").all()  # no draws recorded: no note
+    page = to_html(run_wide(df).assign(stage="steering", claim="x", test="t", null="n", statistic=1.0,
+                                       interval=None, interval_of="", correction="", figure=""), run="r")
+    assert "2 claim(s) without effect run-wide have too few null draws" in page
+    assert "no effect (in its family: effect)</b>" in page

@@ -25,11 +25,11 @@ import pandas as pd
 
 import numpy as np
 
-from .core.claims import ALPHA, EFFECT, NO_EFFECT, NOT_TESTABLE, Claim, holm, make_claim, read_claims
+from .core.claims import ALPHA, EFFECT, NO_EFFECT, NOT_TESTABLE, Claim, holm, make_claim, min_attainable_p, read_claims
 
 COLUMNS = ["stage", "id", "claim", "test", "null", "statistic", "interval", "interval_of", "p",
            "p_adjusted", "correction", "n_null", "verdict", "p_run", "run_verdict", "note", "figure",
-           "source"]
+           "source", "run_note"]
 #: The order of the stages on the findings page (the DAG's order).
 STAGE_ORDER = ("corpus", "diagnostics", "geometry", "analysis", "compare", "steering", "behaviour", "scoring",
                "reading", "battery")
@@ -102,7 +102,29 @@ def run_wide(df: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
     out["p_run"] = adj
     out["run_verdict"] = [NOT_TESTABLE if v == NOT_TESTABLE or not np.isfinite(a) else (EFFECT if a < alpha else NO_EFFECT)
                           for v, a in zip(out["verdict"], adj)]
+    out["run_note"] = _run_reach(out, p, alpha)
     return out
+
+
+def _run_reach(df: pd.DataFrame, p: np.ndarray, alpha: float) -> list[str]:
+    """Why a claim's "no effect" run-wide may say nothing: its Monte-Carlo null's smallest p,
+    ``1 / (n_null + 1)``, times the number of tested claims is at least ``alpha``, so it could
+    pass the run-wide Holm only after other claims had passed first (never as the run's only
+    effect). Its family's verdict is then the one its draws can support."""
+    m = int(np.isfinite(p).sum())
+    if "n_null" not in df:
+        return [""] * len(df)
+    n_null = pd.to_numeric(df["n_null"], errors="coerce").to_numpy(dtype=float)
+    notes = []
+    for pi, k, verdict in zip(p, n_null, df["run_verdict"]):
+        floor = min_attainable_p(int(k)) if np.isfinite(k) and k > 0 else 0.0
+        if not np.isfinite(pi) or verdict == EFFECT or floor * m < alpha:
+            notes.append("")
+            continue
+        notes.append(f"run-wide this test cannot be the run's only effect: its {int(k)} draws give p >= {floor:.3g}, "
+                     f"and Holm over {m} claims asks p < {alpha / m:.2g} of the first; {math.ceil(m / alpha)} draws "
+                     "would let it (its family's verdict is what these draws can support)")
+    return notes
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -215,13 +237,20 @@ def _text(v: Any) -> str:
     return str(v)
 
 
-def _verdict_text(r: pd.Series) -> str:
+def _verdict_label(r: pd.Series) -> str:
+    """The run-wide verdict, and the family's where it differs."""
     v = _text(r.get("run_verdict")) or str(r["verdict"])
-    if v != str(r["verdict"]):
-        v = f"{v} (in its family: {r['verdict']})"
+    return f"{v} (in its family: {r['verdict']})" if v != str(r["verdict"]) else v
+
+
+def _verdict_text(r: pd.Series) -> str:
+    """The verdict with the note that qualifies it (why not testable; how far run-wide reaches)."""
+    v = _verdict_label(r)
     note = _text(r.get("note"))
     if v.startswith(NOT_TESTABLE) and note:
         return f"{v}: {note}"
+    if _text(r.get("run_note")):
+        return f"{v}; {r['run_note']}"
     return v
 
 
@@ -252,10 +281,13 @@ def to_html(df: pd.DataFrame, *, run: str, control_name: str | None = None) -> s
             f"<br><small>{html.escape(_text(r['interval_of']))}</small></td>"
             f"<td>{html.escape(_p(r['p_adjusted']))}<br><small>{html.escape(str(r['correction']))}</small>"
             f"<br>run-wide: {html.escape(_p(r.get('p_run')))}</td>"
-            f"<td style=\"background:{colour.get(_text(r.get('run_verdict')) or r['verdict'], '#fff')}\"><b>{html.escape(_verdict_text(r).split(':')[0])}</b>"
-            f"<br><small>{html.escape(_text(r['note']))}</small></td>{ctrl}</tr>"
+            f"<td style=\"background:{colour.get(_text(r.get('run_verdict')) or r['verdict'], '#fff')}\"><b>{html.escape(_verdict_label(r))}</b>"
+            f"<br><small>{html.escape(_text(r['note']))}</small>"
+            + (f"<br><small><i>{html.escape(_text(r.get('run_note')))}</i></small>" if _text(r.get("run_note")) else "")
+            + f"</td>{ctrl}</tr>"
         )
     ctrl_head = f"<th>{html.escape(control_name or 'control')}</th>" if has_control else ""
+    weak = int(df["run_note"].map(_text).astype(bool).sum()) if "run_note" in df else 0
     flagged = int((df["control_flag"] == CONTROL_FLAG).sum()) if has_control else 0
     family_only = int(df["control_flag"].astype(str).str.endswith("(family level)").sum()) if has_control else 0
     control_line = ""
@@ -276,7 +308,10 @@ def to_html(df: pd.DataFrame, *, run: str, control_name: str | None = None) -> s
         "the verdict is run-wide: Holm over every claim of the run that has a p, so that a run on stories "
         "without emotion claims nothing with probability at least 95%. "
         "“Not testable” means the test could not reject at all (e.g. a Monte-Carlo null with too few draws) "
-        "or its precondition failed; the note says which.</p>"
+        "or its precondition failed; the note says which."
+        + (f" {weak} claim(s) without effect run-wide have too few null draws to be the run's only effect "
+           "(their notes say how many would do): for them, “no effect” says little; read their family's verdict."
+           if weak else "") + "</p>"
         f"{control_line}"
         "<table><tr><th>stage</th><th>claim</th><th>test and null</th><th>statistic [interval]</th>"
         f"<th>p (family-corrected; run-wide)</th><th>verdict (run-wide)</th>{ctrl_head}</tr>{''.join(rows)}</table></body></html>"
