@@ -2,11 +2,15 @@
 
 The battery itself (real SIGKILLs, the real default model, a full filesystem, snakemake runs)
 takes minutes and is not part of the test suite; these tests check, in seconds, that corrupted
-resume state is detected and never used silently, and that the malformed configs are refused.
+resume state is detected and never used silently, and that the malformed configs are refused;
+one runs the battery's command line on its smallest section (one SIGKILL of an activation shard
+write, ~25 s), so that the command ``make faults`` runs is itself tested.
 """
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -184,3 +188,17 @@ def test_server_fault_helpers(tmp_path):
     text = faults.details_markdown({"server": {"symlinks": [{"case": "<shard>.partial", "ok": True,
                                                             "outside_unchanged": True, "result": "refusing to write x"}]}})
     assert "### Model server" in text and "planted symlink, <shard>.partial: ok" in text
+
+
+def test_the_battery_command_runs_its_kill_section_end_to_end(tmp_path):
+    """``python -m emotion_vectors.faults --only kill-activations --kills 1``: the reference run,
+    one real SIGKILL at a seeded point, the resume, the comparison, the table and the details,
+    all under ``--out`` (the repository's results/ untouched)."""
+    proc = subprocess.run([sys.executable, "-m", "emotion_vectors.faults", "--only", "kill-activations",
+                           "--kills", "1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = (tmp_path / "faults.md").read_text()
+    assert "| SIGKILL during an activation shard write | 1 | 1 | 0 rows |" in table
+    assert "bit-identical to the uninterrupted run" in table
+    details = json.loads((tmp_path / "details.json").read_text())
+    assert details and (tmp_path / "work" / "activations" / "ref.zarr").is_dir()

@@ -53,10 +53,10 @@ def kill_battery(
     if not ref.result(ref_out).get("ok"):
         raise RuntimeError(f"uninterrupted {kind} run failed: {ref.result(ref_out)}")
     n_ckpt = len(ref.checkpoints)
-    windows = b.stage_windows(ref, n_ckpt)
+    windows = stage_windows(ref, n_ckpt)
     b.log(f"{kind}: uninterrupted run: output complete {ref.finished_at or ref.ended_at:.1f} s after model load "
              f"(process ended at {ref.ended_at:.1f} s), {n_ckpt} checkpoints at {[round(x, 2) for x in ref.checkpoints]} s")
-    plan = b.kill_plan(n_ckpt)
+    plan = kill_plan(b, n_ckpt)
     records = []
     outs = []
     for i, (stage, frac) in enumerate(plan):
@@ -128,8 +128,8 @@ def kill_activations(b: Battery) -> Path:
         k = len(done_rows(out)) // ACT_SETTINGS["batch_size"]
         return f"after {k}/{n} batches" if k < n else f"after {n}/{n} batches, before publishing"
 
-    b.kill_battery(
-        "activations", ref_out,
+    kill_battery(
+        b, "activations", ref_out,
         spec_for=lambda outs, ready: b.extract_spec(outs, ready),
         ready_for=lambda out, ready: ready.exists,
         count_for=count_for,
@@ -192,8 +192,8 @@ def kill_stories(b: Battery) -> Path:
             b.story_log(out).unlink(missing_ok=True)
         return outs
 
-    b.kill_battery(
-        "stories", ref_out,
+    kill_battery(
+        b, "stories", ref_out,
         spec_for=lambda outs, ready: b.story_spec(prepare(outs)),
         ready_for=ready_for,
         count_for=count_for,
