@@ -57,7 +57,7 @@ bench: install
 mutants: install  ## mutation testing of the core modules (mutmut; killed share per module; docs/mutation.md)
 	nice -n 19 $(BIN)/python scripts/mutants.py $(MODULES)
 
-faults: install  ## fault battery: SIGKILLs, corrupted partials/checkpoints, malformed configs, full disk, model-server faults (~20-30 min; ~10 min of it the server section)
+faults: install  ## fault battery: SIGKILLs, corrupted partials/checkpoints, malformed configs, full disk, model-server faults (~18 min on 2 quiet cores; ~5 min of it the server section)
 	$(BIN)/python -m emotion_vectors.faults
 
 lint: install
