@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill points (default 0)")
     ap.add_argument("--kills", type=int, default=10, help="SIGKILLs per kill battery (default 10)")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
-    ap.add_argument("--out", default=str(OUT_DIR), help="where faults.md, details.json and the work directory go")
+    ap.add_argument("--out", default=str(OUT_DIR), help="where faults.md, details.json and the work directory (configs, shards, servers) go; the malformed-config runs are tried in the repository's results/")
     ap.add_argument("--disk", choices=("auto", "rlimit"), default="auto",
                     help="full disk: a small tmpfs / loop mount if permitted (auto), or RLIMIT_FSIZE in the child")
     args = ap.parse_args(argv)

@@ -16,14 +16,14 @@ from typing import Any, Callable
 import yaml
 
 from .battery import Battery
-from .common import OUT_DIR, REPO_ROOT, _remove, default_config
+from .common import REPO_ROOT, _remove, default_config
 
 
 def malformed_configs(b: Battery) -> None:
     t0 = time.monotonic()
     smk = Path(sys.executable).with_name("snakemake")
     smk_cmd = [str(smk)] if smk.exists() else [shutil.which("snakemake") or "snakemake"]
-    d = OUT_DIR / "configs"
+    d = b.work / "configs"  # the config files written (the runs themselves must be the repository's)
     _remove(d)
     d.mkdir(parents=True)
     for old in (REPO_ROOT / "results").glob("faults-cfg-*"):
